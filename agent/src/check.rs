@@ -1,0 +1,382 @@
+//! `lockdown-agent check`: the IO around the pure core. Reads files (bounded), gathers file
+//! facts, evaluates, and returns one report entry per file. One bad file never stops the
+//! others: it becomes an entry with an `error` naming the problem.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::manifest::{self, Component, ControlPlane, MAX_MANIFEST_BYTES, Manifest};
+use crate::rules::catalogue::FileRole;
+use crate::rules::eval::{self, AuthnConfig, FileFacts, ManifestFacts};
+use crate::rules::{Catalogue, Finding};
+
+/// Largest authentication config we read.
+const MAX_AUX_BYTES: usize = 256 * 1024;
+
+/// One file's results. Field names are a contract (DESIGN.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    /// The file.
+    pub path: String,
+    /// Control-plane component it runs, if any.
+    pub component: Option<String>,
+    /// Component version, if known.
+    pub version: Option<String>,
+    /// Why the file could not be checked.
+    pub error: Option<String>,
+    /// Remarks that are not findings (more than one document, not a control-plane pod).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Findings.
+    pub findings: Vec<Finding>,
+}
+
+impl FileReport {
+    fn new(path: &Path) -> Self {
+        FileReport {
+            path: path.display().to_string(),
+            component: None,
+            version: None,
+            error: None,
+            notes: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per-file results, in scan order.
+    pub files: Vec<FileReport>,
+}
+
+/// Reads a file of at most `limit` bytes without trusting its reported size.
+pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    let meta = fs::symlink_metadata(path).map_err(|e| io_problem(&e))?;
+    if meta.file_type().is_symlink() && fs::metadata(path).is_err() {
+        let target = fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        return Err(format!("dangling symlink to {target}"));
+    }
+    let file = fs::File::open(path).map_err(|e| io_problem(&e))?;
+    let meta = file.metadata().map_err(|e| io_problem(&e))?;
+    if meta.is_dir() {
+        return Err("is a directory".into());
+    }
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > limit as u64 {
+        return Err(manifest::ManifestError::TooLarge {
+            size: meta.len(),
+            limit,
+        }
+        .to_string());
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_problem(&e))?;
+    if buf.len() > limit {
+        return Err(manifest::ManifestError::TooLarge {
+            size: buf.len() as u64,
+            limit,
+        }
+        .to_string());
+    }
+    Ok(buf)
+}
+
+fn io_problem(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (run as root or with CAP_DAC_READ_SEARCH)".into()
+        }
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Parses manifest bytes with the catalogue's flag kinds.
+pub fn parse_manifest(cat: &Catalogue, bytes: &[u8]) -> Result<Manifest, manifest::ManifestError> {
+    manifest::parse(bytes, &|c, f| cat.kind(c, f))
+}
+
+/// Lists the manifests the kubelet would read in `dir`: every non-dot entry, sorted, not
+/// recursing. Dot files are ignored, as by the kubelet.
+pub fn list_manifest_dir(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {}", dir.display(), io_problem(&e)))?
+    {
+        let entry =
+            entry.map_err(|e| format!("cannot list {}: {}", dir.display(), io_problem(&e)))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue; // the kubelet does not recurse
+        }
+        out.push(path);
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Maps a path inside the container to the host through the pod's hostPath mounts.
+pub fn host_path(m: &Manifest, cp: &ControlPlane, inner: &str) -> Option<PathBuf> {
+    let c = &m.pod.containers[cp.container];
+    c.mounts
+        .iter()
+        .filter(|mnt| {
+            inner == mnt.mount_path
+                || inner.starts_with(&format!("{}/", mnt.mount_path.trim_end_matches('/')))
+        })
+        .max_by_key(|mnt| mnt.mount_path.len())
+        .and_then(|mnt| {
+            let vol = m.pod.host_paths.iter().find(|v| v.name == mnt.name)?;
+            let rest = inner[mnt.mount_path.len()..].trim_start_matches('/');
+            Some(if rest.is_empty() {
+                PathBuf::from(&vol.path)
+            } else {
+                Path::new(&vol.path).join(rest)
+            })
+        })
+}
+
+/// Reads the anonymous settings from the AuthenticationConfiguration a manifest names.
+fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
+    let inner = cp.flags.value("authentication-config")?;
+    let Some(host) = host_path(m, cp, &inner) else {
+        return Some(AuthnConfig::Unreadable(format!(
+            "{inner} is not on a hostPath mount of the container, so kube-apiserver cannot read it either"
+        )));
+    };
+    let bytes = match read_bounded(&host, MAX_AUX_BYTES) {
+        Ok(b) => b,
+        Err(e) => return Some(AuthnConfig::Unreadable(format!("{}: {e}", host.display()))),
+    };
+    Some(
+        parse_authn(&bytes)
+            .unwrap_or_else(|e| AuthnConfig::Unreadable(format!("{}: {e}", host.display()))),
+    )
+}
+
+/// Parses the `anonymous:` block of an AuthenticationConfiguration.
+pub fn parse_authn(bytes: &[u8]) -> Result<AuthnConfig, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let doc = manifest::yaml::parse_first_document(text).map_err(|e| e.to_string())?;
+    if doc.root.get("kind").and_then(|k| k.as_str()) != Some("AuthenticationConfiguration") {
+        return Err("not an AuthenticationConfiguration".into());
+    }
+    let Some(anon) = doc.root.get("anonymous") else {
+        return Ok(AuthnConfig::NoAnonymousBlock);
+    };
+    let enabled = anon.get("enabled").and_then(|e| e.as_str()) == Some("true");
+    let paths = anon
+        .get("conditions")
+        .and_then(|c| c.as_seq())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.get("path").and_then(|p| p.as_str()).map(str::to_string))
+        .collect();
+    Ok(AuthnConfig::Anonymous { enabled, paths })
+}
+
+/// Stat facts of a file (following symlinks, as `stat -L` would).
+pub fn file_facts(path: &Path, roles: Vec<FileRole>) -> Result<FileFacts, String> {
+    let meta = fs::metadata(path).map_err(|e| io_problem(&e))?;
+    let user = nix::unistd::User::from_uid(meta.uid().into())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let group = nix::unistd::Group::from_gid(meta.gid().into())
+        .ok()
+        .flatten()
+        .map(|g| g.name);
+    Ok(FileFacts {
+        roles,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        user,
+        group,
+    })
+}
+
+/// Checks one manifest file: parse, evaluate its flags and its own mode and owner.
+pub fn check_manifest(
+    cat: &Catalogue,
+    path: &Path,
+) -> (FileReport, Option<(Manifest, ControlPlane)>) {
+    let mut report = FileReport::new(path);
+    let bytes = match read_bounded(path, MAX_MANIFEST_BYTES) {
+        Ok(b) => b,
+        Err(e) => {
+            report.error = Some(e);
+            return (report, None);
+        }
+    };
+    let m = match parse_manifest(cat, &bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return (report, None);
+        }
+    };
+    report.notes.clone_from(&m.notes);
+    let Some(cp) = m.control_plane.clone() else {
+        let what = m
+            .pod
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        report.notes.push(format!(
+            "not a control-plane component (containers: {what}); no rules apply"
+        ));
+        return (report, None);
+    };
+    report.component = Some(cp.component.name().to_string());
+    report.version = cp.version.map(|v| v.to_string());
+    let authn = read_authn(&m, &cp);
+    report.findings = eval::evaluate_manifest(
+        cat,
+        ManifestFacts {
+            cp: &cp,
+            authn: authn.as_ref(),
+        },
+    );
+    match file_facts(path, vec![FileRole::manifest_of(cp.component)]) {
+        Ok(facts) => report.findings.extend(eval::evaluate_file(cat, &facts)),
+        Err(e) => report.notes.push(format!("cannot stat the file: {e}")),
+    }
+    (report, Some((m, cp)))
+}
+
+/// Checks a plain file or directory of the CIS 1.1 file set.
+pub fn check_file(cat: &Catalogue, path: &Path, roles: Vec<FileRole>) -> FileReport {
+    let mut report = FileReport::new(path);
+    match file_facts(path, roles) {
+        Ok(facts) => report.findings = eval::evaluate_file(cat, &facts),
+        Err(e) => report.error = Some(e),
+    }
+    report
+}
+
+/// What to scan.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// The configured manifests directory and the CIS 1.1 file set.
+    Node,
+    /// These files or directories only (manifests).
+    Paths(Vec<PathBuf>),
+}
+
+/// Runs a check.
+pub fn run(cfg: &Config, scope: &Scope) -> Report {
+    let cat = &cfg.catalogue;
+    let mut files = Vec::new();
+    let mut etcd_data_dir = None;
+    let roots = match scope {
+        Scope::Node => vec![cfg.manifests_dir.clone()],
+        Scope::Paths(p) => p.clone(),
+    };
+    for root in roots {
+        let is_dir = fs::metadata(&root).is_ok_and(|m| m.is_dir());
+        let paths = if is_dir {
+            match list_manifest_dir(&root) {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut r = FileReport::new(&root);
+                    r.error = Some(e);
+                    files.push(r);
+                    continue;
+                }
+            }
+        } else {
+            vec![root]
+        };
+        for path in paths {
+            let (report, parsed) = check_manifest(cat, &path);
+            if let Some((m, cp)) = parsed.filter(|(_, cp)| cp.component == Component::Etcd) {
+                let inner = cp.flags.value("data-dir");
+                etcd_data_dir = inner.and_then(|d| host_path(&m, &cp, &d));
+            }
+            files.push(report);
+        }
+    }
+    if matches!(scope, Scope::Node) {
+        files.extend(file_set(cfg, etcd_data_dir));
+    }
+    Report { files }
+}
+
+/// The CIS 1.1 file set that exists on this node.
+fn file_set(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<FileReport> {
+    let cat = &cfg.catalogue;
+    let mut out = Vec::new();
+    let k = &cfg.kubernetes_dir;
+    for (name, role) in [
+        ("admin.conf", FileRole::AdminKubeconfig),
+        ("super-admin.conf", FileRole::AdminKubeconfig),
+        ("scheduler.conf", FileRole::SchedulerKubeconfig),
+        (
+            "controller-manager.conf",
+            FileRole::ControllerManagerKubeconfig,
+        ),
+    ] {
+        let p = k.join(name);
+        if fs::symlink_metadata(&p).is_ok() {
+            out.push(check_file(cat, &p, vec![role]));
+        }
+    }
+    if fs::symlink_metadata(&cfg.pki_dir).is_ok() {
+        let mut stack = vec![cfg.pki_dir.clone()];
+        let mut entries = Vec::new();
+        while let Some(dir) = stack.pop() {
+            entries.push(dir.clone());
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(p);
+                } else {
+                    entries.push(p);
+                }
+            }
+        }
+        entries.sort();
+        for p in entries {
+            let mut roles = vec![FileRole::Pki];
+            match p.extension().and_then(|e| e.to_str()) {
+                Some("crt") => roles.push(FileRole::PkiCert),
+                Some("key") => roles.push(FileRole::PkiKey),
+                _ => {}
+            }
+            out.push(check_file(cat, &p, roles));
+        }
+    }
+    let data_dir = etcd_data_dir.unwrap_or_else(|| cfg.etcd_data_dir.clone());
+    if fs::symlink_metadata(&data_dir).is_ok() {
+        out.push(check_file(cat, &data_dir, vec![FileRole::EtcdDataDir]));
+    }
+    for dir in &cfg.cni_dirs {
+        let Ok(rd) = fs::read_dir(dir) else { continue };
+        let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            out.push(check_file(cat, &p, vec![FileRole::Cni]));
+        }
+    }
+    out
+}

@@ -1,0 +1,913 @@
+//! The rule catalogue: flag lifecycles, rules and the version/CVE table, as data.
+//!
+//! The data lives in `agent/catalogue/*.yaml`, is embedded in the binary, and is checked
+//! when loaded: duplicate rule ids, rules naming flags the catalogue does not know, and
+//! malformed versions are errors, so a typo in a rule cannot silently turn it into a pass.
+//! Users add rules in the same format through the config file and disable rules by id.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::manifest::Component;
+use crate::manifest::flags::FlagKind;
+use crate::manifest::version::Version;
+
+const FLAGS_YAML: &str = include_str!("../../catalogue/flags.yaml");
+const RULES_YAML: &str = include_str!("../../catalogue/rules.yaml");
+const VERSIONS_YAML: &str = include_str!("../../catalogue/versions.yaml");
+
+/// Why the catalogue (built in or extended by config) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    /// A YAML document does not match the schema.
+    #[error("{source_name}: {message}")]
+    Parse {
+        /// Which document.
+        source_name: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A rule is wrong in itself.
+    #[error("rule {id:?}: {problem}")]
+    Rule {
+        /// Rule id.
+        id: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// How bad a failed rule is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing.
+    Info,
+    /// Low.
+    Low,
+    /// Medium.
+    Medium,
+    /// High.
+    High,
+    /// The control plane is open or will not start.
+    Critical,
+}
+
+impl Severity {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "info" => Ok(Severity::Info),
+            "low" => Ok(Severity::Low),
+            "medium" => Ok(Severity::Medium),
+            "high" => Ok(Severity::High),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!(
+                "unknown severity {other:?} (expected info, low, medium, high or critical)"
+            )),
+        }
+    }
+}
+
+/// A minor version in data (`"1.24"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Minor(pub u32, pub u32);
+
+impl Minor {
+    /// True when `v` is at or after this minor.
+    pub fn le(self, v: Version) -> bool {
+        (self.0, self.1) <= v.minor_pair()
+    }
+}
+
+impl fmt::Display for Minor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+impl<'de> Deserialize<'de> for Minor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match Version::parse(&s) {
+            Some(v) if v.patch.is_none() => Ok(Minor(v.major, v.minor)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{s:?} is not a minor version like \"1.24\""
+            ))),
+        }
+    }
+}
+
+fn de_component<'de, D: Deserializer<'de>>(d: D) -> Result<Component, D::Error> {
+    let s = String::deserialize(d)?;
+    Component::from_executable(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown component {s:?} (expected kube-apiserver, kube-controller-manager, kube-scheduler or etcd)"
+        ))
+    })
+}
+
+/// The value of an absent flag from a version on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultValue {
+    /// From this minor on (absent: always).
+    #[serde(default)]
+    pub since: Option<Minor>,
+    /// The value.
+    pub value: String,
+}
+
+/// What the catalogue knows about one flag of one component.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagSpec {
+    /// Component.
+    #[serde(deserialize_with = "de_component")]
+    pub component: Component,
+    /// Name without dashes.
+    pub flag: String,
+    /// Kind of value.
+    #[serde(default, with = "kind_serde")]
+    pub kind: FlagKind,
+    /// First minor that accepts it.
+    #[serde(default)]
+    pub since: Option<Minor>,
+    /// First minor that refuses it.
+    #[serde(default)]
+    pub removed: Option<Minor>,
+    /// Defaults by version.
+    #[serde(default)]
+    pub defaults: Vec<DefaultValue>,
+    /// Whether its value may carry a secret (redacted in events).
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+mod kind_serde {
+    use super::*;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FlagKind, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "bool" => Ok(FlagKind::Bool),
+            "int" => Ok(FlagKind::Int),
+            "scalar" => Ok(FlagKind::Scalar),
+            "list" => Ok(FlagKind::List),
+            "map" => Ok(FlagKind::Map),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown flag kind {other:?} (expected bool, int, scalar, list or map)"
+            ))),
+        }
+    }
+}
+
+/// An admission plugin or feature gate that exists only in some versions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemSpec {
+    /// Component.
+    #[serde(deserialize_with = "de_component")]
+    pub component: Component,
+    /// `enable-admission-plugins` for plugins, `feature-gates` for gates.
+    pub flag: String,
+    /// Plugin or gate name.
+    pub name: String,
+    /// First minor that has it.
+    #[serde(default)]
+    pub since: Option<Minor>,
+    /// First minor that no longer has it.
+    #[serde(default)]
+    pub removed: Option<Minor>,
+    /// First minor on which the gate is locked on (false is refused).
+    #[serde(default)]
+    pub locked: Option<Minor>,
+}
+
+/// Whether a version accepts a flag or item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existence {
+    /// Accepted.
+    Accepted,
+    /// Introduced later.
+    NotYet(Minor),
+    /// Removed at this minor.
+    Removed(Minor),
+    /// The version is unknown and the lifecycle is bounded.
+    Unknown,
+}
+
+fn existence(since: Option<Minor>, removed: Option<Minor>, v: Option<Version>) -> Existence {
+    match v {
+        None if since.is_none() && removed.is_none() => Existence::Accepted,
+        None => Existence::Unknown,
+        Some(v) => match (since, removed) {
+            (Some(s), _) if !s.le(v) => Existence::NotYet(s),
+            (_, Some(r)) if r.le(v) => Existence::Removed(r),
+            _ => Existence::Accepted,
+        },
+    }
+}
+
+/// Explains an existence for a message: "removed in 1.22", "introduced in 1.29".
+pub fn explain(e: Existence) -> String {
+    match e {
+        Existence::Accepted => "accepted".into(),
+        Existence::NotYet(m) => format!("introduced in {m}"),
+        Existence::Removed(m) => format!("removed in {m}"),
+        Existence::Unknown => "version unknown".into(),
+    }
+}
+
+/// Where a rule looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileRole {
+    /// The kube-apiserver manifest.
+    ManifestKubeApiserver,
+    /// The kube-controller-manager manifest.
+    ManifestKubeControllerManager,
+    /// The kube-scheduler manifest.
+    ManifestKubeScheduler,
+    /// The etcd manifest.
+    ManifestEtcd,
+    /// CNI configuration and state files.
+    Cni,
+    /// The etcd data directory.
+    EtcdDataDir,
+    /// admin.conf and super-admin.conf.
+    AdminKubeconfig,
+    /// scheduler.conf.
+    SchedulerKubeconfig,
+    /// controller-manager.conf.
+    ControllerManagerKubeconfig,
+    /// Everything under the PKI directory.
+    Pki,
+    /// `*.crt` under the PKI directory.
+    PkiCert,
+    /// `*.key` under the PKI directory.
+    PkiKey,
+}
+
+impl FileRole {
+    /// The manifest role of a component.
+    pub fn manifest_of(c: Component) -> FileRole {
+        match c {
+            Component::KubeApiserver => FileRole::ManifestKubeApiserver,
+            Component::KubeControllerManager => FileRole::ManifestKubeControllerManager,
+            Component::KubeScheduler => FileRole::ManifestKubeScheduler,
+            Component::Etcd => FileRole::ManifestEtcd,
+        }
+    }
+}
+
+/// A rule's condition.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Test {
+    /// Effective value equals.
+    Eq(FlagValue),
+    /// Effective value differs.
+    NotEq(FlagValue),
+    /// Flag present.
+    Set(FlagRef),
+    /// Flag absent.
+    NotSet(FlagRef),
+    /// List includes item.
+    Has(FlagItem),
+    /// List does not include item.
+    NotHas(FlagItem),
+    /// Integer at least.
+    Gte(FlagNumber),
+    /// Every list item is allowed.
+    Subset(FlagAllowed),
+    /// Feature gate not set to value.
+    GateNot(GateValue),
+    /// All hold.
+    All(Vec<Test>),
+    /// One holds.
+    Any(Vec<Test>),
+    /// Needs a person: always a warn with a note.
+    Manual(ManualNote),
+    /// File permission bits at most (octal).
+    ModeAtMost(String),
+    /// File owner `user:group`.
+    Owner(String),
+    /// A check written in code.
+    Builtin(Builtin),
+}
+
+/// `{flag}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagRef {
+    /// Flag name.
+    pub flag: String,
+}
+
+/// `{flag, value}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagValue {
+    /// Flag name.
+    pub flag: String,
+    /// Value.
+    pub value: String,
+}
+
+/// `{flag, item}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagItem {
+    /// Flag name.
+    pub flag: String,
+    /// List item.
+    pub item: String,
+}
+
+/// `{flag, value}` with a number.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagNumber {
+    /// Flag name.
+    pub flag: String,
+    /// Threshold.
+    pub value: i64,
+}
+
+/// `{flag, allowed}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagAllowed {
+    /// Flag name.
+    pub flag: String,
+    /// Allowed items.
+    pub allowed: Vec<String>,
+}
+
+/// `{gate, value}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateValue {
+    /// Gate name.
+    pub gate: String,
+    /// The value that fails.
+    pub value: String,
+}
+
+/// `{note}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualNote {
+    /// What a person should check.
+    pub note: String,
+}
+
+/// Checks written in code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Builtin {
+    /// Flags the version does not accept.
+    UnsupportedFlags,
+    /// Admission plugins the version does not have.
+    UnsupportedPlugins,
+    /// Feature gates removed, not yet there, or locked on and set false.
+    UnsupportedGates,
+    /// Positional words on the command line.
+    StrayArguments,
+    /// Values the component cannot parse.
+    InvalidValues,
+    /// The version is known.
+    VersionKnown,
+    /// The version is still supported.
+    SupportedVersion,
+    /// No known CVE affects the version.
+    KnownCves,
+    /// Anonymous access restricted through an AuthenticationConfiguration.
+    AnonymousRestricted,
+}
+
+/// A fix, as data.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fix {
+    /// Set a flag to a value (adding it if absent).
+    Set(FlagValue),
+    /// Remove every occurrence of a flag.
+    Remove(FlagRef),
+    /// Add an item to a list flag (adding the flag if absent).
+    AddToList(FlagItem),
+    /// Remove an item from a list flag.
+    RemoveFromList(FlagItem),
+}
+
+/// What a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Manifests of one component.
+    Component(Component),
+    /// Manifests of every component.
+    AnyComponent,
+    /// Files of a role.
+    Files(FileRole),
+}
+
+/// A rule as written in data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Stable id.
+    pub id: String,
+    /// CIS id.
+    #[serde(default)]
+    pub cis: Option<String>,
+    /// Component name or `any`.
+    #[serde(default)]
+    pub component: Option<String>,
+    /// File role.
+    #[serde(default)]
+    pub files: Option<FileRole>,
+    /// Title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// A failing test is a warn (CIS Manual).
+    #[serde(default)]
+    pub warn_only: bool,
+    /// The setting lives in a file named by this flag when it is set.
+    #[serde(default)]
+    pub unless_set: Option<String>,
+    /// First minor the rule applies to, beyond what its flags imply.
+    #[serde(default)]
+    pub since: Option<Minor>,
+    /// First minor the rule no longer applies to.
+    #[serde(default)]
+    pub until: Option<Minor>,
+    /// The test.
+    pub test: Test,
+    /// What to do.
+    pub remediation: String,
+    /// The fix as data.
+    #[serde(default)]
+    pub fix: Option<Fix>,
+    /// Safe to apply unattended.
+    #[serde(default)]
+    pub safe: bool,
+}
+
+/// A checked rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Stable id.
+    pub id: String,
+    /// CIS Kubernetes Benchmark id.
+    pub cis: Option<String>,
+    /// What it looks at.
+    pub target: Target,
+    /// Title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// A failing test is a warn.
+    pub warn_only: bool,
+    /// See [`RawRule::unless_set`].
+    pub unless_set: Option<String>,
+    /// First minor it applies to.
+    pub since: Option<Minor>,
+    /// First minor it no longer applies to.
+    pub until: Option<Minor>,
+    /// The test.
+    pub test: Test,
+    /// Remediation text.
+    pub remediation: String,
+    /// The fix.
+    pub fix: Option<Fix>,
+    /// Safe unattended.
+    pub safe: bool,
+}
+
+/// The support window of a product.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Support {
+    /// `kube` or `etcd`.
+    pub component: String,
+    /// Oldest supported minor.
+    pub oldest: Minor,
+    /// Where that comes from.
+    pub source: String,
+}
+
+/// A known vulnerability.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cve {
+    /// CVE id.
+    pub id: String,
+    /// Component affected.
+    #[serde(deserialize_with = "de_component")]
+    pub component: Component,
+    /// Severity.
+    pub severity: Severity,
+    /// What it is.
+    pub title: String,
+    /// Minor that introduced it, when known.
+    #[serde(default)]
+    pub since: Option<Minor>,
+    /// First fixed patch release per minor.
+    pub fixed: Vec<String>,
+    /// Advisory.
+    pub source: String,
+}
+
+/// Release support and CVEs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionTable {
+    /// The day the table was compiled.
+    pub compiled: String,
+    /// Support windows.
+    pub supported: Vec<Support>,
+    /// Known CVEs.
+    pub cves: Vec<Cve>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagsDoc {
+    flags: Vec<FlagSpec>,
+    items: Vec<ItemSpec>,
+}
+
+/// A list of rules, as in `rules.yaml` and in config.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesDoc {
+    /// The rules.
+    pub rules: Vec<RawRule>,
+}
+
+/// Flags, items, rules and versions, checked.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    /// Flag lifecycle and defaults.
+    pub flags: Vec<FlagSpec>,
+    /// Plugin and gate lifecycle.
+    pub items: Vec<ItemSpec>,
+    /// Rules, in catalogue order.
+    pub rules: Vec<Rule>,
+    /// Support and CVEs.
+    pub versions: VersionTable,
+}
+
+fn parse_yaml<T: for<'de> Deserialize<'de>>(name: &str, text: &str) -> Result<T, CatalogueError> {
+    serde_saphyr::from_str(text).map_err(|e| CatalogueError::Parse {
+        source_name: name.to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl Catalogue {
+    /// The catalogue built into the binary.
+    pub fn builtin() -> &'static Catalogue {
+        static BUILTIN: OnceLock<Catalogue> = OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            Catalogue::load(RULES_YAML, "built-in rules.yaml")
+                .expect("the built-in catalogue is valid (checked by its unit tests)")
+        })
+    }
+
+    fn load(rules_yaml: &str, rules_name: &str) -> Result<Catalogue, CatalogueError> {
+        let flags: FlagsDoc = parse_yaml("built-in flags.yaml", FLAGS_YAML)?;
+        let versions: VersionTable = parse_yaml("built-in versions.yaml", VERSIONS_YAML)?;
+        for cve in &versions.cves {
+            for f in &cve.fixed {
+                if Version::parse(f).and_then(|v| v.patch).is_none() {
+                    return Err(CatalogueError::Parse {
+                        source_name: "built-in versions.yaml".into(),
+                        message: format!("{}: fixed version {f:?} is not x.y.z", cve.id),
+                    });
+                }
+            }
+        }
+        let mut cat = Catalogue {
+            flags: flags.flags,
+            items: flags.items,
+            rules: Vec::new(),
+            versions,
+        };
+        cat.add_rules(rules_yaml, rules_name)?;
+        Ok(cat)
+    }
+
+    /// Adds rules written in the catalogue format (from config), checking each.
+    pub fn add_rules(&mut self, yaml: &str, name: &str) -> Result<(), CatalogueError> {
+        let doc: RulesDoc = parse_yaml(name, yaml)?;
+        self.add_raw_rules(doc.rules)
+    }
+
+    /// Adds already-parsed rules, checking each.
+    pub fn add_raw_rules(&mut self, raw: Vec<RawRule>) -> Result<(), CatalogueError> {
+        let mut ids: HashSet<String> = self.rules.iter().map(|r| r.id.clone()).collect();
+        for r in raw {
+            let rule = self.check_rule(r)?;
+            if !ids.insert(rule.id.clone()) {
+                return Err(CatalogueError::Rule {
+                    id: rule.id,
+                    problem: "the id is used by another rule".into(),
+                });
+            }
+            self.rules.push(rule);
+        }
+        Ok(())
+    }
+
+    /// Removes rules by id; an unknown id is an error (a typo would otherwise silently
+    /// keep the rule on).
+    pub fn disable(&mut self, ids: &[String]) -> Result<(), CatalogueError> {
+        for id in ids {
+            let before = self.rules.len();
+            self.rules.retain(|r| &r.id != id);
+            if self.rules.len() == before {
+                return Err(CatalogueError::Rule {
+                    id: id.clone(),
+                    problem: "cannot disable: no rule has this id (see `lockdown-agent rules`)"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rule(&self, r: RawRule) -> Result<Rule, CatalogueError> {
+        let bad = |problem: String| CatalogueError::Rule {
+            id: r.id.clone(),
+            problem,
+        };
+        if r.id.is_empty()
+            || !r
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(bad("ids are letters, digits, '-' and '.'".into()));
+        }
+        let target = match (&r.component, r.files) {
+            (Some(c), None) if c == "any" => Target::AnyComponent,
+            (Some(c), None) => Target::Component(
+                Component::from_executable(c)
+                    .ok_or_else(|| bad(format!("unknown component {c:?}")))?,
+            ),
+            (None, Some(role)) => Target::Files(role),
+            _ => return Err(bad("set exactly one of `component` and `files`".into())),
+        };
+        if let Target::Component(c) = target {
+            let mut missing = Vec::new();
+            referenced_flags(&r.test, &mut missing);
+            if let Some(f) = &r.unless_set {
+                missing.push(f.clone());
+            }
+            for flag in missing {
+                if flag != "*" && self.flag(c, &flag).is_none() {
+                    return Err(bad(format!(
+                        "names --{flag}, which the catalogue does not know for {c}; add it to flags.yaml"
+                    )));
+                }
+            }
+        }
+        Ok(Rule {
+            id: r.id,
+            cis: r.cis,
+            target,
+            title: r.title,
+            severity: r.severity,
+            warn_only: r.warn_only,
+            unless_set: r.unless_set,
+            since: r.since,
+            until: r.until,
+            test: r.test,
+            remediation: r.remediation,
+            fix: r.fix,
+            safe: r.safe,
+        })
+    }
+
+    /// The spec of a flag.
+    pub fn flag(&self, c: Component, name: &str) -> Option<&FlagSpec> {
+        self.flags
+            .iter()
+            .find(|f| f.component == c && f.flag == name)
+    }
+
+    /// How a flag's value is read (scalar when the catalogue does not know it).
+    pub fn kind(&self, c: Component, name: &str) -> FlagKind {
+        self.flag(c, name).map(|f| f.kind).unwrap_or_default()
+    }
+
+    /// Whether `v` accepts the flag (flags the catalogue does not know are assumed accepted).
+    pub fn flag_exists(&self, c: Component, name: &str, v: Option<Version>) -> Existence {
+        match self.flag(c, name) {
+            Some(f) => existence(f.since, f.removed, v),
+            None => Existence::Accepted,
+        }
+    }
+
+    /// The lifecycle record of a plugin or gate.
+    pub fn item(&self, c: Component, list_flag: &str, name: &str) -> Option<&ItemSpec> {
+        let family = item_family(list_flag);
+        self.items
+            .iter()
+            .find(|i| i.component == c && item_family(&i.flag) == family && i.name == name)
+    }
+
+    /// Whether `v` has the plugin or gate.
+    pub fn item_exists(
+        &self,
+        c: Component,
+        list_flag: &str,
+        name: &str,
+        v: Option<Version>,
+    ) -> Existence {
+        match self.item(c, list_flag, name) {
+            Some(i) => existence(i.since, i.removed, v),
+            None => Existence::Accepted,
+        }
+    }
+
+    /// The value an absent flag has on `v`; `None` when unknown (no default recorded, or the
+    /// version is unknown and the default changed between versions).
+    pub fn default_of(&self, c: Component, name: &str, v: Option<Version>) -> Option<String> {
+        let spec = self.flag(c, name)?;
+        match v {
+            Some(v) => spec
+                .defaults
+                .iter()
+                .filter(|d| d.since.is_none_or(|s| s.le(v)))
+                .next_back()
+                .map(|d| d.value.clone()),
+            None => {
+                let first = spec.defaults.first()?;
+                spec.defaults
+                    .iter()
+                    .all(|d| d.value == first.value)
+                    .then(|| first.value.clone())
+            }
+        }
+    }
+
+    /// The support window for a component.
+    pub fn support(&self, c: Component) -> Option<&Support> {
+        let key = if c == Component::Etcd { "etcd" } else { "kube" };
+        self.versions.supported.iter().find(|s| s.component == key)
+    }
+
+    /// A digest of the rules in force (ids, in order), for events and status.
+    pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.id.as_str())
+    }
+}
+
+/// Admission plugin flags share one plugin namespace.
+fn item_family(flag: &str) -> &str {
+    match flag {
+        "enable-admission-plugins" | "disable-admission-plugins" | "admission-control" => {
+            "admission-plugins"
+        }
+        other => other,
+    }
+}
+
+/// Every flag a test names.
+pub fn referenced_flags(t: &Test, out: &mut Vec<String>) {
+    match t {
+        Test::Eq(f) | Test::NotEq(f) => out.push(f.flag.clone()),
+        Test::Set(f) | Test::NotSet(f) => out.push(f.flag.clone()),
+        Test::Has(f) | Test::NotHas(f) => out.push(f.flag.clone()),
+        Test::Gte(f) => out.push(f.flag.clone()),
+        Test::Subset(f) => out.push(f.flag.clone()),
+        Test::GateNot(_) => out.push("feature-gates".into()),
+        Test::All(ts) | Test::Any(ts) => ts.iter().for_each(|t| referenced_flags(t, out)),
+        Test::Manual(_) | Test::ModeAtMost(_) | Test::Owner(_) | Test::Builtin(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalogue_loads_and_covers_every_cis_control_plane_check() {
+        let cat = Catalogue::builtin();
+        let ids: HashSet<&str> = cat.rules.iter().filter_map(|r| r.cis.as_deref()).collect();
+        let tsv = include_str!("../../../tests/data/kube-bench-ids.txt");
+        let missing: Vec<&str> = tsv.lines().filter(|id| !ids.contains(id)).collect();
+        assert!(missing.is_empty(), "CIS checks without a rule: {missing:?}");
+    }
+
+    #[test]
+    fn defaults_follow_the_version() {
+        let cat = Catalogue::builtin();
+        let c = Component::KubeApiserver;
+        assert_eq!(
+            cat.default_of(c, "insecure-port", Some(Version::new(1, 19, 0)))
+                .as_deref(),
+            Some("8080")
+        );
+        assert_eq!(
+            cat.default_of(c, "insecure-port", Some(Version::new(1, 20, 0)))
+                .as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            cat.default_of(c, "audit-log-maxage", Some(Version::new(1, 36, 1)))
+                .as_deref(),
+            Some("366")
+        );
+        assert_eq!(cat.default_of(c, "audit-log-maxage", None), None);
+        assert_eq!(
+            cat.default_of(c, "profiling", None).as_deref(),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn lifecycle_answers() {
+        let cat = Catalogue::builtin();
+        let c = Component::KubeApiserver;
+        let v = |m| Some(Version::new(1, m, 0));
+        assert_eq!(
+            cat.flag_exists(c, "kubelet-https", v(21)),
+            Existence::Accepted
+        );
+        assert_eq!(
+            cat.flag_exists(c, "kubelet-https", v(22)),
+            Existence::Removed(Minor(1, 22))
+        );
+        assert_eq!(
+            cat.flag_exists(c, "authentication-config", v(28)),
+            Existence::NotYet(Minor(1, 29))
+        );
+        assert_eq!(
+            cat.flag_exists(c, "kubelet-https", None),
+            Existence::Unknown
+        );
+        assert_eq!(
+            cat.item_exists(c, "disable-admission-plugins", "PodSecurityPolicy", v(25)),
+            Existence::Removed(Minor(1, 25))
+        );
+    }
+
+    #[test]
+    fn a_rule_naming_an_unknown_flag_is_refused() {
+        let mut cat = Catalogue::builtin().clone();
+        let err = cat
+            .add_rules(
+                "rules:\n- {id: x, component: kube-apiserver, title: t, severity: low, test: {set: {flag: anonymus-auth}}, remediation: r}\n",
+                "test",
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("--anonymus-auth"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_unknown_disables_are_refused() {
+        let mut cat = Catalogue::builtin().clone();
+        let dup = "rules:\n- {id: apiserver-profiling, component: kube-apiserver, title: t, severity: low, test: {set: {flag: profiling}}, remediation: r}\n";
+        assert!(cat.add_rules(dup, "test").is_err());
+        assert!(cat.disable(&["no-such-rule".into()]).is_err());
+        cat.disable(&["apiserver-profiling".into()]).unwrap();
+        assert!(cat.rules.iter().all(|r| r.id != "apiserver-profiling"));
+    }
+
+    #[test]
+    fn unknown_keys_in_rules_are_refused() {
+        let mut cat = Catalogue::builtin().clone();
+        let err = cat
+            .add_rules(
+                "rules:\n- {id: x, component: etcd, title: t, severity: low, tset: {set: {flag: cert-file}}, remediation: r}\n",
+                "test",
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("tset"), "{err}");
+    }
+}

@@ -1,0 +1,1010 @@
+//! Pure evaluation: facts and rules in, findings out. No IO here: file contents that a rule
+//! needs (an AuthenticationConfiguration, a file's mode) are gathered by the caller.
+
+use super::catalogue::{
+    Builtin, Catalogue, Existence, FileRole, Fix, FlagItem, FlagRef, FlagValue, Minor, Rule,
+    Target, Test, explain, referenced_flags,
+};
+use super::{Finding, Severity, Status};
+use crate::manifest::flags::{FlagKind, Flags, parse_go_bool};
+use crate::manifest::version::Version;
+use crate::manifest::{Component, ControlPlane};
+
+/// Paths that may be open to anonymous requests without weakening anything: the health
+/// endpoints kubeadm probes and kubeadm's token-discovery ConfigMap.
+pub const ANONYMOUS_HEALTH_PATHS: [&str; 4] = [
+    "/livez",
+    "/readyz",
+    "/healthz",
+    "/api/v1/namespaces/kube-public/configmaps/cluster-info",
+];
+
+/// What the file named by `--authentication-config` says about anonymous requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthnConfig {
+    /// It could not be read or parsed; the reason.
+    Unreadable(String),
+    /// It has no `anonymous:` block.
+    NoAnonymousBlock,
+    /// Its `anonymous:` block.
+    Anonymous {
+        /// `enabled`.
+        enabled: bool,
+        /// `conditions[].path`.
+        paths: Vec<String>,
+    },
+}
+
+/// Everything the evaluator knows about one manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct ManifestFacts<'a> {
+    /// The component, its version and flags.
+    pub cp: &'a ControlPlane,
+    /// The authentication config, when the manifest names one and it was looked at.
+    pub authn: Option<&'a AuthnConfig>,
+}
+
+/// What the evaluator knows about one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    /// Roles of the file in the CIS 1.1 file set.
+    pub roles: Vec<FileRole>,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Owner name, when the uid has one.
+    pub user: Option<String>,
+    /// Group name, when the gid has one.
+    pub group: Option<String>,
+}
+
+enum Verdict {
+    Pass,
+    Fail,
+    Unknown(String),
+}
+
+struct Check {
+    verdict: Verdict,
+    flag: Option<String>,
+    observed: Option<String>,
+    expected: Option<String>,
+    /// A fix specific to this check (built-in checks); otherwise the rule's fix.
+    fix: Option<Fix>,
+    severity: Option<Severity>,
+    title: Option<String>,
+    reference: Option<String>,
+}
+
+impl Check {
+    fn new(
+        verdict: Verdict,
+        flag: Option<&str>,
+        observed: Option<String>,
+        expected: Option<String>,
+    ) -> Self {
+        Check {
+            verdict,
+            flag: flag.map(|f| format!("--{f}")),
+            observed,
+            expected,
+            fix: None,
+            severity: None,
+            title: None,
+            reference: None,
+        }
+    }
+
+    fn pass() -> Self {
+        Check::new(Verdict::Pass, None, None, None)
+    }
+}
+
+/// An absent flag's value, or the flag's own.
+enum Resolved {
+    Present(String),
+    Default(String),
+    Unknown,
+}
+
+impl Resolved {
+    fn value(&self) -> Option<&str> {
+        match self {
+            Resolved::Present(v) | Resolved::Default(v) => Some(v),
+            Resolved::Unknown => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Resolved::Present(v) => v.clone(),
+            Resolved::Default(v) => format!("absent (default {v})"),
+            Resolved::Unknown => "absent".into(),
+        }
+    }
+}
+
+struct Ctx<'a> {
+    cat: &'a Catalogue,
+    c: Component,
+    v: Option<Version>,
+    flags: &'a Flags,
+    authn: Option<&'a AuthnConfig>,
+}
+
+impl Ctx<'_> {
+    fn kind(&self, flag: &str) -> FlagKind {
+        self.cat.kind(self.c, flag)
+    }
+
+    fn resolve(&self, flag: &str) -> Resolved {
+        match self.flags.effective(flag, self.kind(flag)) {
+            Some(v) => Resolved::Present(v),
+            None => match self.cat.default_of(self.c, flag, self.v) {
+                Some(d) => Resolved::Default(d),
+                None => Resolved::Unknown,
+            },
+        }
+    }
+
+    fn list(&self, flag: &str) -> (Vec<String>, String) {
+        match self.flags.list(flag) {
+            Some(items) => {
+                let shown = items.join(",");
+                (items, shown)
+            }
+            None => match self.cat.default_of(self.c, flag, self.v) {
+                Some(d) => (
+                    crate::manifest::flags::split_list(&d).collect(),
+                    format!("absent (default {d})"),
+                ),
+                None => (Vec::new(), "absent".into()),
+            },
+        }
+    }
+
+    fn version_text(&self) -> String {
+        match self.v {
+            Some(v) => format!("{} {v}", self.c),
+            None => format!("{} (version unknown)", self.c),
+        }
+    }
+}
+
+/// Evaluates every component rule that targets this manifest's component.
+pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Finding> {
+    let ctx = Ctx {
+        cat,
+        c: facts.cp.component,
+        v: facts.cp.version,
+        flags: &facts.cp.flags,
+        authn: facts.authn,
+    };
+    let mut out = Vec::new();
+    for rule in &cat.rules {
+        match rule.target {
+            Target::Component(c) if c == ctx.c => {}
+            Target::AnyComponent => {}
+            _ => continue,
+        }
+        if let Some(reason) = not_applicable(rule, &ctx) {
+            out.push(finding(
+                rule,
+                Check::new(Verdict::Pass, None, None, None),
+                Status::Skip,
+                Some(reason),
+                &ctx,
+            ));
+            continue;
+        }
+        if let Some(flag) = rule.unless_set.as_deref().filter(|f| ctx.flags.is_set(f)) {
+            let file = ctx.flags.value(flag).unwrap_or_default();
+            let check = Check::new(
+                Verdict::Unknown(format!(
+                    "configured in --{flag}={file}, which this rule does not read"
+                )),
+                Some(flag),
+                Some(file),
+                None,
+            );
+            out.push(finding(rule, check, Status::Warn, None, &ctx));
+            continue;
+        }
+        for check in run(&rule.test, &ctx) {
+            let status = match check.verdict {
+                Verdict::Pass => Status::Pass,
+                Verdict::Fail if rule.warn_only => Status::Warn,
+                Verdict::Fail => Status::Fail,
+                Verdict::Unknown(_) => Status::Warn,
+            };
+            out.push(finding(rule, check, status, None, &ctx));
+        }
+    }
+    out
+}
+
+/// Evaluates every file rule whose role the file has.
+pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for rule in &cat.rules {
+        let Target::Files(role) = rule.target else {
+            continue;
+        };
+        if !file.roles.contains(&role) {
+            continue;
+        }
+        let check = match &rule.test {
+            Test::ModeAtMost(max) => mode_check(file.mode, max),
+            Test::Owner(want) => owner_check(file, want),
+            _ => Check::new(
+                Verdict::Unknown("only mode_at_most and owner apply to files".into()),
+                None,
+                None,
+                None,
+            ),
+        };
+        let status = match check.verdict {
+            Verdict::Pass => Status::Pass,
+            Verdict::Fail if rule.warn_only => Status::Warn,
+            Verdict::Fail => Status::Fail,
+            Verdict::Unknown(_) => Status::Warn,
+        };
+        let reason = match &check.verdict {
+            Verdict::Unknown(r) => Some(r.clone()),
+            _ => None,
+        };
+        out.push(Finding {
+            id: rule.id.clone(),
+            cis: rule.cis.clone(),
+            title: rule.title.clone(),
+            severity: rule.severity,
+            status,
+            flag: None,
+            observed: check.observed,
+            expected: check.expected,
+            remediation: rule.remediation.clone(),
+            autofix: false,
+            fix: None,
+            reason,
+            reference: None,
+        });
+    }
+    out
+}
+
+fn mode_check(mode: u32, max: &str) -> Check {
+    let Ok(allowed) = u32::from_str_radix(max, 8) else {
+        return Check::new(
+            Verdict::Unknown(format!("{max:?} is not an octal mode")),
+            None,
+            None,
+            None,
+        );
+    };
+    let verdict = if mode & 0o7777 & !allowed == 0 {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    Check::new(
+        verdict,
+        None,
+        Some(format!("{:04o}", mode & 0o7777)),
+        Some(format!("{allowed:04o} or stricter")),
+    )
+}
+
+fn owner_check(file: &FileFacts, want: &str) -> Check {
+    let user = file.user.clone().unwrap_or_else(|| file.uid.to_string());
+    let group = file.group.clone().unwrap_or_else(|| file.gid.to_string());
+    let observed = format!("{user}:{group}");
+    let verdict = if observed == want {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    Check::new(verdict, None, Some(observed), Some(want.to_string()))
+}
+
+fn finding(
+    rule: &Rule,
+    check: Check,
+    status: Status,
+    skip: Option<String>,
+    ctx: &Ctx<'_>,
+) -> Finding {
+    let mut reason = skip.or(match &check.verdict {
+        Verdict::Unknown(r) => Some(r.clone()),
+        _ => None,
+    });
+    let mut fix = None;
+    let mut autofix = false;
+    if status == Status::Fail || status == Status::Warn {
+        if let Some(candidate) = check.fix.clone().or_else(|| rule.fix.clone()) {
+            match guard(&candidate, ctx) {
+                Ok(()) => {
+                    autofix = rule.safe;
+                    fix = Some(candidate);
+                }
+                Err(why) => {
+                    reason.get_or_insert(format!("no fix offered: {why}"));
+                }
+            }
+        }
+    }
+    Finding {
+        id: rule.id.clone(),
+        cis: rule.cis.clone(),
+        title: check.title.unwrap_or_else(|| rule.title.clone()),
+        severity: check.severity.unwrap_or(rule.severity),
+        status,
+        flag: check.flag.or_else(|| primary_flag(&rule.test)),
+        observed: check.observed,
+        expected: check.expected,
+        remediation: rule.remediation.clone(),
+        autofix,
+        fix,
+        reason,
+        reference: check.reference,
+    }
+}
+
+fn primary_flag(t: &Test) -> Option<String> {
+    let mut flags = Vec::new();
+    referenced_flags(t, &mut flags);
+    flags.into_iter().next().map(|f| format!("--{f}"))
+}
+
+/// The version guard: a fix may change or remove what is there, but may add a flag or list
+/// item only when the detected version is known and accepts it.
+fn guard(fix: &Fix, ctx_like: &Ctx<'_>) -> Result<(), String> {
+    let ctx = ctx_like;
+    let adds = |flag: &str| -> Result<(), String> {
+        let Some(v) = ctx.v else {
+            return Err(format!(
+                "the {} version is unknown, so nothing is added",
+                ctx.c
+            ));
+        };
+        match ctx.cat.flag_exists(ctx.c, flag, Some(v)) {
+            Existence::Accepted => Ok(()),
+            e => Err(format!(
+                "--{flag} is not accepted by {} {v} ({})",
+                ctx.c,
+                explain(e)
+            )),
+        }
+    };
+    match fix {
+        Fix::Set(FlagValue { flag, .. }) if ctx.flags.is_set(flag) => Ok(()),
+        Fix::Set(FlagValue { flag, .. }) => adds(flag),
+        Fix::AddToList(FlagItem { flag, item }) => {
+            if !ctx.flags.is_set(flag) {
+                adds(flag)?;
+            }
+            let Some(v) = ctx.v else {
+                return Err(format!(
+                    "the {} version is unknown, so nothing is added",
+                    ctx.c
+                ));
+            };
+            match ctx.cat.item_exists(ctx.c, flag, item, Some(v)) {
+                Existence::Accepted => Ok(()),
+                e => Err(format!(
+                    "{item} is not accepted by {} {v} ({})",
+                    ctx.c,
+                    explain(e)
+                )),
+            }
+        }
+        Fix::Remove(_) | Fix::RemoveFromList(_) => Ok(()),
+    }
+}
+
+/// Why a rule does not apply to this version, if it does not.
+fn not_applicable(rule: &Rule, ctx: &Ctx<'_>) -> Option<String> {
+    if rule.since.is_some() || rule.until.is_some() {
+        let Some(v) = ctx.v else {
+            return Some("applies only to some versions, and the version is unknown".into());
+        };
+        if rule.since.is_some_and(|s| !s.le(v)) || rule.until.is_some_and(|u| u.le(v)) {
+            return Some(format!("does not apply to {}", ctx.version_text()));
+        }
+    }
+    let mut flags = Vec::new();
+    referenced_flags(&rule.test, &mut flags);
+    for flag in flags {
+        match ctx.cat.flag_exists(ctx.c, &flag, ctx.v) {
+            Existence::Accepted => {}
+            Existence::Unknown if ctx.flags.is_set(&flag) => {}
+            Existence::Unknown => {
+                return Some(format!(
+                    "--{flag} exists only in some versions, and the version is unknown"
+                ));
+            }
+            e => {
+                return Some(format!(
+                    "--{flag} does not exist in {} ({})",
+                    ctx.version_text(),
+                    explain(e)
+                ));
+            }
+        }
+    }
+    let mut items = Vec::new();
+    list_items(&rule.test, &mut items);
+    for (flag, item) in items {
+        match ctx.cat.item_exists(ctx.c, &flag, &item, ctx.v) {
+            Existence::Accepted => {}
+            Existence::Unknown => {
+                return Some(format!(
+                    "{item} exists only in some versions, and the version is unknown"
+                ));
+            }
+            e => {
+                return Some(format!(
+                    "{item} does not exist in {} ({})",
+                    ctx.version_text(),
+                    explain(e)
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn list_items(t: &Test, out: &mut Vec<(String, String)>) {
+    match t {
+        Test::Has(f) | Test::NotHas(f) => out.push((f.flag.clone(), f.item.clone())),
+        Test::All(ts) | Test::Any(ts) => ts.iter().for_each(|t| list_items(t, out)),
+        _ => {}
+    }
+}
+
+fn same_value(kind: FlagKind, a: &str, b: &str) -> Option<bool> {
+    match kind {
+        FlagKind::Bool => Some(parse_go_bool(a)? == parse_go_bool(b)?),
+        FlagKind::Int => Some(a.trim().parse::<i64>().ok()? == b.trim().parse::<i64>().ok()?),
+        _ => Some(a == b),
+    }
+}
+
+fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
+    match test {
+        Test::Eq(FlagValue { flag, value }) | Test::NotEq(FlagValue { flag, value }) => {
+            let want_equal = matches!(test, Test::Eq(_));
+            let r = ctx.resolve(flag);
+            let expected = if want_equal {
+                value.clone()
+            } else {
+                format!("not {value}")
+            };
+            let verdict = match r.value() {
+                None => Verdict::Unknown(format!(
+                    "--{flag} is absent and its default on {} is not known",
+                    ctx.version_text()
+                )),
+                Some(seen) => match same_value(ctx.kind(flag), seen, value) {
+                    Some(eq) if eq == want_equal => Verdict::Pass,
+                    Some(_) => Verdict::Fail,
+                    // Not parseable as the flag's type: the component would not start.
+                    None => Verdict::Fail,
+                },
+            };
+            vec![Check::new(
+                verdict,
+                Some(flag),
+                Some(r.describe()),
+                Some(expected),
+            )]
+        }
+        Test::Set(FlagRef { flag }) | Test::NotSet(FlagRef { flag }) => {
+            let want_set = matches!(test, Test::Set(_));
+            let seen = ctx.flags.effective(flag, ctx.kind(flag));
+            let verdict = if seen.is_some() == want_set {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            };
+            vec![Check::new(
+                verdict,
+                Some(flag),
+                Some(seen.unwrap_or_else(|| "absent".into())),
+                Some(if want_set { "set" } else { "not set" }.into()),
+            )]
+        }
+        Test::Has(FlagItem { flag, item }) | Test::NotHas(FlagItem { flag, item }) => {
+            let want = matches!(test, Test::Has(_));
+            let (items, shown) = ctx.list(flag);
+            let has = items.iter().any(|i| i == item);
+            let verdict = if has == want {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            };
+            let expected = if want {
+                format!("includes {item}")
+            } else {
+                format!("does not include {item}")
+            };
+            vec![Check::new(verdict, Some(flag), Some(shown), Some(expected))]
+        }
+        Test::Gte(n) => {
+            let r = ctx.resolve(&n.flag);
+            let verdict = match r.value() {
+                None => Verdict::Unknown(format!(
+                    "--{} is absent and its default is not known",
+                    n.flag
+                )),
+                Some(v) => match v.trim().parse::<i64>() {
+                    Ok(x) if x >= n.value => Verdict::Pass,
+                    _ => Verdict::Fail,
+                },
+            };
+            let mut observed = r.describe();
+            if let Some(v) = r.value().filter(|v| v.trim().parse::<i64>().is_err()) {
+                observed = format!("{v} (not a whole number: the component will not start)");
+            }
+            vec![Check::new(
+                verdict,
+                Some(&n.flag),
+                Some(observed),
+                Some(format!(">= {}", n.value)),
+            )]
+        }
+        Test::Subset(s) => {
+            let (items, shown) = match ctx.flags.list(&s.flag) {
+                Some(items) => {
+                    let shown = items.join(",");
+                    (Some(items), shown)
+                }
+                None => (None, "absent (default: the Go TLS library's list)".into()),
+            };
+            let verdict = match &items {
+                Some(items) if items.iter().all(|i| s.allowed.contains(i)) => Verdict::Pass,
+                _ => Verdict::Fail,
+            };
+            vec![Check::new(
+                verdict,
+                Some(&s.flag),
+                Some(shown),
+                Some(format!("only {}", s.allowed.join(","))),
+            )]
+        }
+        Test::GateNot(g) => {
+            let gates = ctx.flags.map("feature-gates").unwrap_or_default();
+            let seen = gates
+                .iter()
+                .find(|(k, _)| *k == g.gate)
+                .map(|(_, v)| v.clone());
+            let bad = seen
+                .as_deref()
+                .is_some_and(|v| same_value(FlagKind::Bool, v, &g.value) != Some(false));
+            vec![Check::new(
+                if bad { Verdict::Fail } else { Verdict::Pass },
+                Some("feature-gates"),
+                Some(seen.map_or_else(
+                    || format!("{} not set", g.gate),
+                    |v| format!("{}={v}", g.gate),
+                )),
+                Some(format!("{} not {}", g.gate, g.value)),
+            )]
+        }
+        Test::All(ts) => {
+            let checks: Vec<Check> = ts.iter().flat_map(|t| run(t, ctx)).collect();
+            let first_bad = checks
+                .iter()
+                .position(|c| !matches!(c.verdict, Verdict::Pass));
+            let pick = first_bad.unwrap_or(0);
+            checks.into_iter().nth(pick).into_iter().collect()
+        }
+        Test::Any(ts) => {
+            let checks: Vec<Check> = ts.iter().flat_map(|t| run(t, ctx)).collect();
+            if let Some(i) = checks
+                .iter()
+                .position(|c| matches!(c.verdict, Verdict::Pass))
+            {
+                return checks.into_iter().nth(i).into_iter().collect();
+            }
+            let expected = checks
+                .iter()
+                .filter_map(|c| c.expected.clone())
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let mut first = checks.into_iter().next().into_iter().collect::<Vec<_>>();
+            if let Some(c) = first.first_mut() {
+                c.expected = Some(expected);
+            }
+            first
+        }
+        Test::Manual(m) => vec![Check::new(
+            Verdict::Unknown(format!("manual check: {}", m.note)),
+            None,
+            None,
+            None,
+        )],
+        Test::ModeAtMost(_) | Test::Owner(_) => {
+            vec![Check::new(
+                Verdict::Unknown("file tests apply to files, not manifests".into()),
+                None,
+                None,
+                None,
+            )]
+        }
+        Test::Builtin(b) => builtin(*b, ctx),
+    }
+}
+
+fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Vec<Check> {
+    let mut out = match b {
+        Builtin::UnsupportedFlags => unsupported_flags(ctx),
+        Builtin::UnsupportedPlugins => unsupported_items(
+            ctx,
+            &[
+                "enable-admission-plugins",
+                "disable-admission-plugins",
+                "admission-control",
+            ],
+        ),
+        Builtin::UnsupportedGates => unsupported_gates(ctx),
+        Builtin::StrayArguments => stray_arguments(ctx),
+        Builtin::InvalidValues => invalid_values(ctx),
+        Builtin::VersionKnown => vec![match ctx.v {
+            Some(_) => Check::pass(),
+            None => Check::new(
+                Verdict::Fail,
+                None,
+                Some("no version in the image tag".into()),
+                Some("a release version tag".into()),
+            ),
+        }],
+        Builtin::SupportedVersion => supported_version(ctx),
+        Builtin::KnownCves => known_cves(ctx),
+        Builtin::AnonymousRestricted => vec![anonymous_restricted(ctx)],
+    };
+    if out.is_empty() {
+        out.push(Check::pass());
+    }
+    out
+}
+
+fn unsupported_flags(ctx: &Ctx<'_>) -> Vec<Check> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for u in &ctx.flags.uses {
+        if seen.contains(&u.name.as_str())
+            || ctx.flags.args[u.arg].source == crate::manifest::flags::ArgSource::Env
+        {
+            continue;
+        }
+        seen.push(&u.name);
+        let e = ctx.cat.flag_exists(ctx.c, &u.name, ctx.v);
+        if matches!(e, Existence::Removed(_) | Existence::NotYet(_)) {
+            let mut check = Check::new(
+                Verdict::Fail,
+                Some(&u.name),
+                Some(ctx.flags.args[u.arg].text.clone()),
+                Some(format!(
+                    "absent: {} does not accept it ({})",
+                    ctx.version_text(),
+                    explain(e)
+                )),
+            );
+            check.fix = Some(Fix::Remove(FlagRef {
+                flag: u.name.clone(),
+            }));
+            out.push(check);
+        }
+    }
+    out
+}
+
+fn unsupported_items(ctx: &Ctx<'_>, list_flags: &[&str]) -> Vec<Check> {
+    let mut out = Vec::new();
+    for flag in list_flags {
+        for item in ctx.flags.list(flag).unwrap_or_default() {
+            let e = ctx.cat.item_exists(ctx.c, flag, &item, ctx.v);
+            if matches!(e, Existence::Removed(_) | Existence::NotYet(_)) {
+                let mut check = Check::new(
+                    Verdict::Fail,
+                    Some(flag),
+                    Some(item.clone()),
+                    Some(format!(
+                        "not listed: {} does not have {item} ({})",
+                        ctx.version_text(),
+                        explain(e)
+                    )),
+                );
+                check.fix = Some(Fix::RemoveFromList(FlagItem {
+                    flag: flag.to_string(),
+                    item,
+                }));
+                out.push(check);
+            }
+        }
+    }
+    out
+}
+
+fn unsupported_gates(ctx: &Ctx<'_>) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (gate, value) in ctx.flags.map("feature-gates").unwrap_or_default() {
+        let e = ctx.cat.item_exists(ctx.c, "feature-gates", &gate, ctx.v);
+        let locked_false = ctx
+            .cat
+            .item(ctx.c, "feature-gates", &gate)
+            .and_then(|i| i.locked)
+            .zip(ctx.v)
+            .is_some_and(|(l, v): (Minor, Version)| {
+                l.le(v) && parse_go_bool(&value) == Some(false)
+            });
+        let why = match e {
+            Existence::Removed(_) | Existence::NotYet(_) => explain(e),
+            _ if locked_false => "locked to true: false is refused".into(),
+            _ => continue,
+        };
+        let mut check = Check::new(
+            Verdict::Fail,
+            Some("feature-gates"),
+            Some(format!("{gate}={value}")),
+            Some(format!("{gate} not set on {} ({why})", ctx.version_text())),
+        );
+        check.fix = Some(Fix::RemoveFromList(FlagItem {
+            flag: "feature-gates".into(),
+            item: format!("{gate}={value}"),
+        }));
+        out.push(check);
+    }
+    out
+}
+
+fn stray_arguments(ctx: &Ctx<'_>) -> Vec<Check> {
+    ctx.flags
+        .stray
+        .iter()
+        .map(|&i| {
+            let word = &ctx.flags.args[i].text;
+            let before = ctx
+                .flags
+                .uses
+                .iter()
+                .find(|u| u.arg + 1 == i && u.value.is_none() && u.value_arg.is_none());
+            match before {
+                Some(u) => Check::new(
+                    Verdict::Fail,
+                    Some(&u.name),
+                    Some(format!("--{} {word}", u.name)),
+                    Some(format!("--{}={word}", u.name)),
+                ),
+                None => Check::new(
+                    Verdict::Fail,
+                    None,
+                    Some(word.clone()),
+                    Some("no positional arguments".into()),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn invalid_values(ctx: &Ctx<'_>) -> Vec<Check> {
+    let mut out: Vec<Check> = ctx
+        .flags
+        .missing_value
+        .iter()
+        .map(|f| {
+            Check::new(
+                Verdict::Fail,
+                Some(f),
+                Some(format!("--{f} with no value")),
+                Some("a value".into()),
+            )
+        })
+        .collect();
+    for u in &ctx.flags.uses {
+        let Some(value) = &u.value else { continue };
+        let (ok, what) = match ctx.kind(&u.name) {
+            FlagKind::Bool => (parse_go_bool(value).is_some(), "true or false"),
+            FlagKind::Int => (value.trim().parse::<i64>().is_ok(), "a whole number"),
+            _ => continue,
+        };
+        if !ok {
+            out.push(Check::new(
+                Verdict::Fail,
+                Some(&u.name),
+                Some(value.clone()),
+                Some(what.into()),
+            ));
+        }
+    }
+    out
+}
+
+fn supported_version(ctx: &Ctx<'_>) -> Vec<Check> {
+    let (Some(v), Some(s)) = (ctx.v, ctx.cat.support(ctx.c)) else {
+        return vec![Check::new(
+            Verdict::Unknown("the version is unknown".into()),
+            None,
+            None,
+            None,
+        )];
+    };
+    let mut check = Check::new(
+        if s.oldest.le(v) {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        None,
+        Some(v.to_string()),
+        Some(format!(
+            ">= {} (oldest supported as of {})",
+            s.oldest, ctx.cat.versions.compiled
+        )),
+    );
+    check.reference = Some(s.source.clone());
+    vec![check]
+}
+
+/// True when `v` is affected by a CVE fixed in the `fixed` patch releases.
+pub fn vulnerable(v: Version, since: Option<Minor>, fixed: &[Version]) -> Option<bool> {
+    if since.is_some_and(|s| !s.le(v)) {
+        return Some(false);
+    }
+    if let Some(f) = fixed.iter().find(|f| f.minor_pair() == v.minor_pair()) {
+        return Some(v.patch? < f.patch?);
+    }
+    let newest = fixed.iter().map(Version::minor_pair).max()?;
+    Some(v.minor_pair() < newest)
+}
+
+fn known_cves(ctx: &Ctx<'_>) -> Vec<Check> {
+    let Some(v) = ctx.v else {
+        return vec![Check::new(
+            Verdict::Unknown("the version is unknown".into()),
+            None,
+            None,
+            None,
+        )];
+    };
+    let mut out = Vec::new();
+    for cve in ctx
+        .cat
+        .versions
+        .cves
+        .iter()
+        .filter(|c| c.component == ctx.c)
+    {
+        let fixed: Vec<Version> = cve.fixed.iter().filter_map(|f| Version::parse(f)).collect();
+        let verdict = match vulnerable(v, cve.since, &fixed) {
+            Some(false) => continue,
+            Some(true) => Verdict::Fail,
+            None => Verdict::Unknown(format!("{}: the image names no patch release", cve.id)),
+        };
+        let mut check = Check::new(
+            verdict,
+            None,
+            Some(v.to_string()),
+            Some(format!(
+                ">= {}",
+                fixed_for(v, &fixed).unwrap_or_else(|| cve.fixed.join(" / "))
+            )),
+        );
+        check.severity = Some(cve.severity);
+        check.title = Some(format!("{}: {}", cve.id, cve.title));
+        check.reference = Some(cve.source.clone());
+        out.push(check);
+    }
+    out
+}
+
+fn fixed_for(v: Version, fixed: &[Version]) -> Option<String> {
+    fixed
+        .iter()
+        .find(|f| f.minor_pair() == v.minor_pair())
+        .map(|f| f.to_string())
+        .or_else(|| {
+            fixed
+                .iter()
+                .filter(|f| f.minor_pair() > v.minor_pair())
+                .min()
+                .map(|f| format!("{f} (upgrade the minor release)"))
+        })
+}
+
+fn anonymous_restricted(ctx: &Ctx<'_>) -> Check {
+    let flag_set = ctx.flags.is_set("anonymous-auth");
+    let flag = ctx.resolve("anonymous-auth");
+    let expected = Some("false, or anonymous requests limited to /livez, /readyz and /healthz by an AuthenticationConfiguration".to_string());
+    if let Some(file) = ctx.flags.value("authentication-config") {
+        match ctx.authn {
+            None => {
+                return Check::new(
+                    Verdict::Unknown(format!("the authentication config {file} was not read")),
+                    Some("authentication-config"),
+                    Some(file),
+                    expected,
+                );
+            }
+            Some(AuthnConfig::Unreadable(why)) => {
+                return Check::new(
+                    Verdict::Unknown(format!(
+                        "cannot read the authentication config {file}: {why}"
+                    )),
+                    Some("authentication-config"),
+                    Some(file),
+                    expected,
+                );
+            }
+            Some(AuthnConfig::Anonymous { .. }) if flag_set => {
+                return Check::new(
+                    Verdict::Fail,
+                    Some("anonymous-auth"),
+                    Some(format!(
+                        "--anonymous-auth={} together with an anonymous: block in {file} (kube-apiserver refuses to start)",
+                        flag.describe()
+                    )),
+                    Some("remove --anonymous-auth".into()),
+                );
+            }
+            Some(AuthnConfig::Anonymous { enabled, paths }) => {
+                let extra: Vec<&String> = paths
+                    .iter()
+                    .filter(|p| !ANONYMOUS_HEALTH_PATHS.contains(&p.as_str()))
+                    .collect();
+                let (verdict, observed) = if !enabled {
+                    (
+                        Verdict::Pass,
+                        "anonymous disabled in the authentication config".to_string(),
+                    )
+                } else if paths.is_empty() {
+                    (
+                        Verdict::Fail,
+                        "anonymous enabled for every path in the authentication config".into(),
+                    )
+                } else if extra.is_empty() {
+                    (
+                        Verdict::Pass,
+                        format!("anonymous limited to {}", paths.join(",")),
+                    )
+                } else {
+                    (
+                        Verdict::Fail,
+                        format!(
+                            "anonymous allowed on {}",
+                            extra
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                    )
+                };
+                return Check::new(
+                    verdict,
+                    Some("authentication-config"),
+                    Some(observed),
+                    expected,
+                );
+            }
+            Some(AuthnConfig::NoAnonymousBlock) => {}
+        }
+    }
+    let verdict = match flag.value().map(parse_go_bool) {
+        Some(Some(false)) => Verdict::Pass,
+        Some(_) => Verdict::Fail,
+        None => Verdict::Unknown("--anonymous-auth is absent and its default is not known".into()),
+    };
+    Check::new(
+        verdict,
+        Some("anonymous-auth"),
+        Some(flag.describe()),
+        expected,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+//! Helpers for end-to-end tests that run the real kube-lockdown binaries.
+
+use std::path::PathBuf;
+
+/// Path of a workspace binary built next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo nextest run --workspace` (or `cargo build --workspace` first)",
+        path.display()
+    );
+    path
+}
