@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -65,7 +65,12 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
             .unwrap_or_default();
         return Err(format!("dangling symlink to {target}"));
     }
-    let file = fs::File::open(path).map_err(|e| io_problem(&e))?;
+    // O_NONBLOCK: opening a FIFO someone left in the directory must not hang the scan.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_problem(&e))?;
     let meta = file.metadata().map_err(|e| io_problem(&e))?;
     if meta.is_dir() {
         return Err("is a directory".into());

@@ -231,7 +231,7 @@ fn identify(
 ) -> Option<ControlPlane> {
     let argv: Vec<Arg> = c.command.iter().chain(&c.args).cloned().collect();
     let image = c.image.as_deref().map(ImageRef::parse);
-    let (component, identified_by, rest) = if let Some(first) = argv.first() {
+    let (component, identified_by, rest) = if let Some(first) = c.command.first() {
         let base = first.text.rsplit('/').next().unwrap_or(&first.text);
         if let Some(component) = Component::from_executable(base) {
             (component, IdentifiedBy::Executable, argv[1..].to_vec())
@@ -249,10 +249,11 @@ fn identify(
         .as_ref()
         .and_then(|i| Component::from_image_or_container_name(i.name))
     {
-        (component, IdentifiedBy::Image, Vec::new())
+        // No command: the image's entrypoint runs, with `args` as its arguments.
+        (component, IdentifiedBy::Image, c.args.clone())
     } else {
         let component = Component::from_image_or_container_name(&c.name)?;
-        (component, IdentifiedBy::ContainerName, Vec::new())
+        (component, IdentifiedBy::ContainerName, c.args.clone())
     };
     let version = image.as_ref().and_then(ImageRef::version);
     if version.is_none() {

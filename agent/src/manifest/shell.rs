@@ -28,6 +28,8 @@ pub fn split_commands(script: &str) -> Vec<Vec<Word>> {
         let c = bytes[i];
         match c {
             b' ' | b'\t' => i += 1,
+            b'\\' if bytes.get(i + 1) == Some(&b'\n') => i += 2, // line continuation
+            b'<' | b'>' => i = skip_redirect(bytes, i),
             b'\n' | b';' | b'&' | b'|' => {
                 if !commands.last().is_some_and(Vec::is_empty) {
                     commands.push(Vec::new());
@@ -46,7 +48,7 @@ pub fn split_commands(script: &str) -> Vec<Vec<Word>> {
                 let mut verbatim = true;
                 while i < bytes.len() {
                     match bytes[i] {
-                        b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' => break,
+                        b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'<' | b'>' => break,
                         b'\'' => {
                             verbatim = false;
                             i += 1;
@@ -86,6 +88,13 @@ pub fn split_commands(script: &str) -> Vec<Vec<Word>> {
                     }
                 }
                 let end = i.min(bytes.len());
+                if matches!(bytes.get(end), Some(b'<' | b'>'))
+                    && text.iter().all(u8::is_ascii_digit)
+                {
+                    // `2>&1`: the digits name a file descriptor, not an argument
+                    i = skip_redirect(bytes, end);
+                    continue;
+                }
                 commands.last_mut().expect("never empty").push(Word {
                     text: String::from_utf8_lossy(&text).into_owned(),
                     range: start..end,
@@ -96,6 +105,20 @@ pub fn split_commands(script: &str) -> Vec<Vec<Word>> {
     }
     commands.retain(|c| !c.is_empty());
     commands
+}
+
+/// Skips a redirection (`>`, `>>`, `2>&1`, `< file`, `> /log`) starting at `i`.
+fn skip_redirect(bytes: &[u8], mut i: usize) -> usize {
+    while matches!(bytes.get(i), Some(b'<' | b'>' | b'&')) {
+        i += 1;
+    }
+    while matches!(bytes.get(i), Some(b' ' | b'\t')) {
+        i += 1;
+    }
+    while i < bytes.len() && !matches!(bytes[i], b' ' | b'\t' | b'\n' | b';' | b'&' | b'|') {
+        i += 1;
+    }
+    i
 }
 
 #[cfg(test)]
@@ -118,6 +141,14 @@ mod tests {
                 vec!["exec", "kube-apiserver", "--a=x y", "--b=q\"", "--c=1"],
                 vec!["true"],
             ]
+        );
+    }
+
+    #[test]
+    fn redirections_are_not_arguments() {
+        assert_eq!(
+            texts("exec etcd --a=1 2>&1 > /var/log/etcd.log --b=2 <in"),
+            vec![vec!["exec", "etcd", "--a=1", "--b=2"]]
         );
     }
 

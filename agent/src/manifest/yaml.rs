@@ -178,6 +178,8 @@ fn next<'a>(
 ) -> Result<(Event<'a>, Span), YamlError> {
     match parser.next_event() {
         Some(Ok(pair)) => Ok(pair),
+        // saphyr-parser has its own nesting limit; report it as what it is.
+        Some(Err(e)) if e.info().contains("recursion limit") => Err(YamlError::TooDeep),
         Some(Err(e)) => Err(YamlError::Syntax {
             line: e.marker().line(),
             col: e.marker().col() + 1,

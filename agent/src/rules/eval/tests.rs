@@ -1,1 +1,660 @@
-//! Unit tests for the evaluator.
+//! Evaluator tests: kubeadm defaults per version, version guards, defaults of absent flags,
+//! and each case kube-bench or Checkov are known to get wrong.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::manifest::{self, Manifest};
+
+fn manifest(src: &str) -> Manifest {
+    let cat = Catalogue::builtin();
+    manifest::parse(src.as_bytes(), &|c, f| cat.kind(c, f)).unwrap()
+}
+
+fn eval_src(src: &str) -> Vec<Finding> {
+    eval_with(src, None)
+}
+
+fn eval_with(src: &str, authn: Option<&AuthnConfig>) -> Vec<Finding> {
+    let m = manifest(src);
+    let cp = m.control_plane.expect("a control-plane manifest");
+    evaluate_manifest(Catalogue::builtin(), ManifestFacts { cp: &cp, authn })
+}
+
+fn one<'a>(fs: &'a [Finding], id: &str) -> &'a Finding {
+    let hits: Vec<&Finding> = fs.iter().filter(|f| f.id == id).collect();
+    assert_eq!(hits.len(), 1, "{id}: {hits:?}");
+    hits[0]
+}
+
+fn all<'a>(fs: &'a [Finding], id: &str) -> Vec<&'a Finding> {
+    fs.iter().filter(|f| f.id == id).collect()
+}
+
+/// A kube-apiserver manifest of a version with extra arguments.
+fn api(version: &str, extra: &[&str]) -> String {
+    let mut s = String::from(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers:\n  - command:\n    - kube-apiserver\n",
+    );
+    for a in extra {
+        s.push_str(&format!("    - {a}\n"));
+    }
+    s.push_str(&format!(
+        "    image: registry.k8s.io/kube-apiserver:{version}\n    name: kube-apiserver\n"
+    ));
+    s
+}
+
+fn component(name: &str, image: &str, extra: &[&str]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - command:\n    - {name}\n"
+    );
+    for a in extra {
+        s.push_str(&format!("    - {a}\n"));
+    }
+    s.push_str(&format!("    image: {image}\n    name: {name}\n"));
+    s
+}
+
+const KUBEADM: [(&str, &str); 3] = [
+    (
+        "1.24",
+        include_str!("../../../../tests/data/kubeadm/v1.24/kube-apiserver.yaml"),
+    ),
+    (
+        "1.28",
+        include_str!("../../../../tests/data/kubeadm/v1.28/kube-apiserver.yaml"),
+    ),
+    (
+        "1.31",
+        include_str!("../../../../tests/data/kubeadm/v1.31/kube-apiserver.yaml"),
+    ),
+];
+
+#[test]
+fn kubeadm_defaults_pass_tls_authz_and_fail_the_known_gaps() {
+    for (v, src) in KUBEADM {
+        let fs = eval_src(src);
+        for id in [
+            "apiserver-tls-cert",
+            "apiserver-client-ca",
+            "apiserver-authorization-not-always-allow",
+            "apiserver-authorization-node",
+            "apiserver-authorization-rbac",
+            "apiserver-node-restriction-plugin",
+            "apiserver-etcd-client-cert",
+            "apiserver-service-account-lookup",
+            "unsupported-flag",
+            "stray-argument",
+        ] {
+            assert_eq!(one(&fs, id).status, Status::Pass, "{v} {id}");
+        }
+        for id in [
+            "apiserver-anonymous-auth",
+            "apiserver-profiling",
+            "apiserver-audit-log-path",
+        ] {
+            assert_eq!(one(&fs, id).status, Status::Fail, "{v} {id}");
+        }
+        // Flags removed before these versions: their rules do not apply, and nothing demands them.
+        for id in [
+            "apiserver-insecure-port",
+            "apiserver-kubelet-https",
+            "apiserver-basic-auth-file",
+            "apiserver-repair-malformed-updates",
+        ] {
+            let f = one(&fs, id);
+            assert_eq!(f.status, Status::Skip, "{v} {id}");
+            assert!(
+                f.reason.as_deref().unwrap().contains("removed in"),
+                "{v} {id}: {f:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kubeadm_defaults_of_the_other_components() {
+    for v in ["1.24", "1.28", "1.31"] {
+        let dir = format!("{}/../tests/data/kubeadm/v{v}", env!("CARGO_MANIFEST_DIR"));
+        let etcd = eval_src(&std::fs::read_to_string(format!("{dir}/etcd.yaml")).unwrap());
+        for id in [
+            "etcd-tls",
+            "etcd-client-cert-auth",
+            "etcd-auto-tls",
+            "etcd-peer-tls",
+            "etcd-peer-client-cert-auth",
+            "etcd-peer-auto-tls",
+            "etcd-unique-ca",
+        ] {
+            assert_eq!(one(&etcd, id).status, Status::Pass, "{v} {id}");
+        }
+        let kcm = eval_src(
+            &std::fs::read_to_string(format!("{dir}/kube-controller-manager.yaml")).unwrap(),
+        );
+        assert_eq!(
+            one(&kcm, "controller-manager-bind-address").status,
+            Status::Pass
+        );
+        assert_eq!(
+            one(&kcm, "controller-manager-profiling").status,
+            Status::Fail
+        );
+        assert_eq!(
+            one(&kcm, "controller-manager-insecure-port").status,
+            Status::Skip,
+            "--port removed in 1.24"
+        );
+        let sched =
+            eval_src(&std::fs::read_to_string(format!("{dir}/kube-scheduler.yaml")).unwrap());
+        assert_eq!(one(&sched, "scheduler-bind-address").status, Status::Pass);
+    }
+}
+
+#[test]
+fn hardened_apiserver_passes() {
+    let fs = eval_src(&api(
+        "v1.31.4",
+        &[
+            "--anonymous-auth=false",
+            "--profiling=false",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction,EventRateLimit,AlwaysPullImages,DenyServiceExternalIPs",
+            "--audit-log-path=/var/log/audit.log",
+            "--audit-log-maxage=30",
+            "--audit-log-maxbackup=10",
+            "--audit-log-maxsize=100",
+            "--tls-cert-file=/a.crt",
+            "--tls-private-key-file=/a.key",
+            "--client-ca-file=/ca.crt",
+        ],
+    ));
+    for id in [
+        "apiserver-anonymous-auth",
+        "apiserver-profiling",
+        "apiserver-audit-log-maxage",
+        "apiserver-event-rate-limit",
+        "apiserver-deny-service-external-ips",
+    ] {
+        assert_eq!(one(&fs, id).status, Status::Pass, "{id}");
+    }
+}
+
+#[test]
+fn insecure_variants_fail_with_the_right_severity() {
+    let fs = eval_src(&api(
+        "v1.18.20",
+        &[
+            "--authorization-mode=AlwaysAllow",
+            "--basic-auth-file=/etc/users.csv",
+            "--insecure-port=8080",
+            "--insecure-bind-address=0.0.0.0",
+            "--kubelet-https=false",
+            "--enable-admission-plugins=AlwaysAdmit",
+            "--token-auth-file=/t.csv",
+        ],
+    ));
+    for (id, sev) in [
+        (
+            "apiserver-authorization-not-always-allow",
+            Severity::Critical,
+        ),
+        ("apiserver-basic-auth-file", Severity::Critical),
+        ("apiserver-insecure-port", Severity::Critical),
+        ("apiserver-insecure-bind-address", Severity::High),
+        ("apiserver-kubelet-https", Severity::High),
+        ("apiserver-always-admit", Severity::High),
+        ("apiserver-token-auth-file", Severity::High),
+    ] {
+        let f = one(&fs, id);
+        assert_eq!((f.status, f.severity), (Status::Fail, sev), "{id}");
+    }
+    // The fixes remove or change what is there: allowed on this version.
+    assert_eq!(
+        one(&fs, "apiserver-kubelet-https").fix,
+        Some(Fix::Remove(FlagRef {
+            flag: "kubelet-https".into()
+        }))
+    );
+    assert!(one(&fs, "apiserver-insecure-port").autofix);
+}
+
+#[test]
+fn absent_insecure_port_is_judged_by_the_default_of_the_version() {
+    // Before 1.20 an absent --insecure-port serves plain HTTP on 8080.
+    let f = eval_src(&api("v1.19.16", &[]));
+    let f = one(&f, "apiserver-insecure-port");
+    assert_eq!(f.status, Status::Fail);
+    assert_eq!(f.observed.as_deref(), Some("absent (default 8080)"));
+    assert_eq!(
+        f.fix,
+        Some(Fix::Set(FlagValue {
+            flag: "insecure-port".into(),
+            value: "0".into()
+        }))
+    );
+    let f = eval_src(&api("v1.21.14", &[]));
+    assert_eq!(one(&f, "apiserver-insecure-port").status, Status::Pass);
+}
+
+#[test]
+fn removed_flags_present_are_critical_and_never_demanded() {
+    let fs = eval_src(&api(
+        "v1.24.17",
+        &["--insecure-port=0", "--kubelet-https=true"],
+    ));
+    let bad = all(&fs, "unsupported-flag");
+    let flags: Vec<&str> = bad.iter().map(|f| f.flag.as_deref().unwrap()).collect();
+    assert_eq!(flags, ["--insecure-port", "--kubelet-https"]);
+    assert!(
+        bad.iter()
+            .all(|f| f.status == Status::Fail && f.severity == Severity::Critical && f.autofix)
+    );
+    assert_eq!(one(&fs, "apiserver-insecure-port").status, Status::Skip);
+}
+
+#[test]
+fn flags_not_yet_known_are_critical_too() {
+    let fs = eval_src(&api(
+        "v1.28.15",
+        &["--authentication-config=/etc/kubernetes/authn.yaml"],
+    ));
+    let f = one(&fs, "unsupported-flag");
+    assert_eq!(f.status, Status::Fail);
+    assert!(
+        f.expected
+            .as_deref()
+            .unwrap()
+            .contains("introduced in 1.29")
+    );
+}
+
+#[test]
+fn removed_admission_plugins_and_gates() {
+    let fs = eval_src(&api(
+        "v1.25.16",
+        &["--enable-admission-plugins=NodeRestriction,PodSecurityPolicy"],
+    ));
+    let f = one(&fs, "unsupported-admission-plugin");
+    assert_eq!(
+        (f.status, f.observed.as_deref()),
+        (Status::Fail, Some("PodSecurityPolicy"))
+    );
+    let fs = eval_src(&api(
+        "v1.30.1",
+        &["--enable-admission-plugins=SecurityContextDeny"],
+    ));
+    assert_eq!(
+        one(&fs, "unsupported-admission-plugin").status,
+        Status::Fail
+    );
+    let fs = eval_src(&api(
+        "v1.29.1",
+        &["--enable-admission-plugins=SecurityContextDeny"],
+    ));
+    assert_eq!(
+        one(&fs, "unsupported-admission-plugin").status,
+        Status::Pass
+    );
+    let fs = eval_src(&api("v1.28.1", &["--feature-gates=PodSecurity=true"]));
+    assert_eq!(one(&fs, "unsupported-feature-gate").status, Status::Fail);
+    let fs = eval_src(&api(
+        "v1.34.1",
+        &["--feature-gates=AnonymousAuthConfigurableEndpoints=false"],
+    ));
+    assert!(
+        one(&fs, "unsupported-feature-gate")
+            .expected
+            .as_deref()
+            .unwrap()
+            .contains("locked")
+    );
+}
+
+#[test]
+fn deny_service_external_ips_is_not_demanded_before_it_exists() {
+    let fs = eval_src(&api("v1.20.15", &[]));
+    let f = one(&fs, "apiserver-deny-service-external-ips");
+    assert_eq!(f.status, Status::Skip);
+    let fs = eval_src(&api("v1.21.14", &[]));
+    let f = one(&fs, "apiserver-deny-service-external-ips");
+    assert_eq!(f.status, Status::Warn);
+    assert!(
+        f.fix.is_some(),
+        "1.21 has the plugin, so adding it is a valid (review-only) fix"
+    );
+    assert!(!f.autofix);
+}
+
+#[test]
+fn unknown_version_gets_no_additions() {
+    let fs = eval_src(&api("latest", &[]));
+    let f = one(&fs, "apiserver-profiling");
+    assert_eq!(
+        f.status,
+        Status::Fail,
+        "profiling defaults to true on every version"
+    );
+    assert_eq!(f.fix, None);
+    assert!(!f.autofix);
+    assert!(f.reason.as_deref().unwrap().contains("version is unknown"));
+    assert_eq!(one(&fs, "version-unknown").status, Status::Warn);
+    // Removing or changing what is there is still fine.
+    let fs = eval_src(&api("latest", &["--profiling=true"]));
+    assert!(one(&fs, "apiserver-profiling").autofix);
+    // Rules about flags that exist only in some versions are skipped, not guessed.
+    assert_eq!(one(&fs, "apiserver-kubelet-https").status, Status::Skip);
+}
+
+#[test]
+fn bind_address_absent_fails_because_the_default_is_all_interfaces() {
+    // kube-bench passes 1.3.7 / 1.4.2 when the flag is absent.
+    let fs = eval_src(&component(
+        "kube-scheduler",
+        "registry.k8s.io/kube-scheduler:v1.31.4",
+        &[],
+    ));
+    let f = one(&fs, "scheduler-bind-address");
+    assert_eq!(f.status, Status::Fail);
+    assert_eq!(f.observed.as_deref(), Some("absent (default 0.0.0.0)"));
+    let fs = eval_src(&component(
+        "kube-controller-manager",
+        "registry.k8s.io/kube-controller-manager:v1.31.4",
+        &[],
+    ));
+    assert_eq!(
+        one(&fs, "controller-manager-bind-address").status,
+        Status::Fail
+    );
+}
+
+#[test]
+fn audit_log_maxage_with_a_unit_does_not_crash_and_is_reported() {
+    // kube-bench crashes on --audit-log-maxage=30d; kube-apiserver refuses the value.
+    let fs = eval_src(&api("v1.31.4", &["--audit-log-maxage=30d"]));
+    let f = one(&fs, "apiserver-audit-log-maxage");
+    assert_eq!(f.status, Status::Fail);
+    assert!(
+        f.observed
+            .as_deref()
+            .unwrap()
+            .contains("not a whole number")
+    );
+    let f = one(&fs, "invalid-flag-value");
+    assert_eq!(
+        (f.status, f.flag.as_deref()),
+        (Status::Fail, Some("--audit-log-maxage"))
+    );
+}
+
+#[test]
+fn bare_booleans_are_true_and_separate_values_are_stray() {
+    let fs = eval_src(&component(
+        "etcd",
+        "registry.k8s.io/etcd:3.5.15-0",
+        &["--client-cert-auth", "--peer-client-cert-auth", "false"],
+    ));
+    assert_eq!(one(&fs, "etcd-client-cert-auth").status, Status::Pass);
+    // `--peer-client-cert-auth false` sets true and leaves "false" as a stray argument.
+    assert_eq!(one(&fs, "etcd-peer-client-cert-auth").status, Status::Pass);
+    let f = one(&fs, "stray-argument");
+    assert_eq!(f.status, Status::Fail);
+    assert_eq!(f.expected.as_deref(), Some("--peer-client-cert-auth=false"));
+}
+
+#[test]
+fn etcd_environment_counts() {
+    let src = "apiVersion: v1\nkind: Pod\nmetadata: {name: etcd}\nspec:\n  containers:\n  - name: etcd\n    image: registry.k8s.io/etcd:3.5.15-0\n    command: [etcd]\n    env:\n    - {name: ETCD_CLIENT_CERT_AUTH, value: \"true\"}\n";
+    assert_eq!(
+        one(&eval_src(src), "etcd-client-cert-auth").status,
+        Status::Pass
+    );
+}
+
+#[test]
+fn scheduler_profiling_with_config_file_is_a_warn_not_a_guess() {
+    let fs = eval_src(&component(
+        "kube-scheduler",
+        "registry.k8s.io/kube-scheduler:v1.31.4",
+        &["--config=/etc/kubernetes/sched.yaml"],
+    ));
+    let f = one(&fs, "scheduler-profiling");
+    assert_eq!(f.status, Status::Warn);
+    assert!(f.reason.as_deref().unwrap().contains("--config"));
+}
+
+#[test]
+fn authorization_config_defers_the_mode_checks() {
+    let fs = eval_src(&api(
+        "v1.31.4",
+        &["--authorization-config=/etc/kubernetes/authz.yaml"],
+    ));
+    assert_eq!(
+        one(&fs, "apiserver-authorization-not-always-allow").status,
+        Status::Warn
+    );
+}
+
+#[test]
+fn anonymous_auth_through_an_authentication_config() {
+    let src = api(
+        "v1.32.3",
+        &["--authentication-config=/etc/kubernetes/pki/authn.yaml"],
+    );
+    let restricted = AuthnConfig::Anonymous {
+        enabled: true,
+        paths: vec!["/livez".into(), "/readyz".into(), "/healthz".into()],
+    };
+    assert_eq!(
+        one(
+            &eval_with(&src, Some(&restricted)),
+            "apiserver-anonymous-auth"
+        )
+        .status,
+        Status::Pass
+    );
+    let open = AuthnConfig::Anonymous {
+        enabled: true,
+        paths: vec![],
+    };
+    assert_eq!(
+        one(&eval_with(&src, Some(&open)), "apiserver-anonymous-auth").status,
+        Status::Fail
+    );
+    let wide = AuthnConfig::Anonymous {
+        enabled: true,
+        paths: vec!["/livez".into(), "/api".into()],
+    };
+    let f = eval_with(&src, Some(&wide));
+    assert!(
+        one(&f, "apiserver-anonymous-auth")
+            .observed
+            .as_deref()
+            .unwrap()
+            .contains("/api")
+    );
+    let unreadable = AuthnConfig::Unreadable("no such file".into());
+    assert_eq!(
+        one(
+            &eval_with(&src, Some(&unreadable)),
+            "apiserver-anonymous-auth"
+        )
+        .status,
+        Status::Warn
+    );
+    // Both the flag and an anonymous block: kube-apiserver refuses to start.
+    let both = api(
+        "v1.32.3",
+        &[
+            "--anonymous-auth=true",
+            "--authentication-config=/etc/kubernetes/pki/authn.yaml",
+        ],
+    );
+    let f = eval_with(&both, Some(&restricted));
+    let f = one(&f, "apiserver-anonymous-auth");
+    assert_eq!(f.status, Status::Fail);
+    assert!(f.observed.as_deref().unwrap().contains("refuses to start"));
+}
+
+#[test]
+fn anonymous_auth_fix_is_never_safe_unattended() {
+    let fs = eval_src(&api("v1.31.4", &[]));
+    let f = one(&fs, "apiserver-anonymous-auth");
+    assert!(
+        !f.autofix,
+        "kubeadm probes are unauthenticated: --anonymous-auth=false would crash-loop"
+    );
+}
+
+#[test]
+fn stay_updated() {
+    let fs = eval_src(&api("v1.24.17", &[]));
+    assert_eq!(one(&fs, "version-supported").status, Status::Fail);
+    let cves: Vec<&str> = all(&fs, "known-cve")
+        .iter()
+        .map(|f| f.title.split(':').next().unwrap())
+        .collect();
+    assert!(
+        cves.contains(&"CVE-2024-3177") && cves.contains(&"CVE-2025-5187"),
+        "{cves:?}"
+    );
+    assert!(
+        !cves.contains(&"CVE-2023-2728"),
+        "1.24.17 has the 1.24.15 fix"
+    );
+    assert!(!cves.contains(&"CVE-2025-4563"), "introduced in 1.32");
+    let fs = eval_src(&api("v1.33.4", &[]));
+    assert_eq!(one(&fs, "known-cve").status, Status::Pass);
+    let etcd = eval_src(&component("etcd", "registry.k8s.io/etcd:3.5.6-0", &[]));
+    let cves: Vec<String> = all(&etcd, "known-cve")
+        .iter()
+        .map(|f| f.title.clone())
+        .collect();
+    assert!(
+        cves.iter().any(|t| t.starts_with("CVE-2021-28235")),
+        "{cves:?}"
+    );
+    assert_eq!(one(&etcd, "version-supported").status, Status::Pass);
+    let old = eval_src(&component("etcd", "registry.k8s.io/etcd:3.4.13-0", &[]));
+    assert_eq!(one(&old, "version-supported").status, Status::Fail);
+}
+
+#[test]
+fn vulnerable_ranges() {
+    let v = |s| Version::parse(s).unwrap();
+    let fixed = [v("1.31.12"), v("1.32.8"), v("1.33.4")];
+    assert_eq!(vulnerable(v("1.32.7"), None, &fixed), Some(true));
+    assert_eq!(vulnerable(v("1.32.8"), None, &fixed), Some(false));
+    assert_eq!(vulnerable(v("1.30.14"), None, &fixed), Some(true));
+    assert_eq!(vulnerable(v("1.34.0"), None, &fixed), Some(false));
+    assert_eq!(
+        vulnerable(v("1.31.0"), Some(Minor(1, 32)), &fixed),
+        Some(false)
+    );
+    assert_eq!(vulnerable(v("1.32"), None, &fixed), None);
+}
+
+#[test]
+fn file_modes_and_owners() {
+    let cat = Catalogue::builtin();
+    let facts = FileFacts {
+        roles: vec![FileRole::PkiKey, FileRole::Pki],
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        user: Some("root".into()),
+        group: Some("root".into()),
+    };
+    let fs = evaluate_file(cat, &facts);
+    assert_eq!(one(&fs, "file-pki-key-mode").status, Status::Fail);
+    assert_eq!(one(&fs, "file-pki-owner").status, Status::Pass);
+    let facts = FileFacts {
+        roles: vec![FileRole::EtcdDataDir],
+        mode: 0o700,
+        uid: 0,
+        gid: 0,
+        user: Some("root".into()),
+        group: Some("root".into()),
+    };
+    let fs = evaluate_file(cat, &facts);
+    assert_eq!(one(&fs, "file-etcd-data-dir-mode").status, Status::Pass);
+    assert_eq!(one(&fs, "file-etcd-data-dir-owner").status, Status::Fail);
+    let facts = FileFacts {
+        roles: vec![FileRole::ManifestKubeApiserver],
+        mode: 0o400,
+        uid: 1000,
+        gid: 1000,
+        user: None,
+        group: None,
+    };
+    let fs = evaluate_file(cat, &facts);
+    assert_eq!(
+        one(&fs, "file-apiserver-manifest-mode").status,
+        Status::Pass
+    );
+    assert_eq!(
+        one(&fs, "file-apiserver-manifest-owner")
+            .observed
+            .as_deref(),
+        Some("1000:1000")
+    );
+}
+
+fn arb_arg() -> impl Strategy<Value = String> {
+    let names = prop::sample::select(vec![
+        "profiling",
+        "anonymous-auth",
+        "insecure-port",
+        "kubelet-https",
+        "authorization-mode",
+        "enable-admission-plugins",
+        "feature-gates",
+        "audit-log-maxage",
+        "basic-auth-file",
+        "authentication-config",
+        "bind-address",
+        "tls-cipher-suites",
+    ]);
+    let values = prop::sample::select(vec![
+        "",
+        "=true",
+        "=false",
+        "=0",
+        "=8080",
+        "=30d",
+        "=AlwaysAllow",
+        "=Node,RBAC",
+        "=PodSecurityPolicy,NodeRestriction",
+        "=PodSecurity=true",
+        "=x",
+        " false",
+    ]);
+    (names, values).prop_map(|(n, v)| format!("--{n}{v}"))
+}
+
+proptest! {
+    /// Whatever the flags and version, no finding offers a fix that adds a flag or plugin the
+    /// version does not accept, and the evaluator never panics.
+    #[test]
+    fn no_fix_adds_what_the_version_refuses(args in prop::collection::vec(arb_arg(), 0..8), minor in 7u32..38) {
+        let words: Vec<String> = args.iter().flat_map(|a| a.split(' ').map(str::to_string).collect::<Vec<_>>()).collect();
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        let fs = eval_src(&api(&format!("v1.{minor}.3"), &refs));
+        let cat = Catalogue::builtin();
+        let v = Some(Version::new(1, minor, 3));
+        let c = Component::KubeApiserver;
+        for f in &fs {
+            match &f.fix {
+                Some(Fix::Set(FlagValue { flag, .. })) => {
+                    prop_assert_eq!(cat.flag_exists(c, flag, v), Existence::Accepted, "{}", f.id);
+                }
+                Some(Fix::AddToList(FlagItem { flag, item })) => {
+                    prop_assert_eq!(cat.flag_exists(c, flag, v), Existence::Accepted, "{}", f.id);
+                    prop_assert_eq!(cat.item_exists(c, flag, item, v), Existence::Accepted, "{}", f.id);
+                }
+                _ => {}
+            }
+            prop_assert!(f.status != Status::Fail || f.observed.is_some() || f.id == "apiserver-encryption-providers", "{:?}", f);
+        }
+    }
+}
