@@ -233,3 +233,19 @@ mod tests {
         assert!(Config::load(Path::new("/nonexistent/agent.yaml"), true).is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_is_valid() {
+        let text = include_str!("../agent.example.yaml");
+        let cfg = Config::parse(text, Path::new("agent.example.yaml")).unwrap();
+        assert!(
+            cfg.catalogue
+                .rule_ids()
+                .any(|id| id == "site-audit-policy-file")
+        );
+    }
+}

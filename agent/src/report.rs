@@ -165,11 +165,11 @@ pub fn kube_bench(report: &Report) -> String {
     ] {
         let mut tests = Vec::new();
         let mut ctotal = [0usize; 4];
-        for (section, control, desc) in sections.iter().filter(|s| s.1 == id) {
+        for (section, _, desc) in sections.iter().filter(|s| s.1 == id) {
             let mut results = Vec::new();
             let mut counts = [0usize; 4];
             let mut items = by_section.remove(section).unwrap_or_default();
-            items.sort_by(|a, b| cis_key(a.1).cmp(&cis_key(b.1)));
+            items.sort_by_key(|a| cis_key(a.1));
             for (file, f) in items {
                 let idx = match f.status {
                     Status::Pass => 0,
@@ -195,7 +195,6 @@ pub fn kube_bench(report: &Report) -> String {
                     "reason": f.reason.clone().unwrap_or_default(),
                 }));
             }
-            let _ = control;
             for i in 0..4 {
                 ctotal[i] += counts[i];
             }

@@ -762,8 +762,7 @@ impl Catalogue {
             Some(v) => spec
                 .defaults
                 .iter()
-                .filter(|d| d.since.is_none_or(|s| s.le(v)))
-                .next_back()
+                .rfind(|d| d.since.is_none_or(|s| s.le(v)))
                 .map(|d| d.value.clone()),
             None => {
                 let first = spec.defaults.first()?;

@@ -1,0 +1,337 @@
+//! `lockdown-agent check` and `rules` as a user runs them: real files, real process, exit
+//! codes and output formats.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lockdown-agent");
+
+fn fixtures(v: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/kubeadm")
+        .join(v)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        // never pick up a config installed on the machine running the tests
+        .args(["--config", empty_config()])
+        .output()
+        .expect("run lockdown-agent")
+}
+
+fn empty_config() -> &'static str {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("lockdown-empty-{}.yaml", std::process::id()));
+        fs::write(&p, "").unwrap();
+        p
+    })
+    .to_str()
+    .unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        fs::set_permissions(to.join(e.file_name()), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[test]
+fn json_output_keeps_the_contract_field_names() {
+    let out = run(&[
+        "check",
+        "--format",
+        "json",
+        fixtures("v1.31").to_str().unwrap(),
+    ]);
+    let v = json(&out);
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 4);
+    for f in files {
+        for key in ["path", "component", "version", "error", "findings"] {
+            assert!(f.get(key).is_some(), "file entry lacks {key}: {f}");
+        }
+        for finding in f["findings"].as_array().unwrap() {
+            for key in [
+                "id",
+                "cis",
+                "title",
+                "severity",
+                "status",
+                "flag",
+                "observed",
+                "expected",
+                "remediation",
+                "autofix",
+            ] {
+                assert!(finding.get(key).is_some(), "finding lacks {key}: {finding}");
+            }
+            let status = finding["status"].as_str().unwrap();
+            assert!(["pass", "fail", "warn", "skip"].contains(&status));
+        }
+    }
+    let api = files
+        .iter()
+        .find(|f| f["component"] == "kube-apiserver")
+        .unwrap();
+    assert_eq!(api["version"], "1.31.4");
+    let anon = api["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "apiserver-anonymous-auth")
+        .unwrap();
+    assert_eq!(anon["cis"], "1.2.1");
+    assert_eq!(anon["status"], "fail");
+}
+
+#[test]
+fn exit_codes_follow_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures("v1.31"), dir.path());
+    let d = dir.path().to_str().unwrap();
+    // kubeadm 1.31 defaults: anonymous auth (high) fails, and 1.31 is past end of life.
+    assert_eq!(run(&["check", d]).status.code(), Some(1));
+    assert_eq!(
+        run(&["check", "--fail-on", "critical", d]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(&["check", "--fail-on", "bogus", d]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["check", "--format", "yaml", d]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn missing_named_config_and_unknown_config_keys_exit_2_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    fs::write(&cfg, "manifest_dir: /x\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "rules"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("manifest_dir"));
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent/agent.yaml", "rules"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.yaml"));
+}
+
+#[test]
+fn table_lists_failures_first_with_remediation() {
+    let out = run(&["check", fixtures("v1.28").to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let api = text
+        .split("\n\n")
+        .find(|b| b.contains("kube-apiserver 1.28.15"))
+        .unwrap();
+    let first = api.lines().nth(1).unwrap();
+    assert!(first.trim_start().starts_with("FAIL"), "{api}");
+    assert!(api.contains("fix: "), "{api}");
+    assert!(text.contains("errors"), "summary line: {text}");
+}
+
+#[test]
+fn kube_bench_format_has_controls_sections_and_results() {
+    let out = run(&[
+        "check",
+        "--format",
+        "kube-bench",
+        fixtures("v1.24").to_str().unwrap(),
+    ]);
+    let v = json(&out);
+    let controls = v["Controls"].as_array().unwrap();
+    assert_eq!(controls.len(), 2);
+    assert_eq!(controls[0]["id"], "1");
+    assert_eq!(controls[1]["node_type"], "etcd");
+    let sections: Vec<&str> = controls[0]["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["section"].as_str().unwrap())
+        .collect();
+    assert_eq!(sections, ["1.1", "1.2", "1.3", "1.4"]);
+    let api = &controls[0]["tests"][1]["results"];
+    let r = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["test_number"] == "1.2.15")
+        .unwrap();
+    assert_eq!(r["status"], "FAIL");
+    assert!(v["Totals"]["total_fail"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn rules_lists_the_catalogue() {
+    let out = run(&["rules", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    let rules = v["rules"].as_array().unwrap();
+    assert!(rules.iter().any(|r| r["cis"] == "2.7"));
+    assert!(
+        rules
+            .iter()
+            .all(|r| r["id"].is_string() && r["severity"].is_string() && r["test"].is_object())
+    );
+    let out = run(&["rules"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("apiserver-anonymous-auth"));
+}
+
+/// Every bad-input kind becomes a per-file error naming the problem, the good files are still
+/// checked, and the whole run is quick.
+#[test]
+fn bad_inputs_are_per_file_errors_and_the_rest_is_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::copy(
+        fixtures("v1.31").join("kube-apiserver.yaml"),
+        d.join("kube-apiserver.yaml"),
+    )
+    .unwrap();
+    fs::write(d.join("empty.yaml"), "").unwrap();
+    fs::write(d.join("binary.yaml"), b"\x7fELF\x02\x01\x01\0\0\0").unwrap();
+    fs::write(d.join("latin1.yaml"), b"kind: Pod # caf\xe9\n").unwrap();
+    fs::write(d.join("malformed.yaml"), "kind: Pod\nspec: [\n").unwrap();
+    fs::write(
+        d.join("configmap.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    fs::write(d.join("huge.yaml"), vec![b'#'; 2 * 1024 * 1024]).unwrap();
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    fs::write(d.join("bomb.yaml"), bomb).unwrap();
+    fs::write(d.join("deep.yaml"), "[".repeat(100_000)).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target.yaml", d.join("dangling.yaml")).unwrap();
+    nix::unistd::mkfifo(
+        &d.join("fifo.yaml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    fs::write(d.join(".hidden.yaml"), "not even yaml: [").unwrap();
+
+    let start = Instant::now();
+    let out = run(&["check", "--format", "json", d.to_str().unwrap()]);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(2), "per-file errors exit 2");
+    let v = json(&out);
+    let by_name = |n: &str| -> Value {
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"].as_str().unwrap().ends_with(n))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    for (name, needle) in [
+        ("/empty.yaml", "empty"),
+        ("/binary.yaml", "binary"),
+        ("/latin1.yaml", "not UTF-8"),
+        ("/malformed.yaml", "invalid YAML at line"),
+        ("/configmap.yaml", "not a Pod: kind \"ConfigMap\""),
+        ("/huge.yaml", "larger than the 1048576-byte limit"),
+        ("/bomb.yaml", "alias bomb"),
+        ("/deep.yaml", "nested deeper"),
+        (
+            "/dangling.yaml",
+            "dangling symlink to /nonexistent/target.yaml",
+        ),
+        ("/fifo.yaml", "not a regular file"),
+    ] {
+        let f = by_name(name);
+        let err = f["error"].as_str().unwrap_or_else(|| panic!("{name}: {f}"));
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+    assert_eq!(
+        by_name("/.hidden.yaml"),
+        Value::Null,
+        "dot files are ignored, as by the kubelet"
+    );
+    let api = by_name("/kube-apiserver.yaml");
+    assert!(api["error"].is_null());
+    assert!(!api["findings"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn unreadable_file_is_a_per_file_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let f = dir.path().join("kube-scheduler.yaml");
+    fs::copy(fixtures("v1.31").join("kube-scheduler.yaml"), &f).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o000)).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    // Root reads anything: drop to nobody so that the permission check is real. The binary
+    // is copied next to the file, since the checkout may sit under a directory nobody
+    // cannot enter.
+    let bin = if root {
+        let b = dir.path().join("lockdown-agent");
+        fs::copy(BIN, &b).unwrap();
+        b
+    } else {
+        PathBuf::from(BIN)
+    };
+    let cfg = dir.path().join("empty.yaml");
+    fs::write(&cfg, "").unwrap();
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "check",
+        "--format",
+        "json",
+        f.to_str().unwrap(),
+    ]);
+    if root {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out);
+    assert!(
+        v["files"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied")
+    );
+}
