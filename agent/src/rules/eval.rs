@@ -214,12 +214,7 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
             continue;
         }
         for check in run(&rule.test, &ctx) {
-            let status = match check.verdict {
-                Verdict::Pass => Status::Pass,
-                Verdict::Fail if rule.warn_only => Status::Warn,
-                Verdict::Fail => Status::Fail,
-                Verdict::Unknown(_) => Status::Warn,
-            };
+            let status = status_of(rule, &check.verdict);
             out.push(finding(rule, check, status, None, &ctx));
         }
     }
@@ -246,12 +241,7 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
                 None,
             ),
         };
-        let status = match check.verdict {
-            Verdict::Pass => Status::Pass,
-            Verdict::Fail if rule.warn_only => Status::Warn,
-            Verdict::Fail => Status::Fail,
-            Verdict::Unknown(_) => Status::Warn,
-        };
+        let status = status_of(rule, &check.verdict);
         let reason = match &check.verdict {
             Verdict::Unknown(r) => Some(r.clone()),
             _ => None,
@@ -273,6 +263,16 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
         });
     }
     out
+}
+
+/// A failed CIS "Manual" check is a warn; an undecidable one is a warn with its reason.
+fn status_of(rule: &Rule, verdict: &Verdict) -> Status {
+    match verdict {
+        Verdict::Pass => Status::Pass,
+        Verdict::Fail if rule.warn_only => Status::Warn,
+        Verdict::Fail => Status::Fail,
+        Verdict::Unknown(_) => Status::Warn,
+    }
 }
 
 fn mode_check(mode: u32, max: &str) -> Check {
@@ -360,8 +360,7 @@ fn primary_flag(t: &Test) -> Option<String> {
 
 /// The version guard: a fix may change or remove what is there, but may add a flag or list
 /// item only when the detected version is known and accepts it.
-fn guard(fix: &Fix, ctx_like: &Ctx<'_>) -> Result<(), String> {
-    let ctx = ctx_like;
+fn guard(fix: &Fix, ctx: &Ctx<'_>) -> Result<(), String> {
     let adds = |flag: &str| -> Result<(), String> {
         let Some(v) = ctx.v else {
             return Err(format!(
