@@ -658,3 +658,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn etcd_config_file_makes_flag_checks_warn_not_fail() {
+    // With --config-file etcd ignores its other flags and ETCD_* variables.
+    let fs = eval_src(&component(
+        "etcd",
+        "registry.k8s.io/etcd:3.5.15-0",
+        &["--config-file=/etc/etcd/etcd.yaml"],
+    ));
+    for id in ["etcd-tls", "etcd-client-cert-auth", "etcd-peer-auto-tls"] {
+        let f = one(&fs, id);
+        assert_eq!(f.status, Status::Warn, "{id}");
+        assert!(
+            f.reason.as_deref().unwrap().contains("--config-file"),
+            "{id}"
+        );
+    }
+}
