@@ -350,7 +350,15 @@ fn file_set(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<FileReport> {
         let mut entries = Vec::new();
         while let Some(dir) = stack.pop() {
             entries.push(dir.clone());
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    let mut r = FileReport::new(&dir);
+                    r.error = Some(format!("cannot list: {}", io_problem(&e)));
+                    out.push(r);
+                    continue;
+                }
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -780,7 +780,7 @@ impl Catalogue {
         self.versions.supported.iter().find(|s| s.component == key)
     }
 
-    /// A digest of the rules in force (ids, in order), for events and status.
+    /// The ids of the rules in force, in catalogue order.
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.id.as_str())
     }
