@@ -1,10 +1,16 @@
 //! kube-lockdown agent library.
 //!
-//! The pure core ([`manifest`], [`rules`]) takes values and returns values; [`check`] is the
-//! thin IO layer around it. See DESIGN.md at the repository root for the whole picture.
+//! The pure core ([`manifest`], [`rules`], [`baseline`], [`redact`]) takes values and returns
+//! values; [`check`], [`integrity`], [`spool`], [`watch`] and [`daemon`] are the IO around it.
+//! See DESIGN.md at the repository root for the whole picture.
 
+pub mod baseline;
 pub mod check;
 pub mod config;
+pub mod event;
+pub mod integrity;
 pub mod manifest;
+pub mod redact;
 pub mod report;
 pub mod rules;
+pub mod spool;

@@ -74,10 +74,10 @@ pub fn split_commands(script: &str) -> Vec<Vec<Word>> {
                         }
                         b'\\' => {
                             verbatim = false;
-                            if let Some(&next) = bytes.get(i + 1) {
-                                if next != b'\n' {
-                                    text.push(next);
-                                }
+                            if let Some(&next) = bytes.get(i + 1)
+                                && next != b'\n'
+                            {
+                                text.push(next);
                             }
                             i += 2;
                         }

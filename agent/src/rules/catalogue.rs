@@ -719,6 +719,13 @@ impl Catalogue {
             .find(|f| f.component == c && f.flag == name)
     }
 
+    /// Whether a flag of any component can carry a secret: marked `sensitive` in the
+    /// catalogue, or named like one (see [`crate::redact::sensitive_by_name`]).
+    pub fn sensitive(&self, name: &str) -> bool {
+        crate::redact::sensitive_by_name(name)
+            || self.flags.iter().any(|f| f.sensitive && f.flag == name)
+    }
+
     /// How a flag's value is read (scalar when the catalogue does not know it).
     pub fn kind(&self, c: Component, name: &str) -> FlagKind {
         self.flag(c, name).map(|f| f.kind).unwrap_or_default()

@@ -322,16 +322,16 @@ fn finding(
     });
     let mut fix = None;
     let mut autofix = false;
-    if status == Status::Fail || status == Status::Warn {
-        if let Some(candidate) = check.fix.clone().or_else(|| rule.fix.clone()) {
-            match guard(&candidate, ctx) {
-                Ok(()) => {
-                    autofix = rule.safe;
-                    fix = Some(candidate);
-                }
-                Err(why) => {
-                    reason.get_or_insert(format!("no fix offered: {why}"));
-                }
+    if (status == Status::Fail || status == Status::Warn)
+        && let Some(candidate) = check.fix.clone().or_else(|| rule.fix.clone())
+    {
+        match guard(&candidate, ctx) {
+            Ok(()) => {
+                autofix = rule.safe;
+                fix = Some(candidate);
+            }
+            Err(why) => {
+                reason.get_or_insert(format!("no fix offered: {why}"));
             }
         }
     }

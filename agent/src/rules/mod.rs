@@ -3,12 +3,12 @@
 pub mod catalogue;
 pub mod eval;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use catalogue::{Catalogue, Fix, Severity};
 
 /// The result of one rule on one file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Failed.

@@ -1,0 +1,271 @@
+//! Events: the one serialisable type for everything the agent reports. The spool stores them,
+//! the shipper sends them, the collector keeps them. Field names are a contract: change them
+//! only with a new `kind`.
+//!
+//! Only changes make events. A rescan that finds nothing new produces none.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::{Finding, Severity, Status};
+
+/// One event, as spooled: who, when, which number, what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Per-agent sequence number: strictly increasing, no gaps except the ranges a
+    /// `spool_overflow` event names.
+    pub seq: u64,
+    /// Node name.
+    pub node: String,
+    /// When the agent recorded it, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened. Serialised with a `kind` tag in snake case (`file_modified`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// The agent started and compared the node with its baseline.
+    AgentStarted {
+        /// Agent version.
+        agent_version: String,
+        /// sha256 of the effective config.
+        config_digest: String,
+        /// sha256 of the rule catalogue in force.
+        rules_digest: String,
+        /// `loaded` when a baseline from an earlier run was compared, `created` on a first run
+        /// (no file events then: nothing to compare with).
+        baseline: String,
+        /// Files and directories tracked.
+        files: usize,
+    },
+    /// The agent is stopping cleanly.
+    AgentStopping {
+        /// Agent version.
+        agent_version: String,
+        /// Why (the signal).
+        reason: String,
+    },
+    /// A new config was loaded on SIGHUP.
+    ConfigReloaded {
+        /// sha256 of the new effective config.
+        config_digest: String,
+        /// sha256 of the new rule catalogue.
+        rules_digest: String,
+    },
+    /// A new config was refused on SIGHUP; the old one stays in force.
+    ConfigRejected {
+        /// The problem, naming the file.
+        error: String,
+    },
+    /// Events may have been missed, so everything was re-read.
+    Rescan {
+        /// Why: `inotify queue overflow`, `periodic rescan found changes inotify did not
+        /// report`, `watch error: ...`.
+        reason: String,
+        /// Files whose state changed.
+        changes: usize,
+    },
+    /// A tracked file appeared.
+    FileCreated {
+        /// Path.
+        path: String,
+        /// Its state.
+        after: FileMeta,
+        /// Manifests: the whole file as a diff from nothing, sensitive values redacted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diff: Option<String>,
+    },
+    /// A tracked file's content (or symlink target, or type) changed.
+    FileModified {
+        /// Path.
+        path: String,
+        /// State before.
+        before: FileMeta,
+        /// State after.
+        after: FileMeta,
+        /// Manifests: unified diff, sensitive values redacted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diff: Option<String>,
+    },
+    /// A tracked file went away.
+    FileDeleted {
+        /// Path.
+        path: String,
+        /// Its last state.
+        before: FileMeta,
+    },
+    /// Only the mode or ownership of a tracked file changed.
+    PermissionDrift {
+        /// Path.
+        path: String,
+        /// State before.
+        before: FileMeta,
+        /// State after.
+        after: FileMeta,
+    },
+    /// A tracked file cannot be read, or a manifest cannot be parsed. Its open findings stay
+    /// open: nothing can be said about them until it parses again.
+    FileInvalid {
+        /// Path.
+        path: String,
+        /// The problem.
+        error: String,
+    },
+    /// A rule started failing (or warning) on a file.
+    FindingRaised {
+        /// Path.
+        path: String,
+        /// The finding.
+        finding: FindingRecord,
+    },
+    /// A rule that failed (or warned) no longer does, or its file went away.
+    FindingResolved {
+        /// Path.
+        path: String,
+        /// The finding as it was when open.
+        finding: FindingRecord,
+    },
+    /// The spool was full: these events were dropped before they could be shipped.
+    SpoolOverflow {
+        /// How many.
+        dropped: u64,
+        /// First dropped sequence number.
+        first_seq: u64,
+        /// Last dropped sequence number.
+        last_seq: u64,
+    },
+}
+
+impl EventBody {
+    /// The `kind` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::AgentStarted { .. } => "agent_started",
+            EventBody::AgentStopping { .. } => "agent_stopping",
+            EventBody::ConfigReloaded { .. } => "config_reloaded",
+            EventBody::ConfigRejected { .. } => "config_rejected",
+            EventBody::Rescan { .. } => "rescan",
+            EventBody::FileCreated { .. } => "file_created",
+            EventBody::FileModified { .. } => "file_modified",
+            EventBody::FileDeleted { .. } => "file_deleted",
+            EventBody::PermissionDrift { .. } => "permission_drift",
+            EventBody::FileInvalid { .. } => "file_invalid",
+            EventBody::FindingRaised { .. } => "finding_raised",
+            EventBody::FindingResolved { .. } => "finding_resolved",
+            EventBody::SpoolOverflow { .. } => "spool_overflow",
+        }
+    }
+
+    /// The file the event is about, if any.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            EventBody::FileCreated { path, .. }
+            | EventBody::FileModified { path, .. }
+            | EventBody::FileDeleted { path, .. }
+            | EventBody::PermissionDrift { path, .. }
+            | EventBody::FileInvalid { path, .. }
+            | EventBody::FindingRaised { path, .. }
+            | EventBody::FindingResolved { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// The integrity facts of a file, directory or symlink (followed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// `file`, `directory` or `other` (FIFO, socket, device), of the symlink's target.
+    pub kind: String,
+    /// sha256 of the content, regular files only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits in octal, `0600`.
+    pub mode: String,
+    /// Owner uid.
+    pub uid: u32,
+    /// Group gid.
+    pub gid: u32,
+    /// Owner name, when the user database has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Group name, when the group database has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Where the path points, when it is a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink: Option<String>,
+}
+
+impl FileMeta {
+    /// True when the content, type or symlink target differ (not only mode or owner).
+    pub fn content_differs(&self, other: &FileMeta) -> bool {
+        self.kind != other.kind
+            || self.sha256 != other.sha256
+            || self.size != other.size
+            || self.symlink != other.symlink
+    }
+}
+
+/// A finding as events carry it: the open (fail or warn) verdict of one rule on one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingRecord {
+    /// Rule id.
+    pub rule_id: String,
+    /// CIS id, when CIS has the check.
+    pub cis: Option<String>,
+    /// Title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// fail or warn.
+    pub status: Status,
+    /// Component, when the file is a manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// Flag concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+    /// What was seen (sensitive values redacted).
+    pub observed: Option<String>,
+    /// What the rule wants.
+    pub expected: Option<String>,
+    /// What to do.
+    pub remediation: String,
+}
+
+impl FindingRecord {
+    /// The record of an open finding; `None` for pass and skip.
+    pub fn open(f: &Finding, component: Option<&str>, redact: bool) -> Option<Self> {
+        if !matches!(f.status, Status::Fail | Status::Warn) {
+            return None;
+        }
+        Some(FindingRecord {
+            rule_id: f.id.clone(),
+            cis: f.cis.clone(),
+            title: f.title.clone(),
+            severity: f.severity,
+            status: f.status,
+            component: component.map(str::to_string),
+            flag: f.flag.clone(),
+            observed: if redact {
+                f.observed
+                    .as_ref()
+                    .map(|_| crate::redact::REDACTED.to_string())
+            } else {
+                f.observed.clone()
+            },
+            expected: f.expected.clone(),
+            remediation: f.remediation.clone(),
+        })
+    }
+}
+
+/// Now, as the events' time format.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,162 @@
+//! File integrity facts: what a tracked path is right now (type, sha256, size, mode, owner,
+//! symlink target). The comparison with the baseline is pure and lives in `baseline`.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::event::FileMeta;
+
+/// Hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Observes `path`, following a symlink (as the kubelet and the components do) but recording
+/// where it points. `content`: the bytes already read for a manifest, so that the file is not
+/// read twice; otherwise regular files are hashed here, streaming.
+pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> {
+    let link = fs::symlink_metadata(path).map_err(|e| describe(&e))?;
+    let symlink = if link.file_type().is_symlink() {
+        let target = fs::read_link(path).map_err(|e| describe(&e))?;
+        Some(target.display().to_string())
+    } else {
+        None
+    };
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(_) if symlink.is_some() => {
+            return Err(format!(
+                "dangling symlink to {}",
+                symlink.unwrap_or_default()
+            ));
+        }
+        Err(e) => return Err(describe(&e)),
+    };
+    let kind = if meta.is_file() {
+        "file"
+    } else if meta.is_dir() {
+        "directory"
+    } else {
+        "other"
+    };
+    let sha256 = match (meta.is_file(), content) {
+        (true, Some(bytes)) => Some(sha256_hex(bytes)),
+        (true, None) => Some(hash_file(path)?),
+        _ => None,
+    };
+    let size = match content {
+        Some(bytes) if meta.is_file() => bytes.len() as u64,
+        _ => meta.len(),
+    };
+    Ok(FileMeta {
+        kind: kind.into(),
+        sha256,
+        size,
+        mode: format!("{:04o}", meta.mode() & 0o7777),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        owner: nix::unistd::User::from_uid(meta.uid().into())
+            .ok()
+            .flatten()
+            .map(|u| u.name),
+        group: nix::unistd::Group::from_gid(meta.gid().into())
+            .ok()
+            .flatten()
+            .map(|g| g.name),
+        symlink,
+    })
+}
+
+fn hash_file(path: &Path) -> Result<String, String> {
+    // O_NONBLOCK: a FIFO swapped in between stat and open must not hang the agent.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| describe(&e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(describe(&e)),
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (run as root or with CAP_DAC_READ_SEARCH)".into()
+        }
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn file_facts_include_hash_mode_and_symlink_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a");
+        fs::write(&f, b"abc").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+        let m = observe(&f, None).unwrap();
+        assert_eq!(
+            m.sha256.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert_eq!(
+            (m.kind.as_str(), m.size, m.mode.as_str()),
+            ("file", 3, "0640")
+        );
+        let l = dir.path().join("l");
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        let ml = observe(&l, None).unwrap();
+        assert_eq!(ml.symlink.as_deref(), Some(f.to_str().unwrap()));
+        assert_eq!(ml.sha256, m.sha256);
+        assert!(!ml.content_differs(&m) || ml.symlink != m.symlink);
+    }
+
+    #[test]
+    fn dangling_symlink_and_missing_file_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = dir.path().join("l");
+        std::os::unix::fs::symlink("/nonexistent/x", &l).unwrap();
+        assert_eq!(
+            observe(&l, None).unwrap_err(),
+            "dangling symlink to /nonexistent/x"
+        );
+        assert_eq!(
+            observe(&dir.path().join("m"), None).unwrap_err(),
+            "no such file"
+        );
+    }
+
+    #[test]
+    fn directories_have_no_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = observe(dir.path(), None).unwrap();
+        assert_eq!(m.kind, "directory");
+        assert!(m.sha256.is_none());
+    }
+}
