@@ -158,6 +158,11 @@ pub fn host_path(m: &Manifest, cp: &ControlPlane, inner: &str) -> Option<PathBuf
 }
 
 /// Reads the anonymous settings from the AuthenticationConfiguration a manifest names.
+/// The host path of the AuthenticationConfiguration a manifest names, if any.
+pub fn authn_host_path(m: &Manifest, cp: &ControlPlane) -> Option<PathBuf> {
+    host_path(m, cp, &cp.flags.value("authentication-config")?)
+}
+
 fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
     let inner = cp.flags.value("authentication-config")?;
     let Some(host) = host_path(m, cp, &inner) else {
@@ -222,15 +227,24 @@ pub fn check_manifest(
     cat: &Catalogue,
     path: &Path,
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
-    let mut report = FileReport::new(path);
-    let bytes = match read_bounded(path, MAX_MANIFEST_BYTES) {
-        Ok(b) => b,
+    match read_bounded(path, MAX_MANIFEST_BYTES) {
+        Ok(bytes) => check_manifest_bytes(cat, path, &bytes),
         Err(e) => {
+            let mut report = FileReport::new(path);
             report.error = Some(e);
-            return (report, None);
+            (report, None)
         }
-    };
-    let m = match parse_manifest(cat, &bytes) {
+    }
+}
+
+/// Checks a manifest whose bytes were already read from `path`.
+pub fn check_manifest_bytes(
+    cat: &Catalogue,
+    path: &Path,
+    bytes: &[u8],
+) -> (FileReport, Option<(Manifest, ControlPlane)>) {
+    let mut report = FileReport::new(path);
+    let m = match parse_manifest(cat, bytes) {
         Ok(m) => m,
         Err(e) => {
             report.error = Some(e.to_string());
@@ -326,9 +340,25 @@ pub fn run(cfg: &Config, scope: &Scope) -> Report {
     Report { files }
 }
 
-/// The CIS 1.1 file set that exists on this node.
-fn file_set(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<FileReport> {
-    let cat = &cfg.catalogue;
+/// One member of the node's file set: a path with its roles, or a directory that could not
+/// be listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetMember {
+    /// The path.
+    pub path: PathBuf,
+    /// What the rules check it as.
+    pub roles: Vec<FileRole>,
+    /// Why its contents could not be listed (directories only).
+    pub error: Option<String>,
+}
+
+/// The CIS 1.1 file set that exists on this node (and kubelet.conf, CIS 4.1.5-4.1.6).
+pub fn file_set_members(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<SetMember> {
+    let member = |path: PathBuf, roles: Vec<FileRole>| SetMember {
+        path,
+        roles,
+        error: None,
+    };
     let mut out = Vec::new();
     let k = &cfg.kubernetes_dir;
     for (name, role) in [
@@ -339,57 +369,71 @@ fn file_set(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<FileReport> {
             "controller-manager.conf",
             FileRole::ControllerManagerKubeconfig,
         ),
+        ("kubelet.conf", FileRole::KubeletKubeconfig),
     ] {
         let p = k.join(name);
         if fs::symlink_metadata(&p).is_ok() {
-            out.push(check_file(cat, &p, vec![role]));
+            out.push(member(p, vec![role]));
         }
     }
     if fs::symlink_metadata(&cfg.pki_dir).is_ok() {
         let mut stack = vec![cfg.pki_dir.clone()];
         let mut entries = Vec::new();
         while let Some(dir) = stack.pop() {
-            entries.push(dir.clone());
             let rd = match fs::read_dir(&dir) {
                 Ok(rd) => rd,
                 Err(e) => {
-                    let mut r = FileReport::new(&dir);
-                    r.error = Some(format!("cannot list: {}", io_problem(&e)));
-                    out.push(r);
+                    entries.push(SetMember {
+                        path: dir,
+                        roles: vec![FileRole::Pki],
+                        error: Some(format!("cannot list: {}", io_problem(&e))),
+                    });
                     continue;
                 }
             };
+            entries.push(member(dir, vec![FileRole::Pki]));
             for e in rd.flatten() {
                 let p = e.path();
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(p);
                 } else {
-                    entries.push(p);
+                    let mut roles = vec![FileRole::Pki];
+                    match p.extension().and_then(|e| e.to_str()) {
+                        Some("crt") => roles.push(FileRole::PkiCert),
+                        Some("key") => roles.push(FileRole::PkiKey),
+                        _ => {}
+                    }
+                    entries.push(member(p, roles));
                 }
             }
         }
-        entries.sort();
-        for p in entries {
-            let mut roles = vec![FileRole::Pki];
-            match p.extension().and_then(|e| e.to_str()) {
-                Some("crt") => roles.push(FileRole::PkiCert),
-                Some("key") => roles.push(FileRole::PkiKey),
-                _ => {}
-            }
-            out.push(check_file(cat, &p, roles));
-        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        out.extend(entries);
     }
     let data_dir = etcd_data_dir.unwrap_or_else(|| cfg.etcd_data_dir.clone());
     if fs::symlink_metadata(&data_dir).is_ok() {
-        out.push(check_file(cat, &data_dir, vec![FileRole::EtcdDataDir]));
+        out.push(member(data_dir, vec![FileRole::EtcdDataDir]));
     }
     for dir in &cfg.cni_dirs {
         let Ok(rd) = fs::read_dir(dir) else { continue };
         let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         paths.sort();
-        for p in paths {
-            out.push(check_file(cat, &p, vec![FileRole::Cni]));
-        }
+        out.extend(paths.into_iter().map(|p| member(p, vec![FileRole::Cni])));
     }
     out
+}
+
+/// Checks the file set.
+fn file_set(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<FileReport> {
+    file_set_members(cfg, etcd_data_dir)
+        .into_iter()
+        .map(|m| match m.error {
+            Some(e) => {
+                let mut r = FileReport::new(&m.path);
+                r.error = Some(e);
+                r
+            }
+            None => check_file(&cfg.catalogue, &m.path, m.roles),
+        })
+        .collect()
 }

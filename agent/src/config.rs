@@ -2,14 +2,17 @@
 //! validated [`Config`] that the rest of the code uses.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::rules::Catalogue;
 use crate::rules::catalogue::{CatalogueError, RawRule};
 
 /// Where the agent looks for its config when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/kube-lockdown/agent.yaml";
+/// Default state directory (spool, baseline, lock, status socket).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-lockdown";
 
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -37,6 +40,63 @@ pub struct RawConfig {
     /// Rule catalogue changes.
     #[serde(default)]
     pub rules: RawRulesConfig,
+    /// Node name in events. Default: the hostname in lower case, as the kubelet uses it.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Where the agent keeps its spool, baseline, lock and status socket.
+    /// Default: /var/lib/kube-lockdown.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Quiet time after a file event before the agent reads the files, so that an editor's
+    /// rename dance is seen as one change. Default: 2ms.
+    #[serde(default, deserialize_with = "duration")]
+    pub settle: Option<Duration>,
+    /// Longest the agent waits for quiet during a burst before it reads anyway, so that a
+    /// storm of writes still gives events. Default: 100ms.
+    #[serde(default, deserialize_with = "duration")]
+    pub settle_max: Option<Duration>,
+    /// Full rescan interval, the safety net under inotify ("0s" turns it off). Default: 60s.
+    #[serde(default, deserialize_with = "duration")]
+    pub rescan_interval: Option<Duration>,
+    /// Bound of the event spool in bytes; when full, the oldest unshipped events go and a
+    /// spool_overflow event counts them. At least 65536. Default: 67108864 (64 MiB).
+    #[serde(default)]
+    pub spool_max_bytes: Option<u64>,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLogConfig,
+}
+
+/// `log:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogConfig {
+    /// `text` or `json`. Default: text.
+    #[serde(default)]
+    pub format: Option<LogFormat>,
+    /// `error`, `warn`, `info`, `debug` or `trace`. Default: info.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like 2ms, 60s or 5m: {e}"
+        ))
+    })
 }
 
 /// `rules:` in the config file.
@@ -66,6 +126,38 @@ pub struct Config {
     pub cni_dirs: Vec<PathBuf>,
     /// The rule catalogue in force.
     pub catalogue: Catalogue,
+    /// Node name in events.
+    pub node_name: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Quiet time before reading after a file event.
+    pub settle: Duration,
+    /// Longest wait for quiet during a burst.
+    pub settle_max: Duration,
+    /// Full rescan interval; `None` = off.
+    pub rescan_interval: Option<Duration>,
+    /// Spool bound in bytes.
+    pub spool_max_bytes: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log level.
+    pub log_level: tracing::Level,
+}
+
+/// Command-line and environment values that take precedence over the file, kept so that a
+/// reload applies them again.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Node name.
+    pub node_name: Option<String>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Manifests directory.
+    pub manifests_dir: Option<PathBuf>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// Log level.
+    pub log_level: Option<String>,
 }
 
 /// Why a config cannot be used.
@@ -94,6 +186,16 @@ pub enum ConfigError {
         path: PathBuf,
         /// Cause.
         source: CatalogueError,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid config {path}: {field}: {message}")]
+    Value {
+        /// File.
+        path: PathBuf,
+        /// Field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
     },
     /// A path is not absolute.
     #[error("invalid config {path}: {field} must be an absolute path, got {value}")]
@@ -180,7 +282,56 @@ impl Config {
                 });
             }
         }
+        let value = |field: &'static str, message: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        let node_name = match raw.node_name {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().to_lowercase())
+                .map_err(|e| {
+                    value(
+                        "node_name",
+                        format!("not set, and the hostname cannot be read: {e}"),
+                    )
+                })?,
+        };
+        validate_node_name(&node_name).map_err(|m| value("node_name", m))?;
+        let spool_max_bytes = raw.spool_max_bytes.unwrap_or(64 << 20);
+        if spool_max_bytes < crate::spool::MIN_MAX_BYTES {
+            return Err(value(
+                "spool_max_bytes",
+                format!(
+                    "{spool_max_bytes} is below the minimum of {}",
+                    crate::spool::MIN_MAX_BYTES
+                ),
+            ));
+        }
+        let log_level = parse_level(raw.log.level.as_deref().unwrap_or("info"))
+            .map_err(|m| value("log.level", m))?;
+        let settle = raw.settle.unwrap_or(Duration::from_millis(2));
+        let settle_max = raw.settle_max.unwrap_or(Duration::from_millis(100));
+        if settle_max < settle {
+            return Err(value(
+                "settle_max",
+                "must not be shorter than settle".into(),
+            ));
+        }
         Ok(Config {
+            node_name,
+            state_dir: abs("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,
+            settle,
+            settle_max,
+            rescan_interval: match raw.rescan_interval {
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+                None => Some(Duration::from_secs(60)),
+            },
+            spool_max_bytes,
+            log_format: raw.log.format.unwrap_or_default(),
+            log_level,
             manifests_dir: abs(
                 "manifests_dir",
                 raw.manifests_dir,
@@ -192,6 +343,77 @@ impl Config {
             cni_dirs,
             catalogue,
         })
+    }
+}
+
+impl Overrides {
+    /// Applies the overrides to a loaded config.
+    pub fn apply(&self, cfg: &mut Config) -> Result<(), ConfigError> {
+        let value = |field: &'static str, message: String| ConfigError::Value {
+            path: PathBuf::from("(command line or environment)"),
+            field,
+            message,
+        };
+        if let Some(n) = &self.node_name {
+            validate_node_name(n).map_err(|m| value("node name", m))?;
+            cfg.node_name.clone_from(n);
+        }
+        for (field, v, slot) in [
+            ("state dir", &self.state_dir, &mut cfg.state_dir),
+            ("manifests dir", &self.manifests_dir, &mut cfg.manifests_dir),
+        ] {
+            if let Some(v) = v {
+                if !v.is_absolute() {
+                    return Err(value(
+                        field,
+                        format!("must be an absolute path, got {}", v.display()),
+                    ));
+                }
+                slot.clone_from(v);
+            }
+        }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
+        }
+        if let Some(l) = &self.log_level {
+            cfg.log_level = parse_level(l).map_err(|m| value("log level", m))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_level(s: &str) -> Result<tracing::Level, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not one of error, warn, info, debug, trace"))
+}
+
+/// Node names are Kubernetes node names: DNS subdomains (lower case letters, digits, `-` and
+/// `.`, at most 253 characters).
+fn validate_node_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 253
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !n.starts_with(['-', '.'])
+        && !n.ends_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n:?} is not a valid node name (lower case letters, digits, '-' and '.', at most 253 characters)"
+        ))
+    }
+}
+
+impl Config {
+    /// sha256 of the effective config (catalogue included), for `agent_started` events.
+    pub fn digest(&self) -> String {
+        crate::integrity::sha256_hex(format!("{self:?}").as_bytes())
+    }
+
+    /// sha256 of the rule catalogue in force.
+    pub fn rules_digest(&self) -> String {
+        crate::integrity::sha256_hex(format!("{:?}", self.catalogue).as_bytes())
     }
 }
 
@@ -224,6 +446,56 @@ mod tests {
         let ids: Vec<&str> = cfg.catalogue.rule_ids().collect();
         assert!(!ids.contains(&"apiserver-profiling"));
         assert!(ids.contains(&"site-audit-policy"));
+    }
+
+    #[test]
+    fn daemon_fields_parse_and_are_checked() {
+        let cfg = Config::parse(
+            "node_name: cp-1\nsettle: 5ms\nrescan_interval: 0s\nspool_max_bytes: 1048576\nlog: {format: json, level: debug}\n",
+            Path::new("a.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.node_name, "cp-1");
+        assert_eq!(cfg.settle, Duration::from_millis(5));
+        assert_eq!(cfg.rescan_interval, None);
+        assert_eq!(cfg.log_format, LogFormat::Json);
+        for (text, needle) in [
+            ("settle: soon\n", "not a duration"),
+            ("spool_max_bytes: 10\n", "below the minimum"),
+            ("node_name: CP_1\n", "not a valid node name"),
+            ("log: {level: loud}\n", "log.level"),
+            ("log: {colour: red}\n", "colour"),
+        ] {
+            let err = Config::parse(text, Path::new("a.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_and_are_checked() {
+        let mut cfg = Config::parse("node_name: a\n", Path::new("a.yaml")).unwrap();
+        let o = Overrides {
+            node_name: Some("b".into()),
+            state_dir: Some("/tmp/s".into()),
+            ..Default::default()
+        };
+        o.apply(&mut cfg).unwrap();
+        assert_eq!(
+            (cfg.node_name.as_str(), cfg.state_dir.as_path()),
+            ("b", Path::new("/tmp/s"))
+        );
+        let bad = Overrides {
+            state_dir: Some("rel".into()),
+            ..Default::default()
+        };
+        assert!(
+            bad.apply(&mut cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("absolute")
+        );
     }
 
     #[test]

@@ -7,10 +7,13 @@
 pub mod baseline;
 pub mod check;
 pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod integrity;
 pub mod manifest;
 pub mod redact;
 pub mod report;
 pub mod rules;
+pub mod scan;
 pub mod spool;
+pub mod watch;

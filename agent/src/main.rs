@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lockdown_agent::check::{self, Scope};
-use lockdown_agent::config::{Config, DEFAULT_CONFIG_PATH};
+use lockdown_agent::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, Overrides};
+use lockdown_agent::daemon::{self, ConfigSource};
 use lockdown_agent::report;
 use lockdown_agent::rules::Severity;
+use lockdown_agent::spool::SpoolReader;
 
 #[derive(Parser)]
 #[command(name = "lockdown-agent", version, about = "kube-lockdown node agent")]
@@ -43,6 +45,45 @@ enum Command {
         #[arg(long, value_enum, default_value_t = RulesFormat::Table)]
         format: RulesFormat,
     },
+    /// Run the agent: watch, compare with the baseline, spool events. Stops on SIGTERM or
+    /// SIGINT; reloads the config on SIGHUP.
+    Run {
+        /// Node name in events (default: config node_name, else the hostname).
+        #[arg(long, env = "LOCKDOWN_NODE_NAME")]
+        node_name: Option<String>,
+        /// State directory: spool, baseline, lock, status socket.
+        #[arg(long, env = "LOCKDOWN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Static pod manifest directory.
+        #[arg(long, env = "LOCKDOWN_MANIFESTS_DIR")]
+        manifests_dir: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, value_enum, env = "LOCKDOWN_LOG_FORMAT")]
+        log_format: Option<LogFormat>,
+        /// Log level: error, warn, info, debug or trace.
+        #[arg(long, env = "LOCKDOWN_LOG_LEVEL")]
+        log_level: Option<String>,
+    },
+    /// Show what the running agent sees: watched files, open findings, spool depth, last
+    /// event.
+    Status {
+        /// State directory of the agent to ask (default: config state_dir).
+        #[arg(long, env = "LOCKDOWN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = RulesFormat::Table)]
+        format: RulesFormat,
+    },
+    /// Print the events waiting in the spool (not yet acknowledged by a collector), one JSON
+    /// object per line.
+    Spool {
+        /// State directory (default: config state_dir).
+        #[arg(long, env = "LOCKDOWN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// First sequence number to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,11 +103,17 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
     s.parse()
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+fn init_logging(format: LogFormat, level: tracing::Level) {
+    let b = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::WARN)
-        .init();
+        .with_max_level(level);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -79,13 +126,43 @@ fn main() -> ExitCode {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let cfg = match Config::load(&path, explicit) {
+    let overrides = match &cli.command {
+        Command::Run {
+            node_name,
+            state_dir,
+            manifests_dir,
+            log_format,
+            log_level,
+        } => Overrides {
+            node_name: node_name.clone(),
+            state_dir: state_dir.clone(),
+            manifests_dir: manifests_dir.clone(),
+            log_format: *log_format,
+            log_level: log_level.clone(),
+        },
+        Command::Status { state_dir, .. } | Command::Spool { state_dir, .. } => Overrides {
+            state_dir: state_dir.clone(),
+            ..Default::default()
+        },
+        _ => Overrides::default(),
+    };
+    let source = ConfigSource {
+        path,
+        explicit,
+        overrides,
+    };
+    let cfg = match source.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lockdown-agent: {e}");
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Run { .. }) {
+        init_logging(cfg.log_format, cfg.log_level);
+    } else {
+        init_logging(LogFormat::Text, tracing::Level::WARN);
+    }
     match cli.command {
         Command::Check {
             paths,
@@ -120,6 +197,84 @@ fn main() -> ExitCode {
             };
             println!("{text}");
             ExitCode::SUCCESS
+        }
+        Command::Run { .. } => run(cfg, source),
+        Command::Status { format, .. } => match daemon::query_status(&cfg.state_dir) {
+            Ok(status) => {
+                match format {
+                    RulesFormat::Table => print!("{}", report::status_table(&status)),
+                    RulesFormat::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&status).expect("status serialises")
+                    ),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lockdown-agent: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Spool { from, .. } => print_spool(&cfg.state_dir, from),
+    }
+}
+
+fn run(cfg: Config, source: ConfigSource) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lockdown-agent: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(daemon::run(cfg, source, |status| {
+        tracing::info!(
+            files = status.files.len(),
+            open_findings = status.open_findings.len(),
+            spool_events = status.spool.events,
+            "ready"
+        );
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("lockdown-agent: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_spool(state_dir: &std::path::Path, from: u64) -> ExitCode {
+    use std::io::Write;
+    let reader = match SpoolReader::open(state_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lockdown-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut next = from;
+    loop {
+        match reader.read_from(next, 1000) {
+            Ok(events) if events.is_empty() => return ExitCode::SUCCESS,
+            Ok(events) => {
+                for e in &events {
+                    let line = serde_json::to_string(e).expect("events serialise");
+                    if writeln!(out, "{line}").is_err() {
+                        return ExitCode::SUCCESS; // reader went away (head, less)
+                    }
+                }
+                next = events.last().map_or(next, |e| e.seq + 1);
+            }
+            Err(e) => {
+                eprintln!("lockdown-agent: {e}");
+                return ExitCode::from(2);
+            }
         }
     }
 }

@@ -296,3 +296,68 @@ pub fn rules_json(cat: &crate::rules::Catalogue) -> String {
     )
     .expect("serialises")
 }
+
+/// `lockdown-agent status` as text.
+pub fn status_table(s: &crate::daemon::Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {}  agent {}  pid {}  since {}",
+        s.node, s.agent_version, s.pid, s.started
+    );
+    let _ = writeln!(
+        out,
+        "spool: {} events, {} of {} bytes, last seq {}, acked {}",
+        s.spool.events, s.spool.bytes, s.spool.max_bytes, s.spool.last_seq, s.spool.acked
+    );
+    match &s.last_event {
+        Some(e) => {
+            let _ = writeln!(
+                out,
+                "last event: #{} {} {} {}",
+                e.seq,
+                e.kind,
+                e.time,
+                e.path.as_deref().unwrap_or("")
+            );
+        }
+        None => out.push_str("last event: none since start\n"),
+    }
+    let _ = writeln!(
+        out,
+        "\nwatching {} directories, tracking {} paths:",
+        s.watched_dirs.len(),
+        s.files.len()
+    );
+    for f in &s.files {
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<5} {}{}",
+            if f.kind.is_empty() { "?" } else { &f.kind },
+            f.mode,
+            f.path,
+            f.error
+                .as_deref()
+                .map(|e| format!("  ERROR: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(out, "\nopen findings: {}", s.open_findings.len());
+    for f in &s.open_findings {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<4} {:<40} {} {}",
+            format!("{:?}", f.finding.severity).to_lowercase(),
+            f.finding.status.as_str(),
+            f.finding.rule_id,
+            f.finding
+                .cis
+                .as_deref()
+                .map(|c| format!("[CIS {c}]"))
+                .unwrap_or_default(),
+            f.path
+        );
+    }
+    out
+}

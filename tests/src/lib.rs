@@ -1,5 +1,7 @@
 //! Helpers for end-to-end tests that run the real kube-lockdown binaries.
 
+pub mod node;
+
 use std::path::PathBuf;
 
 /// Path of a workspace binary built next to the running test executable.

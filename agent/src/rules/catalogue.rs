@@ -261,6 +261,8 @@ pub enum FileRole {
     SchedulerKubeconfig,
     /// controller-manager.conf.
     ControllerManagerKubeconfig,
+    /// kubelet.conf, the kubelet's kubeconfig (CIS 4.1.5-4.1.6).
+    KubeletKubeconfig,
     /// Everything under the PKI directory.
     Pki,
     /// `*.crt` under the PKI directory.

@@ -1,0 +1,477 @@
+//! `lockdown-agent run`: the long-running agent.
+//!
+//! One loop owns everything (config, baseline, spool, watches), so there is no locking but
+//! the notify thread's pending set. It waits for: file events (then settles and scans what
+//! they name), the periodic rescan, signals (SIGTERM and SIGINT stop, SIGHUP reloads) and
+//! status requests on a Unix socket in the state directory.
+//!
+//! Every scan compares the new state of each tracked path with the baseline, and commits the
+//! events and the new baseline in one spool transaction. If the commit fails (disk full),
+//! the in-memory baseline is not advanced and a full rescan is retried, so the change is
+//! reported once the spool can take it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::baseline::{self, PathState};
+use crate::config::{Config, ConfigError, Overrides};
+use crate::event::{EventBody, FindingRecord};
+use crate::scan::{Dirty, Scanner};
+use crate::spool::{BaselineWrite, Depth, Spool, SpoolError};
+use crate::watch::{Shared, Watch};
+
+/// Status socket file name in the state directory.
+pub const SOCKET_FILE: &str = "agent.sock";
+/// How long to wait before retrying after the spool refused a commit.
+const COMMIT_RETRY: Duration = Duration::from_secs(1);
+
+/// Why the agent cannot start. After start, nothing stops it but a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The spool cannot be opened (locked, unwritable, corrupt).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// inotify cannot be started (fs.inotify.max_user_instances reached).
+    #[error("cannot start inotify: {0} (raise fs.inotify.max_user_instances?)")]
+    Inotify(#[from] notify::Error),
+    /// The status socket cannot be created.
+    #[error("cannot create status socket {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Signal handlers cannot be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Where the config came from, to reload it on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether it was named explicitly (a missing default file means defaults).
+    pub explicit: bool,
+    /// Command-line and environment overrides.
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// Loads the file and applies the overrides.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut cfg = Config::load(&self.path, self.explicit)?;
+        self.overrides.apply(&mut cfg)?;
+        Ok(cfg)
+    }
+}
+
+/// What `lockdown-agent status` shows: the running agent's view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Node name.
+    pub node: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Process id.
+    pub pid: u32,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// Directories under inotify watch.
+    pub watched_dirs: Vec<String>,
+    /// Tracked files and directories.
+    pub files: Vec<FileStatus>,
+    /// Open findings.
+    pub open_findings: Vec<OpenFinding>,
+    /// Spool depth.
+    pub spool: Depth,
+    /// The last event spooled.
+    pub last_event: Option<LastEvent>,
+}
+
+/// One tracked path in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileStatus {
+    /// Path.
+    pub path: String,
+    /// `file`, `directory`, `other`, or empty when it could not be observed.
+    pub kind: String,
+    /// Mode in octal.
+    pub mode: String,
+    /// Why it could not be read or parsed.
+    pub error: Option<String>,
+}
+
+/// One open finding in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpenFinding {
+    /// Path.
+    pub path: String,
+    /// The finding.
+    #[serde(flatten)]
+    pub finding: FindingRecord,
+}
+
+/// The last event in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastEvent {
+    /// Sequence number.
+    pub seq: u64,
+    /// Kind.
+    pub kind: String,
+    /// Time.
+    pub time: String,
+    /// The file, if any.
+    pub path: Option<String>,
+}
+
+struct Agent {
+    cfg: Config,
+    source: ConfigSource,
+    spool: Spool,
+    baseline: BTreeMap<String, PathState>,
+    scanner: Scanner,
+    watch: Watch,
+    shared: Arc<Shared>,
+    started: String,
+    last_event: Option<LastEvent>,
+    /// The spool refused a commit: rescan everything at this time.
+    retry_at: Option<Instant>,
+}
+
+/// Runs the agent until SIGTERM or SIGINT. `ready` is called once the spool is open, the
+/// baseline compared and the watches armed.
+pub async fn run(
+    cfg: Config,
+    source: ConfigSource,
+    ready: impl FnOnce(&Status),
+) -> Result<(), DaemonError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+
+    let spool = Spool::open(&cfg.state_dir, cfg.spool_max_bytes)?;
+    let baseline = spool.baseline()?;
+    let watch = Watch::new()?;
+    let socket_path = cfg.state_dir.join(SOCKET_FILE);
+    let _ = std::fs::remove_file(&socket_path); // ours: we hold the spool lock
+    let listener = UnixListener::bind(&socket_path).map_err(|source| DaemonError::Socket {
+        path: socket_path.clone(),
+        source,
+    })?;
+    let shared = Arc::clone(watch.shared());
+    let mut agent = Agent {
+        cfg,
+        source,
+        spool,
+        baseline,
+        scanner: Scanner::new(),
+        watch,
+        shared,
+        started: crate::event::now_rfc3339(),
+        last_event: None,
+        retry_at: None,
+    };
+    agent.start();
+    ready(&agent.status());
+
+    let mut rescan = agent.rescan_timer();
+    loop {
+        let retry = agent.retry_at;
+        tokio::select! {
+            () = agent.shared.wake.notified() => {
+                agent.settle().await;
+                let pending = agent.shared.take();
+                tracing::debug!(paths = ?pending.paths, rescan = ?pending.rescan, "file events");
+                let dirty = match &pending.rescan {
+                    Some(_) => Dirty::all(),
+                    None => Dirty { all: false, paths: pending.paths },
+                };
+                agent.process(&dirty, pending.rescan.as_deref(), true);
+            }
+            _ = rescan.tick() => {
+                agent.process(&Dirty::all(), Some("periodic rescan found changes inotify did not report"), false);
+            }
+            () = sleep_until_opt(retry) => {
+                agent.retry_at = None;
+                agent.process(&Dirty::all(), Some("retry after the spool refused a commit"), false);
+            }
+            _ = sighup.recv() => {
+                agent.reload();
+                rescan = agent.rescan_timer();
+            }
+            _ = sigterm.recv() => { agent.stop("SIGTERM"); break; }
+            _ = sigint.recv() => { agent.stop("SIGINT"); break; }
+            Ok((mut stream, _)) = listener.accept() => {
+                let body = serde_json::to_vec(&agent.status()).expect("status serialises");
+                tokio::spawn(async move {
+                    let _ = stream.write_all(&body).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    fn rescan_timer(&self) -> tokio::time::Interval {
+        let period = self
+            .cfg
+            .rescan_interval
+            .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+
+    /// First scan: compare with the persisted baseline, so that changes made while the agent
+    /// was down are reported.
+    fn start(&mut self) {
+        let first_run = self.baseline.is_empty();
+        // Scan, watch what the scan found, then scan again: a change between the first scan
+        // and the watches is in the second.
+        let snap = self.scanner.scan(&self.cfg, &Dirty::all(), &self.baseline);
+        self.arm(&snap.watch);
+        let snap = self.scanner.scan(&self.cfg, &Dirty::all(), &self.baseline);
+        self.arm(&snap.watch);
+        let (changes, writes) = diff(&self.baseline, &snap.states, first_run);
+        let mut bodies = vec![EventBody::AgentStarted {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            config_digest: self.cfg.digest(),
+            rules_digest: self.cfg.rules_digest(),
+            baseline: if first_run { "created" } else { "loaded" }.into(),
+            files: snap.states.len(),
+        }];
+        bodies.extend(changes);
+        tracing::info!(
+            node = %self.cfg.node_name,
+            files = snap.states.len(),
+            watched_dirs = self.watch.armed().count(),
+            first_run,
+            "agent started"
+        );
+        self.commit(bodies, writes);
+    }
+
+    fn arm(&mut self, dirs: &std::collections::BTreeSet<PathBuf>) {
+        for (dir, error) in self.watch.arm(dirs) {
+            tracing::warn!(dir = %dir.display(), %error, "cannot watch; the periodic rescan still covers it");
+        }
+    }
+
+    /// Waits until the files have been quiet for `settle`, or `settle_max` has passed.
+    async fn settle(&self) {
+        let start = Instant::now();
+        loop {
+            let generation = self.shared.generation();
+            tokio::time::sleep(self.cfg.settle).await;
+            if self.shared.generation() == generation || start.elapsed() >= self.cfg.settle_max {
+                return;
+            }
+        }
+    }
+
+    /// Scans, then spools what changed. `reason`: why this is a rescan; `always_say` reports
+    /// the rescan even when it finds nothing (a queue overflow is worth knowing about).
+    fn process(&mut self, dirty: &Dirty, reason: Option<&str>, always_say: bool) {
+        if dirty.is_empty() {
+            return;
+        }
+        let snap = self.scanner.scan(&self.cfg, dirty, &self.baseline);
+        self.arm(&snap.watch);
+        let (changes, writes) = diff(&self.baseline, &snap.states, false);
+        let mut bodies = Vec::with_capacity(changes.len() + 1);
+        if let Some(reason) = reason
+            && dirty.all
+            && (always_say || !writes.is_empty())
+        {
+            tracing::info!(reason, changes = writes.len(), "rescan");
+            bodies.push(EventBody::Rescan {
+                reason: reason.into(),
+                changes: writes.len(),
+            });
+        }
+        bodies.extend(changes);
+        self.commit(bodies, writes);
+    }
+
+    fn commit(&mut self, bodies: Vec<EventBody>, writes: Vec<BaselineWrite>) {
+        match self.spool.commit(&self.cfg.node_name, bodies, &writes) {
+            Ok(events) => {
+                for e in &events {
+                    tracing::info!(
+                        seq = e.seq,
+                        kind = e.body.kind(),
+                        path = e.body.path(),
+                        "event"
+                    );
+                }
+                if let Some(e) = events.last() {
+                    self.last_event = Some(LastEvent {
+                        seq: e.seq,
+                        kind: e.body.kind().into(),
+                        time: e.time.clone(),
+                        path: e.body.path().map(str::to_string),
+                    });
+                }
+                for (path, state) in writes {
+                    match state {
+                        Some(s) => self.baseline.insert(path, s),
+                        None => self.baseline.remove(&path),
+                    };
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot spool events; retrying with a full rescan");
+                self.retry_at = Some(Instant::now() + COMMIT_RETRY);
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        match self.source.load() {
+            Ok(cfg) => {
+                if cfg.state_dir != self.cfg.state_dir {
+                    tracing::warn!(
+                        old = %self.cfg.state_dir.display(),
+                        new = %cfg.state_dir.display(),
+                        "state_dir changes take effect at the next start"
+                    );
+                }
+                let mut cfg = cfg;
+                cfg.state_dir.clone_from(&self.cfg.state_dir);
+                self.spool.set_max_bytes(cfg.spool_max_bytes);
+                tracing::info!(path = %self.source.path.display(), "config reloaded");
+                let body = EventBody::ConfigReloaded {
+                    config_digest: cfg.digest(),
+                    rules_digest: cfg.rules_digest(),
+                };
+                self.cfg = cfg;
+                self.commit(vec![body], Vec::new());
+                // Rules or paths may have changed: evaluate everything again.
+                self.scanner = Scanner::new();
+                self.process(&Dirty::all(), None, false);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new config refused; the old one stays in force");
+                self.commit(
+                    vec![EventBody::ConfigRejected {
+                        error: e.to_string(),
+                    }],
+                    Vec::new(),
+                );
+            }
+        }
+    }
+
+    fn stop(&mut self, reason: &str) {
+        tracing::info!(reason, "stopping");
+        self.commit(
+            vec![EventBody::AgentStopping {
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                reason: reason.into(),
+            }],
+            Vec::new(),
+        );
+    }
+
+    fn status(&self) -> Status {
+        let mut open_findings = Vec::new();
+        let files = self
+            .baseline
+            .iter()
+            .map(|(path, s)| {
+                open_findings.extend(s.findings.values().map(|f| OpenFinding {
+                    path: path.clone(),
+                    finding: f.clone(),
+                }));
+                FileStatus {
+                    path: path.clone(),
+                    kind: s.meta.as_ref().map(|m| m.kind.clone()).unwrap_or_default(),
+                    mode: s.meta.as_ref().map(|m| m.mode.clone()).unwrap_or_default(),
+                    error: s.error.clone(),
+                }
+            })
+            .collect();
+        open_findings.sort_by(|a, b| {
+            (b.finding.severity, &a.path, &a.finding.rule_id).cmp(&(
+                a.finding.severity,
+                &b.path,
+                &b.finding.rule_id,
+            ))
+        });
+        Status {
+            node: self.cfg.node_name.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: self.started.clone(),
+            watched_dirs: self
+                .watch
+                .armed()
+                .map(|d| d.display().to_string())
+                .collect(),
+            files,
+            open_findings,
+            spool: self.spool.depth(),
+            last_event: self.last_event.clone(),
+        }
+    }
+}
+
+/// The events and baseline writes that take `old` to `new`.
+fn diff(
+    old: &BTreeMap<String, PathState>,
+    new: &BTreeMap<String, PathState>,
+    first_run: bool,
+) -> (Vec<EventBody>, Vec<BaselineWrite>) {
+    let mut events = Vec::new();
+    let mut writes = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for k in keys {
+        let (o, n) = (old.get(k), new.get(k));
+        if o == n {
+            continue;
+        }
+        events.extend(baseline::changes(k, o, n, first_run));
+        writes.push((k.clone(), n.cloned()));
+    }
+    (events, writes)
+}
+
+/// Asks the agent running on `state_dir` for its status.
+pub fn query_status(state_dir: &Path) -> Result<Status, String> {
+    use std::io::Read;
+    let path = state_dir.join(SOCKET_FILE);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "no agent answers on {}: {e} (is lockdown-agent running with this state directory?)",
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    stream
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| format!("unreadable status from {}: {e}", path.display()))
+}

@@ -1,0 +1,305 @@
+//! The daemon's view of the node: which paths are tracked, their current [`PathState`], and
+//! which directories must be watched to hear about them.
+//!
+//! A scan is told what may have changed ([`Dirty`]). Dirty paths (and new ones) are read
+//! again in full; the others keep their last state, so a burst on one file does not re-read
+//! the PKI. A full rescan ([`Dirty::all`]) reads everything.
+//!
+//! Tracked paths:
+//! - the manifests directory itself and every manifest the kubelet would read in it;
+//! - the CIS 1.1 file set and kubelet.conf ([`check::file_set_members`]), with the etcd data
+//!   directory taken from the etcd manifest;
+//! - files a manifest depends on (the AuthenticationConfiguration named by
+//!   `--authentication-config`): a change there re-evaluates the manifest.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::baseline::PathState;
+use crate::check::{self, SetMember};
+use crate::config::Config;
+use crate::event::FindingRecord;
+use crate::integrity;
+use crate::manifest::{Component, MAX_MANIFEST_BYTES};
+use crate::redact;
+use crate::rules::Catalogue;
+
+/// What may have changed since the last scan.
+#[derive(Debug, Clone, Default)]
+pub struct Dirty {
+    /// Everything: read every tracked path again.
+    pub all: bool,
+    /// These paths, and everything under them when they are directories.
+    pub paths: HashSet<PathBuf>,
+}
+
+impl Dirty {
+    /// A full rescan.
+    pub fn all() -> Self {
+        Dirty {
+            all: true,
+            paths: HashSet::new(),
+        }
+    }
+
+    /// Whether `path` (or a directory above it) was touched.
+    pub fn touches(&self, path: &Path) -> bool {
+        self.all || path.ancestors().any(|a| self.paths.contains(a))
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.paths.is_empty()
+    }
+}
+
+/// What a manifest's last evaluation depended on.
+#[derive(Debug, Clone, Default)]
+struct ManifestMemo {
+    /// Files it reads (the authentication config).
+    deps: Vec<PathBuf>,
+    /// Where its etcd keeps data, for the etcd manifest.
+    etcd_data_dir: Option<PathBuf>,
+}
+
+/// The result of one scan.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every tracked path and its state.
+    pub states: BTreeMap<String, PathState>,
+    /// Directories to watch (existing ones; for a missing directory, its nearest existing
+    /// ancestor, so that its creation is heard).
+    pub watch: BTreeSet<PathBuf>,
+}
+
+/// Scans with memory of what manifests depended on.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    memo: HashMap<PathBuf, ManifestMemo>,
+}
+
+impl Scanner {
+    /// A scanner with no memory: the first scan reads everything.
+    pub fn new() -> Self {
+        Scanner::default()
+    }
+
+    /// Scans the node. `current` is the last state (the baseline); paths that are neither
+    /// dirty nor new keep their state from it.
+    pub fn scan(
+        &mut self,
+        cfg: &Config,
+        dirty: &Dirty,
+        current: &BTreeMap<String, PathState>,
+    ) -> Snapshot {
+        let cat = &cfg.catalogue;
+        let mut snap = Snapshot::default();
+        let mut watch_dirs: BTreeSet<PathBuf> = [
+            cfg.manifests_dir.clone(),
+            cfg.kubernetes_dir.clone(),
+            cfg.pki_dir.clone(),
+        ]
+        .into_iter()
+        .chain(cfg.cni_dirs.iter().cloned())
+        .collect();
+
+        let mdir = &cfg.manifests_dir;
+        let (manifests, list_error) = match check::list_manifest_dir(mdir) {
+            Ok(m) => (m, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        self.memo.retain(|p, _| manifests.contains(p));
+        let mut etcd_data_dir = None;
+        let mut deps = BTreeSet::new();
+        for path in &manifests {
+            let k = key(path);
+            let old = current.get(&k);
+            let memo_dirty = self
+                .memo
+                .get(path)
+                .is_none_or(|m| m.deps.iter().any(|d| dirty.touches(d)));
+            let state = match old {
+                Some(s) if !touched(dirty, path, s) && !memo_dirty => s.clone(),
+                _ => self.observe_manifest(cat, path, old),
+            };
+            if let Some(m) = self.memo.get(path) {
+                deps.extend(m.deps.iter().cloned());
+                if m.etcd_data_dir.is_some() {
+                    etcd_data_dir.clone_from(&m.etcd_data_dir);
+                }
+            }
+            add_link_target(&mut watch_dirs, path, &state);
+            snap.states.insert(k, state);
+        }
+
+        let mut members = Vec::new();
+        if fs::symlink_metadata(mdir).is_ok() {
+            members.push(SetMember {
+                path: mdir.clone(),
+                roles: Vec::new(),
+                error: list_error,
+            });
+        }
+        members.extend(check::file_set_members(cfg, etcd_data_dir));
+        members.extend(deps.into_iter().map(|path| SetMember {
+            path,
+            roles: Vec::new(),
+            error: None,
+        }));
+        for m in members {
+            let k = key(&m.path);
+            if snap.states.contains_key(&k) {
+                continue; // a dependency that is also in the file set
+            }
+            let old = current.get(&k);
+            let state = match old {
+                Some(s) if !touched(dirty, &m.path, s) => s.clone(),
+                _ => observe_file(cat, &m, old),
+            };
+            if state
+                .meta
+                .as_ref()
+                .is_some_and(|meta| meta.kind == "directory")
+            {
+                watch_dirs.insert(m.path.clone());
+            }
+            if let Some(parent) = m.path.parent() {
+                watch_dirs.insert(parent.to_path_buf());
+            }
+            add_link_target(&mut watch_dirs, &m.path, &state);
+            snap.states.insert(k, state);
+        }
+        for path in manifests.iter() {
+            if let Some(parent) = path.parent() {
+                watch_dirs.insert(parent.to_path_buf());
+            }
+        }
+        // The parents of the watched directories, so that a directory removed and created
+        // again is heard.
+        let parents: Vec<PathBuf> = watch_dirs
+            .iter()
+            .filter_map(|d| d.parent().map(Path::to_path_buf))
+            .collect();
+        watch_dirs.extend(parents);
+        snap.watch = watch_dirs.iter().map(|d| nearest_existing(d)).collect();
+        snap
+    }
+
+    fn observe_manifest(
+        &mut self,
+        cat: &Catalogue,
+        path: &Path,
+        old: Option<&PathState>,
+    ) -> PathState {
+        let bytes = match check::read_bounded(path, MAX_MANIFEST_BYTES) {
+            Ok(b) => b,
+            Err(error) => {
+                self.memo.remove(path);
+                return PathState {
+                    meta: integrity::observe(path, None).ok(),
+                    error: Some(error),
+                    findings: old.map(|o| o.findings.clone()).unwrap_or_default(),
+                    text: old.and_then(|o| o.text.clone()),
+                };
+            }
+        };
+        let meta = integrity::observe(path, Some(&bytes)).ok();
+        let text = Some(redact::redact(&String::from_utf8_lossy(&bytes), &|f| {
+            cat.sensitive(f)
+        }));
+        let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes);
+        if let Some(error) = report.error {
+            self.memo.remove(path);
+            return PathState {
+                meta,
+                error: Some(error),
+                findings: old.map(|o| o.findings.clone()).unwrap_or_default(),
+                text,
+            };
+        }
+        let mut memo = ManifestMemo::default();
+        if let Some((m, cp)) = &parsed {
+            memo.deps.extend(check::authn_host_path(m, cp));
+            if cp.component == Component::Etcd {
+                memo.etcd_data_dir = cp
+                    .flags
+                    .value("data-dir")
+                    .and_then(|d| check::host_path(m, cp, &d));
+            }
+        }
+        self.memo.insert(path.to_path_buf(), memo);
+        PathState {
+            meta,
+            error: None,
+            findings: records(cat, &report.findings, report.component.as_deref()),
+            text,
+        }
+    }
+}
+
+fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> PathState {
+    let meta = integrity::observe(&m.path, None);
+    let error = m.error.clone().or_else(|| meta.as_ref().err().cloned());
+    let report = check::check_file(cat, &m.path, m.roles.clone());
+    let findings = if meta.is_err() {
+        old.map(|o| o.findings.clone()).unwrap_or_default()
+    } else {
+        records(cat, &report.findings, None)
+    };
+    PathState {
+        meta: meta.ok(),
+        error,
+        findings,
+        text: None,
+    }
+}
+
+fn records(
+    cat: &Catalogue,
+    findings: &[crate::rules::Finding],
+    component: Option<&str>,
+) -> BTreeMap<String, FindingRecord> {
+    findings
+        .iter()
+        .filter_map(|f| {
+            let sensitive = f
+                .flag
+                .as_deref()
+                .is_some_and(|flag| cat.sensitive(flag.trim_start_matches('-')));
+            FindingRecord::open(f, component, sensitive)
+        })
+        .map(|r| (r.rule_id.clone(), r))
+        .collect()
+}
+
+/// Whether a scan must read `path` again: it (or a directory above it) was touched, or, for a
+/// symlink, its target was.
+fn touched(dirty: &Dirty, path: &Path, old: &PathState) -> bool {
+    dirty.touches(path)
+        || (old.meta.as_ref().is_some_and(|m| m.symlink.is_some())
+            && fs::canonicalize(path).is_ok_and(|t| dirty.touches(&t)))
+}
+
+/// A symlink's target lives elsewhere: watch its directory too, as the kubelet does not.
+fn add_link_target(watch: &mut BTreeSet<PathBuf>, path: &Path, state: &PathState) {
+    if state.meta.as_ref().is_some_and(|m| m.symlink.is_some())
+        && let Ok(target) = fs::canonicalize(path)
+        && let Some(parent) = target.parent()
+    {
+        watch.insert(parent.to_path_buf());
+    }
+}
+
+/// The path as a baseline key.
+pub fn key(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `dir` if it exists as a directory, else its nearest existing ancestor.
+pub fn nearest_existing(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .find(|a| fs::metadata(a).is_ok_and(|m| m.is_dir()))
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}

@@ -1,0 +1,278 @@
+//! A sandbox control-plane node for daemon tests: kubeadm-style `/etc/kubernetes` in a temp
+//! directory, an agent config pointing at it, and a running `lockdown-agent run` whose spool
+//! the test reads.
+//!
+//! Tests wait for events, never for time: [`Agent::wait_for`] polls the spool (a committed,
+//! fsynced event is exactly what the tests assert on) until a predicate holds, and fails
+//! with everything spooled when it does not within [`WAIT`].
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use lockdown_agent::daemon::{Status, query_status};
+use lockdown_agent::event::{Event, EventBody};
+use lockdown_agent::spool::SpoolReader;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::bin;
+
+/// Longest a test waits for something the agent should do in milliseconds. Generous, so
+/// that a loaded CI machine does not fail a correct agent; a missing feature still fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The sandbox.
+#[derive(Debug)]
+pub struct Node {
+    /// Keeps the temp directory alive.
+    pub root: tempfile::TempDir,
+    /// `<root>/etc/kubernetes`.
+    pub kubernetes: PathBuf,
+    /// `<root>/etc/kubernetes/manifests`.
+    pub manifests: PathBuf,
+    /// `<root>/etc/kubernetes/pki`.
+    pub pki: PathBuf,
+    /// The agent's state directory.
+    pub state: PathBuf,
+    /// The agent's config file.
+    pub config: PathBuf,
+}
+
+impl Node {
+    /// A kubeadm 1.31 node (manifests 0600, kubeconfigs 0600, a CA pair) with an agent config
+    /// whose extra lines are `extra` (YAML, one key per line).
+    pub fn new(extra: &str) -> Node {
+        let root = tempfile::tempdir().expect("temp dir");
+        let r = root.path();
+        let kubernetes = r.join("etc/kubernetes");
+        let manifests = kubernetes.join("manifests");
+        let pki = kubernetes.join("pki");
+        fs::create_dir_all(&manifests).unwrap();
+        fs::create_dir_all(&pki).unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/kubeadm/v1.31");
+        for e in fs::read_dir(&fixtures).unwrap() {
+            let e = e.unwrap();
+            let to = manifests.join(e.file_name());
+            fs::copy(e.path(), &to).unwrap();
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        for (name, mode) in [
+            ("admin.conf", 0o600),
+            ("scheduler.conf", 0o600),
+            ("controller-manager.conf", 0o600),
+            ("pki/ca.crt", 0o644),
+            ("pki/ca.key", 0o600),
+        ] {
+            let p = kubernetes.join(name);
+            fs::write(&p, format!("{name}\n")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let state = r.join("state");
+        let config = r.join("agent.yaml");
+        fs::write(
+            &config,
+            format!(
+                "manifests_dir: {m}\nkubernetes_dir: {k}\npki_dir: {p}\netcd_data_dir: {r}/var/lib/etcd\ncni_dirs: []\nstate_dir: {s}\nnode_name: cp-1\n{extra}\n",
+                m = manifests.display(),
+                k = kubernetes.display(),
+                p = pki.display(),
+                r = r.display(),
+                s = state.display(),
+            ),
+        )
+        .unwrap();
+        Node {
+            root,
+            kubernetes,
+            manifests,
+            pki,
+            state,
+            config,
+        }
+    }
+
+    /// A manifest's path.
+    pub fn manifest(&self, name: &str) -> PathBuf {
+        self.manifests.join(name)
+    }
+
+    /// Starts `lockdown-agent run` and waits until it answers status (it answers only once
+    /// the spool is open, the baseline compared and the watches armed).
+    pub fn start(&self) -> Agent {
+        let child = Command::new(bin("lockdown-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["run", "--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.root.path().join("agent.log"))
+                    .unwrap(),
+            ))
+            .spawn()
+            .expect("start lockdown-agent");
+        let mut agent = Agent {
+            child,
+            state: self.state.clone(),
+            log: self.root.path().join("agent.log"),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(s) = query_status(&self.state)
+                && s.pid == agent.child.id()
+            {
+                return agent;
+            }
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!(
+                    "agent exited {status} before it was ready:\n{}",
+                    agent.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// All events in the spool (the tests never ack, so this is everything).
+    pub fn events(&self) -> Vec<Event> {
+        let Ok(r) = SpoolReader::open(&self.state) else {
+            return Vec::new();
+        };
+        r.read_from(0, usize::MAX >> 1).unwrap_or_default()
+    }
+}
+
+/// A running agent. Killed (SIGKILL) when dropped if still running.
+#[derive(Debug)]
+pub struct Agent {
+    /// The process.
+    pub child: Child,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).expect("signal the agent");
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The agent's status.
+    pub fn status(&self) -> Status {
+        query_status(&self.state).expect("status")
+    }
+
+    /// Waits until the events after `after` satisfy `done`; returns those events.
+    pub fn wait_for(&self, after: u64, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let events: Vec<Event> = SpoolReader::open(&self.state)
+                .and_then(|r| r.read_from(after + 1, usize::MAX >> 1))
+                .unwrap_or_default();
+            if done(&events) {
+                return events;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out; events after {after}:\n{}\nlog:\n{}",
+                    events
+                        .iter()
+                        .map(|e| serde_json::to_string(e).expect("events serialise"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The highest sequence number spooled so far.
+    pub fn last_seq(&self) -> u64 {
+        SpoolReader::open(&self.state)
+            .and_then(|r| r.last_seq())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Events about `path` of kind `kind`.
+pub fn about<'a>(events: &'a [Event], kind: &str, path: &Path) -> Vec<&'a Event> {
+    let p = path.display().to_string();
+    events
+        .iter()
+        .filter(|e| e.body.kind() == kind && e.body.path() == Some(p.as_str()))
+        .collect()
+}
+
+/// Whether some event is `kind` about `path`.
+pub fn has(events: &[Event], kind: &str, path: &Path) -> bool {
+    !about(events, kind, path).is_empty()
+}
+
+/// The rule id of a finding event.
+pub fn rule_id(e: &Event) -> Option<&str> {
+    match &e.body {
+        EventBody::FindingRaised { finding, .. } | EventBody::FindingResolved { finding, .. } => {
+            Some(&finding.rule_id)
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,631 @@
+//! The agent daemon end to end: the real `lockdown-agent run` on a sandbox node, real
+//! inotify, real files, real signals; assertions on the events it spooled.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+use lockdown_agent::event::{Event, EventBody};
+use lockdown_agent::integrity::sha256_hex;
+use lockdown_e2e::node::{Node, about, has, rule_id};
+use nix::sys::signal::Signal;
+
+/// Settle long enough that an editor's multi-step save is one change even on a loaded
+/// machine (the default is 2ms).
+const SLOW_SETTLE: &str = "settle: 50ms\nsettle_max: 500ms";
+
+const BIND_LOOPBACK: &str = "--bind-address=127.0.0.1";
+const BIND_ANY: &str = "--bind-address=0.0.0.0";
+
+fn insecure_scheduler(node: &Node) -> String {
+    fs::read_to_string(node.manifest("kube-scheduler.yaml"))
+        .unwrap()
+        .replace(BIND_LOOPBACK, BIND_ANY)
+}
+
+fn raised(events: &[Event], rule: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e.body.kind() == "finding_raised" && rule_id(e) == Some(rule))
+}
+
+fn resolved(events: &[Event], rule: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e.body.kind() == "finding_resolved" && rule_id(e) == Some(rule))
+}
+
+fn after_sha(e: &Event) -> Option<&str> {
+    match &e.body {
+        EventBody::FileCreated { after, .. }
+        | EventBody::FileModified { after, .. }
+        | EventBody::PermissionDrift { after, .. } => after.sha256.as_deref(),
+        _ => None,
+    }
+}
+
+#[test]
+fn write_in_place_is_reported_with_a_diff_and_secrets_redacted() {
+    let node = Node::new("");
+    let agent = node.start();
+    let seq = agent.last_seq();
+    let etcd = node.manifest("etcd.yaml");
+    let text = fs::read_to_string(&etcd).unwrap().replace(
+        "    - etcd\n",
+        "    - etcd\n    - --initial-cluster-token=hunter2\n",
+    );
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&etcd)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    drop(f);
+    let events = agent.wait_for(seq, |ev| has(ev, "file_modified", &etcd));
+    let EventBody::FileModified {
+        diff: Some(diff), ..
+    } = &about(&events, "file_modified", &etcd)[0].body
+    else {
+        panic!("no diff: {events:?}")
+    };
+    assert!(
+        diff.contains("+    - --initial-cluster-token=<redacted>"),
+        "{diff}"
+    );
+    let everything = format!("{:?}", node.events());
+    assert!(!everything.contains("hunter2"), "a secret left the node");
+}
+
+#[test]
+fn rename_over_like_kubeadm_is_one_modification_with_its_finding() {
+    let node = Node::new(SLOW_SETTLE);
+    let agent = node.start();
+    let seq = agent.last_seq();
+    let target = node.manifest("kube-scheduler.yaml");
+    let tmp = node.manifests.join(".kube-scheduler.yaml.tmp");
+    fs::write(&tmp, insecure_scheduler(&node)).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(&tmp, &target).unwrap();
+    let events = agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+    assert_eq!(
+        about(&events, "file_modified", &target).len(),
+        1,
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.body.path() != Some(tmp.to_str().unwrap())),
+        "dot files are not manifests: {events:?}"
+    );
+}
+
+#[test]
+fn vim_save_with_backup_file_is_one_modification_and_no_backup_event() {
+    // vim with backupcopy=no: rename the file to file~, write a new file, remove file~.
+    let node = Node::new(SLOW_SETTLE);
+    let agent = node.start();
+    let seq = agent.last_seq();
+    let target = node.manifest("kube-scheduler.yaml");
+    let backup = node.manifests.join("kube-scheduler.yaml~");
+    let new = insecure_scheduler(&node);
+    fs::rename(&target, &backup).unwrap();
+    let mut f = fs::File::create(&target).unwrap();
+    f.write_all(new.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(&backup).unwrap();
+    let events = agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+    let modified = about(&events, "file_modified", &target);
+    assert_eq!(modified.len(), 1, "{events:?}");
+    assert_eq!(
+        after_sha(modified[0]),
+        Some(sha256_hex(new.as_bytes()).as_str())
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.body.path() != Some(backup.to_str().unwrap())),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn delete_then_recreate_is_seen_as_deleted_then_created() {
+    let node = Node::new("");
+    let agent = node.start();
+    let target = node.manifest("kube-scheduler.yaml");
+    let original = fs::read(&target).unwrap();
+    let seq = agent.last_seq();
+    fs::remove_file(&target).unwrap();
+    let events = agent.wait_for(seq, |ev| has(ev, "file_deleted", &target));
+    assert!(
+        events.iter().any(|e| e.body.kind() == "finding_resolved"),
+        "a deleted manifest's findings are resolved: {events:?}"
+    );
+    let seq = agent.last_seq();
+    fs::write(&target, &original).unwrap();
+    let events = agent.wait_for(seq, |ev| has(ev, "file_created", &target));
+    let EventBody::FileCreated { diff: Some(d), .. } =
+        &about(&events, "file_created", &target)[0].body
+    else {
+        panic!("{events:?}")
+    };
+    assert!(d.contains("+    - kube-scheduler"), "{d}");
+}
+
+#[test]
+fn delete_and_recreate_within_the_settle_time_is_one_modification() {
+    let node = Node::new(SLOW_SETTLE);
+    let agent = node.start();
+    let target = node.manifest("kube-scheduler.yaml");
+    let seq = agent.last_seq();
+    let new = insecure_scheduler(&node);
+    fs::remove_file(&target).unwrap();
+    fs::write(&target, &new).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+    let events = agent.wait_for(seq, |ev| has(ev, "file_modified", &target));
+    assert!(!has(&events, "file_deleted", &target), "{events:?}");
+}
+
+#[test]
+fn chmod_and_chown_only_are_permission_drift_with_findings() {
+    let node = Node::new(SLOW_SETTLE);
+    let agent = node.start();
+    let key = node.pki.join("ca.key");
+    let seq = agent.last_seq();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let events = agent.wait_for(seq, |ev| raised(ev, "file-pki-key-mode"));
+    let drift = about(&events, "permission_drift", &key);
+    assert_eq!(drift.len(), 1, "{events:?}");
+    let EventBody::PermissionDrift { before, after, .. } = &drift[0].body else {
+        unreachable!()
+    };
+    assert_eq!(
+        (before.mode.as_str(), after.mode.as_str()),
+        ("0600", "0644")
+    );
+    assert_eq!(before.sha256, after.sha256);
+
+    let seq = agent.last_seq();
+    std::os::unix::fs::chown(&key, Some(65534), Some(65534)).unwrap();
+    let events = agent.wait_for(seq, |ev| raised(ev, "file-pki-owner"));
+    let EventBody::PermissionDrift { after, .. } =
+        &about(&events, "permission_drift", &key)[0].body
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!((after.uid, after.gid), (65534, 65534));
+
+    let seq = agent.last_seq();
+    std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    agent.wait_for(seq, |ev| {
+        resolved(ev, "file-pki-owner") && resolved(ev, "file-pki-key-mode")
+    });
+}
+
+#[test]
+fn manifests_directory_removed_and_recreated_is_watched_again() {
+    let node = Node::new(SLOW_SETTLE);
+    let agent = node.start();
+    let saved = tempfile::tempdir().unwrap();
+    for e in fs::read_dir(&node.manifests).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), saved.path().join(e.file_name())).unwrap();
+    }
+    let apiserver = node.manifest("kube-apiserver.yaml");
+    let seq = agent.last_seq();
+    fs::remove_dir_all(&node.manifests).unwrap();
+    let events = agent.wait_for(seq, |ev| {
+        has(ev, "file_deleted", &apiserver) && has(ev, "file_deleted", &node.manifests)
+    });
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.body.kind() == "file_deleted")
+            .count(),
+        5,
+        "four manifests and the directory: {events:?}"
+    );
+
+    let seq = agent.last_seq();
+    fs::create_dir(&node.manifests).unwrap();
+    for e in fs::read_dir(saved.path()).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), node.manifests.join(e.file_name())).unwrap();
+    }
+    agent.wait_for(seq, |ev| has(ev, "file_created", &apiserver));
+
+    // The new directory is watched: an in-place change is heard without a rescan.
+    let seq = agent.last_seq();
+    fs::write(
+        node.manifest("kube-scheduler.yaml"),
+        insecure_scheduler(&node),
+    )
+    .unwrap();
+    let events = agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+    assert!(
+        events.iter().all(|e| e.body.kind() != "rescan"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn symlinked_manifest_is_followed_and_its_target_watched() {
+    let node = Node::new(SLOW_SETTLE);
+    let elsewhere = node.root.path().join("opt/manifests");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let link = node.manifest("kube-scheduler.yaml");
+    let target = elsewhere.join("kube-scheduler.yaml");
+    fs::rename(&link, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let agent = node.start();
+    let seq = agent.last_seq();
+    fs::write(&target, insecure_scheduler(&node)).unwrap();
+    let events = agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+    let m = about(&events, "file_modified", &link);
+    assert_eq!(m.len(), 1, "{events:?}");
+    let EventBody::FileModified { after, .. } = &m[0].body else {
+        unreachable!()
+    };
+    assert_eq!(after.symlink.as_deref(), target.to_str());
+}
+
+#[test]
+fn burst_of_1000_writes_ends_in_the_right_state_with_few_events() {
+    let node = Node::new("settle: 10ms\nsettle_max: 100ms");
+    let agent = node.start();
+    let target = node.manifest("kube-scheduler.yaml");
+    let base = fs::read_to_string(&target).unwrap();
+    let seq = agent.last_seq();
+    let mut last = String::new();
+    for i in 0..1000 {
+        last = base.replace(
+            "    - kube-scheduler\n",
+            &format!("    - kube-scheduler\n    - --v={i}\n"),
+        );
+        fs::write(&target, &last).unwrap();
+    }
+    let want = sha256_hex(last.as_bytes());
+    let events = agent.wait_for(seq, |ev| {
+        about(ev, "file_modified", &target)
+            .last()
+            .is_some_and(|e| after_sha(e) == Some(want.as_str()))
+    });
+    let n = about(&events, "file_modified", &target).len();
+    assert!(n <= 50, "1000 writes gave {n} file_modified events");
+}
+
+#[test]
+fn queue_overflow_triggers_a_rescan_that_finds_the_change() {
+    let node = Node::new("");
+    let agent = node.start();
+    let max: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let seq = agent.last_seq();
+    agent.signal(Signal::SIGSTOP);
+    // Each created file queues at least IN_CREATE and IN_CLOSE_WRITE; dot files are not
+    // manifests, so only the overflow and the real change can produce events.
+    for i in 0..max / 2 + 1000 {
+        fs::File::create(node.manifests.join(format!(".noise-{i}"))).unwrap();
+    }
+    let target = node.manifest("kube-scheduler.yaml");
+    fs::write(&target, insecure_scheduler(&node)).unwrap();
+    agent.signal(Signal::SIGCONT);
+    let events = agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+    assert!(
+        events.iter().any(|e| matches!(&e.body,
+            EventBody::Rescan { reason, .. } if reason == "inotify queue overflow")),
+        "{events:?}"
+    );
+    assert_eq!(about(&events, "file_modified", &target).len(), 1);
+}
+
+#[test]
+fn kill_9_during_a_burst_then_restart_leaves_no_gap_and_reports_the_final_state() {
+    let node = Node::new("");
+    let agent = node.start();
+    let target = node.manifest("kube-scheduler.yaml");
+    let base = fs::read_to_string(&target).unwrap();
+    let write = |i: usize| {
+        let text = base.replace(
+            "    - kube-scheduler\n",
+            &format!("    - kube-scheduler\n    - --v={i}\n"),
+        );
+        fs::write(&target, &text).unwrap();
+        text
+    };
+    let seq = agent.last_seq();
+    for i in 0..200 {
+        write(i);
+    }
+    // Mid-burst: once at least one change is spooled, kill -9, and keep writing.
+    agent.wait_for(seq, |ev| has(ev, "file_modified", &target));
+    let killed_at = agent.last_seq();
+    for i in 200..400 {
+        write(i);
+    }
+    agent.kill9();
+    let mut last = String::new();
+    for i in 400..600 {
+        last = write(i);
+    }
+    let agent = node.start();
+    let want = sha256_hex(last.as_bytes());
+    agent.wait_for(killed_at, |ev| {
+        about(ev, "file_modified", &target)
+            .last()
+            .is_some_and(|e| after_sha(e) == Some(want.as_str()))
+    });
+    let all = node.events();
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=agent.last_seq()).collect();
+    assert_eq!(seqs, expected, "sequence numbers with no gap and no repeat");
+    let starts: Vec<&str> = all
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::AgentStarted { baseline, .. } => Some(baseline.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, ["created", "loaded"]);
+    assert!(
+        agent
+            .status()
+            .files
+            .iter()
+            .any(|f| f.path == target.to_str().unwrap())
+    );
+}
+
+#[test]
+fn changes_made_while_the_agent_was_stopped_are_reported_on_start() {
+    let node = Node::new("");
+    let agent = node.start();
+    assert!(agent.stop().success());
+    let seq = node.events().last().unwrap().seq;
+    fs::write(
+        node.manifest("kube-scheduler.yaml"),
+        insecure_scheduler(&node),
+    )
+    .unwrap();
+    fs::set_permissions(
+        node.kubernetes.join("admin.conf"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    fs::remove_file(node.pki.join("ca.crt")).unwrap();
+    let new_key = node.pki.join("front-proxy-ca.key");
+    fs::write(&new_key, "k").unwrap();
+    fs::set_permissions(&new_key, fs::Permissions::from_mode(0o600)).unwrap();
+    let agent = node.start();
+    let events = agent.wait_for(seq, |ev| {
+        ev.iter().any(|e| e.body.kind() == "agent_started")
+    });
+    assert!(
+        matches!(&events[0].body, EventBody::AgentStarted { baseline, .. } if baseline == "loaded")
+    );
+    assert!(has(
+        &events,
+        "file_modified",
+        &node.manifest("kube-scheduler.yaml")
+    ));
+    assert!(has(
+        &events,
+        "permission_drift",
+        &node.kubernetes.join("admin.conf")
+    ));
+    assert!(has(&events, "file_deleted", &node.pki.join("ca.crt")));
+    assert!(has(&events, "file_created", &new_key));
+    assert!(raised(&events, "scheduler-bind-address"));
+    assert!(raised(&events, "file-admin-kubeconfig-mode"));
+}
+
+#[test]
+fn a_restart_with_nothing_changed_reports_nothing_but_the_restart() {
+    let node = Node::new("");
+    assert!(node.start().stop().success());
+    let seq = node.events().last().unwrap().seq;
+    let agent = node.start();
+    let events = agent.wait_for(seq, |ev| !ev.is_empty());
+    assert!(agent.stop().success());
+    let after: Vec<&str> = node
+        .events()
+        .iter()
+        .filter(|e| e.seq > seq)
+        .map(|e| e.body.kind())
+        .collect();
+    assert_eq!(after, ["agent_started", "agent_stopping"], "{events:?}");
+}
+
+#[test]
+fn full_spool_drops_the_oldest_and_counts_them_in_an_overflow_event() {
+    let node = Node::new("spool_max_bytes: 65536");
+    assert!(node.start().stop().success());
+    // While the agent is down, 150 world-readable keys appear: on start, one commit of
+    // about 300 events, far more than 64 KiB.
+    for i in 0..150 {
+        let k = node.pki.join(format!("extra-{i:03}.key"));
+        fs::write(&k, "k").unwrap();
+        fs::set_permissions(&k, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let agent = node.start();
+    agent.wait_for(0, |ev| ev.iter().any(|e| e.body.kind() == "spool_overflow"));
+    let kept = node.events();
+    let overflow: Vec<&Event> = kept
+        .iter()
+        .filter(|e| e.body.kind() == "spool_overflow")
+        .collect();
+    assert_eq!(overflow.len(), 1, "one commit overflowed once");
+    let EventBody::SpoolOverflow {
+        dropped,
+        first_seq,
+        last_seq,
+    } = overflow[0].body
+    else {
+        unreachable!()
+    };
+    // Everything before the first kept event was dropped, and the event says exactly that.
+    assert_eq!(first_seq, 1);
+    assert_eq!(last_seq, kept[0].seq - 1);
+    assert_eq!(dropped, last_seq);
+    assert!(
+        kept.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "no other gap"
+    );
+    let bytes: usize = kept
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap().len())
+        .sum();
+    assert!(bytes <= 65536, "{bytes}");
+}
+
+#[test]
+fn malformed_manifest_is_an_error_event_and_the_agent_keeps_going() {
+    let node = Node::new(SLOW_SETTLE);
+    let mut agent = node.start();
+    let seq = agent.last_seq();
+    let bad = node.manifest("broken.yaml");
+    fs::write(&bad, "apiVersion: v1\nkind: Pod\nspec: [unclosed\n").unwrap();
+    let binary = node.manifest("blob.yaml");
+    fs::write(&binary, [0u8, 159, 146, 150, 0, 1]).unwrap();
+    let events = agent.wait_for(seq, |ev| {
+        has(ev, "file_invalid", &bad) && has(ev, "file_invalid", &binary)
+    });
+    assert!(has(&events, "file_created", &bad));
+    let seq = agent.last_seq();
+    fs::write(
+        node.manifest("kube-scheduler.yaml"),
+        insecure_scheduler(&node),
+    )
+    .unwrap();
+    agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+    assert!(agent.alive());
+    let status = agent.status();
+    let broken = status
+        .files
+        .iter()
+        .find(|f| f.path == bad.to_str().unwrap())
+        .unwrap();
+    assert!(
+        broken
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("invalid YAML"),
+        "{broken:?}"
+    );
+}
+
+#[test]
+fn second_agent_on_the_same_state_directory_fails_at_once_and_says_why() {
+    let node = Node::new("");
+    let first = node.start();
+    let out = std::process::Command::new(lockdown_e2e::bin("lockdown-agent"))
+        .arg("--config")
+        .arg(&node.config)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "locked by another lockdown-agent (pid {})",
+            first.child.id()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_flushes_an_agent_stopping_event_and_exits_zero() {
+    let node = Node::new("");
+    let agent = node.start();
+    assert!(agent.stop().success());
+    let last = node.events().pop().unwrap();
+    assert!(matches!(&last.body, EventBody::AgentStopping { reason, .. } if reason == "SIGTERM"));
+    assert!(!node.state.join("agent.sock").exists());
+}
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_config_is_refused() {
+    let node = Node::new("");
+    let mut agent = node.start();
+    assert!(
+        agent
+            .status()
+            .open_findings
+            .iter()
+            .any(|f| f.finding.rule_id == "scheduler-profiling")
+    );
+    let seq = agent.last_seq();
+    let good = fs::read_to_string(&node.config).unwrap();
+    fs::write(
+        &node.config,
+        format!("{good}rules: {{disable: [scheduler-profiling]}}\n"),
+    )
+    .unwrap();
+    agent.signal(Signal::SIGHUP);
+    let events = agent.wait_for(seq, |ev| resolved(ev, "scheduler-profiling"));
+    assert!(events.iter().any(|e| e.body.kind() == "config_reloaded"));
+
+    let seq = agent.last_seq();
+    fs::write(&node.config, format!("{good}manifest_dir: /typo\n")).unwrap();
+    agent.signal(Signal::SIGHUP);
+    let events = agent.wait_for(seq, |ev| {
+        ev.iter().any(|e| e.body.kind() == "config_rejected")
+    });
+    let EventBody::ConfigRejected { error } = &events[0].body else {
+        panic!("{events:?}")
+    };
+    assert!(error.contains("manifest_dir"), "{error}");
+    assert!(agent.alive());
+    assert!(
+        !agent
+            .status()
+            .open_findings
+            .iter()
+            .any(|f| f.finding.rule_id == "scheduler-profiling")
+    );
+}
+
+#[test]
+fn status_shows_files_findings_spool_and_last_event() {
+    let node = Node::new("");
+    let _agent = node.start();
+    let out = std::process::Command::new(lockdown_e2e::bin("lockdown-agent"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(["status", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["node"], "cp-1");
+    assert!(s["files"].as_array().unwrap().len() >= 9, "{s}");
+    assert!(!s["open_findings"].as_array().unwrap().is_empty());
+    assert!(s["spool"]["events"].as_u64().unwrap() > 0);
+    assert_eq!(s["last_event"]["seq"], s["spool"]["last_seq"]);
+    assert!(!s["watched_dirs"].as_array().unwrap().is_empty());
+    let table = std::process::Command::new(lockdown_e2e::bin("lockdown-agent"))
+        .arg("--config")
+        .arg(&node.config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("open findings:") && text.contains("spool:"),
+        "{text}"
+    );
+}
