@@ -95,6 +95,8 @@ pub struct Status {
     pub spool: Depth,
     /// The last event spooled.
     pub last_event: Option<LastEvent>,
+    /// Full rescans done since start (periodic, overflow, retries, reloads).
+    pub rescans: u64,
 }
 
 /// One tracked path in [`Status`].
@@ -145,6 +147,8 @@ struct Agent {
     last_event: Option<LastEvent>,
     /// The spool refused a commit: rescan everything at this time.
     retry_at: Option<Instant>,
+    /// Full rescans since start.
+    rescans: u64,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the spool is open, the
@@ -179,6 +183,7 @@ pub async fn run(
         started: crate::event::now_rfc3339(),
         last_event: None,
         retry_at: None,
+        rescans: 0,
     };
     agent.start();
     ready(&agent.status());
@@ -296,6 +301,9 @@ impl Agent {
         }
         let snap = self.scanner.scan(&self.cfg, dirty, &self.baseline);
         self.arm(&snap.watch);
+        if dirty.all {
+            self.rescans += 1;
+        }
         let (changes, writes) = diff(&self.baseline, &snap.states, false);
         let mut bodies = Vec::with_capacity(changes.len() + 1);
         if let Some(reason) = reason
@@ -386,6 +394,8 @@ impl Agent {
         self.commit(
             vec![EventBody::AgentStopping {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
+                config_digest: self.cfg.digest(),
+                rules_digest: self.cfg.rules_digest(),
                 reason: reason.into(),
             }],
             Vec::new(),
@@ -431,6 +441,7 @@ impl Agent {
             open_findings,
             spool: self.spool.depth(),
             last_event: self.last_event.clone(),
+            rescans: self.rescans,
         }
     }
 }

@@ -45,6 +45,10 @@ pub enum EventBody {
     AgentStopping {
         /// Agent version.
         agent_version: String,
+        /// sha256 of the effective config.
+        config_digest: String,
+        /// sha256 of the rule catalogue in force.
+        rules_digest: String,
         /// Why (the signal).
         reason: String,
     },

@@ -324,6 +324,7 @@ pub fn status_table(s: &crate::daemon::Status) -> String {
         }
         None => out.push_str("last event: none since start\n"),
     }
+    let _ = writeln!(out, "full rescans since start: {}", s.rescans);
     let _ = writeln!(
         out,
         "\nwatching {} directories, tracking {} paths:",

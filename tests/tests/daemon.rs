@@ -629,3 +629,41 @@ fn status_shows_files_findings_spool_and_last_event() {
         "{text}"
     );
 }
+
+#[test]
+fn periodic_rescan_finds_what_inotify_cannot_see_and_is_silent_otherwise() {
+    // A write through a hard link in an unwatched directory raises no inotify event in the
+    // manifests directory (the kubelet is blind to it too, until its own re-list).
+    let node = Node::new("rescan_interval: 200ms");
+    let target = node.manifest("kube-scheduler.yaml");
+    let hidden = node.root.path().join("hidden-link.yaml");
+    fs::hard_link(&target, &hidden).unwrap();
+    let agent = node.start();
+    let seq = agent.last_seq();
+    let text = insecure_scheduler(&node);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&hidden)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    drop(f);
+    let events = agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+    assert!(
+        events.iter().any(
+            |e| matches!(&e.body, EventBody::Rescan { reason, changes: 1 }
+            if reason.starts_with("periodic"))
+        ),
+        "{events:?}"
+    );
+    assert!(has(&events, "file_modified", &target));
+    // Three more rescans that find nothing add no event.
+    let seq = agent.last_seq();
+    let rescans = agent.status().rescans;
+    let deadline = std::time::Instant::now() + lockdown_e2e::node::WAIT;
+    while agent.status().rescans < rescans + 3 {
+        assert!(std::time::Instant::now() < deadline, "no periodic rescans");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(agent.last_seq(), seq, "{:?}", node.events());
+}
