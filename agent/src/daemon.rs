@@ -281,15 +281,23 @@ impl Agent {
         }
     }
 
-    /// Waits until the files have been quiet for `settle`, or `settle_max` has passed.
+    /// Waits until the files have been quiet for `settle` since the last event, or
+    /// `settle_max` has passed since the first.
     async fn settle(&self) {
-        let start = Instant::now();
+        let deadline = Instant::now() + self.cfg.settle_max;
         loop {
-            let generation = self.shared.generation();
-            tokio::time::sleep(self.cfg.settle).await;
-            if self.shared.generation() == generation || start.elapsed() >= self.cfg.settle_max {
+            let quiet_at = self
+                .shared
+                .last_event()
+                .map_or_else(Instant::now, |t| t + self.cfg.settle);
+            let until = quiet_at.min(deadline);
+            if until <= Instant::now() {
                 return;
             }
+            // tokio's timer rounds up to whole milliseconds, which would add up to half the
+            // default settle time to every event; a blocking-pool sleep is precise.
+            let wait = until.saturating_duration_since(Instant::now());
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
         }
     }
 
@@ -299,8 +307,11 @@ impl Agent {
         if dirty.is_empty() {
             return;
         }
+        let t0 = Instant::now();
         let snap = self.scanner.scan(&self.cfg, dirty, &self.baseline);
+        let scanned = t0.elapsed();
         self.arm(&snap.watch);
+        let armed = t0.elapsed();
         if dirty.all {
             self.rescans += 1;
         }
@@ -317,7 +328,15 @@ impl Agent {
             });
         }
         bodies.extend(changes);
+        let diffed = t0.elapsed();
         self.commit(bodies, writes);
+        tracing::debug!(
+            scan_us = scanned.as_micros() as u64,
+            arm_us = (armed - scanned).as_micros() as u64,
+            diff_us = (diffed - armed).as_micros() as u64,
+            commit_us = (t0.elapsed() - diffed).as_micros() as u64,
+            "processed"
+        );
     }
 
     fn commit(&mut self, bodies: Vec<EventBody>, writes: Vec<BaselineWrite>) {

@@ -10,6 +10,11 @@ use sha2::{Digest, Sha256};
 
 use crate::event::FileMeta;
 
+/// Files larger than this are not hashed (their size, type, mode and owner are still
+/// compared): the tracked files are manifests, kubeconfigs and keys, all small, and a huge
+/// file dropped into a watched directory must not cost a full read on every change.
+pub const MAX_HASH_BYTES: u64 = 64 << 20;
+
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -53,7 +58,7 @@ pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> 
     };
     let sha256 = match (meta.is_file(), content) {
         (true, Some(bytes)) => Some(sha256_hex(bytes)),
-        (true, None) => Some(hash_file(path)?),
+        (true, None) if meta.len() <= MAX_HASH_BYTES => Some(hash_file(path)?),
         _ => None,
     };
     let size = match content {

@@ -29,8 +29,8 @@ pub struct Pending {
     pub paths: HashSet<PathBuf>,
     /// Why everything must be read again, if it must.
     pub rescan: Option<String>,
-    /// Bumped on every event, so the daemon can tell whether a burst is still going.
-    pub generation: u64,
+    /// When the last event arrived, so the daemon can tell whether a burst is still going.
+    pub last_event: Option<std::time::Instant>,
 }
 
 /// Shared between the notify thread and the daemon.
@@ -48,9 +48,9 @@ impl Shared {
         std::mem::take(&mut *self.pending.lock().expect("pending lock"))
     }
 
-    /// The current generation.
-    pub fn generation(&self) -> u64 {
-        self.pending.lock().expect("pending lock").generation
+    /// When the last event arrived.
+    pub fn last_event(&self) -> Option<std::time::Instant> {
+        self.pending.lock().expect("pending lock").last_event
     }
 
     fn record(&self, res: notify::Result<notify::Event>) {
@@ -81,7 +81,7 @@ impl Shared {
                 p.paths.clear();
             }
         }
-        p.generation += 1;
+        p.last_event = Some(std::time::Instant::now());
         drop(p);
         self.wake.notify_one();
     }

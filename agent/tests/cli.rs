@@ -325,3 +325,35 @@ fn unreadable_file_is_a_per_file_error() {
             .contains("permission denied")
     );
 }
+
+#[test]
+fn run_with_a_bad_override_or_config_exits_2_and_names_the_problem() {
+    let out = run(&["run", "--state-dir", "relative/state"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state dir") && err.contains("absolute"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .env("LOCKDOWN_NODE_NAME", "Not_A_Node")
+        .args(["--config", empty_config(), "run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"Not_A_Node\" is not a valid node name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_without_a_running_agent_exits_2_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["status", "--state-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no agent answers on"), "{err}");
+}

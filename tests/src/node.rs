@@ -94,6 +94,56 @@ impl Node {
         }
     }
 
+    /// Like [`Node::new`], with the whole file set kubeadm writes: every PKI file, all five
+    /// kubeconfigs, and an etcd data directory that the etcd manifest's hostPath points at.
+    pub fn kubeadm_full(extra: &str) -> Node {
+        let node = Node::new(extra);
+        for name in [
+            "super-admin.conf",
+            "kubelet.conf",
+            "pki/apiserver.crt",
+            "pki/apiserver.key",
+            "pki/apiserver-etcd-client.crt",
+            "pki/apiserver-etcd-client.key",
+            "pki/apiserver-kubelet-client.crt",
+            "pki/apiserver-kubelet-client.key",
+            "pki/front-proxy-ca.crt",
+            "pki/front-proxy-ca.key",
+            "pki/front-proxy-client.crt",
+            "pki/front-proxy-client.key",
+            "pki/sa.key",
+            "pki/sa.pub",
+            "pki/etcd/ca.crt",
+            "pki/etcd/ca.key",
+            "pki/etcd/healthcheck-client.crt",
+            "pki/etcd/healthcheck-client.key",
+            "pki/etcd/peer.crt",
+            "pki/etcd/peer.key",
+            "pki/etcd/server.crt",
+            "pki/etcd/server.key",
+        ] {
+            let p = node.kubernetes.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, format!("{name}\n")).unwrap();
+            let mode = if name.ends_with(".crt") || name.ends_with(".pub") {
+                0o644
+            } else {
+                0o600
+            };
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let data = node.root.path().join("var/lib/etcd");
+        fs::create_dir_all(data.join("member/snap")).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+        let etcd = node.manifest("etcd.yaml");
+        let text = fs::read_to_string(&etcd).unwrap().replace(
+            "      path: /var/lib/etcd\n",
+            &format!("      path: {}\n", data.display()),
+        );
+        fs::write(&etcd, text).unwrap();
+        node
+    }
+
     /// A manifest's path.
     pub fn manifest(&self, name: &str) -> PathBuf {
         self.manifests.join(name)

@@ -597,7 +597,7 @@ fn sighup_reloads_the_config_and_a_bad_config_is_refused() {
 
 #[test]
 fn status_shows_files_findings_spool_and_last_event() {
-    let node = Node::new("");
+    let node = Node::kubeadm_full("");
     let _agent = node.start();
     let out = std::process::Command::new(lockdown_e2e::bin("lockdown-agent"))
         .arg("--config")
@@ -612,7 +612,23 @@ fn status_shows_files_findings_spool_and_last_event() {
     );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["node"], "cp-1");
-    assert!(s["files"].as_array().unwrap().len() >= 9, "{s}");
+    let files: Vec<&str> = s["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    let data_dir = node.root.path().join("var/lib/etcd");
+    for want in [
+        node.kubernetes.join("kubelet.conf"),
+        node.pki.join("etcd/server.key"),
+        data_dir,
+    ] {
+        assert!(
+            files.contains(&want.to_str().unwrap()),
+            "{want:?} not in {files:?}"
+        );
+    }
     assert!(!s["open_findings"].as_array().unwrap().is_empty());
     assert!(s["spool"]["events"].as_u64().unwrap() > 0);
     assert_eq!(s["last_event"]["seq"], s["spool"]["last_seq"]);
