@@ -149,6 +149,8 @@ struct Agent {
     retry_at: Option<Instant>,
     /// Full rescans since start.
     rescans: u64,
+    /// Directories that could not be watched at the last arming (warned about once).
+    unwatchable: std::collections::BTreeSet<PathBuf>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the spool is open, the
@@ -184,6 +186,7 @@ pub async fn run(
         last_event: None,
         retry_at: None,
         rescans: 0,
+        unwatchable: Default::default(),
     };
     agent.start();
     ready(&agent.status());
@@ -276,9 +279,13 @@ impl Agent {
     }
 
     fn arm(&mut self, dirs: &std::collections::BTreeSet<PathBuf>) {
-        for (dir, error) in self.watch.arm(dirs) {
-            tracing::warn!(dir = %dir.display(), %error, "cannot watch; the periodic rescan still covers it");
+        let failed = self.watch.arm(dirs);
+        for (dir, error) in &failed {
+            if !self.unwatchable.contains(dir) {
+                tracing::warn!(dir = %dir.display(), %error, "cannot watch; the periodic rescan still covers it");
+            }
         }
+        self.unwatchable = failed.into_iter().map(|(d, _)| d).collect();
     }
 
     /// Waits until the files have been quiet for `settle` since the last event, or
