@@ -198,7 +198,7 @@ pub async fn run(
             () = agent.shared.wake.notified() => {
                 agent.settle().await;
                 let pending = agent.shared.take();
-                tracing::debug!(paths = ?pending.paths, rescan = ?pending.rescan, "file events");
+                tracing::debug!(paths = pending.paths.len(), rescan = ?pending.rescan, "file events");
                 let dirty = match &pending.rescan {
                     Some(_) => Dirty::all(),
                     None => Dirty { all: false, paths: pending.paths },
