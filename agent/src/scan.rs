@@ -170,11 +170,6 @@ impl Scanner {
             add_link_target(&mut watch_dirs, &m.path, &state);
             snap.states.insert(k, state);
         }
-        for path in manifests.iter() {
-            if let Some(parent) = path.parent() {
-                watch_dirs.insert(parent.to_path_buf());
-            }
-        }
         // The parents of the watched directories, so that a directory removed and created
         // again is heard.
         let parents: Vec<PathBuf> = watch_dirs
@@ -195,7 +190,9 @@ impl Scanner {
         let bytes = match check::read_bounded(path, MAX_MANIFEST_BYTES) {
             Ok(b) => b,
             Err(error) => {
-                self.memo.remove(path);
+                // Keep what the last good parse found (the etcd data directory, the files it
+                // reads): an unreadable manifest says nothing new about them.
+                self.memo.entry(path.to_path_buf()).or_default();
                 return PathState {
                     meta: integrity::observe(path, None).ok(),
                     error: Some(error),
@@ -210,7 +207,7 @@ impl Scanner {
         }));
         let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes);
         if let Some(error) = report.error {
-            self.memo.remove(path);
+            self.memo.entry(path.to_path_buf()).or_default();
             return PathState {
                 meta,
                 error: Some(error),

@@ -132,7 +132,8 @@ impl Node {
             };
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
         }
-        let data = node.root.path().join("var/lib/etcd");
+        // Not the config's etcd_data_dir: the agent must find it through the manifest.
+        let data = node.root.path().join("data/etcd");
         fs::create_dir_all(data.join("member/snap")).unwrap();
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
         let etcd = node.manifest("etcd.yaml");

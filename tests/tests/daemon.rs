@@ -618,7 +618,7 @@ fn status_shows_files_findings_spool_and_last_event() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    let data_dir = node.root.path().join("var/lib/etcd");
+    let data_dir = node.root.path().join("data/etcd");
     for want in [
         node.kubernetes.join("kubelet.conf"),
         node.pki.join("etcd/server.key"),
@@ -682,4 +682,28 @@ fn periodic_rescan_finds_what_inotify_cannot_see_and_is_silent_otherwise() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(agent.last_seq(), seq, "{:?}", node.events());
+}
+
+#[test]
+fn a_broken_etcd_manifest_does_not_make_its_data_directory_look_deleted() {
+    let node = Node::kubeadm_full(SLOW_SETTLE);
+    let agent = node.start();
+    let etcd = node.manifest("etcd.yaml");
+    let good = fs::read(&etcd).unwrap();
+    let seq = agent.last_seq();
+    fs::write(&etcd, "apiVersion: v1\nkind: Pod\nspec: [unclosed\n").unwrap();
+    agent.wait_for(seq, |ev| has(ev, "file_invalid", &etcd));
+    fs::write(&etcd, &good).unwrap();
+    let events = agent.wait_for(seq, |ev| about(ev, "file_modified", &etcd).len() == 2);
+    let data_dir = node.root.path().join("data/etcd");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.body.path() != Some(data_dir.to_str().unwrap())),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().all(|e| e.body.kind() != "finding_resolved"),
+        "findings of an unparseable manifest stay open: {events:?}"
+    );
 }
