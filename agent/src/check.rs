@@ -99,7 +99,8 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-fn io_problem(e: &std::io::Error) -> String {
+/// An IO error as a short reason that says what to do about it.
+pub(crate) fn io_problem(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => {
             "permission denied (run as root or with CAP_DAC_READ_SEARCH)".into()

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::check::io_problem;
 use crate::event::FileMeta;
 
 /// Files larger than this are not hashed (their size, type, mode and owner are still
@@ -32,9 +33,9 @@ fn hex(bytes: &[u8]) -> String {
 /// where it points. `content`: the bytes already read for a manifest, so that the file is not
 /// read twice; otherwise regular files are hashed here, streaming.
 pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> {
-    let link = fs::symlink_metadata(path).map_err(|e| describe(&e))?;
+    let link = fs::symlink_metadata(path).map_err(|e| io_problem(&e))?;
     let symlink = if link.file_type().is_symlink() {
-        let target = fs::read_link(path).map_err(|e| describe(&e))?;
+        let target = fs::read_link(path).map_err(|e| io_problem(&e))?;
         Some(target.display().to_string())
     } else {
         None
@@ -47,7 +48,7 @@ pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> 
                 symlink.unwrap_or_default()
             ));
         }
-        Err(e) => return Err(describe(&e)),
+        Err(e) => return Err(io_problem(&e)),
     };
     let kind = if meta.is_file() {
         "file"
@@ -90,7 +91,7 @@ fn hash_file(path: &Path) -> Result<String, String> {
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| io_problem(&e))?;
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 64 * 1024];
     loop {
@@ -98,20 +99,10 @@ fn hash_file(path: &Path) -> Result<String, String> {
             Ok(0) => break,
             Ok(n) => hasher.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(describe(&e)),
+            Err(e) => return Err(io_problem(&e)),
         }
     }
     Ok(hex(&hasher.finalize()))
-}
-
-fn describe(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            "permission denied (run as root or with CAP_DAC_READ_SEARCH)".into()
-        }
-        std::io::ErrorKind::NotFound => "no such file".into(),
-        _ => e.to_string(),
-    }
 }
 
 #[cfg(test)]

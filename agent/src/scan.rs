@@ -24,6 +24,7 @@ use crate::integrity;
 use crate::manifest::{Component, MAX_MANIFEST_BYTES};
 use crate::redact;
 use crate::rules::Catalogue;
+use crate::rules::eval::{self, FileFacts};
 
 /// What may have changed since the last scan.
 #[derive(Debug, Clone, Default)]
@@ -238,11 +239,19 @@ impl Scanner {
 fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> PathState {
     let meta = integrity::observe(&m.path, None);
     let error = m.error.clone().or_else(|| meta.as_ref().err().cloned());
-    let report = check::check_file(cat, &m.path, m.roles.clone());
-    let findings = if meta.is_err() {
-        old.map(|o| o.findings.clone()).unwrap_or_default()
-    } else {
-        records(cat, &report.findings, None)
+    let findings = match &meta {
+        Ok(meta) => {
+            let facts = FileFacts {
+                roles: m.roles.clone(),
+                mode: u32::from_str_radix(&meta.mode, 8).expect("observe writes octal"),
+                uid: meta.uid,
+                gid: meta.gid,
+                user: meta.owner.clone(),
+                group: meta.group.clone(),
+            };
+            records(cat, &eval::evaluate_file(cat, &facts), None)
+        }
+        Err(_) => old.map(|o| o.findings.clone()).unwrap_or_default(),
     };
     PathState {
         meta: meta.ok(),
