@@ -1,2 +1,4 @@
-//! kube-lockdown collector: stores the fleet's events (SQLite by default, PostgreSQL for
-//! several replicas) and serves them to readers. Built with the event stream (issue 4).
+//! kube-lockdown collector: stores the fleet's events (SQLite by default) and serves them to
+//! readers.
+
+pub mod store;

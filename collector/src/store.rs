@@ -1,0 +1,370 @@
+//! The collector's store: every agent event once, committed durably before it is
+//! acknowledged.
+//!
+//! ## Format (SQLite, WAL, `synchronous=FULL`)
+//!
+//! ```text
+//! events(cursor INTEGER PRIMARY KEY AUTOINCREMENT, node, seq, time, kind, severity, rule_id,
+//!        path, body, UNIQUE(node, seq))      cursor = store-wide commit order
+//! gaps(node, first_seq, last_seq)            ranges an agent's spool_overflow event says it dropped
+//! nodes(node PRIMARY KEY, acked, cluster, agent_version, component_versions, open_findings,
+//!       last_seen)                           acked = highest seq below which all is stored
+//! ```
+//!
+//! ## Invariants
+//!
+//! 1. **Each (node, seq) is stored once.** Inserts are `INSERT OR IGNORE` on the unique key,
+//!    so a resend after a lost ack stores nothing twice.
+//! 2. **An ack never runs ahead of the disk.** [`Store::insert`] returns the new ack only
+//!    after its transaction committed with `synchronous=FULL`.
+//! 3. **An ack covers a contiguous prefix.** `acked` moves past a sequence number only when
+//!    that event is stored, or a stored `spool_overflow` event of the same node says it was
+//!    dropped. A gap the agent did not explain holds the ack back, so the agent keeps (and
+//!    resends) everything after it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lockdown_proto::v1::Event;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// Why the store failed. All of these mean "retry later" to an agent (`unavailable`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (disk full, corrupt file, ...).
+    #[error("store {path}: {source}")]
+    Db {
+        /// Database file.
+        path: String,
+        /// Cause.
+        source: rusqlite::Error,
+    },
+}
+
+/// What an agent last told the collector about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node name.
+    pub node: String,
+    /// Cluster label.
+    pub cluster: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Component versions.
+    pub component_versions: BTreeMap<String, String>,
+    /// Open findings by severity.
+    pub open_findings: BTreeMap<String, u32>,
+    /// RFC 3339.
+    pub last_seen: String,
+    /// Highest contiguous stored sequence number.
+    pub acked: u64,
+}
+
+/// A stored event with its cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Store-wide commit order.
+    pub cursor: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Node name.
+    pub node: Option<String>,
+    /// Event kind.
+    pub kind: Option<String>,
+    /// Minimum severity (only events with a severity match).
+    pub min_severity: Option<String>,
+    /// Rule id.
+    pub rule_id: Option<String>,
+    /// RFC 3339, inclusive.
+    pub since: Option<String>,
+    /// RFC 3339, exclusive.
+    pub until: Option<String>,
+}
+
+const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    path: String,
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let p = path.display().to_string();
+        let db = |source| StoreError::Db {
+            path: p.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS events(
+                cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+                node TEXT NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
+                severity TEXT NOT NULL, rule_id TEXT NOT NULL, path TEXT NOT NULL, body BLOB NOT NULL,
+                UNIQUE(node, seq));
+             CREATE INDEX IF NOT EXISTS events_time ON events(time);
+             CREATE TABLE IF NOT EXISTS gaps(node TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS gaps_node ON gaps(node, first_seq);
+             CREATE TABLE IF NOT EXISTS nodes(
+                node TEXT PRIMARY KEY, acked INTEGER NOT NULL DEFAULT 0, cluster TEXT NOT NULL DEFAULT '',
+                agent_version TEXT NOT NULL DEFAULT '', component_versions TEXT NOT NULL DEFAULT '{}',
+                open_findings TEXT NOT NULL DEFAULT '{}', last_seen TEXT NOT NULL DEFAULT '');",
+        )
+        .map_err(db)?;
+        Ok(Store { path: p, conn })
+    }
+
+    fn db(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Stores a batch of one node's events (already validated) and returns the node's ack:
+    /// the highest sequence number below which every event is stored or explained.
+    pub fn insert(&mut self, node: &str, events: &[Event]) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        let db = |source| StoreError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        tx.execute("INSERT OR IGNORE INTO nodes(node) VALUES (?1)", [node])
+            .map_err(db)?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO events(node, seq, time, kind, severity, rule_id, path, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db)?;
+            let mut gap = tx
+                .prepare_cached("INSERT INTO gaps(node, first_seq, last_seq) VALUES (?1, ?2, ?3)")
+                .map_err(db)?;
+            for e in events {
+                let n = ins
+                    .execute(params![
+                        node,
+                        e.seq as i64,
+                        e.time,
+                        e.kind,
+                        e.severity,
+                        e.rule_id,
+                        e.path,
+                        e.body
+                    ])
+                    .map_err(db)?;
+                if n == 1
+                    && e.kind == "spool_overflow"
+                    && let Some((first, last)) = overflow_range(&e.body)
+                {
+                    gap.execute(params![node, first as i64, last as i64])
+                        .map_err(db)?;
+                }
+            }
+        }
+        let mut acked: u64 = tx
+            .query_row("SELECT acked FROM nodes WHERE node = ?1", [node], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(db)? as u64;
+        {
+            let mut has = tx
+                .prepare_cached("SELECT 1 FROM events WHERE node = ?1 AND seq = ?2")
+                .map_err(db)?;
+            let mut explained = tx
+                .prepare_cached(
+                    "SELECT MAX(last_seq) FROM gaps WHERE node = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+                )
+                .map_err(db)?;
+            loop {
+                let next = acked + 1;
+                if has.exists(params![node, next as i64]).map_err(db)? {
+                    acked = next;
+                    continue;
+                }
+                let last: Option<i64> = explained
+                    .query_row(params![node, next as i64], |r| r.get(0))
+                    .optional()
+                    .map_err(db)?
+                    .flatten();
+                match last {
+                    Some(last) => acked = last as u64,
+                    None => break,
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE nodes SET acked = ?2 WHERE node = ?1",
+            params![node, acked as i64],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(acked)
+    }
+
+    /// Records what an agent says about itself (hello, heartbeat).
+    pub fn touch_node(&mut self, info: &NodeInfo) -> Result<(), StoreError> {
+        let versions = serde_json::to_string(&info.component_versions).expect("map serialises");
+        let findings = serde_json::to_string(&info.open_findings).expect("map serialises");
+        self.conn
+            .execute(
+                "INSERT INTO nodes(node, cluster, agent_version, component_versions, open_findings, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(node) DO UPDATE SET
+                   cluster = CASE WHEN ?2 = '' THEN cluster ELSE ?2 END,
+                   agent_version = CASE WHEN ?3 = '' THEN agent_version ELSE ?3 END,
+                   component_versions = ?4, open_findings = ?5, last_seen = ?6",
+                params![
+                    info.node,
+                    info.cluster,
+                    info.agent_version,
+                    versions,
+                    findings,
+                    info.last_seen
+                ],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// The ack of a node (0 when unknown).
+    pub fn acked(&self, node: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT acked FROM nodes WHERE node = ?1", [node], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .unwrap_or(0) as u64)
+    }
+
+    /// Events after `after_cursor` that match, oldest first, at most `limit`.
+    pub fn list(
+        &self,
+        filter: &Filter,
+        after_cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut sql = String::from(
+            "SELECT cursor, node, seq, time, kind, severity, rule_id, path, body FROM events WHERE cursor > ?1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![(after_cursor as i64).into()];
+        let mut add = |clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(n) = &filter.node {
+            add("node =", n.clone().into());
+        }
+        if let Some(k) = &filter.kind {
+            add("kind =", k.clone().into());
+        }
+        if let Some(r) = &filter.rule_id {
+            add("rule_id =", r.clone().into());
+        }
+        if let Some(s) = &filter.since {
+            add("time >=", s.clone().into());
+        }
+        if let Some(u) = &filter.until {
+            add("time <", u.clone().into());
+        }
+        if let Some(min) = &filter.min_severity {
+            let at = SEVERITIES.iter().position(|s| s == min).unwrap_or(0);
+            let list = SEVERITIES[at..]
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(",");
+            sql.push_str(&format!(" AND severity IN ({list})"));
+        }
+        args.push((limit as i64).into());
+        sql.push_str(&format!(" ORDER BY cursor LIMIT ?{}", args.len()));
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.db())?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(Stored {
+                    cursor: r.get::<_, i64>(0)? as u64,
+                    event: Event {
+                        node: r.get(1)?,
+                        seq: r.get::<_, i64>(2)? as u64,
+                        time: r.get(3)?,
+                        kind: r.get(4)?,
+                        severity: r.get(5)?,
+                        rule_id: r.get(6)?,
+                        path: r.get(7)?,
+                        body: r.get(8)?,
+                    },
+                })
+            })
+            .map_err(self.db())?;
+        rows.collect::<Result<_, _>>().map_err(self.db())
+    }
+
+    /// Every node the store has heard of.
+    pub fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT node, cluster, agent_version, component_versions, open_findings, last_seen, acked
+                 FROM nodes ORDER BY node",
+            )
+            .map_err(self.db())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(NodeInfo {
+                    node: r.get(0)?,
+                    cluster: r.get(1)?,
+                    agent_version: r.get(2)?,
+                    component_versions: serde_json::from_str(&r.get::<_, String>(3)?)
+                        .unwrap_or_default(),
+                    open_findings: serde_json::from_str(&r.get::<_, String>(4)?)
+                        .unwrap_or_default(),
+                    last_seen: r.get(5)?,
+                    acked: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(self.db())?;
+        rows.collect::<Result<_, _>>().map_err(self.db())
+    }
+
+    /// Every stored (node, seq), for tests and audits.
+    pub fn keys(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node, seq FROM events ORDER BY node, seq")
+            .map_err(self.db())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(self.db())?;
+        rows.collect::<Result<_, _>>().map_err(self.db())
+    }
+}
+
+/// The dropped range a `spool_overflow` event's body names.
+fn overflow_range(body: &[u8]) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some((v.get("first_seq")?.as_u64()?, v.get("last_seq")?.as_u64()?))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+use super::*;
+
+fn ev(node: &str, seq: u64) -> Event {
+    Event {
+        node: node.into(),
+        seq,
+        time: format!("2026-11-26T10:00:{:02}.000Z", seq % 60),
+        kind: "file_modified".into(),
+        severity: String::new(),
+        rule_id: String::new(),
+        path: "/etc/kubernetes/manifests/a.yaml".into(),
+        body: b"{}".to_vec(),
+    }
+}
+
+fn overflow(node: &str, seq: u64, first: u64, last: u64) -> Event {
+    Event {
+        kind: "spool_overflow".into(),
+        body: format!(
+            r#"{{"kind":"spool_overflow","dropped":{},"first_seq":{first},"last_seq":{last}}}"#,
+            last - first + 1
+        )
+        .into_bytes(),
+        ..ev(node, seq)
+    }
+}
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("c.db")).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn a_resend_stores_nothing_twice() {
+    let (_d, mut s) = store();
+    assert_eq!(s.insert("n1", &[ev("n1", 1), ev("n1", 2)]).unwrap(), 2);
+    assert_eq!(
+        s.insert("n1", &[ev("n1", 1), ev("n1", 2), ev("n1", 3)])
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        s.keys().unwrap(),
+        [
+            ("n1".to_string(), 1),
+            ("n1".to_string(), 2),
+            ("n1".to_string(), 3)
+        ]
+    );
+}
+
+#[test]
+fn an_unexplained_gap_holds_the_ack_back() {
+    let (_d, mut s) = store();
+    assert_eq!(s.insert("n1", &[ev("n1", 1), ev("n1", 3)]).unwrap(), 1);
+    assert_eq!(s.insert("n1", &[ev("n1", 2)]).unwrap(), 3);
+}
+
+#[test]
+fn a_spool_overflow_event_explains_its_gap() {
+    let (_d, mut s) = store();
+    s.insert("n1", &[ev("n1", 1)]).unwrap();
+    // 2..=5 were dropped by the agent; 6 survived; 7 says so.
+    assert_eq!(s.insert("n1", &[ev("n1", 6)]).unwrap(), 1);
+    assert_eq!(s.insert("n1", &[overflow("n1", 7, 2, 5)]).unwrap(), 7);
+}
+
+#[test]
+fn nodes_are_independent() {
+    let (_d, mut s) = store();
+    s.insert("n1", &[ev("n1", 1), ev("n1", 2)]).unwrap();
+    assert_eq!(s.insert("n2", &[ev("n2", 1)]).unwrap(), 1);
+    assert_eq!(s.acked("n1").unwrap(), 2);
+    assert_eq!(s.acked("n3").unwrap(), 0);
+}
+
+#[test]
+fn list_filters_and_pages_by_cursor() {
+    let (_d, mut s) = store();
+    let mut finding = ev("n1", 2);
+    finding.kind = "finding_raised".into();
+    finding.severity = "high".into();
+    finding.rule_id = "apiserver-anonymous-auth".into();
+    s.insert("n1", &[ev("n1", 1), finding, ev("n1", 3)])
+        .unwrap();
+    s.insert("n2", &[ev("n2", 1)]).unwrap();
+    let all = s.list(&Filter::default(), 0, 100).unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    let page = s.list(&Filter::default(), all[1].cursor, 2).unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+        [all[2].cursor, all[3].cursor]
+    );
+    let high = Filter {
+        min_severity: Some("medium".into()),
+        ..Filter::default()
+    };
+    assert_eq!(s.list(&high, 0, 100).unwrap().len(), 1);
+    let critical = Filter {
+        min_severity: Some("critical".into()),
+        ..Filter::default()
+    };
+    assert!(s.list(&critical, 0, 100).unwrap().is_empty());
+    let n2 = Filter {
+        node: Some("n2".into()),
+        ..Filter::default()
+    };
+    assert_eq!(s.list(&n2, 0, 100).unwrap().len(), 1);
+    let since = Filter {
+        since: Some("2026-11-26T10:00:02.000Z".into()),
+        until: Some("2026-11-26T10:00:03.000Z".into()),
+        ..Filter::default()
+    };
+    assert_eq!(s.list(&since, 0, 100).unwrap().len(), 1);
+}
+
+#[test]
+fn node_info_is_kept() {
+    let (_d, mut s) = store();
+    let info = NodeInfo {
+        node: "n1".into(),
+        cluster: "prod".into(),
+        agent_version: "0.1.0".into(),
+        component_versions: [("kube-apiserver".to_string(), "1.35.1".to_string())].into(),
+        open_findings: [("high".to_string(), 2)].into(),
+        last_seen: "2026-11-26T10:00:00.000Z".into(),
+        acked: 0,
+    };
+    s.touch_node(&info).unwrap();
+    s.insert("n1", &[ev("n1", 1)]).unwrap();
+    let nodes = s.nodes().unwrap();
+    assert_eq!(nodes, [NodeInfo { acked: 1, ..info }]);
+}
