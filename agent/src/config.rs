@@ -65,6 +65,40 @@ pub struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: RawLogConfig,
+    /// Where to ship events. Without it the agent only spools them.
+    #[serde(default)]
+    pub collector: Option<RawCollector>,
+}
+
+/// `collector:` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCollector {
+    /// `https://host:port`; `http://` only for a collector on loopback run with
+    /// --insecure-listen-loopback.
+    pub address: String,
+    /// PEM bundle of the CA that signs the collector's certificate.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate; its DNS name must be the node name.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// This node's key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Name to check the collector's certificate against. Default: the address's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Cluster label shown by the collector. Default: empty.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Longest wait between reconnects (backoff doubles from 200ms, with jitter).
+    /// Default: 30s.
+    #[serde(default, deserialize_with = "duration")]
+    pub backoff_max: Option<Duration>,
+    /// Heartbeat interval when there is nothing to send. Default: 10s.
+    #[serde(default, deserialize_with = "duration")]
+    pub heartbeat: Option<Duration>,
 }
 
 /// `log:` in the config file.
@@ -142,6 +176,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log level.
     pub log_level: tracing::Level,
+    /// Where to ship events, if anywhere.
+    pub collector: Option<crate::ship::ShipConfig>,
 }
 
 /// Command-line and environment values that take precedence over the file, kept so that a
@@ -319,7 +355,65 @@ impl Config {
                 "must not be shorter than settle".into(),
             ));
         }
+        let collector = match raw.collector {
+            Some(c) if !c.address.starts_with("https://") && !c.address.starts_with("http://") => {
+                return Err(value(
+                    "collector.address",
+                    format!("{:?} is not https://host:port", c.address),
+                ));
+            }
+            None => None,
+            Some(c) => {
+                let tls = match (c.ca, c.cert, c.key) {
+                    (Some(ca), Some(cert), Some(key)) => Some(lockdown_proto::ClientTls {
+                        ca,
+                        cert,
+                        key,
+                        server_name: c.server_name,
+                    }),
+                    (None, None, None) if c.address.starts_with("http://") => None,
+                    (None, None, None) => {
+                        return Err(value(
+                            "collector",
+                            "ca, cert and key are required (mutual TLS); only an http:// loopback collector goes without".into(),
+                        ));
+                    }
+                    _ => return Err(value("collector", "ca, cert and key go together".into())),
+                };
+                if tls.is_none() {
+                    let host = c
+                        .address
+                        .trim_start_matches("http://")
+                        .split(['/', ':'])
+                        .next()
+                        .unwrap_or("");
+                    let loopback = host == "localhost"
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                        || c.address.starts_with("http://[::1]");
+                    if !loopback {
+                        return Err(value(
+                            "collector.address",
+                            format!(
+                                "{} is plaintext to a host that is not loopback; use https:// with ca, cert and key",
+                                c.address
+                            ),
+                        ));
+                    }
+                }
+                Some(crate::ship::ShipConfig {
+                    address: c.address,
+                    tls,
+                    cluster: c.cluster.unwrap_or_default(),
+                    backoff_initial: Duration::from_millis(200),
+                    backoff_max: c.backoff_max.unwrap_or(Duration::from_secs(30)),
+                    heartbeat: c.heartbeat.unwrap_or(Duration::from_secs(10)),
+                })
+            }
+        };
         Ok(Config {
+            collector,
             node_name,
             state_dir: abs("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,
             settle,

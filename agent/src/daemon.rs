@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
 
 use crate::baseline::{self, PathState};
 use crate::config::{Config, ConfigError, Overrides};
@@ -97,6 +98,8 @@ pub struct Status {
     pub last_event: Option<LastEvent>,
     /// Full rescans done since start (periodic, overflow, retries, reloads).
     pub rescans: u64,
+    /// The shipper, when a collector is configured.
+    pub collector: Option<crate::ship::ShipStatus>,
 }
 
 /// One tracked path in [`Status`].
@@ -151,6 +154,18 @@ struct Agent {
     rescans: u64,
     /// Directories that could not be watched at the last arming (warned about once).
     unwatchable: std::collections::BTreeSet<PathBuf>,
+    /// Tells the shipper the highest committed sequence number.
+    last_seq: watch::Sender<u64>,
+    /// Where the shipper sends acks.
+    acks: mpsc::Sender<u64>,
+    /// The running shipper.
+    shipper: Option<Shipper>,
+}
+
+struct Shipper {
+    cfg: crate::ship::ShipConfig,
+    task: tokio::task::JoinHandle<()>,
+    status: Arc<std::sync::Mutex<crate::ship::ShipStatus>>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `ready` is called once the spool is open, the
@@ -174,6 +189,8 @@ pub async fn run(
         source,
     })?;
     let shared = Arc::clone(watch.shared());
+    let (last_seq, _) = watch::channel(spool.depth().last_seq);
+    let (acks, mut acked) = mpsc::channel::<u64>(64);
     let mut agent = Agent {
         cfg,
         source,
@@ -187,8 +204,12 @@ pub async fn run(
         retry_at: None,
         rescans: 0,
         unwatchable: Default::default(),
+        last_seq,
+        acks,
+        shipper: None,
     };
     agent.start();
+    agent.start_shipper();
     ready(&agent.status());
 
     let mut rescan = agent.rescan_timer();
@@ -212,6 +233,11 @@ pub async fn run(
                 agent.retry_at = None;
                 agent.process(&Dirty::all(), Some("retry after the spool refused a commit"), false);
             }
+            Some(seq) = acked.recv() => {
+                if let Err(e) = agent.spool.ack(seq) {
+                    tracing::error!(error = %e, seq, "cannot trim the spool");
+                }
+            }
             _ = sighup.recv() => {
                 agent.reload();
                 rescan = agent.rescan_timer();
@@ -226,6 +252,9 @@ pub async fn run(
                 });
             }
         }
+    }
+    if let Some(s) = agent.shipper.take() {
+        s.task.abort();
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
@@ -247,6 +276,34 @@ impl Agent {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
+    }
+
+    /// Starts (or restarts, when its config changed) the shipper.
+    fn start_shipper(&mut self) {
+        if self.shipper.as_ref().map(|s| &s.cfg) == self.cfg.collector.as_ref() {
+            return;
+        }
+        if let Some(old) = self.shipper.take() {
+            old.task.abort();
+        }
+        let Some(cfg) = self.cfg.collector.clone() else {
+            return;
+        };
+        let status = Arc::new(std::sync::Mutex::new(crate::ship::ShipStatus {
+            address: cfg.address.clone(),
+            acked: self.spool.depth().acked,
+            ..Default::default()
+        }));
+        let task = tokio::spawn(crate::ship::run(
+            cfg.clone(),
+            self.cfg.state_dir.clone(),
+            self.cfg.node_name.clone(),
+            self.last_seq.subscribe(),
+            self.spool.depth().acked,
+            self.acks.clone(),
+            Arc::clone(&status),
+        ));
+        self.shipper = Some(Shipper { cfg, task, status });
     }
 
     /// First scan: compare with the persisted baseline, so that changes made while the agent
@@ -371,6 +428,7 @@ impl Agent {
                         None => self.baseline.remove(&path),
                     };
                 }
+                self.last_seq.send_replace(self.spool.depth().last_seq);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot spool events; retrying with a full rescan");
@@ -398,6 +456,7 @@ impl Agent {
                     rules_digest: cfg.rules_digest(),
                 };
                 self.cfg = cfg;
+                self.start_shipper();
                 self.commit(vec![body], Vec::new());
                 // Rules or paths may have changed: evaluate everything again.
                 self.scanner = Scanner::new();
@@ -468,6 +527,10 @@ impl Agent {
             spool: self.spool.depth(),
             last_event: self.last_event.clone(),
             rescans: self.rescans,
+            collector: self
+                .shipper
+                .as_ref()
+                .map(|s| s.status.lock().expect("status lock").clone()),
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod redact;
 pub mod report;
 pub mod rules;
 pub mod scan;
+pub mod ship;
 pub mod spool;
 pub mod watch;

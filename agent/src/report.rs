@@ -325,6 +325,26 @@ pub fn status_table(s: &crate::daemon::Status) -> String {
         None => out.push_str("last event: none since start\n"),
     }
     let _ = writeln!(out, "full rescans since start: {}", s.rescans);
+    match &s.collector {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "collector {}: {}, acked {}{}",
+                c.address,
+                if c.connected {
+                    "connected"
+                } else {
+                    "not connected"
+                },
+                c.acked,
+                c.last_error
+                    .as_deref()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => out.push_str("collector: none configured (events stay in the spool)\n"),
+    }
     let _ = writeln!(
         out,
         "\nwatching {} directories, tracking {} paths:",

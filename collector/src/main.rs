@@ -1,6 +1,334 @@
-//! `lockdown-collector`: not built yet (issue 4); says so instead of pretending.
+//! `lockdown-collector`: thin entry point. `serve` runs the collector; `events` and `nodes`
+//! are its clients; `dev-ca` makes development certificates. Exit codes: 0 ok, 1 the server
+//! or a query failed, 2 usage or config errors.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("lockdown-collector: the collector is not built yet (see issue 4)");
-    std::process::ExitCode::from(2)
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lockdown_collector::config::{Config, DEFAULT_CONFIG_PATH};
+use lockdown_collector::{certs, server};
+use lockdown_proto::ClientTls;
+use lockdown_proto::v1::query_service_client::QueryServiceClient;
+use lockdown_proto::v1::{EventFilter, ListEventsRequest, ListNodesRequest, WatchEventsRequest};
+
+#[derive(Parser)]
+#[command(
+    name = "lockdown-collector",
+    version,
+    about = "kube-lockdown collector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector until SIGTERM or SIGINT.
+    Serve {
+        /// Config file (default /etc/kube-lockdown/collector.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Serve plaintext on this loopback address instead of mTLS (development only;
+        /// refused for any address that is not loopback).
+        #[arg(long)]
+        insecure_listen_loopback: Option<SocketAddr>,
+        /// Database file (overrides the config).
+        #[arg(long)]
+        database: Option<PathBuf>,
+    },
+    /// List stored events, oldest first; --follow keeps printing new ones.
+    Events {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this kind (finding_raised, file_modified, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only findings at or above this severity.
+        #[arg(long)]
+        min_severity: Option<String>,
+        /// Only this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only events newer than this long ago (1h, 30m, 7d).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// List the nodes the collector knows.
+    Nodes {
+        #[command(flatten)]
+        conn: Conn,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Write a development CA and certificates for the collector, agents and readers.
+    DevCa {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Agent node names (one certificate each).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Reader names (one certificate each).
+        #[arg(long = "reader", default_value = "reader")]
+        readers: Vec<String>,
+        /// Extra DNS names for the collector certificate.
+        #[arg(long = "collector-name")]
+        collector_names: Vec<String>,
+    },
+}
+
+/// How a client reaches the collector.
+#[derive(Args)]
+struct Conn {
+    /// Collector address.
+    #[arg(
+        long,
+        env = "LOCKDOWN_COLLECTOR",
+        default_value = "https://localhost:7443"
+    )]
+    addr: String,
+    /// CA bundle of the collector's certificate.
+    #[arg(long, env = "LOCKDOWN_CA")]
+    ca: Option<PathBuf>,
+    /// Reader certificate.
+    #[arg(long, env = "LOCKDOWN_CERT")]
+    cert: Option<PathBuf>,
+    /// Reader key.
+    #[arg(long, env = "LOCKDOWN_KEY")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match cli.command {
+        Command::Serve {
+            config,
+            insecure_listen_loopback,
+            database,
+        } => {
+            let (path, explicit) = match config {
+                Some(p) => (p, true),
+                None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+            };
+            let mut cfg = match Config::load(&path, explicit, insecure_listen_loopback) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("lockdown-collector: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(db) = database {
+                cfg.database = db;
+            }
+            match runtime.block_on(server::serve(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lockdown-collector: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::DevCa {
+            out,
+            nodes,
+            readers,
+            collector_names,
+        } => match certs::write_dev_ca(&out, &collector_names, &nodes, &readers) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lockdown-collector: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Events {
+            conn,
+            node,
+            kind,
+            min_severity,
+            rule,
+            since,
+            follow,
+            format,
+        } => {
+            let since = since.map(|d| {
+                let t = std::time::SystemTime::now()
+                    .checked_sub(d.into())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                humantime::format_rfc3339_millis(t).to_string()
+            });
+            let filter = EventFilter {
+                node: node.unwrap_or_default(),
+                kind: kind.unwrap_or_default(),
+                min_severity: min_severity.unwrap_or_default(),
+                rule_id: rule.unwrap_or_default(),
+                since: since.unwrap_or_default(),
+                until: String::new(),
+            };
+            report(runtime.block_on(events(conn, filter, follow, format)))
+        }
+        Command::Nodes { conn, format } => report(runtime.block_on(nodes(conn, format))),
+    }
+}
+
+fn report(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockdown-collector: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+}
+
+async fn client(conn: &Conn) -> Result<QueryServiceClient<tonic::transport::Channel>, String> {
+    let tls = match (&conn.ca, &conn.cert, &conn.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            server_name: None,
+        }),
+        (None, None, None) => None,
+        _ => return Err("--ca, --cert and --key go together".into()),
+    };
+    let channel = lockdown_proto::endpoint(&conn.addr, tls.as_ref())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", conn.addr))?;
+    Ok(QueryServiceClient::new(channel).max_decoding_message_size(16 << 20))
+}
+
+fn print_event(e: &lockdown_proto::v1::StoredEvent, format: Format) {
+    let Some(ev) = &e.event else { return };
+    match format {
+        Format::Json => println!("{}", String::from_utf8_lossy(&ev.body)),
+        Format::Table => println!(
+            "{:<24} {:<16} {:>6} {:<18} {:<8} {} {}",
+            ev.time, ev.node, ev.seq, ev.kind, ev.severity, ev.rule_id, ev.path
+        ),
+    }
+}
+
+async fn events(
+    conn: Conn,
+    filter: EventFilter,
+    follow: bool,
+    format: Format,
+) -> Result<(), String> {
+    let mut c = client(&conn).await?;
+    let mut token = String::new();
+    let mut last_cursor = 0;
+    loop {
+        let page = c
+            .list_events(ListEventsRequest {
+                filter: Some(filter.clone()),
+                page_size: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
+            .into_inner();
+        for e in &page.events {
+            last_cursor = e.cursor;
+            print_event(e, format);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if follow {
+        let mut stream = c
+            .watch_events(WatchEventsRequest {
+                filter: Some(filter),
+                after_cursor: last_cursor.max(1),
+            })
+            .await
+            .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
+            .into_inner();
+        while let Some(e) = stream
+            .message()
+            .await
+            .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
+        {
+            print_event(&e, format);
+        }
+    }
+    Ok(())
+}
+
+async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
+    let mut c = client(&conn).await?;
+    let nodes = c
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
+        .into_inner()
+        .nodes;
+    for n in nodes {
+        match format {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "node": n.node, "cluster": n.cluster, "agent_version": n.agent_version,
+                    "component_versions": n.component_versions, "last_seen": n.last_seen,
+                    "connected": n.connected, "open_findings": n.open_findings, "last_seq": n.last_seq,
+                })
+            ),
+            Format::Table => println!(
+                "{:<24} {:<10} {:<12} last seen {:<24} seq {:>8} findings {:?}",
+                n.node,
+                if n.connected { "connected" } else { "away" },
+                n.agent_version,
+                n.last_seen,
+                n.last_seq,
+                n.open_findings
+            ),
+        }
+    }
+    Ok(())
 }

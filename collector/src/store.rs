@@ -138,6 +138,12 @@ impl Store {
     /// Stores a batch of one node's events (already validated) and returns the node's ack:
     /// the highest sequence number below which every event is stored or explained.
     pub fn insert(&mut self, node: &str, events: &[Event]) -> Result<u64, StoreError> {
+        Ok(self.insert_many(&[(node, events)])?[0])
+    }
+
+    /// Stores several nodes' batches in one transaction (one fsync for all of them) and
+    /// returns each batch's ack, in order.
+    pub fn insert_many(&mut self, batches: &[(&str, &[Event])]) -> Result<Vec<u64>, StoreError> {
         let path = self.path.clone();
         let db = |source| StoreError::Db {
             path: path.clone(),
@@ -147,78 +153,12 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        tx.execute("INSERT OR IGNORE INTO nodes(node) VALUES (?1)", [node])
-            .map_err(db)?;
-        {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO events(node, seq, time, kind, severity, rule_id, path, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(db)?;
-            let mut gap = tx
-                .prepare_cached("INSERT INTO gaps(node, first_seq, last_seq) VALUES (?1, ?2, ?3)")
-                .map_err(db)?;
-            for e in events {
-                let n = ins
-                    .execute(params![
-                        node,
-                        e.seq as i64,
-                        e.time,
-                        e.kind,
-                        e.severity,
-                        e.rule_id,
-                        e.path,
-                        e.body
-                    ])
-                    .map_err(db)?;
-                if n == 1
-                    && e.kind == "spool_overflow"
-                    && let Some((first, last)) = overflow_range(&e.body)
-                {
-                    gap.execute(params![node, first as i64, last as i64])
-                        .map_err(db)?;
-                }
-            }
+        let mut acks = Vec::with_capacity(batches.len());
+        for (node, events) in batches {
+            acks.push(insert_batch(&tx, node, events).map_err(db)?);
         }
-        let mut acked: u64 = tx
-            .query_row("SELECT acked FROM nodes WHERE node = ?1", [node], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(db)? as u64;
-        {
-            let mut has = tx
-                .prepare_cached("SELECT 1 FROM events WHERE node = ?1 AND seq = ?2")
-                .map_err(db)?;
-            let mut explained = tx
-                .prepare_cached(
-                    "SELECT MAX(last_seq) FROM gaps WHERE node = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
-                )
-                .map_err(db)?;
-            loop {
-                let next = acked + 1;
-                if has.exists(params![node, next as i64]).map_err(db)? {
-                    acked = next;
-                    continue;
-                }
-                let last: Option<i64> = explained
-                    .query_row(params![node, next as i64], |r| r.get(0))
-                    .optional()
-                    .map_err(db)?
-                    .flatten();
-                match last {
-                    Some(last) => acked = last as u64,
-                    None => break,
-                }
-            }
-        }
-        tx.execute(
-            "UPDATE nodes SET acked = ?2 WHERE node = ?1",
-            params![node, acked as i64],
-        )
-        .map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok(acked)
+        Ok(acks)
     }
 
     /// Records what an agent says about itself (hello, heartbeat).
@@ -347,6 +287,46 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.db())
     }
 
+    /// The highest cursor stored (0 when empty).
+    pub fn max_cursor(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(self.db())? as u64)
+    }
+
+    /// Deletes events older than `max_age` and all but the newest `max_events`. Acks are
+    /// kept, so a deleted event is never asked for again. Returns how many went.
+    pub fn retain(
+        &mut self,
+        max_age: Option<std::time::Duration>,
+        max_events: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        if let Some(age) = max_age {
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(age)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let cutoff = humantime::format_rfc3339_millis(cutoff).to_string();
+            n += self
+                .conn
+                .execute("DELETE FROM events WHERE time < ?1", [cutoff])
+                .map_err(self.db())? as u64;
+        }
+        if let Some(keep) = max_events {
+            n += self
+                .conn
+                .execute(
+                    "DELETE FROM events WHERE cursor <= (SELECT COALESCE(MAX(cursor), 0) FROM events) - ?1",
+                    [keep as i64],
+                )
+                .map_err(self.db())? as u64;
+        }
+        Ok(n)
+    }
+
     /// Every stored (node, seq), for tests and audits.
     pub fn keys(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut stmt = self
@@ -358,6 +338,65 @@ impl Store {
             .map_err(self.db())?;
         rows.collect::<Result<_, _>>().map_err(self.db())
     }
+}
+
+fn insert_batch(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    events: &[Event],
+) -> rusqlite::Result<u64> {
+    tx.execute("INSERT OR IGNORE INTO nodes(node) VALUES (?1)", [node])?;
+    let mut ins = tx.prepare_cached(
+        "INSERT OR IGNORE INTO events(node, seq, time, kind, severity, rule_id, path, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut gap =
+        tx.prepare_cached("INSERT INTO gaps(node, first_seq, last_seq) VALUES (?1, ?2, ?3)")?;
+    for e in events {
+        let n = ins.execute(params![
+            node,
+            e.seq as i64,
+            e.time,
+            e.kind,
+            e.severity,
+            e.rule_id,
+            e.path,
+            e.body
+        ])?;
+        if n == 1
+            && e.kind == "spool_overflow"
+            && let Some((first, last)) = overflow_range(&e.body)
+        {
+            gap.execute(params![node, first as i64, last as i64])?;
+        }
+    }
+    let mut acked = tx.query_row("SELECT acked FROM nodes WHERE node = ?1", [node], |r| {
+        r.get::<_, i64>(0)
+    })? as u64;
+    let mut has = tx.prepare_cached("SELECT 1 FROM events WHERE node = ?1 AND seq = ?2")?;
+    let mut explained = tx.prepare_cached(
+        "SELECT MAX(last_seq) FROM gaps WHERE node = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+    )?;
+    loop {
+        let next = acked + 1;
+        if has.exists(params![node, next as i64])? {
+            acked = next;
+            continue;
+        }
+        let last: Option<i64> = explained
+            .query_row(params![node, next as i64], |r| r.get(0))
+            .optional()?
+            .flatten();
+        match last {
+            Some(last) => acked = last as u64,
+            None => break,
+        }
+    }
+    tx.execute(
+        "UPDATE nodes SET acked = ?2 WHERE node = ?1",
+        params![node, acked as i64],
+    )?;
+    Ok(acked)
 }
 
 /// The dropped range a `spool_overflow` event's body names.

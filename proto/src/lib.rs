@@ -11,3 +11,52 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("lockdown_v1_descriptor");
 }
+
+/// Client TLS files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA bundle that signs the collector's certificate.
+    pub ca: std::path::PathBuf,
+    /// This client's certificate.
+    pub cert: std::path::PathBuf,
+    /// This client's key.
+    pub key: std::path::PathBuf,
+    /// Name to check the collector's certificate against (default: the address's host).
+    pub server_name: Option<String>,
+}
+
+/// An endpoint for `address` (`https://host:port`, or `http://` for a loopback collector run
+/// with `--insecure-listen-loopback`), with mutual TLS when `tls` is given. Connects lazily.
+pub fn endpoint(
+    address: &str,
+    tls: Option<&ClientTls>,
+) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut ep = Endpoint::from_shared(address.to_string())
+        .map_err(|e| format!("{address:?} is not a collector address: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    match tls {
+        Some(t) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
+            let mut cfg = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(&t.ca)?))
+                .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+            if let Some(name) = &t.server_name {
+                cfg = cfg.domain_name(name.clone());
+            }
+            ep = ep
+                .tls_config(cfg)
+                .map_err(|e| format!("TLS setup for {address}: {e}"))?;
+        }
+        None if address.starts_with("https://") => {
+            return Err(format!("{address} needs TLS files (ca, cert, key)"));
+        }
+        None => {}
+    }
+    Ok(ep)
+}

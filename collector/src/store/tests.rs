@@ -133,3 +133,22 @@ fn node_info_is_kept() {
     let nodes = s.nodes().unwrap();
     assert_eq!(nodes, [NodeInfo { acked: 1, ..info }]);
 }
+
+#[test]
+fn retention_by_count_keeps_the_newest_and_the_acks() {
+    let (_d, mut s) = store();
+    s.insert("n1", &(1..=10).map(|i| ev("n1", i)).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(s.retain(None, Some(3)).unwrap(), 7);
+    assert_eq!(
+        s.keys().unwrap().iter().map(|k| k.1).collect::<Vec<_>>(),
+        [8, 9, 10]
+    );
+    assert_eq!(s.acked("n1").unwrap(), 10);
+    // Old events are long past any age limit.
+    assert_eq!(
+        s.retain(Some(std::time::Duration::from_secs(1)), None)
+            .unwrap(),
+        3
+    );
+}

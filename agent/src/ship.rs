@@ -1,0 +1,242 @@
+//! The shipper: sends spooled events to the collector and hands acks back to the daemon,
+//! which trims the spool.
+//!
+//! It reads the spool through its own read-only connection, so it only ever sees committed
+//! (fsynced) events, and it never deletes anything itself: only the daemon trims, and only up
+//! to an ack. After any break it reconnects with capped exponential backoff and jitter and
+//! resends from the first unacknowledged event; the collector stores each (node, seq) once.
+//! While the collector is away the daemon goes on detecting and spooling.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockdown_proto::ClientTls;
+use lockdown_proto::v1::agent_service_client::AgentServiceClient;
+use lockdown_proto::v1::{
+    AgentMessage, EventBatch, Heartbeat, Hello, agent_message, collector_message,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::event::{Event, EventBody};
+use crate::spool::SpoolReader;
+
+/// Events per batch message.
+const BATCH: usize = 500;
+/// Most events sent and not yet acknowledged.
+const WINDOW: u64 = 5_000;
+
+/// Where and how to ship.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShipConfig {
+    /// `https://host:port` (or `http://` for a loopback development collector).
+    pub address: String,
+    /// Mutual TLS files; `None` only for `http://` loopback.
+    pub tls: Option<ClientTls>,
+    /// Cluster label sent in the hello.
+    pub cluster: String,
+    /// First reconnect delay.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// What the shipper reports about itself (`lockdown-agent status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShipStatus {
+    /// Collector address.
+    pub address: String,
+    /// Whether a stream is open.
+    pub connected: bool,
+    /// Highest sequence number acknowledged.
+    pub acked: u64,
+    /// The last connection error.
+    pub last_error: Option<String>,
+}
+
+/// Runs forever: connect, stream, reconnect. `last_seq` tells it about new commits; `acks`
+/// carries acknowledged sequence numbers back to the daemon.
+pub async fn run(
+    cfg: ShipConfig,
+    state_dir: PathBuf,
+    node: String,
+    mut last_seq: watch::Receiver<u64>,
+    mut acked: u64,
+    acks: mpsc::Sender<u64>,
+    status: Arc<Mutex<ShipStatus>>,
+) {
+    let mut backoff = cfg.backoff_initial;
+    loop {
+        let result = session(
+            &cfg,
+            &state_dir,
+            &node,
+            &mut last_seq,
+            &mut acked,
+            &acks,
+            &status,
+            &mut backoff,
+        )
+        .await;
+        {
+            let mut s = status.lock().expect("status lock");
+            s.connected = false;
+            if let Err(e) = &result {
+                s.last_error = Some(e.clone());
+            }
+        }
+        if let Err(e) = result {
+            tracing::warn!(
+                collector = cfg.address,
+                error = e,
+                retry_in_ms = backoff.as_millis() as u64,
+                "collector unreachable; events stay spooled"
+            );
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+}
+
+/// 50% to 100% of `d`, so that many agents do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    cfg: &ShipConfig,
+    state_dir: &std::path::Path,
+    node: &str,
+    last_seq: &mut watch::Receiver<u64>,
+    acked: &mut u64,
+    acks: &mpsc::Sender<u64>,
+    status: &Mutex<ShipStatus>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let reader = SpoolReader::open(state_dir).map_err(|e| e.to_string())?;
+    let channel = lockdown_proto::endpoint(&cfg.address, cfg.tls.as_ref())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(8);
+    let hello = AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            node: node.to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            first_unacked_seq: *acked + 1,
+            cluster: cfg.cluster.clone(),
+            ..Default::default()
+        })),
+    };
+    tx.send(hello).await.map_err(|_| "stream closed")?;
+    let mut inbound = client
+        .report(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{}: {}", code(&s), s.message()))?
+        .into_inner();
+    {
+        let mut s = status.lock().expect("status lock");
+        s.connected = true;
+        s.last_error = None;
+    }
+    *backoff = cfg.backoff_initial;
+    tracing::info!(
+        collector = cfg.address,
+        first_unacked = *acked + 1,
+        "connected to the collector"
+    );
+    let mut next = *acked + 1;
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    heartbeat.tick().await;
+    loop {
+        let can_send = next <= *last_seq.borrow() && next - 1 - *acked < WINDOW;
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = msg.map_err(|s| format!("{}: {}", code(&s), s.message()))?
+                    .ok_or("the collector closed the stream")?;
+                match msg.msg {
+                    Some(collector_message::Msg::Ack(a)) if a.seq > *acked => {
+                        *acked = a.seq;
+                        next = next.max(a.seq + 1);
+                        status.lock().expect("status lock").acked = a.seq;
+                        if acks.send(a.seq).await.is_err() {
+                            return Ok(()); // the daemon is stopping
+                        }
+                    }
+                    Some(collector_message::Msg::SlowDown(s)) => {
+                        tracing::debug!(pause_ms = s.pause_ms, "collector asks to slow down");
+                        tokio::time::sleep(Duration::from_millis(u64::from(s.pause_ms))).await;
+                    }
+                    _ => {}
+                }
+            }
+            changed = last_seq.changed(), if !can_send => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            () = std::future::ready(()), if can_send => {
+                let events = reader.read_from(next, BATCH).map_err(|e| e.to_string())?;
+                let Some(last) = events.last().map(|e| e.seq) else {
+                    // Trimmed or dropped below `next`: nothing to send until new commits.
+                    next = *last_seq.borrow() + 1;
+                    continue;
+                };
+                let batch = AgentMessage {
+                    msg: Some(agent_message::Msg::Events(EventBatch {
+                        events: events.into_iter().map(to_proto).collect(),
+                    })),
+                };
+                tx.send(batch).await.map_err(|_| "the stream closed")?;
+                next = last + 1;
+                heartbeat.reset();
+            }
+            _ = heartbeat.tick() => {
+                let beat = AgentMessage {
+                    msg: Some(agent_message::Msg::Heartbeat(Heartbeat {
+                        last_seq: *last_seq.borrow(),
+                        ..Default::default()
+                    })),
+                };
+                tx.send(beat).await.map_err(|_| "the stream closed")?;
+            }
+        }
+    }
+}
+
+fn code(s: &tonic::Status) -> String {
+    format!("{:?}", s.code()).to_lowercase()
+}
+
+/// A spooled event as the wire carries it.
+pub fn to_proto(e: Event) -> lockdown_proto::v1::Event {
+    let (severity, rule_id) = match &e.body {
+        EventBody::FindingRaised { finding, .. } | EventBody::FindingResolved { finding, .. } => (
+            serde_json::to_value(finding.severity)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            finding.rule_id.clone(),
+        ),
+        _ => (String::new(), String::new()),
+    };
+    lockdown_proto::v1::Event {
+        path: e.body.path().unwrap_or_default().to_string(),
+        kind: e.body.kind().to_string(),
+        severity,
+        rule_id,
+        body: serde_json::to_vec(&e).expect("events serialise"),
+        node: e.node,
+        seq: e.seq,
+        time: e.time,
+    }
+}

@@ -1,0 +1,234 @@
+//! Collector configuration, in two steps: the file as written (unknown keys rejected), then
+//! the validated [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the collector looks for its config when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/kube-lockdown/collector.yaml";
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on. Default: 0.0.0.0:7443.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// SQLite database file. Default: /var/lib/kube-lockdown-collector/events.db.
+    #[serde(default)]
+    pub database: Option<PathBuf>,
+    /// TLS: the collector's certificate and key, and the CA that signs agent and reader
+    /// certificates. Required unless --insecure-listen-loopback is given.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    /// Names (DNS SANs) of reader certificates allowed to use the query service. Agents can
+    /// never read. Default: none.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Retention; off unless set.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// `tls:` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain of the collector.
+    pub cert: PathBuf,
+    /// PEM private key of the collector.
+    pub key: PathBuf,
+    /// PEM bundle of the CA(s) that sign agent and reader certificates.
+    pub client_ca: PathBuf,
+}
+
+/// `limits:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest message accepted, in bytes. Default: 4194304.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+    /// Events per second one node may send; beyond it the agent is told to slow down (and
+    /// its stream is read more slowly), never dropped. Default: 20000.
+    #[serde(default)]
+    pub max_events_per_second_per_node: Option<u32>,
+    /// Concurrent agent streams. Default: 10000.
+    #[serde(default)]
+    pub max_streams: Option<usize>,
+}
+
+/// `retention:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Delete events older than this ("30d"). Default: keep.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many events, the newest. Default: keep.
+    #[serde(default)]
+    pub max_events: Option<u64>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like 30d or 12h: {e}"))
+    })
+}
+
+/// TLS files.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Key.
+    pub key: PathBuf,
+    /// Client CA bundle.
+    pub client_ca: PathBuf,
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Database file.
+    pub database: PathBuf,
+    /// TLS, or `None` for plaintext on loopback.
+    pub tls: Option<Tls>,
+    /// Allowed reader names.
+    pub readers: Vec<String>,
+    /// Largest message.
+    pub max_message_bytes: usize,
+    /// Per-node rate.
+    pub max_events_per_second_per_node: u32,
+    /// Concurrent streams.
+    pub max_streams: usize,
+    /// Retention by age.
+    pub max_age: Option<Duration>,
+    /// Retention by count.
+    pub max_events: Option<u64>,
+}
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Schema or value problem.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `path` (a missing default file means defaults) and applies the plaintext
+    /// override: `insecure_loopback` is the only way to run without TLS, and only on a
+    /// loopback address.
+    pub fn load(
+        path: &Path,
+        explicit: bool,
+        insecure_loopback: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig = match std::fs::read_to_string(path) {
+            Ok(t) if t.trim().is_empty() => RawConfig::default(),
+            Ok(t) => serde_saphyr::from_str(&t).map_err(|e| invalid(e.to_string()))?,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let (listen, tls) = match insecure_loopback {
+            Some(addr) if !addr.ip().is_loopback() => {
+                return Err(invalid(format!(
+                    "--insecure-listen-loopback {addr}: plaintext is allowed on loopback addresses only"
+                )));
+            }
+            Some(addr) => (addr, None),
+            None => {
+                let tls = raw.tls.ok_or_else(|| {
+                    invalid("tls is required (cert, key, client_ca); plaintext exists only as --insecure-listen-loopback".into())
+                })?;
+                (
+                    raw.listen
+                        .unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid")),
+                    Some(Tls {
+                        cert: tls.cert,
+                        key: tls.key,
+                        client_ca: tls.client_ca,
+                    }),
+                )
+            }
+        };
+        Ok(Config {
+            listen,
+            database: raw
+                .database
+                .unwrap_or_else(|| "/var/lib/kube-lockdown-collector/events.db".into()),
+            tls,
+            readers: raw.readers,
+            max_message_bytes: raw.limits.max_message_bytes.unwrap_or(4 << 20),
+            max_events_per_second_per_node: raw
+                .limits
+                .max_events_per_second_per_node
+                .unwrap_or(20_000),
+            max_streams: raw.limits.max_streams.unwrap_or(10_000),
+            max_age: raw.retention.max_age,
+            max_events: raw.retention.max_events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.yaml");
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_and_tls_required_otherwise() {
+        let (_d, p) = write("");
+        let err = Config::load(&p, true, Some("0.0.0.0:7443".parse().unwrap())).unwrap_err();
+        assert!(err.to_string().contains("loopback addresses only"), "{err}");
+        let err = Config::load(&p, true, None).unwrap_err();
+        assert!(err.to_string().contains("tls is required"), "{err}");
+        let c = Config::load(&p, true, Some("[::1]:7000".parse().unwrap())).unwrap();
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let (_d, p) = write("listen: 127.0.0.1:1\nretention: {max_agee: 1d}\n");
+        let err = Config::load(&p, true, None).unwrap_err();
+        assert!(err.to_string().contains("max_agee"), "{err}");
+    }
+}
