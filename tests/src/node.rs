@@ -45,6 +45,11 @@ impl Node {
     /// A kubeadm 1.31 node (manifests 0600, kubeconfigs 0600, a CA pair) with an agent config
     /// whose extra lines are `extra` (YAML, one key per line).
     pub fn new(extra: &str) -> Node {
+        Node::named("cp-1", extra)
+    }
+
+    /// Like [`Node::new`], for node `name`.
+    pub fn named(name: &str, extra: &str) -> Node {
         let root = tempfile::tempdir().expect("temp dir");
         let r = root.path();
         let kubernetes = r.join("etc/kubernetes");
@@ -75,7 +80,7 @@ impl Node {
         fs::write(
             &config,
             format!(
-                "manifests_dir: {m}\nkubernetes_dir: {k}\npki_dir: {p}\netcd_data_dir: {r}/var/lib/etcd\ncni_dirs: []\nstate_dir: {s}\nnode_name: cp-1\n{extra}\n",
+                "manifests_dir: {m}\nkubernetes_dir: {k}\npki_dir: {p}\netcd_data_dir: {r}/var/lib/etcd\ncni_dirs: []\nstate_dir: {s}\nnode_name: {name}\n{extra}\n",
                 m = manifests.display(),
                 k = kubernetes.display(),
                 p = pki.display(),

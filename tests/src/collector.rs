@@ -1,0 +1,186 @@
+//! A real `lockdown-collector serve` for end-to-end tests: a development PKI made by the
+//! collector's own `dev-ca`, a database in a temp directory, a free loopback port, and a
+//! read-only look at what it stored.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockdown_collector::store::Store;
+
+use crate::bin;
+use crate::node::WAIT;
+
+/// Development certificates for a set of nodes.
+#[derive(Debug)]
+pub struct Pki {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA, a collector certificate, one certificate per node, and a reader certificate.
+    pub fn new(nodes: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin("lockdown-collector"));
+        cmd.args(["dev-ca", "--out"]).arg(dir.path());
+        for n in nodes {
+            cmd.args(["--node", n]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Pki { dir }
+    }
+
+    /// A file of the PKI.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The agent config lines that ship to `addr` as `node`.
+    pub fn agent_config(&self, addr: SocketAddr, node: &str) -> String {
+        format!(
+            "collector:\n  address: https://localhost:{port}\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n  backoff_max: 200ms\n  heartbeat: 1s\n",
+            port = addr.port(),
+            ca = self.path("ca.crt").display(),
+            cert = self.path(&format!("{node}.crt")).display(),
+            key = self.path(&format!("{node}.key")).display(),
+        )
+    }
+}
+
+/// A free loopback port (bound and released; the collector binds it next).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Collector {
+    /// The process.
+    pub child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database.
+    pub db: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Collector {
+    /// Starts a collector with mutual TLS from `pki`, storing in `dir`; `extra` config lines.
+    pub fn start(pki: &Pki, dir: &Path, addr: SocketAddr, extra: &str) -> Collector {
+        let config = dir.join("collector.yaml");
+        let db = dir.join("events.db");
+        fs::write(
+            &config,
+            format!(
+                "listen: {addr}\ndatabase: {db}\ntls: {{cert: {cert}, key: {key}, client_ca: {ca}}}\nreaders: [reader]\n{extra}\n",
+                db = db.display(),
+                cert = pki.path("collector.crt").display(),
+                key = pki.path("collector.key").display(),
+                ca = pki.path("ca.crt").display(),
+            ),
+        )
+        .unwrap();
+        let mut c = Collector {
+            child: None,
+            addr,
+            db,
+            config,
+            log: dir.join("collector.log"),
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts the process again (after [`Collector::kill9`] or [`Collector::stop`]).
+    pub fn restart(&mut self) {
+        let child = Command::new(bin("lockdown-collector"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            ))
+            .spawn()
+            .expect("start lockdown-collector");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(self.addr).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("collector exited {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collector not listening:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Every stored (node, seq), sorted.
+    pub fn keys(&self) -> Vec<(String, u64)> {
+        Store::open(&self.db)
+            .and_then(|s| s.keys())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the stored keys satisfy `done`.
+    pub fn wait_for(&self, done: impl Fn(&[(String, u64)]) -> bool) -> Vec<(String, u64)> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let keys = self.keys();
+            if done(&keys) {
+                return keys;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out; stored {} keys, last {:?}\ncollector log:\n{}",
+                keys.len(),
+                keys.last(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The exact keys `1..=last` of `node`.
+pub fn range(node: &str, last: u64) -> Vec<(String, u64)> {
+    (1..=last).map(|s| (node.to_string(), s)).collect()
+}

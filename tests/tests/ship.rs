@@ -1,0 +1,221 @@
+//! Agent → collector end to end: the real binaries, mutual TLS on loopback, kills and
+//! restarts on both sides. Every test asserts the exact set of (node, seq) stored.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use lockdown_collector::store::{Filter, Store};
+use lockdown_e2e::collector::{Collector, Pki, free_addr, range};
+use lockdown_e2e::node::{Agent, Node, WAIT};
+
+fn scheduler_with(node: &Node, i: usize) -> String {
+    fs::read_to_string(node.manifest("kube-scheduler.yaml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("    - --v="))
+        .map(|l| {
+            if l == "    - kube-scheduler" {
+                format!("{l}\n    - --v={i}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Writes a change and waits until the agent has spooled it.
+fn change(node: &Node, agent: &Agent, i: usize) {
+    let seq = agent.last_seq();
+    fs::write(
+        node.manifest("kube-scheduler.yaml"),
+        scheduler_with(node, i),
+    )
+    .unwrap();
+    agent.wait_for(seq, |ev| {
+        ev.iter().any(|e| e.body.kind() == "file_modified")
+    });
+}
+
+fn wait_status(agent: &Agent, what: &str, done: impl Fn(&lockdown_agent::daemon::Status) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = agent.status();
+        if done(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s:?}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn events_arrive_in_order_over_mtls_and_the_spool_is_trimmed() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    for i in 0..3 {
+        change(&node, &agent, i);
+    }
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+    wait_status(&agent, "spool trimmed after the acks", |s| {
+        s.spool.events == 0
+            && s.collector
+                .as_ref()
+                .is_some_and(|c| c.connected && c.acked == last)
+    });
+    let stored = Store::open(&col.db)
+        .unwrap()
+        .list(&Filter::default(), 0, 10_000)
+        .unwrap();
+    let seqs: Vec<u64> = stored.iter().map(|s| s.event.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "stored in sequence order"
+    );
+}
+
+#[test]
+fn collector_away_for_a_while_then_everything_arrives_once() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut col = Collector::start(&pki, dir.path(), addr, "");
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    col.kill9();
+    for i in 0..5 {
+        change(&node, &agent, i); // the agent keeps detecting and spooling
+    }
+    wait_status(&agent, "the agent notices the collector is gone", |s| {
+        s.collector.as_ref().is_some_and(|c| !c.connected)
+    });
+    let last = agent.last_seq();
+    assert!(last > first);
+    col.restart();
+    col.wait_for(|k| k == range("cp-1", last));
+}
+
+#[test]
+fn collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut col = Collector::start(&pki, dir.path(), addr, "");
+    let node = Node::new(&format!("settle: 1ms\n{}", pki.agent_config(addr, "cp-1")));
+    let agent = node.start();
+    for i in 0..40 {
+        change(&node, &agent, i);
+        if i == 20 {
+            col.kill9();
+            col.restart();
+        }
+    }
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+}
+
+#[test]
+fn agent_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    for i in 0..20 {
+        change(&node, &agent, i);
+    }
+    agent.kill9();
+    for i in 20..30 {
+        fs::write(
+            node.manifest("kube-scheduler.yaml"),
+            scheduler_with(&node, i),
+        )
+        .unwrap();
+    }
+    let agent = node.start();
+    change(&node, &agent, 30);
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_rejected() {
+    let pki = Pki::new(&["cp-1"]);
+    let other = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    // Trusts the real collector, but presents a certificate the collector's CA never signed.
+    let cfg = pki
+        .agent_config(addr, "cp-1")
+        .replace(
+            pki.path("cp-1.crt").to_str().unwrap(),
+            other.path("cp-1.crt").to_str().unwrap(),
+        )
+        .replace(
+            pki.path("cp-1.key").to_str().unwrap(),
+            other.path("cp-1.key").to_str().unwrap(),
+        );
+    let node = Node::new(&cfg);
+    let agent = node.start();
+    wait_status(&agent, "the handshake fails", |s| {
+        s.collector
+            .as_ref()
+            .is_some_and(|c| !c.connected && c.last_error.is_some())
+    });
+    assert!(col.keys().is_empty());
+}
+
+#[test]
+fn a_node_claiming_another_nodes_name_is_rejected() {
+    let pki = Pki::new(&["cp-1", "cp-2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    // Node cp-1 presenting cp-2's (valid) certificate.
+    let cfg = pki.agent_config(addr, "cp-2");
+    let node = Node::named("cp-1", &cfg);
+    let agent = node.start();
+    wait_status(&agent, "permission denied", |s| {
+        s.collector
+            .as_ref()
+            .and_then(|c| c.last_error.as_deref())
+            .is_some_and(|e| e.starts_with("permissiondenied"))
+    });
+    assert!(col.keys().is_empty());
+    assert!(
+        col.log().contains("certificate does not carry"),
+        "{}",
+        col.log()
+    );
+}
+
+#[test]
+fn fifty_agents_at_once_each_store_exactly_their_events() {
+    let names: Vec<String> = (0..50).map(|i| format!("cp-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pki = Pki::new(&refs);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node::named(n, &pki.agent_config(addr, n)))
+        .collect();
+    let agents: Vec<Agent> = nodes.iter().map(Node::start).collect();
+    let mut want: Vec<(String, u64)> = names
+        .iter()
+        .zip(&agents)
+        .flat_map(|(n, a)| range(n, a.last_seq()))
+        .collect();
+    want.sort();
+    col.wait_for(|k| k == want);
+}
