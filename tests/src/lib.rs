@@ -2,6 +2,7 @@
 
 pub mod collector;
 pub mod node;
+pub mod proxy;
 
 use std::path::PathBuf;
 

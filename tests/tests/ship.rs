@@ -219,3 +219,136 @@ fn fifty_agents_at_once_each_store_exactly_their_events() {
     want.sort();
     col.wait_for(|k| k == want);
 }
+
+#[test]
+fn garbage_malformed_and_oversized_input_is_refused_while_others_keep_streaming() {
+    use lockdown_proto::v1::agent_service_client::AgentServiceClient;
+    use lockdown_proto::v1::{AgentMessage, EventBatch, Hello, agent_message};
+    use std::io::Write;
+
+    let pki = Pki::new(&["cp-1", "cp-2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut col = Collector::start(&pki, dir.path(), addr, "limits: {max_message_bytes: 65536}");
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+
+    // Not TLS at all.
+    let mut raw = std::net::TcpStream::connect(addr).unwrap();
+    let _ = raw.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    drop(raw);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = lockdown_proto::ClientTls {
+        ca: pki.path("ca.crt"),
+        cert: pki.path("cp-2.crt"),
+        key: pki.path("cp-2.key"),
+        server_name: Some("localhost".into()),
+    };
+    let address = format!("https://localhost:{}", addr.port());
+    let hello = |node: &str| AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            node: node.into(),
+            first_unacked_seq: 1,
+            ..Default::default()
+        })),
+    };
+    let event = |node: &str, seq: u64, body: Vec<u8>| lockdown_proto::v1::Event {
+        node: node.into(),
+        seq,
+        time: "2026-11-26T10:00:00.000Z".into(),
+        kind: "rescan".into(),
+        body,
+        ..Default::default()
+    };
+    let batch = |events| AgentMessage {
+        msg: Some(agent_message::Msg::Events(EventBatch { events })),
+    };
+    let codes: Vec<tonic::Code> = rt.block_on(async {
+        let mut out = Vec::new();
+        for messages in [
+            // no hello first
+            vec![batch(vec![event("cp-2", 1, b"{}".to_vec())])],
+            // an event of another node on cp-2's stream
+            vec![hello("cp-2"), batch(vec![event("cp-1", 1, b"{}".to_vec())])],
+            // sequence number 0
+            vec![hello("cp-2"), batch(vec![event("cp-2", 0, b"{}".to_vec())])],
+            // bad time
+            vec![
+                hello("cp-2"),
+                batch(vec![lockdown_proto::v1::Event {
+                    time: "yesterday".into(),
+                    ..event("cp-2", 1, b"{}".to_vec())
+                }]),
+            ],
+            // larger than max_message_bytes
+            vec![
+                hello("cp-2"),
+                batch(vec![event("cp-2", 1, vec![b'x'; 200_000])]),
+            ],
+        ] {
+            let channel = lockdown_proto::endpoint(&address, Some(&tls))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client = AgentServiceClient::new(channel);
+            let stream = tokio_stream::iter(messages);
+            let code = match client.report(stream).await {
+                Err(s) => s.code(),
+                Ok(resp) => {
+                    let mut inbound = resp.into_inner();
+                    loop {
+                        match inbound.message().await {
+                            Ok(Some(_)) => continue, // the initial ack
+                            Ok(None) => break tonic::Code::Ok,
+                            Err(s) => break s.code(),
+                        }
+                    }
+                }
+            };
+            out.push(code);
+        }
+        out
+    });
+    assert_eq!(codes[..4], [tonic::Code::InvalidArgument; 4], "{codes:?}");
+    assert_ne!(
+        codes[4],
+        tonic::Code::Ok,
+        "an oversized message is refused: {codes:?}"
+    );
+
+    // Nothing of cp-2 was stored, the collector is alive, and cp-1 still streams.
+    change(&node, &agent, 1);
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+    assert!(col.child.as_mut().unwrap().try_wait().unwrap().is_none());
+}
+
+#[test]
+fn a_network_cut_that_heals_loses_nothing() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let proxy = lockdown_e2e::proxy::Proxy::start(addr);
+    let node = Node::new(&pki.agent_config(proxy.addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    proxy.cut();
+    wait_status(&agent, "the agent sees the cut", |s| {
+        s.collector.as_ref().is_some_and(|c| !c.connected)
+    });
+    for i in 0..5 {
+        change(&node, &agent, i);
+    }
+    assert_eq!(
+        col.keys(),
+        range("cp-1", first),
+        "nothing crosses a cut network"
+    );
+    proxy.heal();
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+}
