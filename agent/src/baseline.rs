@@ -24,6 +24,9 @@ pub struct PathState {
     /// Manifests: the text with secrets redacted, to diff against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Manifests: the component and its version, as last parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<(String, Option<String>)>,
 }
 
 /// The events that take a path from `old` to `new` (`None`: not tracked or gone). On the first
@@ -141,6 +144,7 @@ mod tests {
                 .map(|(id, s)| (id.to_string(), finding(id, *s)))
                 .collect(),
             text: Some(format!("{sha}\n")),
+            component: None,
         }
     }
 

@@ -158,6 +158,8 @@ struct Agent {
     last_seq: watch::Sender<u64>,
     /// Where the shipper sends acks.
     acks: mpsc::Sender<u64>,
+    /// What the node looks like, for the shipper's hello and heartbeats.
+    summary: watch::Sender<crate::ship::NodeSummary>,
     /// The running shipper.
     shipper: Option<Shipper>,
 }
@@ -206,6 +208,7 @@ pub async fn run(
         unwatchable: Default::default(),
         last_seq,
         acks,
+        summary: watch::channel(Default::default()).0,
         shipper: None,
     };
     agent.start();
@@ -299,6 +302,7 @@ impl Agent {
             self.cfg.state_dir.clone(),
             self.cfg.node_name.clone(),
             self.last_seq.subscribe(),
+            self.summary.subscribe(),
             self.spool.depth().acked,
             self.acks.clone(),
             Arc::clone(&status),
@@ -429,6 +433,12 @@ impl Agent {
                     };
                 }
                 self.last_seq.send_replace(self.spool.depth().last_seq);
+                self.summary.send_if_modified(|s| {
+                    let new = summarize(&self.baseline);
+                    let changed = *s != new;
+                    *s = new;
+                    changed
+                });
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot spool events; retrying with a full rescan");
@@ -533,6 +543,25 @@ impl Agent {
                 .map(|s| s.status.lock().expect("status lock").clone()),
         }
     }
+}
+
+/// Component versions and open findings by severity.
+fn summarize(baseline: &BTreeMap<String, PathState>) -> crate::ship::NodeSummary {
+    let mut s = crate::ship::NodeSummary::default();
+    for state in baseline.values() {
+        if let Some((component, version)) = &state.component {
+            s.component_versions.insert(
+                component.clone(),
+                version.clone().unwrap_or_else(|| "unknown".into()),
+            );
+        }
+        for f in state.findings.values() {
+            *s.open_findings
+                .entry(f.severity.as_str().to_string())
+                .or_default() += 1;
+        }
+    }
+    s
 }
 
 /// The events and baseline writes that take `old` to `new`.

@@ -369,7 +369,7 @@ pub fn status_table(s: &crate::daemon::Status) -> String {
         let _ = writeln!(
             out,
             "  {:<8} {:<4} {:<40} {} {}",
-            format!("{:?}", f.finding.severity).to_lowercase(),
+            f.finding.severity.as_str(),
             f.finding.status.as_str(),
             f.finding.rule_id,
             f.finding

@@ -199,6 +199,7 @@ impl Scanner {
                     error: Some(error),
                     findings: old.map(|o| o.findings.clone()).unwrap_or_default(),
                     text: old.and_then(|o| o.text.clone()),
+                    component: old.and_then(|o| o.component.clone()),
                 };
             }
         };
@@ -214,6 +215,7 @@ impl Scanner {
                 error: Some(error),
                 findings: old.map(|o| o.findings.clone()).unwrap_or_default(),
                 text,
+                component: old.and_then(|o| o.component.clone()),
             };
         }
         let mut memo = ManifestMemo::default();
@@ -232,6 +234,10 @@ impl Scanner {
             error: None,
             findings: records(cat, &report.findings, report.component.as_deref()),
             text,
+            component: report
+                .component
+                .clone()
+                .map(|c| (c, report.version.clone())),
         }
     }
 }
@@ -258,6 +264,7 @@ fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> Path
         error,
         findings,
         text: None,
+        component: None,
     }
 }
 

@@ -45,6 +45,15 @@ pub struct ShipConfig {
     pub heartbeat: Duration,
 }
 
+/// What the node looks like now, for the collector's node list (hello and heartbeats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeSummary {
+    /// Component name -> version ("unknown" when the image tag says nothing).
+    pub component_versions: std::collections::HashMap<String, String>,
+    /// Open findings by severity.
+    pub open_findings: std::collections::HashMap<String, u32>,
+}
+
 /// What the shipper reports about itself (`lockdown-agent status`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShipStatus {
@@ -65,6 +74,7 @@ pub async fn run(
     state_dir: PathBuf,
     node: String,
     mut last_seq: watch::Receiver<u64>,
+    summary: watch::Receiver<NodeSummary>,
     mut acked: u64,
     acks: mpsc::Sender<u64>,
     status: Arc<Mutex<ShipStatus>>,
@@ -76,6 +86,7 @@ pub async fn run(
             &state_dir,
             &node,
             &mut last_seq,
+            &summary,
             &mut acked,
             &acks,
             &status,
@@ -116,6 +127,7 @@ async fn session(
     state_dir: &std::path::Path,
     node: &str,
     last_seq: &mut watch::Receiver<u64>,
+    summary: &watch::Receiver<NodeSummary>,
     acked: &mut u64,
     acks: &mpsc::Sender<u64>,
     status: &Mutex<ShipStatus>,
@@ -134,7 +146,8 @@ async fn session(
             agent_version: env!("CARGO_PKG_VERSION").into(),
             first_unacked_seq: *acked + 1,
             cluster: cfg.cluster.clone(),
-            ..Default::default()
+            component_versions: summary.borrow().component_versions.clone(),
+            open_findings: summary.borrow().open_findings.clone(),
         })),
     };
     tx.send(hello).await.map_err(|_| "stream closed")?;
@@ -204,7 +217,8 @@ async fn session(
                 let beat = AgentMessage {
                     msg: Some(agent_message::Msg::Heartbeat(Heartbeat {
                         last_seq: *last_seq.borrow(),
-                        ..Default::default()
+                        component_versions: summary.borrow().component_versions.clone(),
+                        open_findings: summary.borrow().open_findings.clone(),
                     })),
                 };
                 tx.send(beat).await.map_err(|_| "the stream closed")?;
@@ -221,10 +235,7 @@ fn code(s: &tonic::Status) -> String {
 pub fn to_proto(e: Event) -> lockdown_proto::v1::Event {
     let (severity, rule_id) = match &e.body {
         EventBody::FindingRaised { finding, .. } | EventBody::FindingResolved { finding, .. } => (
-            serde_json::to_value(finding.severity)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            finding.severity.as_str().to_string(),
             finding.rule_id.clone(),
         ),
         _ => (String::new(), String::new()),

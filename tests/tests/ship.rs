@@ -77,6 +77,47 @@ fn events_arrive_in_order_over_mtls_and_the_spool_is_trimmed() {
         (1..=last).collect::<Vec<_>>(),
         "stored in sequence order"
     );
+
+    // The readers' side, through the collector's own client.
+    let reader = |args: &[&str]| {
+        let out = std::process::Command::new(lockdown_e2e::bin("lockdown-collector"))
+            .args(args)
+            .args(["--addr", &format!("https://localhost:{}", addr.port())])
+            .arg("--ca")
+            .arg(pki.path("ca.crt"))
+            .arg("--cert")
+            .arg(pki.path("reader.crt"))
+            .arg("--key")
+            .arg(pki.path("reader.key"))
+            .args(["--format", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let nodes: serde_json::Value = serde_json::from_str(reader(&["nodes"]).trim()).unwrap();
+    assert_eq!(nodes["node"], "cp-1");
+    assert_eq!(nodes["connected"], true);
+    assert_eq!(nodes["last_seq"], last);
+    assert!(
+        nodes["component_versions"]["kube-apiserver"]
+            .as_str()
+            .unwrap()
+            .starts_with("1.31"),
+        "{nodes}"
+    );
+    assert!(
+        nodes["open_findings"]["high"].as_u64().unwrap() > 0,
+        "{nodes}"
+    );
+    let events = reader(&["events", "--node", "cp-1", "--kind", "file_modified"]);
+    assert_eq!(events.lines().count(), 3, "{events}");
+    let first: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "file_modified");
 }
 
 #[test]
