@@ -297,15 +297,18 @@ impl Agent {
             acked: self.spool.depth().acked,
             ..Default::default()
         }));
+        let link = crate::ship::Link {
+            last_seq: self.last_seq.subscribe(),
+            summary: self.summary.subscribe(),
+            acks: self.acks.clone(),
+            status: Arc::clone(&status),
+        };
         let task = tokio::spawn(crate::ship::run(
             cfg.clone(),
             self.cfg.state_dir.clone(),
             self.cfg.node_name.clone(),
-            self.last_seq.subscribe(),
-            self.summary.subscribe(),
             self.spool.depth().acked,
-            self.acks.clone(),
-            Arc::clone(&status),
+            link,
         ));
         self.shipper = Some(Shipper { cfg, task, status });
     }

@@ -67,34 +67,33 @@ pub struct ShipStatus {
     pub last_error: Option<String>,
 }
 
-/// Runs forever: connect, stream, reconnect. `last_seq` tells it about new commits; `acks`
-/// carries acknowledged sequence numbers back to the daemon.
+/// The shipper's side of the daemon: what it reads and where it reports.
+#[derive(Debug)]
+pub struct Link {
+    /// The highest committed sequence number.
+    pub last_seq: watch::Receiver<u64>,
+    /// The node's summary for hellos and heartbeats.
+    pub summary: watch::Receiver<NodeSummary>,
+    /// Acknowledged sequence numbers, for the daemon to trim.
+    pub acks: mpsc::Sender<u64>,
+    /// The shipper's own status.
+    pub status: Arc<Mutex<ShipStatus>>,
+}
+
+/// Runs forever: connect, stream, reconnect. `acked` is the spool's acknowledged sequence
+/// number at start.
 pub async fn run(
     cfg: ShipConfig,
     state_dir: PathBuf,
     node: String,
-    mut last_seq: watch::Receiver<u64>,
-    summary: watch::Receiver<NodeSummary>,
     mut acked: u64,
-    acks: mpsc::Sender<u64>,
-    status: Arc<Mutex<ShipStatus>>,
+    mut link: Link,
 ) {
     let mut backoff = cfg.backoff_initial;
     loop {
-        let result = session(
-            &cfg,
-            &state_dir,
-            &node,
-            &mut last_seq,
-            &summary,
-            &mut acked,
-            &acks,
-            &status,
-            &mut backoff,
-        )
-        .await;
+        let result = session(&cfg, &state_dir, &node, &mut link, &mut acked, &mut backoff).await;
         {
-            let mut s = status.lock().expect("status lock");
+            let mut s = link.status.lock().expect("status lock");
             s.connected = false;
             if let Err(e) = &result {
                 s.last_error = Some(e.clone());
@@ -121,18 +120,20 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &ShipConfig,
     state_dir: &std::path::Path,
     node: &str,
-    last_seq: &mut watch::Receiver<u64>,
-    summary: &watch::Receiver<NodeSummary>,
+    link: &mut Link,
     acked: &mut u64,
-    acks: &mpsc::Sender<u64>,
-    status: &Mutex<ShipStatus>,
     backoff: &mut Duration,
 ) -> Result<(), String> {
+    let Link {
+        last_seq,
+        summary,
+        acks,
+        status,
+    } = link;
     let reader = SpoolReader::open(state_dir).map_err(|e| e.to_string())?;
     let channel = lockdown_proto::endpoint(&cfg.address, cfg.tls.as_ref())?
         .connect()
