@@ -30,6 +30,8 @@ use crate::watch::{Shared, Watch};
 
 /// Status socket file name in the state directory.
 pub const SOCKET_FILE: &str = "agent.sock";
+/// How long a stopping agent waits for the collector to acknowledge what is left.
+const FLUSH_ON_STOP: Duration = Duration::from_millis(500);
 /// How long to wait before retrying after the spool refused a commit.
 const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
@@ -253,6 +255,25 @@ pub async fn run(
                     let _ = stream.write_all(&body).await;
                     let _ = stream.shutdown().await;
                 });
+            }
+        }
+    }
+    // Give a connected shipper a moment to deliver what is left (agent_stopping included);
+    // whatever it cannot deliver stays spooled for the next start.
+    let connected = agent
+        .shipper
+        .as_ref()
+        .is_some_and(|s| s.status.lock().expect("status lock").connected);
+    if connected {
+        let deadline = tokio::time::Instant::now() + FLUSH_ON_STOP;
+        while agent.spool.depth().acked < agent.spool.depth().last_seq {
+            match tokio::time::timeout_at(deadline, acked.recv()).await {
+                Ok(Some(seq)) => {
+                    if let Err(e) = agent.spool.ack(seq) {
+                        tracing::error!(error = %e, seq, "cannot trim the spool");
+                    }
+                }
+                _ => break,
             }
         }
     }

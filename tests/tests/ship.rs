@@ -393,3 +393,94 @@ fn a_network_cut_that_heals_loses_nothing() {
     let last = agent.last_seq();
     col.wait_for(|k| k == range("cp-1", last));
 }
+
+#[test]
+fn streams_over_the_limit_wait_their_turn_and_lose_nothing() {
+    let pki = Pki::new(&["cp-1", "cp-2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "limits: {max_streams: 1}");
+    let n1 = Node::named("cp-1", &pki.agent_config(addr, "cp-1"));
+    let a1 = n1.start();
+    let last1 = a1.last_seq();
+    col.wait_for(|k| k == range("cp-1", last1));
+    let n2 = Node::named("cp-2", &pki.agent_config(addr, "cp-2"));
+    let a2 = n2.start();
+    wait_status(&a2, "the second stream is refused", |s| {
+        s.collector
+            .as_ref()
+            .and_then(|c| c.last_error.as_deref())
+            .is_some_and(|e| e.starts_with("resourceexhausted"))
+    });
+    assert!(a1.stop().success());
+    let last2 = a2.last_seq();
+    // cp-1 flushed its agent_stopping event before it exited.
+    let mut want = range("cp-1", last1 + 1);
+    want.extend(range("cp-2", last2));
+    col.wait_for(|k| k == want);
+}
+
+#[test]
+fn a_node_over_its_rate_is_slowed_down_not_dropped() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(
+        &pki,
+        dir.path(),
+        addr,
+        "limits: {max_events_per_second_per_node: 20}",
+    );
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    for i in 0..5 {
+        change(&node, &agent, i);
+    }
+    let last = agent.last_seq();
+    assert!(last > 20);
+    col.wait_for(|k| k == range("cp-1", last));
+    assert!(
+        agent.log().contains("collector asks to slow down"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn the_standard_health_service_answers_over_mtls() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let pki = Pki::new(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _col = Collector::start(&pki, dir.path(), addr, "");
+    let tls = lockdown_proto::ClientTls {
+        ca: pki.path("ca.crt"),
+        cert: pki.path("reader.crt"),
+        key: pki.path("reader.key"),
+        server_name: Some("localhost".into()),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let statuses: Vec<i32> = rt.block_on(async {
+        let ch =
+            lockdown_proto::endpoint(&format!("https://localhost:{}", addr.port()), Some(&tls))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut h = HealthClient::new(ch);
+        let mut out = Vec::new();
+        for service in ["", "lockdown.v1.AgentService", "lockdown.v1.QueryService"] {
+            let r = h
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap();
+            out.push(r.into_inner().status);
+        }
+        out
+    });
+    assert_eq!(statuses, [ServingStatus::Serving as i32; 3]);
+}
