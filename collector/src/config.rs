@@ -232,3 +232,14 @@ mod tests {
         assert!(err.to_string().contains("max_agee"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_documented_example_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("collector.example.yaml");
+        let c = super::Config::load(&path, true, None).unwrap();
+        assert_eq!(c.readers, ["reader"]);
+        assert!(c.tls.is_some());
+    }
+}

@@ -1,0 +1,281 @@
+//! Collector benchmark (issue 4): manifest write → event committed at the collector over
+//! mTLS; durable ingest rate with 1, 10 and 100 agents streaming at once; collector memory
+//! with 1,000 idle connected agents.
+//!
+//! ```text
+//! cargo build --release -p lockdown-agent -p lockdown-collector
+//! cargo bench -p lockdown-e2e --bench collector
+//! ```
+//!
+//! The ingest and idle rows use simulated agents (real gRPC streams over mTLS, each with its
+//! own node certificate, sending synthetic events) so that the collector, not the agents, is
+//! what is measured. Prints markdown for BENCHMARKS.md.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use lockdown_e2e::collector::{Collector, Pki, free_addr};
+use lockdown_e2e::node::Node;
+use lockdown_proto::ClientTls;
+use lockdown_proto::v1::agent_service_client::AgentServiceClient;
+use lockdown_proto::v1::{AgentMessage, EventBatch, Hello, agent_message, collector_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const NO_RATE_LIMIT: &str = "limits: {max_events_per_second_per_node: 100000000}";
+
+fn main() {
+    println!("machine: {}", machine());
+    latency();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    ingest(&rt);
+    idle(&rt);
+}
+
+fn latency() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let target = node.manifest("kube-scheduler.yaml");
+    let base = fs::read_to_string(&target).unwrap();
+    let store = lockdown_collector::store::Store::open(&col.db).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.acked("cp-1").unwrap() < agent.last_seq() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut lat = Vec::new();
+    for i in 0..500 {
+        let want = store.acked("cp-1").unwrap() + 1;
+        let t0 = Instant::now();
+        fs::write(
+            &target,
+            base.replace(
+                "    - kube-scheduler\n",
+                &format!("    - kube-scheduler\n    - --v={i}\n"),
+            ),
+        )
+        .unwrap();
+        while store.acked("cp-1").unwrap() < want {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no commit");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "\nmanifest write → event committed at the collector (mTLS, loopback), n={}: p50 {}, p99 {}, max {}",
+        lat.len(),
+        ms(lat[lat.len() / 2]),
+        ms(lat[lat.len() * 99 / 100]),
+        ms(*lat.last().unwrap())
+    );
+}
+
+fn tls(pki: &Pki, node: &str) -> ClientTls {
+    ClientTls {
+        ca: pki.path("ca.crt"),
+        cert: pki.path(&format!("{node}.crt")),
+        key: pki.path(&format!("{node}.key")),
+        server_name: Some("localhost".into()),
+    }
+}
+
+fn event(node: &str, seq: u64) -> lockdown_proto::v1::Event {
+    let body = format!(
+        r#"{{"seq":{seq},"node":"{node}","time":"2026-11-26T10:00:00.000Z","kind":"finding_raised","path":"/etc/kubernetes/manifests/kube-apiserver.yaml","finding":{{"rule_id":"apiserver-profiling","cis":"1.2.15","title":"Profiling is disabled","severity":"low","status":"fail","flag":"--profiling","observed":"true","expected":"false","remediation":"Set --profiling=false"}}}}"#
+    );
+    lockdown_proto::v1::Event {
+        node: node.into(),
+        seq,
+        time: "2026-11-26T10:00:00.000Z".into(),
+        kind: "finding_raised".into(),
+        severity: "low".into(),
+        rule_id: "apiserver-profiling".into(),
+        path: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
+        body: body.into_bytes(),
+    }
+}
+
+/// One simulated agent: sends `total` events in batches of `batch`, keeping up to `window`
+/// batches unacknowledged, and returns when the last is acknowledged.
+async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch: u64) {
+    let ch = lockdown_proto::endpoint(&address, Some(&tls))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AgentServiceClient::new(ch)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            node: node.clone(),
+            first_unacked_seq: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .report(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let sender = tokio::spawn(async move {
+        let mut seq = 0;
+        while seq < total {
+            let events = (seq + 1..=(seq + batch).min(total))
+                .map(|s| event(&node, s))
+                .collect();
+            seq = (seq + batch).min(total);
+            if tx
+                .send(AgentMessage {
+                    msg: Some(agent_message::Msg::Events(EventBatch { events })),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        // keep the stream open until acks are in
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    while let Some(m) = inbound.message().await.unwrap() {
+        if let Some(collector_message::Msg::Ack(a)) = m.msg
+            && a.seq >= total
+        {
+            break;
+        }
+    }
+    sender.abort();
+}
+
+fn ingest(rt: &tokio::runtime::Runtime) {
+    println!("\n| agents streaming at once | events | batch | wall | durable ingest rate |");
+    println!("|---|---|---|---|---|");
+    let names: Vec<String> = (0..100).map(|i| format!("n{i:03}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pki = Pki::new(&refs);
+    for (agents, per_agent) in [(1usize, 200_000u64), (10, 20_000), (100, 2_000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let _col = Collector::start(&pki, dir.path(), addr, NO_RATE_LIMIT);
+        let address = format!("https://localhost:{}", addr.port());
+        let t0 = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = names[..agents]
+                .iter()
+                .map(|n| {
+                    tokio::spawn(agent(
+                        address.clone(),
+                        tls(&pki, n),
+                        n.clone(),
+                        per_agent,
+                        500,
+                    ))
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let wall = t0.elapsed();
+        let total = agents as u64 * per_agent;
+        println!(
+            "| {agents} | {total} | 500 | {:.2} s | {:.0} events/s |",
+            wall.as_secs_f64(),
+            total as f64 / wall.as_secs_f64()
+        );
+    }
+}
+
+fn idle(rt: &tokio::runtime::Runtime) {
+    let names: Vec<String> = (0..1000).map(|i| format!("idle{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pki = Pki::new(&refs);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let pid = col.child.as_ref().unwrap().id();
+    let before = rss_kb(pid);
+    let address = format!("https://localhost:{}", addr.port());
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1000);
+    let _streams: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (address, tls, n, ready) =
+                (address.clone(), tls(&pki, n), n.clone(), ready_tx.clone());
+            rt.spawn(async move {
+                let ch = lockdown_proto::endpoint(&address, Some(&tls))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                let mut client = AgentServiceClient::new(ch);
+                let (tx, rx) = mpsc::channel(1);
+                tx.send(AgentMessage {
+                    msg: Some(agent_message::Msg::Hello(Hello {
+                        node: n,
+                        first_unacked_seq: 1,
+                        ..Default::default()
+                    })),
+                })
+                .await
+                .unwrap();
+                let mut inbound = client
+                    .report(ReceiverStream::new(rx))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let _ = inbound.message().await; // the first ack: the stream is accepted
+                ready.send(()).await.unwrap();
+                let _keep = tx;
+                let _ = inbound.message().await;
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        for _ in 0..names.len() {
+            ready_rx.recv().await.unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, hwm) = rss_kb(pid);
+    println!(
+        "\ncollector with {} idle connected agents (mTLS streams): RSS {} KiB (peak {} KiB); before any connection {} KiB",
+        names.len(),
+        rss,
+        hwm,
+        before.0
+    );
+}
+
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
