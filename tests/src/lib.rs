@@ -6,7 +6,9 @@ pub mod proxy;
 
 use std::path::PathBuf;
 
-/// Path of a workspace binary built next to the running test executable.
+/// Path of a workspace binary built next to the running test executable. `cargo test` and
+/// `cargo nextest` build a package's binaries only when that package has integration tests,
+/// so agent/tests/ and collector/tests/ must stay non-empty for these tests to find them.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>

@@ -484,3 +484,54 @@ fn the_standard_health_service_answers_over_mtls() {
     });
     assert_eq!(statuses, [ServingStatus::Serving as i32; 3]);
 }
+
+#[test]
+fn events_follow_tails_new_events_as_they_are_committed() {
+    use std::io::{BufRead, BufReader};
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    let mut follow = std::process::Command::new(lockdown_e2e::bin("lockdown-collector"))
+        .args([
+            "events",
+            "--follow",
+            "--format",
+            "json",
+            "--kind",
+            "file_modified",
+        ])
+        .args(["--addr", &format!("https://localhost:{}", addr.port())])
+        .arg("--ca")
+        .arg(pki.path("ca.crt"))
+        .arg("--cert")
+        .arg(pki.path("reader.crt"))
+        .arg("--key")
+        .arg(pki.path("reader.key"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A tail that never delivers must fail the test, not hang it.
+    let pid = nix::unistd::Pid::from_raw(follow.id() as i32);
+    std::thread::spawn(move || {
+        std::thread::sleep(WAIT);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    });
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    // Nothing matches yet; the next change arrives through the live tail.
+    change(&node, &agent, 1);
+    let line = lines.next().unwrap().unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["kind"], "file_modified");
+    assert_eq!(ev["node"], "cp-1");
+    change(&node, &agent, 2);
+    let line = lines.next().unwrap().unwrap();
+    let ev2: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(ev2["seq"].as_u64() > ev["seq"].as_u64());
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
