@@ -149,6 +149,7 @@ async fn session(
             cluster: cfg.cluster.clone(),
             component_versions: summary.borrow().component_versions.clone(),
             open_findings: summary.borrow().open_findings.clone(),
+            spool_epoch: reader.epoch().map_err(|e| e.to_string())?,
         })),
     };
     tx.send(hello).await.map_err(|_| "stream closed")?;
@@ -178,6 +179,14 @@ async fn session(
                 let msg = msg.map_err(|s| format!("{}: {}", code(&s), s.message()))?
                     .ok_or("the collector closed the stream")?;
                 match msg.msg {
+                    Some(collector_message::Msg::Ack(a)) if a.seq > *last_seq.borrow() => {
+                        // Never trim on an ack for events this spool never had.
+                        return Err(format!(
+                            "the collector acknowledged seq {} beyond the last spooled {}; not trimming",
+                            a.seq,
+                            *last_seq.borrow()
+                        ));
+                    }
                     Some(collector_message::Msg::Ack(a)) if a.seq > *acked => {
                         *acked = a.seq;
                         next = next.max(a.seq + 1);
@@ -250,5 +259,6 @@ pub fn to_proto(e: Event) -> lockdown_proto::v1::Event {
         node: e.node,
         seq: e.seq,
         time: e.time,
+        epoch: 0, // the stream's hello carries it
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! meta(key TEXT PRIMARY KEY, value INTEGER)   format = 1; last_seq = highest seq ever
-//!                                             assigned; acked = highest seq trimmed by an ack
+//!                                             assigned; acked = highest seq trimmed by an ack;
+//!                                             epoch = this spool's identity, made at creation
 //! events(seq INTEGER PRIMARY KEY, kind TEXT, body BLOB)   body = the Event as JSON
 //! baseline(path TEXT PRIMARY KEY, state BLOB)             state = a PathState as JSON
 //! ```
@@ -23,7 +24,8 @@
 //! 2. **Sequence numbers are strictly increasing with no gaps, across restarts and crashes.**
 //!    A batch's numbers are assigned inside the transaction that inserts its events and
 //!    stores `last_seq`; a crash keeps the whole batch or none of it, and a number is never
-//!    reused, because `last_seq` survives trimming.
+//!    reused, because `last_seq` survives trimming. A spool made afresh (the state directory
+//!    wiped) gets a new `epoch`, and the collector keys events by (node, epoch, seq).
 //! 3. **Events and the baseline they describe commit together**, in one transaction. After
 //!    a crash the baseline never claims a state whose events were lost: the change is found
 //!    again on restart and reported then.
@@ -188,6 +190,11 @@ impl Spool {
              CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS baseline(path TEXT PRIMARY KEY, state BLOB NOT NULL);
              INSERT OR IGNORE INTO meta VALUES ('format', 1), ('last_seq', 0), ('acked', 0);",
+        )
+        .map_err(db)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('epoch', ?1)",
+            [new_epoch() as i64],
         )
         .map_err(db)?;
         let meta = |key: &str| -> Result<u64, SpoolError> {
@@ -475,6 +482,16 @@ impl Spool {
     }
 }
 
+/// A new epoch: the creation time in nanoseconds mixed with the pid, never 0 and positive
+/// as an SQLite integer. Unique enough: two spools of one node are not made in the same
+/// nanosecond.
+fn new_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    ((nanos ^ (u64::from(std::process::id()) << 40)) & (i64::MAX as u64)).max(1)
+}
+
 fn read_events(
     conn: &Connection,
     dir: &Path,
@@ -535,6 +552,19 @@ impl SpoolReader {
     /// Up to `limit` events with `seq >= from`, in order.
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<Event>, SpoolError> {
         read_events(&self.conn, &self.dir, from, limit)
+    }
+
+    /// This spool's epoch (see the module documentation).
+    pub fn epoch(&self) -> Result<u64, SpoolError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(|source| SpoolError::Db {
+                dir: self.dir.clone(),
+                source,
+            })
     }
 
     /// The highest sequence number assigned so far.

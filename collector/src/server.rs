@@ -32,6 +32,7 @@ const WRITER_QUEUE: usize = 1024;
 enum Job {
     Insert {
         node: String,
+        epoch: u64,
         events: Vec<Event>,
         reply: oneshot::Sender<Result<u64, String>>,
     },
@@ -186,9 +187,10 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
             match job {
                 Job::Insert {
                     node,
+                    epoch,
                     events,
                     reply,
-                } => inserts.push((node, events, reply)),
+                } => inserts.push((node, epoch, events, reply)),
                 Job::Touch(info) => {
                     if let Err(e) = store.touch_node(&info) {
                         tracing::error!(error = %e, node = info.node, "cannot record node info");
@@ -207,21 +209,21 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
         if inserts.is_empty() {
             continue;
         }
-        let batches: Vec<(&str, &[Event])> = inserts
+        let batches: Vec<(&str, u64, &[Event])> = inserts
             .iter()
-            .map(|(n, e, _)| (n.as_str(), e.as_slice()))
+            .map(|(n, epoch, e, _)| (n.as_str(), *epoch, e.as_slice()))
             .collect();
         let result = store.insert_many(&batches);
         match result {
             Ok(acks) => {
-                for ((_, _, reply), ack) in inserts.into_iter().zip(acks) {
+                for ((_, _, _, reply), ack) in inserts.into_iter().zip(acks) {
                     let _ = reply.send(Ok(ack));
                 }
                 committed.send_modify(|n| *n += 1);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot commit events; agents will resend");
-                for (_, _, reply) in inserts {
+                for (_, _, _, reply) in inserts {
                     let _ = reply.send(Err(e.to_string()));
                 }
             }
@@ -314,6 +316,10 @@ impl AgentService for Agents {
             }
         };
         let node = hello.node.clone();
+        let epoch = hello.spool_epoch;
+        if epoch == 0 || epoch > i64::MAX as u64 {
+            return Err(Status::invalid_argument("the hello has no spool_epoch"));
+        }
         if !node_name_ok(&node) {
             return Err(Status::invalid_argument(format!(
                 "{node:?} is not a node name"
@@ -354,7 +360,7 @@ impl AgentService for Agents {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let _permit = permit;
-            let result = stream_loop(&shared, &node, &mut inbound, &tx).await;
+            let result = stream_loop(&shared, &node, epoch, &mut inbound, &tx).await;
             if let Err(status) = result {
                 tracing::info!(node, code = ?status.code(), message = status.message(), "agent stream ended with an error");
                 let _ = tx.send(Err(status)).await;
@@ -375,6 +381,7 @@ impl AgentService for Agents {
 async fn stream_loop(
     shared: &Shared,
     node: &str,
+    epoch: u64,
     inbound: &mut Streaming<AgentMessage>,
     tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
 ) -> Result<(), Status> {
@@ -384,7 +391,7 @@ async fn stream_loop(
     // What is already stored: the agent may trim it now.
     let stored = {
         let r = shared.reader.lock().expect("lock");
-        r.acked(node)
+        r.acked_in(node, epoch)
             .map_err(|e| Status::unavailable(e.to_string()))?
     };
     if tx.send(Ok(ack(stored))).await.is_err() {
@@ -403,6 +410,7 @@ async fn stream_loop(
                     .writer
                     .send(Job::Insert {
                         node: node.to_string(),
+                        epoch,
                         events: batch.events,
                         reply,
                     })

@@ -4,16 +4,20 @@
 //! ## Format (SQLite, WAL, `synchronous=FULL`)
 //!
 //! ```text
-//! events(cursor INTEGER PRIMARY KEY AUTOINCREMENT, node, seq, time, kind, severity, rule_id,
-//!        path, body, UNIQUE(node, seq))      cursor = store-wide commit order
-//! gaps(node, first_seq, last_seq)            ranges an agent's spool_overflow event says it dropped
-//! nodes(node PRIMARY KEY, acked, cluster, agent_version, component_versions, open_findings,
-//!       last_seen)                           acked = highest seq below which all is stored
+//! events(cursor INTEGER PRIMARY KEY AUTOINCREMENT, node, epoch, seq, time, kind, severity,
+//!        rule_id, path, body, UNIQUE(node, epoch, seq))   cursor = store-wide commit order
+//! gaps(node, epoch, first_seq, last_seq)     ranges an agent's spool_overflow event says it dropped
+//! nodes(node PRIMARY KEY, epoch, acked, cluster, agent_version, component_versions,
+//!       open_findings, last_seen)            acked = highest seq of the current epoch below
+//!                                            which all is stored
 //! ```
+//!
+//! An epoch identifies one agent spool. An agent whose state directory was wiped starts
+//! again at seq 1 in a new epoch; its new events are new rows, not resends.
 //!
 //! ## Invariants
 //!
-//! 1. **Each (node, seq) is stored once.** Inserts are `INSERT OR IGNORE` on the unique key,
+//! 1. **Each (node, epoch, seq) is stored once.** Inserts are `INSERT OR IGNORE` on the unique key,
 //!    so a resend after a lost ack stores nothing twice.
 //! 2. **An ack never runs ahead of the disk.** [`Store::insert`] returns the new ack only
 //!    after its transaction committed with `synchronous=FULL`.
@@ -113,14 +117,16 @@ impl Store {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS events(
                 cursor INTEGER PRIMARY KEY AUTOINCREMENT,
-                node TEXT NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL,
-                severity TEXT NOT NULL, rule_id TEXT NOT NULL, path TEXT NOT NULL, body BLOB NOT NULL,
-                UNIQUE(node, seq));
+                node TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL,
+                kind TEXT NOT NULL, severity TEXT NOT NULL, rule_id TEXT NOT NULL, path TEXT NOT NULL,
+                body BLOB NOT NULL, UNIQUE(node, epoch, seq));
              CREATE INDEX IF NOT EXISTS events_time ON events(time);
-             CREATE TABLE IF NOT EXISTS gaps(node TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS gaps_node ON gaps(node, first_seq);
+             CREATE TABLE IF NOT EXISTS gaps(node TEXT NOT NULL, epoch INTEGER NOT NULL,
+                first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS gaps_node ON gaps(node, epoch, first_seq);
              CREATE TABLE IF NOT EXISTS nodes(
-                node TEXT PRIMARY KEY, acked INTEGER NOT NULL DEFAULT 0, cluster TEXT NOT NULL DEFAULT '',
+                node TEXT PRIMARY KEY, epoch INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
+                cluster TEXT NOT NULL DEFAULT '',
                 agent_version TEXT NOT NULL DEFAULT '', component_versions TEXT NOT NULL DEFAULT '{}',
                 open_findings TEXT NOT NULL DEFAULT '{}', last_seen TEXT NOT NULL DEFAULT '');",
         )
@@ -135,15 +141,19 @@ impl Store {
         }
     }
 
-    /// Stores a batch of one node's events (already validated) and returns the node's ack:
-    /// the highest sequence number below which every event is stored or explained.
-    pub fn insert(&mut self, node: &str, events: &[Event]) -> Result<u64, StoreError> {
-        Ok(self.insert_many(&[(node, events)])?[0])
+    /// Stores a batch of one node's events of one epoch (already validated) and returns the
+    /// node's ack: the highest sequence number below which every event is stored or
+    /// explained.
+    pub fn insert(&mut self, node: &str, epoch: u64, events: &[Event]) -> Result<u64, StoreError> {
+        Ok(self.insert_many(&[(node, epoch, events)])?[0])
     }
 
-    /// Stores several nodes' batches in one transaction (one fsync for all of them) and
-    /// returns each batch's ack, in order.
-    pub fn insert_many(&mut self, batches: &[(&str, &[Event])]) -> Result<Vec<u64>, StoreError> {
+    /// Stores several batches in one transaction (one fsync for all of them) and returns
+    /// each batch's ack, in order.
+    pub fn insert_many(
+        &mut self,
+        batches: &[(&str, u64, &[Event])],
+    ) -> Result<Vec<u64>, StoreError> {
         let path = self.path.clone();
         let db = |source| StoreError::Db {
             path: path.clone(),
@@ -154,8 +164,8 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
         let mut acks = Vec::with_capacity(batches.len());
-        for (node, events) in batches {
-            acks.push(insert_batch(&tx, node, events).map_err(db)?);
+        for (node, epoch, events) in batches {
+            acks.push(insert_batch(&tx, node, *epoch, events).map_err(db)?);
         }
         tx.commit().map_err(db)?;
         Ok(acks)
@@ -186,13 +196,27 @@ impl Store {
         Ok(())
     }
 
-    /// The ack of a node (0 when unknown).
+    /// The ack of a node's current epoch (0 when unknown).
     pub fn acked(&self, node: &str) -> Result<u64, StoreError> {
         Ok(self
             .conn
             .query_row("SELECT acked FROM nodes WHERE node = ?1", [node], |r| {
                 r.get::<_, i64>(0)
             })
+            .optional()
+            .map_err(self.db())?
+            .unwrap_or(0) as u64)
+    }
+
+    /// The ack of a node in `epoch`: 0 when the node's current epoch is another one.
+    pub fn acked_in(&self, node: &str, epoch: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT acked FROM nodes WHERE node = ?1 AND epoch = ?2",
+                params![node, epoch as i64],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()
             .map_err(self.db())?
             .unwrap_or(0) as u64)
@@ -206,7 +230,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut sql = String::from(
-            "SELECT cursor, node, seq, time, kind, severity, rule_id, path, body FROM events WHERE cursor > ?1",
+            "SELECT cursor, node, seq, time, kind, severity, rule_id, path, body, epoch FROM events WHERE cursor > ?1",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![(after_cursor as i64).into()];
         let mut add = |clause: &str, v: rusqlite::types::Value| {
@@ -253,6 +277,7 @@ impl Store {
                         rule_id: r.get(6)?,
                         path: r.get(7)?,
                         body: r.get(8)?,
+                        epoch: r.get::<_, i64>(9)? as u64,
                     },
                 })
             })
@@ -343,18 +368,30 @@ impl Store {
 fn insert_batch(
     tx: &rusqlite::Transaction<'_>,
     node: &str,
+    epoch: u64,
     events: &[Event],
 ) -> rusqlite::Result<u64> {
     tx.execute("INSERT OR IGNORE INTO nodes(node) VALUES (?1)", [node])?;
-    let mut ins = tx.prepare_cached(
-        "INSERT OR IGNORE INTO events(node, seq, time, kind, severity, rule_id, path, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    let (current, mut acked): (u64, u64) = tx.query_row(
+        "SELECT epoch, acked FROM nodes WHERE node = ?1",
+        [node],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
     )?;
-    let mut gap =
-        tx.prepare_cached("INSERT INTO gaps(node, first_seq, last_seq) VALUES (?1, ?2, ?3)")?;
+    if current != epoch {
+        // A new spool on this node: its sequence numbers start again.
+        acked = 0;
+    }
+    let mut ins = tx.prepare_cached(
+        "INSERT OR IGNORE INTO events(node, epoch, seq, time, kind, severity, rule_id, path, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut gap = tx.prepare_cached(
+        "INSERT INTO gaps(node, epoch, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     for e in events {
         let n = ins.execute(params![
             node,
+            epoch as i64,
             e.seq as i64,
             e.time,
             e.kind,
@@ -367,24 +404,22 @@ fn insert_batch(
             && e.kind == "spool_overflow"
             && let Some((first, last)) = overflow_range(&e.body)
         {
-            gap.execute(params![node, first as i64, last as i64])?;
+            gap.execute(params![node, epoch as i64, first as i64, last as i64])?;
         }
     }
-    let mut acked = tx.query_row("SELECT acked FROM nodes WHERE node = ?1", [node], |r| {
-        r.get::<_, i64>(0)
-    })? as u64;
-    let mut has = tx.prepare_cached("SELECT 1 FROM events WHERE node = ?1 AND seq = ?2")?;
+    let mut has =
+        tx.prepare_cached("SELECT 1 FROM events WHERE node = ?1 AND epoch = ?2 AND seq = ?3")?;
     let mut explained = tx.prepare_cached(
-        "SELECT MAX(last_seq) FROM gaps WHERE node = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+        "SELECT MAX(last_seq) FROM gaps WHERE node = ?1 AND epoch = ?2 AND first_seq <= ?3 AND last_seq >= ?3",
     )?;
     loop {
         let next = acked + 1;
-        if has.exists(params![node, next as i64])? {
+        if has.exists(params![node, epoch as i64, next as i64])? {
             acked = next;
             continue;
         }
         let last: Option<i64> = explained
-            .query_row(params![node, next as i64], |r| r.get(0))
+            .query_row(params![node, epoch as i64, next as i64], |r| r.get(0))
             .optional()?
             .flatten();
         match last {
@@ -393,8 +428,8 @@ fn insert_batch(
         }
     }
     tx.execute(
-        "UPDATE nodes SET acked = ?2 WHERE node = ?1",
-        params![node, acked as i64],
+        "UPDATE nodes SET epoch = ?2, acked = ?3 WHERE node = ?1",
+        params![node, epoch as i64, acked as i64],
     )?;
     Ok(acked)
 }

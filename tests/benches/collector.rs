@@ -98,6 +98,7 @@ fn event(node: &str, seq: u64) -> lockdown_proto::v1::Event {
         rule_id: "apiserver-profiling".into(),
         path: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
         body: body.into_bytes(),
+        epoch: 0,
     }
 }
 
@@ -117,6 +118,7 @@ async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch:
         msg: Some(agent_message::Msg::Hello(Hello {
             node: node.clone(),
             first_unacked_seq: 1,
+            spool_epoch: 1,
             ..Default::default()
         })),
     })
@@ -224,6 +226,7 @@ fn idle(rt: &tokio::runtime::Runtime) {
                     msg: Some(agent_message::Msg::Hello(Hello {
                         node: n,
                         first_unacked_seq: 1,
+                        spool_epoch: 1,
                         ..Default::default()
                     })),
                 })

@@ -145,7 +145,10 @@ fn delete_then_recreate_is_seen_as_deleted_then_created() {
         "a deleted manifest's findings are resolved: {events:?}"
     );
     let seq = agent.last_seq();
-    fs::write(&target, &original).unwrap();
+    // Created whole (written aside, renamed in), so that the agent cannot catch it empty.
+    let tmp = node.manifests.join(".kube-scheduler.yaml.new");
+    fs::write(&tmp, &original).unwrap();
+    fs::rename(&tmp, &target).unwrap();
     let events = agent.wait_for(seq, |ev| has(ev, "file_created", &target));
     let EventBody::FileCreated { diff: Some(d), .. } =
         &about(&events, "file_created", &target)[0].body

@@ -291,6 +291,7 @@ fn garbage_malformed_and_oversized_input_is_refused_while_others_keep_streaming(
         msg: Some(agent_message::Msg::Hello(Hello {
             node: node.into(),
             first_unacked_seq: 1,
+            spool_epoch: 1,
             ..Default::default()
         })),
     };
@@ -305,7 +306,7 @@ fn garbage_malformed_and_oversized_input_is_refused_while_others_keep_streaming(
     let batch = |events| AgentMessage {
         msg: Some(agent_message::Msg::Events(EventBatch { events })),
     };
-    let codes: Vec<tonic::Code> = rt.block_on(async {
+    let statuses: Vec<(tonic::Code, String)> = rt.block_on(async {
         let mut out = Vec::new();
         for messages in [
             // no hello first
@@ -336,14 +337,14 @@ fn garbage_malformed_and_oversized_input_is_refused_while_others_keep_streaming(
             let mut client = AgentServiceClient::new(channel);
             let stream = tokio_stream::iter(messages);
             let code = match client.report(stream).await {
-                Err(s) => s.code(),
+                Err(s) => (s.code(), s.message().to_string()),
                 Ok(resp) => {
                     let mut inbound = resp.into_inner();
                     loop {
                         match inbound.message().await {
                             Ok(Some(_)) => continue, // the initial ack
-                            Ok(None) => break tonic::Code::Ok,
-                            Err(s) => break s.code(),
+                            Ok(None) => break (tonic::Code::Ok, String::new()),
+                            Err(s) => break (s.code(), s.message().to_string()),
                         }
                     }
                 }
@@ -352,7 +353,23 @@ fn garbage_malformed_and_oversized_input_is_refused_while_others_keep_streaming(
         }
         out
     });
-    assert_eq!(codes[..4], [tonic::Code::InvalidArgument; 4], "{codes:?}");
+    let codes: Vec<tonic::Code> = statuses.iter().map(|s| s.0).collect();
+    assert_eq!(
+        codes[..4],
+        [tonic::Code::InvalidArgument; 4],
+        "{statuses:?}"
+    );
+    for (i, why) in [
+        "opens with a Hello",
+        "names node",
+        "no sequence number",
+        "not RFC 3339",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(statuses[i].1.contains(why), "{i}: {statuses:?}");
+    }
     assert_ne!(
         codes[4],
         tonic::Code::Ok,
@@ -534,4 +551,26 @@ fn events_follow_tails_new_events_as_they_are_committed() {
     assert!(ev2["seq"].as_u64() > ev["seq"].as_u64());
     let _ = follow.kill();
     let _ = follow.wait();
+}
+
+#[test]
+fn a_wiped_state_directory_starts_a_new_epoch_and_nothing_is_mistaken_for_a_resend() {
+    let pki = Pki::new(&["cp-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let col = Collector::start(&pki, dir.path(), addr, "");
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    change(&node, &agent, 1);
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    agent.kill9();
+    fs::remove_dir_all(&node.state).unwrap();
+    // Numbering starts again at 1; those events are new, not resends of the old ones.
+    let agent = node.start();
+    let second = agent.last_seq();
+    let mut want = range("cp-1", first);
+    want.extend(range("cp-1", second));
+    want.sort();
+    col.wait_for(|k| k == want);
 }

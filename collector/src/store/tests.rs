@@ -10,6 +10,7 @@ fn ev(node: &str, seq: u64) -> Event {
         rule_id: String::new(),
         path: "/etc/kubernetes/manifests/a.yaml".into(),
         body: b"{}".to_vec(),
+        epoch: 0,
     }
 }
 
@@ -34,9 +35,9 @@ fn store() -> (tempfile::TempDir, Store) {
 #[test]
 fn a_resend_stores_nothing_twice() {
     let (_d, mut s) = store();
-    assert_eq!(s.insert("n1", &[ev("n1", 1), ev("n1", 2)]).unwrap(), 2);
+    assert_eq!(s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2)]).unwrap(), 2);
     assert_eq!(
-        s.insert("n1", &[ev("n1", 1), ev("n1", 2), ev("n1", 3)])
+        s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2), ev("n1", 3)])
             .unwrap(),
         3
     );
@@ -53,24 +54,24 @@ fn a_resend_stores_nothing_twice() {
 #[test]
 fn an_unexplained_gap_holds_the_ack_back() {
     let (_d, mut s) = store();
-    assert_eq!(s.insert("n1", &[ev("n1", 1), ev("n1", 3)]).unwrap(), 1);
-    assert_eq!(s.insert("n1", &[ev("n1", 2)]).unwrap(), 3);
+    assert_eq!(s.insert("n1", 7, &[ev("n1", 1), ev("n1", 3)]).unwrap(), 1);
+    assert_eq!(s.insert("n1", 7, &[ev("n1", 2)]).unwrap(), 3);
 }
 
 #[test]
 fn a_spool_overflow_event_explains_its_gap() {
     let (_d, mut s) = store();
-    s.insert("n1", &[ev("n1", 1)]).unwrap();
+    s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
     // 2..=5 were dropped by the agent; 6 survived; 7 says so.
-    assert_eq!(s.insert("n1", &[ev("n1", 6)]).unwrap(), 1);
-    assert_eq!(s.insert("n1", &[overflow("n1", 7, 2, 5)]).unwrap(), 7);
+    assert_eq!(s.insert("n1", 7, &[ev("n1", 6)]).unwrap(), 1);
+    assert_eq!(s.insert("n1", 7, &[overflow("n1", 7, 2, 5)]).unwrap(), 7);
 }
 
 #[test]
 fn nodes_are_independent() {
     let (_d, mut s) = store();
-    s.insert("n1", &[ev("n1", 1), ev("n1", 2)]).unwrap();
-    assert_eq!(s.insert("n2", &[ev("n2", 1)]).unwrap(), 1);
+    s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2)]).unwrap();
+    assert_eq!(s.insert("n2", 7, &[ev("n2", 1)]).unwrap(), 1);
     assert_eq!(s.acked("n1").unwrap(), 2);
     assert_eq!(s.acked("n3").unwrap(), 0);
 }
@@ -82,9 +83,9 @@ fn list_filters_and_pages_by_cursor() {
     finding.kind = "finding_raised".into();
     finding.severity = "high".into();
     finding.rule_id = "apiserver-anonymous-auth".into();
-    s.insert("n1", &[ev("n1", 1), finding, ev("n1", 3)])
+    s.insert("n1", 7, &[ev("n1", 1), finding, ev("n1", 3)])
         .unwrap();
-    s.insert("n2", &[ev("n2", 1)]).unwrap();
+    s.insert("n2", 7, &[ev("n2", 1)]).unwrap();
     let all = s.list(&Filter::default(), 0, 100).unwrap();
     assert_eq!(all.len(), 4);
     assert!(all.windows(2).all(|w| w[0].cursor < w[1].cursor));
@@ -129,7 +130,7 @@ fn node_info_is_kept() {
         acked: 0,
     };
     s.touch_node(&info).unwrap();
-    s.insert("n1", &[ev("n1", 1)]).unwrap();
+    s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
     let nodes = s.nodes().unwrap();
     assert_eq!(nodes, [NodeInfo { acked: 1, ..info }]);
 }
@@ -137,7 +138,7 @@ fn node_info_is_kept() {
 #[test]
 fn retention_by_count_keeps_the_newest_and_the_acks() {
     let (_d, mut s) = store();
-    s.insert("n1", &(1..=10).map(|i| ev("n1", i)).collect::<Vec<_>>())
+    s.insert("n1", 7, &(1..=10).map(|i| ev("n1", i)).collect::<Vec<_>>())
         .unwrap();
     assert_eq!(s.retain(None, Some(3)).unwrap(), 7);
     assert_eq!(
@@ -151,4 +152,15 @@ fn retention_by_count_keeps_the_newest_and_the_acks() {
             .unwrap(),
         3
     );
+}
+
+#[test]
+fn a_new_epoch_starts_its_sequence_again_and_keeps_the_old_events() {
+    let (_d, mut s) = store();
+    assert_eq!(s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2)]).unwrap(), 2);
+    // The node's state directory was wiped: a new spool, seq 1 again.
+    assert_eq!(s.insert("n1", 8, &[ev("n1", 1)]).unwrap(), 1);
+    assert_eq!(s.acked_in("n1", 8).unwrap(), 1);
+    assert_eq!(s.acked_in("n1", 7).unwrap(), 0);
+    assert_eq!(s.keys().unwrap().len(), 3);
 }
