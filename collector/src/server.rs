@@ -47,7 +47,7 @@ enum Job {
 struct Shared {
     cfg: Config,
     writer: mpsc::Sender<Job>,
-    reader: Mutex<Store>,
+    reader: Arc<Mutex<Store>>,
     /// Bumped after every commit, for WatchEvents.
     committed: watch::Sender<u64>,
     /// Open streams per node.
@@ -101,7 +101,7 @@ pub async fn serve(
         streams: Arc::new(Semaphore::new(cfg.max_streams)),
         cfg: cfg.clone(),
         writer,
-        reader: Mutex::new(reader),
+        reader: Arc::new(Mutex::new(reader)),
         committed,
         connected: Mutex::new(HashMap::new()),
     });
@@ -390,8 +390,10 @@ async fn stream_loop(
     };
     // What is already stored: the agent may trim it now.
     let stored = {
-        let r = shared.reader.lock().expect("lock");
-        r.acked_in(node, epoch)
+        let (reader, node) = (Arc::clone(&shared.reader), node.to_string());
+        tokio::task::spawn_blocking(move || reader.lock().expect("lock").acked_in(&node, epoch))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unavailable(e.to_string()))?
     };
     if tx.send(Ok(ack(stored))).await.is_err() {
