@@ -26,6 +26,8 @@ use crate::store::{Filter, NodeInfo, Store, StoreError};
 
 /// Most events in one batch message.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// How long a new stream may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued writer jobs before streams wait (backpressure, not loss).
 const WRITER_QUEUE: usize = 1024;
 
@@ -305,7 +307,11 @@ impl AgentService for Agents {
             .try_acquire_owned()
             .map_err(|_| Status::resource_exhausted("too many agent streams; retry later"))?;
         let mut inbound = req.into_inner();
-        let hello = match inbound.message().await? {
+        // A stream that never says hello must not hold a stream slot.
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??;
+        let hello = match first {
             Some(AgentMessage {
                 msg: Some(agent_message::Msg::Hello(h)),
             }) => h,
