@@ -15,6 +15,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use lockdown_e2e::collector::{Collector, Pki, free_addr};
+use lockdown_e2e::measure::{machine, rss_kb};
 use lockdown_e2e::node::Node;
 use lockdown_proto::ClientTls;
 use lockdown_proto::v1::agent_service_client::AgentServiceClient;
@@ -258,27 +259,4 @@ fn idle(rt: &tokio::runtime::Runtime) {
         hwm,
         before.0
     );
-}
-
-fn rss_kb(pid: u32) -> (u64, u64) {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use lockdown_agent::integrity::sha256_hex;
 use lockdown_agent::spool::SpoolReader;
+use lockdown_e2e::measure::{cpu_ns, machine, rss_kb};
 use lockdown_e2e::node::Node;
 
 const WRITES: usize = 1000;
@@ -308,43 +309,4 @@ fn aide_latency(
         fs::rename(dir.join("aide.db.new"), dir.join("aide.db")).unwrap();
     }
     Some((runs, lat))
-}
-
-/// CPU time of `pid` in nanoseconds: utime + stime from /proc/<pid>/stat, which keeps the
-/// time of threads that have exited (the blocking pool's idle threads do).
-fn cpu_ns(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = after_comm
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // Fields 14 and 15 of stat are utime and stime; after the comm they are 12th and 13th.
-    let ticks = f[11] + f[12];
-    let hz = 100; // USER_HZ on Linux
-    ticks * 1_000_000_000 / hz
-}
-
-fn rss_kb(pid: u32) -> (u64, u64) {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
 }

@@ -74,9 +74,19 @@ pub struct Collector {
     pub db: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Collector {
+    /// Starts a collector with mutual TLS from `pki` on a free loopback port, storing in a
+    /// temp directory of its own; `extra` config lines.
+    pub fn new(pki: &Pki, extra: &str) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Collector::start(pki, dir.path(), free_addr(), extra);
+        c._dir = Some(dir);
+        c
+    }
+
     /// Starts a collector with mutual TLS from `pki`, storing in `dir`; `extra` config lines.
     pub fn start(pki: &Pki, dir: &Path, addr: SocketAddr, extra: &str) -> Collector {
         let config = dir.join("collector.yaml");
@@ -98,6 +108,7 @@ impl Collector {
             db,
             config,
             log: dir.join("collector.log"),
+            _dir: None,
         };
         c.restart();
         c

@@ -5,7 +5,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use lockdown_collector::store::{Filter, Store};
-use lockdown_e2e::collector::{Collector, Pki, free_addr, range};
+use lockdown_e2e::collector::{Collector, Pki, range};
 use lockdown_e2e::node::{Agent, Node, WAIT};
 
 fn scheduler_with(node: &Node, i: usize) -> String {
@@ -59,9 +59,8 @@ fn wait_status(agent: &Agent, what: &str, done: impl Fn(&lockdown_agent::daemon:
 #[test]
 fn events_arrive_in_order_over_mtls_and_the_spool_is_trimmed() {
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
     for i in 0..3 {
@@ -131,9 +130,8 @@ fn events_arrive_in_order_over_mtls_and_the_spool_is_trimmed() {
 #[test]
 fn collector_away_for_a_while_then_everything_arrives_once() {
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let mut col = Collector::start(&pki, dir.path(), addr, "");
+    let mut col = Collector::new(&pki, "");
+    let addr = col.addr;
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
     let first = agent.last_seq();
@@ -154,9 +152,8 @@ fn collector_away_for_a_while_then_everything_arrives_once() {
 #[test]
 fn collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let mut col = Collector::start(&pki, dir.path(), addr, "");
+    let mut col = Collector::new(&pki, "");
+    let addr = col.addr;
     let node = Node::new(&format!("settle: 1ms\n{}", pki.agent_config(addr, "cp-1")));
     let agent = node.start();
     for i in 0..40 {
@@ -173,9 +170,8 @@ fn collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
 #[test]
 fn agent_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
     for i in 0..20 {
@@ -199,9 +195,8 @@ fn agent_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
 fn a_certificate_from_another_ca_is_rejected() {
     let pki = Pki::new(&["cp-1"]);
     let other = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     // Trusts the real collector, but presents a certificate the collector's CA never signed.
     let cfg = pki
         .agent_config(addr, "cp-1")
@@ -226,9 +221,8 @@ fn a_certificate_from_another_ca_is_rejected() {
 #[test]
 fn a_node_claiming_another_nodes_name_is_rejected() {
     let pki = Pki::new(&["cp-1", "cp-2"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     // Node cp-1 presenting cp-2's (valid) certificate.
     let cfg = pki.agent_config(addr, "cp-2");
     let node = Node::named("cp-1", &cfg);
@@ -252,9 +246,8 @@ fn fifty_agents_at_once_each_store_exactly_their_events() {
     let names: Vec<String> = (0..50).map(|i| format!("cp-{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let pki = Pki::new(&refs);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     let nodes: Vec<Node> = names
         .iter()
         .map(|n| Node::named(n, &pki.agent_config(addr, n)))
@@ -276,9 +269,8 @@ fn garbage_malformed_and_oversized_input_is_refused_while_others_keep_streaming(
     use std::io::Write;
 
     let pki = Pki::new(&["cp-1", "cp-2"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let mut col = Collector::start(&pki, dir.path(), addr, "limits: {max_message_bytes: 65536}");
+    let mut col = Collector::new(&pki, "limits: {max_message_bytes: 65536}");
+    let addr = col.addr;
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
 
@@ -394,9 +386,8 @@ fn garbage_malformed_and_oversized_input_is_refused_while_others_keep_streaming(
 #[test]
 fn a_network_cut_that_heals_loses_nothing() {
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     let proxy = lockdown_e2e::proxy::Proxy::start(addr);
     let node = Node::new(&pki.agent_config(proxy.addr, "cp-1"));
     let agent = node.start();
@@ -422,9 +413,8 @@ fn a_network_cut_that_heals_loses_nothing() {
 #[test]
 fn streams_over_the_limit_wait_their_turn_and_lose_nothing() {
     let pki = Pki::new(&["cp-1", "cp-2"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "limits: {max_streams: 1}");
+    let col = Collector::new(&pki, "limits: {max_streams: 1}");
+    let addr = col.addr;
     let n1 = Node::named("cp-1", &pki.agent_config(addr, "cp-1"));
     let a1 = n1.start();
     let last1 = a1.last_seq();
@@ -448,14 +438,8 @@ fn streams_over_the_limit_wait_their_turn_and_lose_nothing() {
 #[test]
 fn a_node_over_its_rate_is_slowed_down_not_dropped() {
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(
-        &pki,
-        dir.path(),
-        addr,
-        "limits: {max_events_per_second_per_node: 20}",
-    );
+    let col = Collector::new(&pki, "limits: {max_events_per_second_per_node: 20}");
+    let addr = col.addr;
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
     for i in 0..5 {
@@ -477,9 +461,8 @@ fn health_and_reflection_answer_over_mtls() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     let pki = Pki::new(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let _col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     let tls = lockdown_proto::ClientTls {
         ca: pki.path("ca.crt"),
         cert: pki.path("reader.crt"),
@@ -554,9 +537,8 @@ fn health_and_reflection_answer_over_mtls() {
 fn events_follow_tails_new_events_as_they_are_committed() {
     use std::io::{BufRead, BufReader};
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
     let first = agent.last_seq();
@@ -604,9 +586,8 @@ fn events_follow_tails_new_events_as_they_are_committed() {
 #[test]
 fn a_wiped_state_directory_starts_a_new_epoch_and_nothing_is_mistaken_for_a_resend() {
     let pki = Pki::new(&["cp-1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "");
+    let col = Collector::new(&pki, "");
+    let addr = col.addr;
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
     change(&node, &agent, 1);
