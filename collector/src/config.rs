@@ -24,8 +24,8 @@ pub struct RawConfig {
     /// certificates. Required unless --insecure-listen-loopback is given.
     #[serde(default)]
     pub tls: Option<RawTls>,
-    /// Names (DNS SANs) of reader certificates allowed to use the query service. Agents can
-    /// never read. Default: none.
+    /// Names (DNS SANs) of reader certificates allowed to use the query service. An agent
+    /// stream that claims one of these names is refused, so no agent can read. Default: none.
     #[serde(default)]
     pub readers: Vec<String>,
     /// Limits.

@@ -331,6 +331,14 @@ impl AgentService for Agents {
                 "{node:?} is not a node name"
             )));
         }
+        if shared.cfg.readers.contains(&node) {
+            // Readers are told apart by name: a certificate named like a reader is never an
+            // agent, so no agent can also read.
+            tracing::warn!(target: "audit", node, remote = ?remote, "an agent stream used a reader's name");
+            return Err(Status::permission_denied(format!(
+                "{node:?} is a reader name, not a node name"
+            )));
+        }
         if shared.cfg.tls.is_some() && !cert_names_match(certs.as_deref().map(Vec::as_slice), &node)
         {
             tracing::warn!(target: "audit", node, remote = ?remote, "agent claimed a node name its certificate does not carry");

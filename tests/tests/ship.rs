@@ -239,6 +239,17 @@ fn a_node_claiming_another_nodes_name_is_rejected() {
         "{}",
         col.log()
     );
+
+    // A certificate named like a reader cannot stream as an agent either.
+    let node = Node::named("reader", &pki.agent_config(addr, "reader"));
+    let agent = node.start();
+    wait_status(&agent, "a reader name is not a node", |s| {
+        s.collector
+            .as_ref()
+            .and_then(|c| c.last_error.as_deref())
+            .is_some_and(|e| e.contains("is a reader name"))
+    });
+    assert!(col.keys().is_empty());
 }
 
 #[test]
