@@ -185,6 +185,7 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
             }
         }
         let mut inserts = Vec::new();
+        let mut touches = Vec::new();
         for job in batch {
             match job {
                 Job::Insert {
@@ -193,11 +194,7 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
                     events,
                     reply,
                 } => inserts.push((node, epoch, events, reply)),
-                Job::Touch(info) => {
-                    if let Err(e) = store.touch_node(&info) {
-                        tracing::error!(error = %e, node = info.node, "cannot record node info");
-                    }
-                }
+                Job::Touch(info) => touches.push(info),
                 Job::Retain {
                     max_age,
                     max_events,
@@ -208,14 +205,14 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
                 },
             }
         }
-        if inserts.is_empty() {
+        if inserts.is_empty() && touches.is_empty() {
             continue;
         }
         let batches: Vec<(&str, u64, &[Event])> = inserts
             .iter()
             .map(|(n, epoch, e, _)| (n.as_str(), *epoch, e.as_slice()))
             .collect();
-        let result = store.insert_many(&batches);
+        let result = store.insert_many(&batches, &touches);
         match result {
             Ok(acks) => {
                 for ((_, _, _, reply), ack) in inserts.into_iter().zip(acks) {

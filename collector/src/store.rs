@@ -145,14 +145,15 @@ impl Store {
     /// node's ack: the highest sequence number below which every event is stored or
     /// explained.
     pub fn insert(&mut self, node: &str, epoch: u64, events: &[Event]) -> Result<u64, StoreError> {
-        Ok(self.insert_many(&[(node, epoch, events)])?[0])
+        Ok(self.insert_many(&[(node, epoch, events)], &[])?[0])
     }
 
-    /// Stores several batches in one transaction (one fsync for all of them) and returns
-    /// each batch's ack, in order.
+    /// Stores several batches, and what agents said about themselves, in one transaction
+    /// (one fsync for all of them) and returns each batch's ack, in order.
     pub fn insert_many(
         &mut self,
         batches: &[(&str, u64, &[Event])],
+        touches: &[NodeInfo],
     ) -> Result<Vec<u64>, StoreError> {
         let path = self.path.clone();
         let db = |source| StoreError::Db {
@@ -163,6 +164,9 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
+        for info in touches {
+            touch(&tx, info).map_err(db)?;
+        }
         let mut acks = Vec::with_capacity(batches.len());
         for (node, epoch, events) in batches {
             acks.push(insert_batch(&tx, node, *epoch, events).map_err(db)?);
@@ -173,27 +177,7 @@ impl Store {
 
     /// Records what an agent says about itself (hello, heartbeat).
     pub fn touch_node(&mut self, info: &NodeInfo) -> Result<(), StoreError> {
-        let versions = serde_json::to_string(&info.component_versions).expect("map serialises");
-        let findings = serde_json::to_string(&info.open_findings).expect("map serialises");
-        self.conn
-            .execute(
-                "INSERT INTO nodes(node, cluster, agent_version, component_versions, open_findings, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(node) DO UPDATE SET
-                   cluster = CASE WHEN ?2 = '' THEN cluster ELSE ?2 END,
-                   agent_version = CASE WHEN ?3 = '' THEN agent_version ELSE ?3 END,
-                   component_versions = ?4, open_findings = ?5, last_seen = ?6",
-                params![
-                    info.node,
-                    info.cluster,
-                    info.agent_version,
-                    versions,
-                    findings,
-                    info.last_seen
-                ],
-            )
-            .map_err(self.db())?;
-        Ok(())
+        touch(&self.conn, info).map_err(self.db())
     }
 
     /// The ack of a node's current epoch (0 when unknown).
@@ -363,6 +347,28 @@ impl Store {
             .map_err(self.db())?;
         rows.collect::<Result<_, _>>().map_err(self.db())
     }
+}
+
+fn touch(conn: &Connection, info: &NodeInfo) -> rusqlite::Result<()> {
+    let versions = serde_json::to_string(&info.component_versions).expect("map serialises");
+    let findings = serde_json::to_string(&info.open_findings).expect("map serialises");
+    conn.execute(
+        "INSERT INTO nodes(node, cluster, agent_version, component_versions, open_findings, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(node) DO UPDATE SET
+           cluster = CASE WHEN ?2 = '' THEN cluster ELSE ?2 END,
+           agent_version = CASE WHEN ?3 = '' THEN agent_version ELSE ?3 END,
+           component_versions = ?4, open_findings = ?5, last_seen = ?6",
+        params![
+            info.node,
+            info.cluster,
+            info.agent_version,
+            versions,
+            findings,
+            info.last_seen
+        ],
+    )?;
+    Ok(())
 }
 
 fn insert_batch(
