@@ -63,6 +63,9 @@ pub enum ServeError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store writer stopped (it panicked); a restart is the way out.
+    #[error("the store writer stopped; restart the collector")]
+    WriterStopped,
     /// A TLS file cannot be read.
     #[error("cannot read {path}: {source}")]
     Tls {
@@ -94,10 +97,27 @@ pub async fn serve(
     let (writer, mut jobs) = mpsc::channel::<Job>(WRITER_QUEUE);
     let (committed, _) = watch::channel(0u64);
     let committed_tx = committed.clone();
+    // If the writer ever stops (a panic), nothing can be acked again: stop serving and exit
+    // non-zero, so that the service manager restarts the collector.
+    let (writer_gone_tx, writer_gone) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_loop(&mut store, &mut jobs, &committed_tx))
+        .spawn(move || {
+            let _gone = DropSignal(Some(writer_gone_tx));
+            writer_loop(&mut store, &mut jobs, &committed_tx);
+        })
         .expect("spawn the store writer");
+    let writer_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let died = Arc::clone(&writer_died);
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = writer_gone => {
+                died.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::error!("the store writer stopped; shutting down");
+            }
+        }
+    };
 
     let shared = Arc::new(Shared {
         streams: Arc::new(Semaphore::new(cfg.max_streams)),
@@ -171,7 +191,22 @@ pub async fn serve(
         .map_err(|source| ServeError::Transport {
             addr: cfg.listen.to_string(),
             source,
-        })
+        })?;
+    if writer_died.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ServeError::WriterStopped);
+    }
+    Ok(())
+}
+
+/// Sends on drop, also when the thread that holds it unwinds from a panic.
+struct DropSignal(Option<oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Commits queued jobs, many at a time.
