@@ -44,8 +44,13 @@ pub struct RawTls {
     pub cert: PathBuf,
     /// PEM private key of the collector.
     pub key: PathBuf,
-    /// PEM bundle of the CA(s) that sign agent and reader certificates.
+    /// PEM bundle of the CA(s) that sign agent certificates (and reader certificates, unless
+    /// `reader_ca` is set).
     pub client_ca: PathBuf,
+    /// PEM bundle of a separate CA for readers. When set, any certificate it signs may read
+    /// (narrowed by `readers` if that lists names), and agents must chain to `client_ca`.
+    #[serde(default)]
+    pub reader_ca: Option<PathBuf>,
 }
 
 /// `limits:` in the config file.
@@ -90,8 +95,10 @@ pub struct Tls {
     pub cert: PathBuf,
     /// Key.
     pub key: PathBuf,
-    /// Client CA bundle.
+    /// Client CA bundle (agents).
     pub client_ca: PathBuf,
+    /// Separate reader CA bundle.
+    pub reader_ca: Option<PathBuf>,
 }
 
 /// The validated config.
@@ -180,6 +187,7 @@ impl Config {
                         cert: tls.cert,
                         key: tls.key,
                         client_ca: tls.client_ca,
+                        reader_ca: tls.reader_ca,
                     }),
                 )
             }

@@ -55,6 +55,53 @@ struct Shared {
     /// Open streams per node.
     connected: Mutex<HashMap<String, usize>>,
     streams: Arc<Semaphore>,
+    /// With a separate reader CA: the agents' and the readers' trust anchors, to tell which
+    /// CA issued a client certificate (the handshake accepts both).
+    split_cas: Option<(Anchors, Anchors)>,
+}
+
+/// Trust anchors parsed from a PEM bundle.
+struct Anchors(Vec<rustls_pki_types::TrustAnchor<'static>>);
+
+impl Anchors {
+    fn from_pem(path: &std::path::Path, pem: &[u8]) -> Result<Anchors, ServeError> {
+        use rustls_pki_types::pem::PemObject;
+        let bad = |message: String| ServeError::Tls {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, message),
+        };
+        let mut out = Vec::new();
+        for der in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let der = der.map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+            let anchor = webpki::anchor_from_trusted_cert(&der)
+                .map_err(|e| bad(format!("not a CA certificate: {e}")))?;
+            out.push(anchor.to_owned());
+        }
+        if out.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        Ok(Anchors(out))
+    }
+
+    /// Whether the peer's chain leads to one of these anchors, for client authentication.
+    fn issued(&self, certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> bool {
+        let Some((ee, intermediates)) = certs.and_then(|c| c.split_first()) else {
+            return false;
+        };
+        let Ok(ee) = webpki::EndEntityCert::try_from(ee) else {
+            return false;
+        };
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.0,
+            intermediates,
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    }
 }
 
 /// Why the server cannot start.
@@ -119,7 +166,27 @@ pub async fn serve(
         }
     };
 
+    let split_cas = match cfg
+        .tls
+        .as_ref()
+        .and_then(|t| Some((t, t.reader_ca.as_ref()?)))
+    {
+        Some((tls, reader_ca)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|source| ServeError::Tls {
+                    path: p.display().to_string(),
+                    source,
+                })
+            };
+            Some((
+                Anchors::from_pem(&tls.client_ca, &read(&tls.client_ca)?)?,
+                Anchors::from_pem(reader_ca, &read(reader_ca)?)?,
+            ))
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        split_cas,
         streams: Arc::new(Semaphore::new(cfg.max_streams)),
         cfg: cfg.clone(),
         writer,
@@ -163,9 +230,14 @@ pub async fn serve(
                 source,
             })
         };
+        let mut roots = read(&tls.client_ca)?;
+        if let Some(reader_ca) = &tls.reader_ca {
+            roots.push(b'\n');
+            roots.extend(read(reader_ca)?);
+        }
         let tls_cfg = ServerTlsConfig::new()
             .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+            .client_ca_root(Certificate::from_pem(roots));
         builder = builder
             .tls_config(tls_cfg)
             .map_err(|source| ServeError::Transport {
@@ -371,6 +443,14 @@ impl AgentService for Agents {
                 "{node:?} is a reader name, not a node name"
             )));
         }
+        if let Some((agents, _)) = &shared.split_cas
+            && !agents.issued(certs.as_deref().map(Vec::as_slice))
+        {
+            tracing::warn!(target: "audit", node, remote = ?remote, "an agent stream with a certificate the agents' CA did not issue");
+            return Err(Status::permission_denied(
+                "agent certificates must be issued by the agents' CA (tls.client_ca)",
+            ));
+        }
         if shared.cfg.tls.is_some() && !cert_names_match(certs.as_deref().map(Vec::as_slice), &node)
         {
             tracing::warn!(target: "audit", node, remote = ?remote, "agent claimed a node name its certificate does not carry");
@@ -518,13 +598,17 @@ impl Queries {
             return Ok(()); // plaintext exists only on loopback
         }
         let certs = req.peer_certs();
-        if self
-            .0
-            .cfg
-            .readers
-            .iter()
-            .any(|name| cert_names_match(certs.as_deref().map(Vec::as_slice), name))
-        {
+        let certs = certs.as_deref().map(Vec::as_slice);
+        let named = |names: &[String]| names.iter().any(|n| cert_names_match(certs, n));
+        let allowed = match &self.0.split_cas {
+            // A separate reader CA: what it issued may read, narrowed by `readers` if set.
+            Some((_, readers)) => {
+                readers.issued(certs)
+                    && (self.0.cfg.readers.is_empty() || named(&self.0.cfg.readers))
+            }
+            None => named(&self.0.cfg.readers),
+        };
+        if allowed {
             Ok(())
         } else {
             tracing::warn!(target: "audit", remote = ?req.remote_addr(), "query from a certificate not in readers");

@@ -87,14 +87,27 @@ impl Collector {
         c
     }
 
+    /// Like [`Collector::new`], with readers' certificates coming from their own CA.
+    pub fn with_reader_ca(pki: &Pki, readers: &Pki) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_extra = format!(", reader_ca: {}", readers.path("ca.crt").display());
+        let mut c = Collector::launch(pki, dir.path(), free_addr(), &tls_extra, "");
+        c._dir = Some(dir);
+        c
+    }
+
     /// Starts a collector with mutual TLS from `pki`, storing in `dir`; `extra` config lines.
     pub fn start(pki: &Pki, dir: &Path, addr: SocketAddr, extra: &str) -> Collector {
+        Collector::launch(pki, dir, addr, "", extra)
+    }
+
+    fn launch(pki: &Pki, dir: &Path, addr: SocketAddr, tls_extra: &str, extra: &str) -> Collector {
         let config = dir.join("collector.yaml");
         let db = dir.join("events.db");
         fs::write(
             &config,
             format!(
-                "listen: {addr}\ndatabase: {db}\ntls: {{cert: {cert}, key: {key}, client_ca: {ca}}}\nreaders: [reader]\n{extra}\n",
+                "listen: {addr}\ndatabase: {db}\ntls: {{cert: {cert}, key: {key}, client_ca: {ca}{tls_extra}}}\nreaders: [reader]\n{extra}\n",
                 db = db.display(),
                 cert = pki.path("collector.crt").display(),
                 key = pki.path("collector.key").display(),

@@ -614,3 +614,72 @@ fn a_wiped_state_directory_starts_a_new_epoch_and_nothing_is_mistaken_for_a_rese
     want.sort();
     col.wait_for(|k| k == want);
 }
+
+#[test]
+fn with_a_separate_reader_ca_only_its_certificates_read_and_none_of_them_streams() {
+    let agents = Pki::new(&["cp-1"]);
+    let readers = Pki::new(&["cp-1"]); // the reader CA also issues a "cp-1" certificate
+    let col = Collector::with_reader_ca(&agents, &readers);
+    let addr = col.addr;
+    let list = |pki: &Pki| {
+        std::process::Command::new(lockdown_e2e::bin("lockdown-collector"))
+            .arg("nodes")
+            .args(["--addr", &format!("https://localhost:{}", addr.port())])
+            .arg("--ca")
+            .arg(pki.path("ca.crt"))
+            .arg("--cert")
+            .arg(pki.path("reader.crt"))
+            .arg("--key")
+            .arg(pki.path("reader.key"))
+            .output()
+            .unwrap()
+    };
+    // The collector's own certificate comes from the agents' PKI; trust it with that CA.
+    let ca_only = |reader: &Pki| {
+        let dir = tempfile::tempdir().unwrap();
+        fs::copy(agents.path("ca.crt"), dir.path().join("ca.crt")).unwrap();
+        fs::copy(reader.path("reader.crt"), dir.path().join("reader.crt")).unwrap();
+        fs::copy(reader.path("reader.key"), dir.path().join("reader.key")).unwrap();
+        Pki { dir }
+    };
+    let from_reader_ca = list(&ca_only(&readers));
+    assert!(
+        from_reader_ca.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_reader_ca.stderr)
+    );
+    // Same name, issued by the agents' CA: not a reader.
+    let from_agent_ca = list(&agents);
+    assert!(!from_agent_ca.status.success());
+    assert!(
+        String::from_utf8_lossy(&from_agent_ca.stderr)
+            .contains("not one of the collector's readers")
+    );
+
+    // A reader-CA certificate named cp-1 cannot stream as cp-1.
+    let cfg = agents
+        .agent_config(addr, "cp-1")
+        .replace(
+            agents.path("cp-1.crt").to_str().unwrap(),
+            readers.path("cp-1.crt").to_str().unwrap(),
+        )
+        .replace(
+            agents.path("cp-1.key").to_str().unwrap(),
+            readers.path("cp-1.key").to_str().unwrap(),
+        );
+    let node = Node::new(&cfg);
+    let agent = node.start();
+    wait_status(&agent, "refused: not issued by the agents' CA", |s| {
+        s.collector
+            .as_ref()
+            .and_then(|c| c.last_error.as_deref())
+            .is_some_and(|e| e.contains("issued by the agents' CA"))
+    });
+    assert!(col.keys().is_empty());
+    // And a real agent still streams.
+    let good = Node::named("cp-1", &agents.agent_config(addr, "cp-1"));
+    let _ = fs::remove_dir_all(&good.state);
+    let a = good.start();
+    let last = a.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+}
