@@ -99,6 +99,10 @@ pub struct RawCollector {
     /// Heartbeat interval when there is nothing to send. Default: 10s.
     #[serde(default, deserialize_with = "duration")]
     pub heartbeat: Option<Duration>,
+    /// With events sent and unacknowledged, how long without any answer before the stream
+    /// is taken for dead and reopened (a network that drops packets silently). Default: 15s.
+    #[serde(default, deserialize_with = "duration")]
+    pub ack_timeout: Option<Duration>,
 }
 
 /// `log:` in the config file.
@@ -409,6 +413,7 @@ impl Config {
                     backoff_initial: Duration::from_millis(200),
                     backoff_max: c.backoff_max.unwrap_or(Duration::from_secs(30)),
                     heartbeat: c.heartbeat.unwrap_or(Duration::from_secs(10)),
+                    ack_timeout: c.ack_timeout.unwrap_or(Duration::from_secs(15)),
                 })
             }
         };

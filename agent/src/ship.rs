@@ -43,6 +43,8 @@ pub struct ShipConfig {
     pub backoff_max: Duration,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// How long unacknowledged events may wait for any answer before the stream is reopened.
+    pub ack_timeout: Duration,
 }
 
 /// What the node looks like now, for the collector's node list (hello and heartbeats).
@@ -172,10 +174,20 @@ async fn session(
     let mut next = *acked + 1;
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;
+    // When the collector last said anything; only matters while events are in flight.
+    let mut heard = tokio::time::Instant::now();
     loop {
         let can_send = next <= *last_seq.borrow() && next - 1 - *acked < WINDOW;
+        let in_flight = next - 1 > *acked;
         tokio::select! {
+            () = tokio::time::sleep_until(heard + cfg.ack_timeout), if in_flight => {
+                return Err(format!(
+                    "no answer from the collector for {:?} with events in flight; reconnecting",
+                    cfg.ack_timeout
+                ));
+            }
             msg = inbound.message() => {
+                heard = tokio::time::Instant::now();
                 let msg = msg.map_err(|s| format!("{}: {}", code(&s), s.message()))?
                     .ok_or("the collector closed the stream")?;
                 match msg.msg {
@@ -219,6 +231,9 @@ async fn session(
                         events: events.into_iter().map(to_proto).collect(),
                     })),
                 };
+                if !in_flight {
+                    heard = tokio::time::Instant::now(); // the wait starts with the first unacked batch
+                }
                 tx.send(batch).await.map_err(|_| "the stream closed")?;
                 next = last + 1;
                 heartbeat.reset();

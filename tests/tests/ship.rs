@@ -683,3 +683,33 @@ fn with_a_separate_reader_ca_only_its_certificates_read_and_none_of_them_streams
     let last = a.last_seq();
     col.wait_for(|k| k == range("cp-1", last));
 }
+
+#[test]
+fn a_network_that_silently_drops_everything_is_detected_and_nothing_is_lost() {
+    let pki = Pki::new(&["cp-1"]);
+    let col = Collector::new(&pki, "");
+    let proxy = lockdown_e2e::proxy::Proxy::start(col.addr);
+    let node = Node::new(&format!(
+        "{}  ack_timeout: 1s\n",
+        pki.agent_config(proxy.addr, "cp-1")
+    ));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    proxy.stall(); // no reset, no FIN: packets just vanish
+    change(&node, &agent, 1);
+    wait_status(
+        &agent,
+        "the silent stall is noticed by the ack timeout",
+        |s| {
+            s.collector
+                .as_ref()
+                .and_then(|c| c.last_error.as_deref())
+                .is_some_and(|e| e.contains("no answer from the collector"))
+        },
+    );
+    assert_eq!(col.keys(), range("cp-1", first));
+    proxy.heal();
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+}
