@@ -103,10 +103,16 @@ fn event(node: &str, seq: u64) -> lockdown_proto::v1::Event {
     }
 }
 
-/// One simulated agent: sends `total` events in batches of `batch`, keeping up to `window`
-/// batches unacknowledged, and returns when the last is acknowledged.
-async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch: u64) {
-    let ch = lockdown_proto::endpoint(&address, Some(&tls))
+/// Opens a Report stream as `node` and says hello; returns the sender and the answers.
+async fn open_stream(
+    address: &str,
+    tls: &ClientTls,
+    node: &str,
+) -> (
+    mpsc::Sender<AgentMessage>,
+    tonic::Streaming<lockdown_proto::v1::CollectorMessage>,
+) {
+    let ch = lockdown_proto::endpoint(address, Some(tls))
         .unwrap()
         .connect()
         .await
@@ -117,7 +123,7 @@ async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch:
     let (tx, rx) = mpsc::channel(8);
     tx.send(AgentMessage {
         msg: Some(agent_message::Msg::Hello(Hello {
-            node: node.clone(),
+            node: node.to_string(),
             first_unacked_seq: 1,
             spool_epoch: 1,
             ..Default::default()
@@ -125,11 +131,18 @@ async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch:
     })
     .await
     .unwrap();
-    let mut inbound = client
+    let inbound = client
         .report(ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
+    (tx, inbound)
+}
+
+/// One simulated agent: sends `total` events in batches of `batch`, keeping up to `window`
+/// batches unacknowledged, and returns when the last is acknowledged.
+async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch: u64) {
+    let (tx, mut inbound) = open_stream(&address, &tls, &node).await;
     let sender = tokio::spawn(async move {
         let mut seq = 0;
         while seq < total {
@@ -216,28 +229,7 @@ fn idle(rt: &tokio::runtime::Runtime) {
             let (address, tls, n, ready) =
                 (address.clone(), tls(&pki, n), n.clone(), ready_tx.clone());
             rt.spawn(async move {
-                let ch = lockdown_proto::endpoint(&address, Some(&tls))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-                let mut client = AgentServiceClient::new(ch);
-                let (tx, rx) = mpsc::channel(1);
-                tx.send(AgentMessage {
-                    msg: Some(agent_message::Msg::Hello(Hello {
-                        node: n,
-                        first_unacked_seq: 1,
-                        spool_epoch: 1,
-                        ..Default::default()
-                    })),
-                })
-                .await
-                .unwrap();
-                let mut inbound = client
-                    .report(ReceiverStream::new(rx))
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let (tx, mut inbound) = open_stream(&address, &tls, &n).await;
                 let _ = inbound.message().await; // the first ack: the stream is accepted
                 ready.send(()).await.unwrap();
                 let _keep = tx;

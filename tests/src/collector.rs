@@ -55,6 +55,38 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Agent config lines that trust this PKI's collector but present `cert_from`'s
+    /// certificate for `node` (a foreign CA, or the readers' CA).
+    pub fn agent_config_presenting(&self, addr: SocketAddr, node: &str, cert_from: &Pki) -> String {
+        let swap = |name: String| {
+            (
+                self.path(&name).display().to_string(),
+                cert_from.path(&name).display().to_string(),
+            )
+        };
+        let (crt, key) = (swap(format!("{node}.crt")), swap(format!("{node}.key")));
+        self.agent_config(addr, node)
+            .replace(&crt.0, &crt.1)
+            .replace(&key.0, &key.1)
+    }
+
+    /// `lockdown-collector <args>` against `addr`, trusting this PKI's collector and
+    /// presenting the `reader` certificate of `reader`.
+    pub fn reader_command(&self, addr: SocketAddr, reader: &Pki, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("lockdown-collector"));
+        cmd.args(args)
+            .args(["--addr", &format!("https://localhost:{}", addr.port())])
+            .arg("--ca")
+            .arg(self.path("ca.crt"))
+            .arg("--cert")
+            .arg(reader.path("reader.crt"))
+            .arg("--key")
+            .arg(reader.path("reader.key"));
+        cmd
+    }
+}
+
 /// A free loopback port (bound and released; the collector binds it next).
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")

@@ -44,6 +44,11 @@ fn change(node: &Node, agent: &Agent, i: usize) {
     }
 }
 
+/// The shipper's last connection error, from the agent's status.
+fn last_error(s: &lockdown_agent::daemon::Status) -> Option<&str> {
+    s.collector.as_ref().and_then(|c| c.last_error.as_deref())
+}
+
 fn wait_status(agent: &Agent, what: &str, done: impl Fn(&lockdown_agent::daemon::Status) -> bool) {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -87,15 +92,8 @@ fn events_arrive_in_order_over_mtls_and_the_spool_is_trimmed() {
 
     // The readers' side, through the collector's own client.
     let reader = |args: &[&str]| {
-        let out = std::process::Command::new(lockdown_e2e::bin("lockdown-collector"))
-            .args(args)
-            .args(["--addr", &format!("https://localhost:{}", addr.port())])
-            .arg("--ca")
-            .arg(pki.path("ca.crt"))
-            .arg("--cert")
-            .arg(pki.path("reader.crt"))
-            .arg("--key")
-            .arg(pki.path("reader.key"))
+        let out = pki
+            .reader_command(addr, &pki, args)
             .args(["--format", "json"])
             .output()
             .unwrap();
@@ -198,16 +196,7 @@ fn a_certificate_from_another_ca_is_rejected() {
     let col = Collector::new(&pki, "");
     let addr = col.addr;
     // Trusts the real collector, but presents a certificate the collector's CA never signed.
-    let cfg = pki
-        .agent_config(addr, "cp-1")
-        .replace(
-            pki.path("cp-1.crt").to_str().unwrap(),
-            other.path("cp-1.crt").to_str().unwrap(),
-        )
-        .replace(
-            pki.path("cp-1.key").to_str().unwrap(),
-            other.path("cp-1.key").to_str().unwrap(),
-        );
+    let cfg = pki.agent_config_presenting(addr, "cp-1", &other);
     let node = Node::new(&cfg);
     let agent = node.start();
     wait_status(&agent, "the handshake fails", |s| {
@@ -228,10 +217,7 @@ fn a_node_claiming_another_nodes_name_is_rejected() {
     let node = Node::named("cp-1", &cfg);
     let agent = node.start();
     wait_status(&agent, "permission denied", |s| {
-        s.collector
-            .as_ref()
-            .and_then(|c| c.last_error.as_deref())
-            .is_some_and(|e| e.starts_with("permissiondenied"))
+        last_error(s).is_some_and(|e| e.starts_with("permissiondenied"))
     });
     assert!(col.keys().is_empty());
     assert!(
@@ -244,10 +230,7 @@ fn a_node_claiming_another_nodes_name_is_rejected() {
     let node = Node::named("reader", &pki.agent_config(addr, "reader"));
     let agent = node.start();
     wait_status(&agent, "a reader name is not a node", |s| {
-        s.collector
-            .as_ref()
-            .and_then(|c| c.last_error.as_deref())
-            .is_some_and(|e| e.contains("is a reader name"))
+        last_error(s).is_some_and(|e| e.contains("is a reader name"))
     });
     assert!(col.keys().is_empty());
 }
@@ -433,10 +416,7 @@ fn streams_over_the_limit_wait_their_turn_and_lose_nothing() {
     let n2 = Node::named("cp-2", &pki.agent_config(addr, "cp-2"));
     let a2 = n2.start();
     wait_status(&a2, "the second stream is refused", |s| {
-        s.collector
-            .as_ref()
-            .and_then(|c| c.last_error.as_deref())
-            .is_some_and(|e| e.starts_with("resourceexhausted"))
+        last_error(s).is_some_and(|e| e.starts_with("resourceexhausted"))
     });
     assert!(a1.stop().success());
     let last2 = a2.last_seq();
@@ -554,22 +534,16 @@ fn events_follow_tails_new_events_as_they_are_committed() {
     let agent = node.start();
     let first = agent.last_seq();
     col.wait_for(|k| k == range("cp-1", first));
-    let mut follow = std::process::Command::new(lockdown_e2e::bin("lockdown-collector"))
-        .args([
-            "events",
-            "--follow",
-            "--format",
-            "json",
-            "--kind",
-            "file_modified",
-        ])
-        .args(["--addr", &format!("https://localhost:{}", addr.port())])
-        .arg("--ca")
-        .arg(pki.path("ca.crt"))
-        .arg("--cert")
-        .arg(pki.path("reader.crt"))
-        .arg("--key")
-        .arg(pki.path("reader.key"))
+    let args = [
+        "events",
+        "--follow",
+        "--format",
+        "json",
+        "--kind",
+        "file_modified",
+    ];
+    let mut follow = pki
+        .reader_command(addr, &pki, &args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -621,28 +595,14 @@ fn with_a_separate_reader_ca_only_its_certificates_read_and_none_of_them_streams
     let readers = Pki::new(&["cp-1"]); // the reader CA also issues a "cp-1" certificate
     let col = Collector::with_reader_ca(&agents, &readers);
     let addr = col.addr;
-    let list = |pki: &Pki| {
-        std::process::Command::new(lockdown_e2e::bin("lockdown-collector"))
-            .arg("nodes")
-            .args(["--addr", &format!("https://localhost:{}", addr.port())])
-            .arg("--ca")
-            .arg(pki.path("ca.crt"))
-            .arg("--cert")
-            .arg(pki.path("reader.crt"))
-            .arg("--key")
-            .arg(pki.path("reader.key"))
+    // The collector's own certificate comes from the agents' PKI; trust it with that CA.
+    let list = |reader: &Pki| {
+        agents
+            .reader_command(addr, reader, &["nodes"])
             .output()
             .unwrap()
     };
-    // The collector's own certificate comes from the agents' PKI; trust it with that CA.
-    let ca_only = |reader: &Pki| {
-        let dir = tempfile::tempdir().unwrap();
-        fs::copy(agents.path("ca.crt"), dir.path().join("ca.crt")).unwrap();
-        fs::copy(reader.path("reader.crt"), dir.path().join("reader.crt")).unwrap();
-        fs::copy(reader.path("reader.key"), dir.path().join("reader.key")).unwrap();
-        Pki { dir }
-    };
-    let from_reader_ca = list(&ca_only(&readers));
+    let from_reader_ca = list(&readers);
     assert!(
         from_reader_ca.status.success(),
         "{}",
@@ -657,23 +617,11 @@ fn with_a_separate_reader_ca_only_its_certificates_read_and_none_of_them_streams
     );
 
     // A reader-CA certificate named cp-1 cannot stream as cp-1.
-    let cfg = agents
-        .agent_config(addr, "cp-1")
-        .replace(
-            agents.path("cp-1.crt").to_str().unwrap(),
-            readers.path("cp-1.crt").to_str().unwrap(),
-        )
-        .replace(
-            agents.path("cp-1.key").to_str().unwrap(),
-            readers.path("cp-1.key").to_str().unwrap(),
-        );
+    let cfg = agents.agent_config_presenting(addr, "cp-1", &readers);
     let node = Node::new(&cfg);
     let agent = node.start();
     wait_status(&agent, "refused: not issued by the agents' CA", |s| {
-        s.collector
-            .as_ref()
-            .and_then(|c| c.last_error.as_deref())
-            .is_some_and(|e| e.contains("issued by the agents' CA"))
+        last_error(s).is_some_and(|e| e.contains("issued by the agents' CA"))
     });
     assert!(col.keys().is_empty());
     // And a real agent still streams.
@@ -701,12 +649,7 @@ fn a_network_that_silently_drops_everything_is_detected_and_nothing_is_lost() {
     wait_status(
         &agent,
         "the silent stall is noticed by the ack timeout",
-        |s| {
-            s.collector
-                .as_ref()
-                .and_then(|c| c.last_error.as_deref())
-                .is_some_and(|e| e.contains("no answer from the collector"))
-        },
+        |s| last_error(s).is_some_and(|e| e.contains("no answer from the collector")),
     );
     assert_eq!(col.keys(), range("cp-1", first));
     proxy.heal();
