@@ -164,7 +164,8 @@ pub fn authn_host_path(m: &Manifest, cp: &ControlPlane) -> Option<PathBuf> {
     host_path(m, cp, &cp.flags.value("authentication-config")?)
 }
 
-fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
+/// Reads the AuthenticationConfiguration a manifest names, if it names one.
+pub fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
     let inner = cp.flags.value("authentication-config")?;
     let Some(host) = host_path(m, cp, &inner) else {
         return Some(AuthnConfig::Unreadable(format!(

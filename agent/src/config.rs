@@ -68,6 +68,35 @@ pub struct RawConfig {
     /// Where to ship events. Without it the agent only spools them.
     #[serde(default)]
     pub collector: Option<RawCollector>,
+    /// Automatic fixing of manifests. Off unless turned on here.
+    #[serde(default)]
+    pub fix: RawFixConfig,
+}
+
+/// `fix:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFixConfig {
+    /// off (default), dry-run or enforce, for every rule.
+    #[serde(default)]
+    pub mode: Option<crate::fix::Mode>,
+    /// Per-rule modes that take precedence. A rule named `enforce` here is applied even when
+    /// its fix is not marked safe unattended.
+    #[serde(default)]
+    pub rules: std::collections::BTreeMap<String, crate::fix::Mode>,
+    /// Originals kept per manifest in `<state_dir>/backups`. Default: 10.
+    #[serde(default)]
+    pub backups: Option<usize>,
+    /// How long a component has to become healthy after a write. Default: derived from its
+    /// probes (what the kubelet itself tolerates).
+    #[serde(default, deserialize_with = "duration")]
+    pub health_timeout: Option<Duration>,
+    /// Stop fixing a file when the drift comes back more than this many times ... Default: 3.
+    #[serde(default)]
+    pub fight_max: Option<u32>,
+    /// ... within this window. Default: 10m.
+    #[serde(default, deserialize_with = "duration")]
+    pub fight_window: Option<Duration>,
 }
 
 /// `collector:` in the config file.
@@ -182,6 +211,8 @@ pub struct Config {
     pub log_level: tracing::Level,
     /// Where to ship events, if anywhere.
     pub collector: Option<crate::ship::ShipConfig>,
+    /// Automatic fixing.
+    pub fix: crate::fix::FixConfig,
 }
 
 /// Command-line and environment values that take precedence over the file, kept so that a
@@ -417,7 +448,24 @@ impl Config {
                 })
             }
         };
+        for id in raw.fix.rules.keys() {
+            if !catalogue.rule_ids().any(|r| r == id) {
+                return Err(value(
+                    "fix.rules",
+                    format!("{id:?} is not a rule id (see `lockdown-agent rules`)"),
+                ));
+            }
+        }
+        let fix = crate::fix::FixConfig {
+            mode: raw.fix.mode.unwrap_or_default(),
+            rules: raw.fix.rules,
+            backups: raw.fix.backups.unwrap_or(10).max(1),
+            health_timeout: raw.fix.health_timeout,
+            fight_max: raw.fix.fight_max.unwrap_or(3),
+            fight_window: raw.fix.fight_window.unwrap_or(Duration::from_secs(600)),
+        };
         Ok(Config {
+            fix,
             collector,
             node_name,
             state_dir: abs("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,

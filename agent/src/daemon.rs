@@ -164,6 +164,12 @@ struct Agent {
     summary: watch::Sender<crate::ship::NodeSummary>,
     /// The running shipper.
     shipper: Option<Shipper>,
+    /// Bytes the fixer wrote: not drift.
+    own: Arc<crate::fix::fixer::OwnWrites>,
+    /// Manifests the fixer should look at.
+    fix_requests: mpsc::UnboundedSender<PathBuf>,
+    /// The config, for the fixer.
+    fix_config: watch::Sender<Config>,
 }
 
 struct Shipper {
@@ -195,6 +201,11 @@ pub async fn run(
     let shared = Arc::clone(watch.shared());
     let (last_seq, _) = watch::channel(spool.depth().last_seq);
     let (acks, mut acked) = mpsc::channel::<u64>(64);
+    let own = Arc::new(crate::fix::fixer::OwnWrites::default());
+    let (fix_requests, fix_requests_rx) = mpsc::unbounded_channel();
+    let (fix_events_tx, mut fix_events) = mpsc::unbounded_channel();
+    let (fix_config, fix_config_rx) = watch::channel(cfg.clone());
+    let fixer = crate::fix::fixer::Fixer::new(cfg.clone(), Arc::clone(&own));
     let mut agent = Agent {
         cfg,
         source,
@@ -212,9 +223,14 @@ pub async fn run(
         acks,
         summary: watch::channel(Default::default()).0,
         shipper: None,
+        own,
+        fix_requests,
+        fix_config,
     };
     agent.start();
     agent.start_shipper();
+    let fixer = tokio::spawn(fixer.run(fix_requests_rx, fix_config_rx, fix_events_tx));
+    agent.request_fixes(None);
     ready(&agent.status());
 
     let mut rescan = agent.rescan_timer();
@@ -242,6 +258,13 @@ pub async fn run(
                 if let Err(e) = agent.spool.ack(seq) {
                     tracing::error!(error = %e, seq, "cannot trim the spool");
                 }
+            }
+            Some(body) = fix_events.recv() => {
+                let mut bodies = vec![body];
+                while let Ok(b) = fix_events.try_recv() {
+                    bodies.push(b);
+                }
+                agent.commit(bodies, Vec::new());
             }
             _ = sighup.recv() => {
                 agent.reload();
@@ -280,6 +303,8 @@ pub async fn run(
     if let Some(s) = agent.shipper.take() {
         s.task.abort();
     }
+    // A fix in its health gate stops here; its journal makes the next start finish it.
+    fixer.abort();
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
@@ -408,6 +433,7 @@ impl Agent {
             self.rescans += 1;
         }
         let (changes, writes) = diff(&self.baseline, &snap.states, false);
+        let changes = self.drop_own_writes(changes);
         let mut bodies = Vec::with_capacity(changes.len() + 1);
         if let Some(reason) = reason
             && dirty.all
@@ -421,7 +447,9 @@ impl Agent {
         }
         bodies.extend(changes);
         let diffed = t0.elapsed();
+        let changed: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
         self.commit(bodies, writes);
+        self.request_fixes(if dirty.all { None } else { Some(&changed) });
         tracing::debug!(
             scan_us = scanned.as_micros() as u64,
             arm_us = (armed - scanned).as_micros() as u64,
@@ -471,6 +499,33 @@ impl Agent {
         }
     }
 
+    /// Drops `file_modified` events for bytes the fixer wrote: its own events describe them.
+    fn drop_own_writes(&self, changes: Vec<EventBody>) -> Vec<EventBody> {
+        changes
+            .into_iter()
+            .filter(|e| match e {
+                EventBody::FileModified { path, after, .. } => {
+                    !self.own.take_if_own(path, after.sha256.as_deref())
+                }
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Asks the fixer to look at the manifests in `paths` (all of them when `None`) that have
+    /// open findings.
+    fn request_fixes(&self, paths: Option<&[String]>) {
+        if !self.cfg.fix.any() {
+            return;
+        }
+        for (path, state) in &self.baseline {
+            let wanted = paths.is_none_or(|p| p.contains(path));
+            if wanted && state.component.is_some() && !state.findings.is_empty() {
+                let _ = self.fix_requests.send(PathBuf::from(path));
+            }
+        }
+    }
+
     fn reload(&mut self) {
         match self.source.load() {
             Ok(cfg) => {
@@ -490,6 +545,7 @@ impl Agent {
                     rules_digest: cfg.rules_digest(),
                 };
                 self.cfg = cfg;
+                self.fix_config.send_replace(self.cfg.clone());
                 self.start_shipper();
                 self.commit(vec![body], Vec::new());
                 // Rules or paths may have changed: evaluate everything again.

@@ -132,6 +132,91 @@ pub enum EventBody {
         /// The finding as it was when open.
         finding: FindingRecord,
     },
+    /// A fix was planned: the exact diff it makes (dry-run: all that happens).
+    FixPlanned {
+        /// Path.
+        path: String,
+        /// `dry-run` or `enforce`.
+        mode: String,
+        /// Rules the fix addresses, in order.
+        rules: Vec<String>,
+        /// Unified diff, sensitive values redacted.
+        diff: String,
+    },
+    /// A fix was written; the health gate starts.
+    FixApplied {
+        /// Path.
+        path: String,
+        /// Rules fixed.
+        rules: Vec<String>,
+        /// Unified diff, sensitive values redacted.
+        diff: String,
+        /// Where the original is kept.
+        backup: String,
+        /// sha256 of the original.
+        before_sha256: String,
+        /// sha256 of the new file.
+        after_sha256: String,
+        /// Files created for the fix (an AuthenticationConfiguration).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        created: Vec<String>,
+    },
+    /// The component came back healthy after a fix.
+    FixVerified {
+        /// Path.
+        path: String,
+        /// Rules fixed.
+        rules: Vec<String>,
+        /// Unified diff, sensitive values redacted.
+        diff: String,
+        /// How the gate decided.
+        health: String,
+        /// The last probe attempts.
+        attempts: Vec<crate::fix::health::Attempt>,
+    },
+    /// The component did not come back healthy: the original was restored.
+    FixRolledBack {
+        /// Path.
+        path: String,
+        /// Rules whose fix was undone.
+        rules: Vec<String>,
+        /// The diff that was undone, sensitive values redacted.
+        diff: String,
+        /// Why the gate failed.
+        reason: String,
+        /// The probe attempts that show it.
+        attempts: Vec<crate::fix::health::Attempt>,
+        /// Whether the component was healthy again on the original.
+        restored_healthy: bool,
+        /// How the gate on the original decided.
+        restored_health: String,
+    },
+    /// A fix was not made, and why (not safe unattended, version guard, prerequisite,
+    /// paused, symlink, ...).
+    FixSkipped {
+        /// Path.
+        path: String,
+        /// The rule, when one rule is concerned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule_id: Option<String>,
+        /// Why.
+        reason: String,
+        /// The diff it would have made, when there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diff: Option<String>,
+    },
+    /// The agent stopped fixing this file: a fix was rolled back (until someone else changes
+    /// the file), or the same drift keeps coming back (a fight).
+    FixQuarantined {
+        /// Path.
+        path: String,
+        /// Rules concerned.
+        rules: Vec<String>,
+        /// Why.
+        reason: String,
+        /// The diff concerned.
+        diff: String,
+    },
     /// The spool was full: these events were dropped before they could be shipped.
     SpoolOverflow {
         /// How many.
@@ -159,6 +244,12 @@ impl EventBody {
             EventBody::FileInvalid { .. } => "file_invalid",
             EventBody::FindingRaised { .. } => "finding_raised",
             EventBody::FindingResolved { .. } => "finding_resolved",
+            EventBody::FixPlanned { .. } => "fix_planned",
+            EventBody::FixApplied { .. } => "fix_applied",
+            EventBody::FixVerified { .. } => "fix_verified",
+            EventBody::FixRolledBack { .. } => "fix_rolled_back",
+            EventBody::FixSkipped { .. } => "fix_skipped",
+            EventBody::FixQuarantined { .. } => "fix_quarantined",
             EventBody::SpoolOverflow { .. } => "spool_overflow",
         }
     }
@@ -172,7 +263,13 @@ impl EventBody {
             | EventBody::PermissionDrift { path, .. }
             | EventBody::FileInvalid { path, .. }
             | EventBody::FindingRaised { path, .. }
-            | EventBody::FindingResolved { path, .. } => Some(path),
+            | EventBody::FindingResolved { path, .. }
+            | EventBody::FixPlanned { path, .. }
+            | EventBody::FixApplied { path, .. }
+            | EventBody::FixVerified { path, .. }
+            | EventBody::FixRolledBack { path, .. }
+            | EventBody::FixSkipped { path, .. }
+            | EventBody::FixQuarantined { path, .. } => Some(path),
             _ => None,
         }
     }

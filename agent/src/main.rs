@@ -84,6 +84,41 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+    /// Plan the fixes for manifests once and print the diff (--dry-run), or apply them behind
+    /// the health gate, rolling back what does not come back healthy (--apply). Only fixes
+    /// marked safe unattended, plus those named with --rule or set to enforce in fix.rules.
+    #[command(group = clap::ArgGroup::new("action").required(true).args(["dry_run", "apply"]))]
+    Fix {
+        /// Manifest files or directories (default: the configured manifests directory).
+        paths: Vec<PathBuf>,
+        /// Print the diff; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write, wait for health, roll back on failure.
+        #[arg(long)]
+        apply: bool,
+        /// Also fix this rule even though its fix is not marked safe unattended (repeatable).
+        #[arg(long = "rule", value_name = "RULE_ID")]
+        rules: Vec<String>,
+        /// State directory for backups and the journal (default: config state_dir).
+        #[arg(long, env = "LOCKDOWN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Stop fixing (detection goes on), for upgrades such as `kubeadm upgrade`.
+    Pause {
+        /// How long (30m, 2h); without it, until `resume`.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// State directory of the agent (default: config state_dir).
+        #[arg(long, env = "LOCKDOWN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Resume fixing after `pause`.
+    Resume {
+        /// State directory of the agent (default: config state_dir).
+        #[arg(long, env = "LOCKDOWN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,7 +175,11 @@ fn main() -> ExitCode {
             log_format: *log_format,
             log_level: log_level.clone(),
         },
-        Command::Status { state_dir, .. } | Command::Spool { state_dir, .. } => Overrides {
+        Command::Status { state_dir, .. }
+        | Command::Spool { state_dir, .. }
+        | Command::Fix { state_dir, .. }
+        | Command::Pause { state_dir, .. }
+        | Command::Resume { state_dir } => Overrides {
             state_dir: state_dir.clone(),
             ..Default::default()
         },
@@ -216,7 +255,144 @@ fn main() -> ExitCode {
             }
         },
         Command::Spool { from, .. } => print_spool(&cfg.state_dir, from),
+        Command::Fix {
+            paths,
+            apply,
+            rules,
+            ..
+        } => fix(cfg, paths, apply, &rules),
+        Command::Pause { duration, .. } => {
+            match lockdown_agent::fix::fixer::pause(&cfg.state_dir, duration) {
+                Ok(p) => {
+                    match p.until {
+                        Some(t) => println!("fixing paused until {t} (detection goes on)"),
+                        None => println!(
+                            "fixing paused until `lockdown-agent resume` (detection goes on)"
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lockdown-agent: cannot pause: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Resume { .. } => match lockdown_agent::fix::fixer::resume(&cfg.state_dir) {
+            Ok(true) => {
+                println!("fixing resumed");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("fixing was not paused");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lockdown-agent: cannot resume: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
+}
+
+/// `fix --dry-run | --apply`: 0 when everything planned is done (or nothing is needed), 1
+/// when a fix was skipped or rolled back, 2 on errors.
+fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitCode {
+    use lockdown_agent::fix::Mode;
+    use lockdown_agent::fix::fixer::{Fixer, Outcome, OwnWrites};
+    for r in rules {
+        if !cfg.catalogue.rule_ids().any(|id| id == r) {
+            eprintln!("lockdown-agent: --rule {r:?} is not a rule id (see `lockdown-agent rules`)");
+            return ExitCode::from(2);
+        }
+    }
+    if apply && daemon::query_status(&cfg.state_dir).is_ok() {
+        eprintln!(
+            "lockdown-agent: an agent is running on {}; set fix.mode to enforce (or stop it) instead of applying by hand",
+            cfg.state_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    if apply && let Some(why) = lockdown_agent::fix::fixer::paused(&cfg.state_dir) {
+        eprintln!("lockdown-agent: fixing is {why}");
+        return ExitCode::from(1);
+    }
+    let paths = if paths.is_empty() {
+        vec![cfg.manifests_dir.clone()]
+    } else {
+        paths
+    };
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match check::list_manifest_dir(&p) {
+                Ok(list) => files.extend(list),
+                Err(e) => {
+                    eprintln!("lockdown-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        } else {
+            files.push(p);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lockdown-agent: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let fix_cfg = cfg.fix.clone();
+    let mut fixer = Fixer::new(cfg, std::sync::Arc::new(OwnWrites::default()));
+    let mut emit = |e: lockdown_agent::event::EventBody| {
+        eprintln!("{}", serde_json::to_string(&e).expect("events serialise"));
+    };
+    let mut code = ExitCode::SUCCESS;
+    runtime.block_on(async {
+        if apply {
+            fixer.recover(&mut emit).await;
+        }
+        for path in files {
+            let choose =
+                |f: &lockdown_agent::rules::Finding| fix_cfg.choose(f, Mode::Enforce, rules);
+            let (bytes, plan) = match fixer.plan_file(&path, &choose) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    code = ExitCode::from(1);
+                    continue;
+                }
+            };
+            for s in &plan.skipped {
+                println!(
+                    "# {}: not fixing {}: {}",
+                    path.display(),
+                    s.rule_id,
+                    s.reason
+                );
+            }
+            if plan.is_empty() {
+                continue;
+            }
+            let before = String::from_utf8_lossy(&bytes).into_owned();
+            let diff = fixer.diff(&path.display().to_string(), &before, &plan);
+            print!("{diff}");
+            if apply {
+                match fixer.apply(&path, &bytes, &plan, diff, &mut emit).await {
+                    Outcome::Verified => println!("# {}: applied, healthy", path.display()),
+                    other => {
+                        println!("# {}: {other:?}", path.display());
+                        code = ExitCode::from(1);
+                    }
+                }
+            }
+        }
+    });
+    code
 }
 
 fn run(cfg: Config, source: ConfigSource) -> ExitCode {

@@ -37,6 +37,8 @@ pub struct Container {
     pub mounts: Vec<Mount>,
     /// `startupProbe`, `readinessProbe`, `livenessProbe`, where set.
     pub probes: Vec<Probe>,
+    /// Named container ports (`probe-port`), for probes that name their port.
+    pub ports: Vec<(String, String)>,
 }
 
 /// A `volumeMounts` entry.
@@ -171,6 +173,11 @@ impl Container {
         for m in seq(node, "volumeMounts", path)? {
             if let (Some(name), Some(mount_path)) = (scalar(m, "name"), scalar(m, "mountPath")) {
                 c.mounts.push(Mount { name, mount_path });
+            }
+        }
+        for p in seq(node, "ports", path)? {
+            if let (Some(name), Some(port)) = (scalar(p, "name"), scalar(p, "containerPort")) {
+                c.ports.push((name, port));
             }
         }
         for (key, kind) in [

@@ -421,7 +421,15 @@ pub enum Fix {
     AddToList(FlagItem),
     /// Remove an item from a list flag.
     RemoveFromList(FlagItem),
+    /// Allow anonymous requests only to /livez, /readyz and /healthz: write an
+    /// AuthenticationConfiguration into a directory the pod already mounts, name it with
+    /// `--authentication-config` and remove `--anonymous-auth` (kube-apiserver 1.32+).
+    AnonymousHealthOnly,
 }
+
+/// First kube-apiserver minor whose AuthenticationConfiguration takes an `anonymous:` block
+/// without an alpha feature gate (KEP-4633 beta, on by default).
+pub const ANONYMOUS_CONFIG_SINCE: Minor = Minor(1, 32);
 
 /// What a rule looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

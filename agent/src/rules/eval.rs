@@ -2,8 +2,8 @@
 //! needs (an AuthenticationConfiguration, a file's mode) are gathered by the caller.
 
 use super::catalogue::{
-    Builtin, Catalogue, Existence, FileRole, Fix, FlagItem, FlagRef, FlagValue, Minor, Rule,
-    Target, Test, explain, referenced_flags,
+    ANONYMOUS_CONFIG_SINCE, Builtin, Catalogue, Existence, FileRole, Fix, FlagItem, FlagRef,
+    FlagValue, Minor, Rule, Target, Test, explain, referenced_flags,
 };
 use super::{Finding, Severity, Status};
 use crate::manifest::flags::{FlagKind, Flags, parse_go_bool};
@@ -18,6 +18,9 @@ pub const ANONYMOUS_HEALTH_PATHS: [&str; 4] = [
     "/healthz",
     "/api/v1/namespaces/kube-public/configmaps/cluster-info",
 ];
+
+/// How a finding's `reason` starts when the rule has a fix the version guard refused.
+pub const NO_FIX_OFFERED: &str = "no fix offered: ";
 
 /// What the file named by `--authentication-config` says about anonymous requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,7 +334,7 @@ fn finding(
                 fix = Some(candidate);
             }
             Err(why) => {
-                reason.get_or_insert(format!("no fix offered: {why}"));
+                reason.get_or_insert(format!("{NO_FIX_OFFERED}{why}"));
             }
         }
     }
@@ -400,6 +403,17 @@ fn guard(fix: &Fix, ctx: &Ctx<'_>) -> Result<(), String> {
             }
         }
         Fix::Remove(_) | Fix::RemoveFromList(_) => Ok(()),
+        Fix::AnonymousHealthOnly => match ctx.v {
+            Some(v) if ANONYMOUS_CONFIG_SINCE.le(v) => adds("authentication-config"),
+            Some(v) => Err(format!(
+                "an anonymous: block in an AuthenticationConfiguration needs kube-apiserver {}.{} or later, not {v}",
+                ANONYMOUS_CONFIG_SINCE.0, ANONYMOUS_CONFIG_SINCE.1
+            )),
+            None => Err(format!(
+                "the {} version is unknown, so nothing is added",
+                ctx.c
+            )),
+        },
     }
 }
 
@@ -939,7 +953,7 @@ fn anonymous_restricted(ctx: &Ctx<'_>) -> Check {
                 );
             }
             Some(AuthnConfig::Anonymous { .. }) if flag_set => {
-                return Check::new(
+                let mut check = Check::new(
                     Verdict::Fail,
                     Some("anonymous-auth"),
                     Some(format!(
@@ -948,6 +962,10 @@ fn anonymous_restricted(ctx: &Ctx<'_>) -> Check {
                     )),
                     Some("remove --anonymous-auth".into()),
                 );
+                check.fix = Some(Fix::Remove(FlagRef {
+                    flag: "anonymous-auth".into(),
+                }));
+                return check;
             }
             Some(AuthnConfig::Anonymous { enabled, paths }) => {
                 let extra: Vec<&String> = paths
@@ -997,12 +1015,23 @@ fn anonymous_restricted(ctx: &Ctx<'_>) -> Check {
         Some(_) => Verdict::Fail,
         None => Verdict::Unknown("--anonymous-auth is absent and its default is not known".into()),
     };
-    Check::new(
+    let mut check = Check::new(
         verdict,
         Some("anonymous-auth"),
         Some(flag.describe()),
         expected,
-    )
+    );
+    // From 1.32 the hardened form keeps the kubelet's unauthenticated probes working; it
+    // cannot be combined with an authentication config already in place (one file only) or
+    // with the --oidc-* flags. Otherwise the rule's own fix (review only) is shown.
+    let oidc = ctx.flags.uses.iter().any(|u| u.name.starts_with("oidc-"));
+    if ctx.v.is_some_and(|v| ANONYMOUS_CONFIG_SINCE.le(v))
+        && !ctx.flags.is_set("authentication-config")
+        && !oidc
+    {
+        check.fix = Some(Fix::AnonymousHealthOnly);
+    }
+    check
 }
 
 #[cfg(test)]

@@ -1,0 +1,712 @@
+//! The fixer: plans, applies, gates and rolls back, one manifest at a time (two components are
+//! never restarted at once). The daemon runs it as a task fed with the manifests whose
+//! findings may need fixing; `lockdown-agent fix --apply` drives the same code once.
+//!
+//! State it keeps:
+//! - own writes (path → sha256), shared with the daemon loop, which does not report a
+//!   change to exactly those bytes as drift;
+//! - quarantine (persisted in `<state_dir>/fix-quarantine.json`): a fix rolled back is not
+//!   tried again while the file holds the bytes it was rolled back to; any other change lifts
+//!   it;
+//! - the fight guard: a file fixed `fight_max` times within `fight_window` that drifts again
+//!   is not fixed any more until the agent is restarted or reloaded;
+//! - the pause file (`<state_dir>/fix-paused`, written by `lockdown-agent pause`): fixing
+//!   stops, detection goes on; what was deferred is fixed when the pause ends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::health::{self, Attempt};
+use super::plan::{self, Plan};
+use super::write::{self, Journal, WriteError};
+use super::{FixConfig, Mode};
+use crate::check::{self, parse_manifest};
+use crate::config::Config;
+use crate::event::EventBody;
+use crate::integrity::sha256_hex;
+use crate::manifest::MAX_MANIFEST_BYTES;
+use crate::redact;
+use crate::rules::Catalogue;
+use crate::scan::key;
+
+/// The pause file in the state directory.
+pub const PAUSE_FILE: &str = "fix-paused";
+/// The quarantine file in the state directory.
+pub const QUARANTINE_FILE: &str = "fix-quarantine.json";
+/// How often a deferred fix checks whether the pause ended.
+const PAUSE_POLL: Duration = Duration::from_secs(1);
+
+/// Bytes the agent itself wrote, by path: the daemon does not report them as drift.
+#[derive(Debug, Default)]
+pub struct OwnWrites(Mutex<HashMap<String, String>>);
+
+impl OwnWrites {
+    fn expect(&self, path: &str, sha256: &str) {
+        self.0
+            .lock()
+            .expect("own writes lock")
+            .insert(path.to_string(), sha256.to_string());
+    }
+
+    fn forget(&self, path: &str) {
+        self.0.lock().expect("own writes lock").remove(path);
+    }
+
+    /// True (once) when `sha256` is what the agent last wrote to `path`.
+    pub fn take_if_own(&self, path: &str, sha256: Option<&str>) -> bool {
+        let mut own = self.0.lock().expect("own writes lock");
+        match (own.get(path), sha256) {
+            (Some(ours), Some(seen)) if ours == seen => {
+                own.remove(path);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A rolled-back fix, held while the file has the bytes it was rolled back to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// sha256 of the file when quarantined.
+    pub sha256: String,
+    /// Rules whose fix was undone.
+    pub rules: Vec<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Where fixing is paused until, if it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// RFC 3339 time the pause ends; `None`: until `lockdown-agent resume`.
+    pub until: Option<String>,
+}
+
+/// Reads the pause file: `Some(description)` while fixing is paused.
+pub fn paused(state_dir: &Path) -> Option<String> {
+    let path = state_dir.join(PAUSE_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<Pause>(&bytes) {
+        Ok(Pause { until: None }) => Some("paused until `lockdown-agent resume`".into()),
+        Ok(Pause { until: Some(t) }) => match humantime::parse_rfc3339(&t) {
+            Ok(end) if end > SystemTime::now() => Some(format!("paused until {t}")),
+            Ok(_) => None,
+            Err(e) => Some(format!(
+                "paused: {} has an unreadable time ({e}); remove it to resume",
+                path.display()
+            )),
+        },
+        // Fail safe: an unreadable pause file still pauses.
+        Err(e) => Some(format!(
+            "paused: {} is unreadable ({e}); remove it to resume",
+            path.display()
+        )),
+    }
+}
+
+/// Writes the pause file (`None`: until resumed).
+pub fn pause(state_dir: &Path, duration: Option<Duration>) -> Result<Pause, String> {
+    let until =
+        duration.map(|d| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
+    let p = Pause { until };
+    let path = state_dir.join(PAUSE_FILE);
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let tmp = state_dir.join(format!(".{PAUSE_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(&p).expect("pause serialises"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(p)
+}
+
+/// Removes the pause file. Returns whether there was one.
+pub fn resume(state_dir: &Path) -> Result<bool, String> {
+    let path = state_dir.join(PAUSE_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// How a fix ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to do.
+    Nothing,
+    /// Planned only.
+    Planned,
+    /// Not applied (the events say why).
+    Skipped,
+    /// Applied and healthy.
+    Verified,
+    /// Applied, unhealthy, restored.
+    RolledBack,
+}
+
+/// Where events go.
+pub type Emit<'a> = &'a mut (dyn FnMut(EventBody) + Send);
+
+/// The fixer's state.
+pub struct Fixer {
+    cfg: Config,
+    own: Arc<OwnWrites>,
+    quarantine: BTreeMap<String, Quarantine>,
+    fixes: HashMap<String, VecDeque<Instant>>,
+    fight_stopped: HashSet<String>,
+    planned: HashMap<String, String>,
+    reported: HashSet<(String, Option<String>, String)>,
+    deferred: BTreeSet<PathBuf>,
+}
+
+impl Fixer {
+    /// A fixer for `cfg`, sharing `own` with the daemon loop.
+    pub fn new(cfg: Config, own: Arc<OwnWrites>) -> Self {
+        let quarantine = std::fs::read(cfg.state_dir.join(QUARANTINE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Fixer {
+            cfg,
+            own,
+            quarantine,
+            fixes: HashMap::new(),
+            fight_stopped: HashSet::new(),
+            planned: HashMap::new(),
+            reported: HashSet::new(),
+            deferred: BTreeSet::new(),
+        }
+    }
+
+    fn cat(&self) -> &Catalogue {
+        &self.cfg.catalogue
+    }
+
+    fn fix_cfg(&self) -> &FixConfig {
+        &self.cfg.fix
+    }
+
+    fn save_quarantine(&self) {
+        let path = self.cfg.state_dir.join(QUARANTINE_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&self.quarantine).expect("quarantine serialises");
+        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+            tracing::error!(path = %path.display(), error = %e, "cannot save the fix quarantine");
+        }
+    }
+
+    fn skip_once(
+        &mut self,
+        emit: Emit<'_>,
+        path: &str,
+        rule_id: Option<String>,
+        reason: String,
+        diff: Option<String>,
+    ) {
+        if self
+            .reported
+            .insert((path.to_string(), rule_id.clone(), reason.clone()))
+        {
+            emit(EventBody::FixSkipped {
+                path: path.to_string(),
+                rule_id,
+                reason,
+                diff,
+            });
+        }
+    }
+
+    /// The redacted diff of a plan: the manifest, then each file it creates.
+    pub fn diff(&self, path: &str, before: &str, plan: &Plan) -> String {
+        let red = |t: &str| redact::redact(t, &|f| self.cat().sensitive(f));
+        let mut diff = redact::unified_diff(path, Some(&red(before)), Some(&red(&plan.text)));
+        for f in &plan.files {
+            diff.push_str(&redact::unified_diff(
+                &f.host_path.display().to_string(),
+                None,
+                Some(&f.contents),
+            ));
+        }
+        diff
+    }
+
+    /// Plans the fixes `choose` selects for the manifest at `path` as it is on disk.
+    pub fn plan_file(
+        &self,
+        path: &Path,
+        choose: &dyn Fn(&crate::rules::Finding) -> plan::Choice,
+    ) -> Result<(Vec<u8>, Plan), String> {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| check::io_problem(&e))?;
+        if meta.file_type().is_symlink() {
+            return Err(
+                "is a symlink; a symlinked manifest is never rewritten (fix its target by hand)"
+                    .into(),
+            );
+        }
+        let bytes = check::read_bounded(path, MAX_MANIFEST_BYTES)?;
+        let m = parse_manifest(self.cat(), &bytes).map_err(|e| e.to_string())?;
+        let authn = m
+            .control_plane
+            .as_ref()
+            .and_then(|cp| check::read_authn(&m, cp));
+        let plan =
+            plan::plan(self.cat(), &bytes, authn.as_ref(), choose).map_err(|e| e.to_string())?;
+        Ok((bytes, plan))
+    }
+
+    /// Looks at one manifest: plans, reports, and in enforce mode applies behind the gate.
+    pub async fn handle(&mut self, path: &Path, emit: Emit<'_>) -> Outcome {
+        if !self.fix_cfg().any() {
+            return Outcome::Nothing;
+        }
+        let k = key(path);
+        if self.fight_stopped.contains(&k) {
+            return Outcome::Skipped;
+        }
+        let fc = self.fix_cfg().clone();
+        let all = |f: &crate::rules::Finding| fc.choose(f, fc.mode_of(&f.id), &[]);
+        let (bytes, planned) = match self.plan_file(path, &all) {
+            Ok(x) => x,
+            Err(e) if e.contains("symlink") => {
+                self.skip_once(emit, &k, None, e, None);
+                return Outcome::Skipped;
+            }
+            // Unreadable or not a control-plane manifest: the scan reports it.
+            Err(_) => return Outcome::Nothing,
+        };
+        let hash = sha256_hex(&bytes);
+        if let Some(q) = self.quarantine.get(&k) {
+            if q.sha256 == hash {
+                return Outcome::Skipped;
+            }
+            self.quarantine.remove(&k);
+            self.save_quarantine();
+        }
+        for s in &planned.skipped {
+            let diff = None;
+            self.skip_once(emit, &k, Some(s.rule_id.clone()), s.reason.clone(), diff);
+        }
+        if planned.is_empty() {
+            self.planned.remove(&k);
+            return Outcome::Nothing;
+        }
+        let before = String::from_utf8_lossy(&bytes).into_owned();
+        let enforce_rules: Vec<&String> = planned
+            .steps
+            .iter()
+            .map(|s| &s.rule_id)
+            .filter(|r| fc.mode_of(r) == Mode::Enforce)
+            .collect();
+        let diff = self.diff(&k, &before, &planned);
+        if self.planned.get(&k) != Some(&diff) {
+            self.planned.insert(k.clone(), diff.clone());
+            emit(EventBody::FixPlanned {
+                path: k.clone(),
+                mode: if enforce_rules.is_empty() {
+                    "dry-run"
+                } else {
+                    "enforce"
+                }
+                .into(),
+                rules: planned.steps.iter().map(|s| s.rule_id.clone()).collect(),
+                diff: diff.clone(),
+            });
+        }
+        if enforce_rules.is_empty() {
+            return Outcome::Planned;
+        }
+        // Only the enforce rules are applied when some are dry-run.
+        let enforced = if enforce_rules.len() == planned.steps.len() {
+            planned
+        } else {
+            let only = |f: &crate::rules::Finding| match fc.mode_of(&f.id) {
+                Mode::Enforce => fc.choose(f, Mode::Enforce, &[]),
+                _ => plan::Choice::Ignore,
+            };
+            match self.plan_file(path, &only) {
+                Ok((again, p)) if again == bytes && !p.is_empty() => p,
+                _ => return Outcome::Planned,
+            }
+        };
+        let diff = self.diff(&k, &before, &enforced);
+        if let Some(why) = paused(&self.cfg.state_dir) {
+            self.skip_once(emit, &k, None, why, Some(diff));
+            self.deferred.insert(path.to_path_buf());
+            return Outcome::Skipped;
+        }
+        let window = fc.fight_window;
+        let times = self.fixes.entry(k.clone()).or_default();
+        while times.front().is_some_and(|t| t.elapsed() > window) {
+            times.pop_front();
+        }
+        if times.len() >= fc.fight_max as usize {
+            self.fight_stopped.insert(k.clone());
+            tracing::error!(path = %k, "the same drift keeps coming back; stopped fixing this file");
+            emit(EventBody::FixQuarantined {
+                path: k.clone(),
+                rules: enforced.steps.iter().map(|s| s.rule_id.clone()).collect(),
+                reason: format!(
+                    "the drift came back after {} fixes within {}: something else keeps rewriting this file (kubeadm, a config manager?); stopped fixing it until the agent is reloaded or restarted",
+                    times.len(),
+                    humantime::format_duration(window)
+                ),
+                diff,
+            });
+            return Outcome::Skipped;
+        }
+        times.push_back(Instant::now());
+        self.apply(path, &bytes, &enforced, diff, emit).await
+    }
+
+    /// Applies a plan to `path` (which holds `bytes`) behind the health gate, rolling back on
+    /// failure.
+    pub async fn apply(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        plan: &Plan,
+        diff: String,
+        emit: Emit<'_>,
+    ) -> Outcome {
+        let k = key(path);
+        let rules: Vec<String> = plan.steps.iter().map(|s| s.rule_id.clone()).collect();
+        let gate = parse_manifest(self.cat(), plan.text.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                let cp = m.control_plane.clone().ok_or("no component")?;
+                health::plan(&m, &cp, self.fix_cfg().health_timeout)
+            });
+        let gate = match gate {
+            Ok(g) => g,
+            Err(why) => {
+                self.skip_once(emit, &k, None, format!("not applied: {why}"), Some(diff));
+                return Outcome::Skipped;
+            }
+        };
+        let before = sha256_hex(bytes);
+        let after_bytes = plan.text.as_bytes().to_vec();
+        let after = sha256_hex(&after_bytes);
+        let mut journal = Journal {
+            path: path.to_path_buf(),
+            backup: PathBuf::new(),
+            before: before.clone(),
+            after: after.clone(),
+            created: Vec::new(),
+            rules: rules.clone(),
+            diff: diff.clone(),
+            phase: "gate".into(),
+        };
+        let state_dir = self.cfg.state_dir.clone();
+        let keep = self.fix_cfg().backups;
+        let own = Arc::clone(&self.own);
+        let files = plan.files.clone();
+        let original = bytes.to_vec();
+        let k2 = k.clone();
+        let written = tokio::task::spawn_blocking(move || -> Result<Journal, WriteError> {
+            for f in &files {
+                if write::create(&f.host_path, f.contents.as_bytes())? {
+                    journal
+                        .created
+                        .push((f.host_path.clone(), sha256_hex(f.contents.as_bytes())));
+                }
+            }
+            let undo = |j: &Journal| {
+                for (p, _) in &j.created {
+                    let _ = std::fs::remove_file(p);
+                }
+            };
+            let result = (|| {
+                journal.backup = write::backup(&state_dir, &journal.path, &original, keep)?;
+                write::save_journal(&state_dir, &journal)?;
+                own.expect(&k2, &journal.after);
+                write::replace(&journal.path, &after_bytes, &journal.before)
+            })();
+            if let Err(e) = result {
+                own.forget(&k2);
+                undo(&journal);
+                let _ = write::clear_journal(&state_dir);
+                return Err(e);
+            }
+            Ok(journal)
+        })
+        .await
+        .expect("the write task does not panic");
+        let journal = match written {
+            Ok(j) => j,
+            Err(e) => {
+                self.skip_once(emit, &k, None, format!("not applied: {e}"), Some(diff));
+                return Outcome::Skipped;
+            }
+        };
+        tracing::warn!(path = %k, rules = ?rules, "fix applied; waiting for the component to be healthy");
+        emit(EventBody::FixApplied {
+            path: k.clone(),
+            rules: rules.clone(),
+            diff: diff.clone(),
+            backup: journal.backup.display().to_string(),
+            before_sha256: before,
+            after_sha256: after,
+            created: journal
+                .created
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect(),
+        });
+        self.gate(journal, gate, emit).await
+    }
+
+    /// Runs the gate for a written fix and decides.
+    async fn gate(&mut self, journal: Journal, gate: health::GatePlan, emit: Emit<'_>) -> Outcome {
+        let verdict = health::run(&gate).await;
+        let k = key(&journal.path);
+        if verdict.healthy {
+            tracing::info!(path = %k, "fix verified healthy");
+            emit(EventBody::FixVerified {
+                path: k,
+                rules: journal.rules.clone(),
+                diff: journal.diff.clone(),
+                health: verdict.summary,
+                attempts: verdict.attempts,
+            });
+            if let Err(e) = write::clear_journal(&self.cfg.state_dir) {
+                tracing::error!(error = %e, "cannot clear the fix journal");
+            }
+            return Outcome::Verified;
+        }
+        self.rollback(journal, verdict.summary, verdict.attempts, emit)
+            .await
+    }
+
+    /// Restores the original, waits for health on it, quarantines the fix.
+    async fn rollback(
+        &mut self,
+        mut journal: Journal,
+        reason: String,
+        attempts: Vec<Attempt>,
+        emit: Emit<'_>,
+    ) -> Outcome {
+        let k = key(&journal.path);
+        tracing::error!(path = %k, %reason, "fix failed the health gate; rolling back");
+        journal.phase = "rollback".into();
+        if let Err(e) = write::save_journal(&self.cfg.state_dir, &journal) {
+            tracing::error!(error = %e, "cannot record the rollback in the journal");
+        }
+        let original = match write::read_backup(&journal.backup) {
+            Ok(b) if sha256_hex(&b) == journal.before => b,
+            Ok(_) => {
+                tracing::error!(backup = %journal.backup.display(), "backup does not match the original's sha256");
+                emit(EventBody::FixSkipped {
+                    path: k,
+                    rule_id: None,
+                    reason: format!(
+                        "ROLLBACK NOT DONE: the backup {} does not hold the original bytes; restore the file by hand",
+                        journal.backup.display()
+                    ),
+                    diff: Some(journal.diff.clone()),
+                });
+                return Outcome::Skipped;
+            }
+            Err(e) => {
+                emit(EventBody::FixSkipped {
+                    path: k,
+                    rule_id: None,
+                    reason: format!("ROLLBACK NOT DONE: {e}; restore the file by hand"),
+                    diff: Some(journal.diff.clone()),
+                });
+                return Outcome::Skipped;
+            }
+        };
+        self.own.expect(&k, &journal.before);
+        match write::replace(&journal.path, &original, &journal.after) {
+            Ok(()) => {}
+            Err(WriteError::Changed(_)) => {
+                self.own.forget(&k);
+                emit(EventBody::FixSkipped {
+                    path: k,
+                    rule_id: None,
+                    reason: "not rolled back: the file was changed by someone else during the health gate".into(),
+                    diff: Some(journal.diff.clone()),
+                });
+                let _ = write::clear_journal(&self.cfg.state_dir);
+                return Outcome::Skipped;
+            }
+            Err(e) => {
+                self.own.forget(&k);
+                emit(EventBody::FixSkipped {
+                    path: k,
+                    rule_id: None,
+                    reason: format!("ROLLBACK FAILED: {e}; the agent retries at its next start"),
+                    diff: Some(journal.diff.clone()),
+                });
+                return Outcome::Skipped;
+            }
+        }
+        self.finish_rollback(journal, reason, attempts, original, emit)
+            .await
+    }
+
+    async fn finish_rollback(
+        &mut self,
+        journal: Journal,
+        reason: String,
+        attempts: Vec<Attempt>,
+        original: Vec<u8>,
+        emit: Emit<'_>,
+    ) -> Outcome {
+        let k = key(&journal.path);
+        for (p, sha) in &journal.created {
+            if std::fs::read(p).is_ok_and(|b| sha256_hex(&b) == *sha) {
+                let _ = std::fs::remove_file(p);
+                let _ = write::sync_dir(p);
+            }
+        }
+        let restored = match parse_manifest(self.cat(), &original)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                let cp = m.control_plane.clone().ok_or("no component")?;
+                health::plan(&m, &cp, self.fix_cfg().health_timeout)
+            }) {
+            Ok(g) => health::run(&g).await,
+            Err(why) => health::Verdict {
+                healthy: false,
+                summary: format!("cannot check the original: {why}"),
+                attempts: Vec::new(),
+            },
+        };
+        emit(EventBody::FixRolledBack {
+            path: k.clone(),
+            rules: journal.rules.clone(),
+            diff: journal.diff.clone(),
+            reason: reason.clone(),
+            attempts,
+            restored_healthy: restored.healthy,
+            restored_health: restored.summary,
+        });
+        self.quarantine.insert(
+            k.clone(),
+            Quarantine {
+                sha256: journal.before.clone(),
+                rules: journal.rules.clone(),
+                reason: reason.clone(),
+            },
+        );
+        self.save_quarantine();
+        emit(EventBody::FixQuarantined {
+            path: k,
+            rules: journal.rules.clone(),
+            reason: format!(
+                "rolled back ({reason}); not tried again until someone else changes the file"
+            ),
+            diff: journal.diff.clone(),
+        });
+        if let Err(e) = write::clear_journal(&self.cfg.state_dir) {
+            tracing::error!(error = %e, "cannot clear the fix journal");
+        }
+        Outcome::RolledBack
+    }
+
+    /// Finishes a fix an earlier run left between its write and its verdict.
+    pub async fn recover(&mut self, emit: Emit<'_>) -> Outcome {
+        write::remove_stale_temps(&self.cfg.manifests_dir);
+        let journal = match write::load_journal(&self.cfg.state_dir) {
+            Ok(Some(j)) => j,
+            Ok(None) => return Outcome::Nothing,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable fix journal; an interrupted fix may need a look");
+                return Outcome::Nothing;
+            }
+        };
+        let k = key(&journal.path);
+        let current = std::fs::read(&journal.path).ok();
+        let current_sha = current.as_deref().map(sha256_hex);
+        tracing::warn!(path = %k, phase = %journal.phase, "finishing a fix interrupted by a restart");
+        let interrupted = "the agent stopped before the verdict".to_string();
+        if current_sha.as_deref() == Some(journal.after.as_str()) {
+            if journal.phase == "rollback" {
+                return self.rollback(journal, interrupted, Vec::new(), emit).await;
+            }
+            let gate = parse_manifest(self.cat(), current.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    let cp = m.control_plane.clone().ok_or("no component")?;
+                    health::plan(&m, &cp, self.fix_cfg().health_timeout)
+                });
+            match gate {
+                Ok(g) => self.gate(journal, g, emit).await,
+                Err(why) => self.rollback(journal, why, Vec::new(), emit).await,
+            }
+        } else if current_sha.as_deref() == Some(journal.before.as_str()) {
+            if journal.phase == "rollback" {
+                let original = current.unwrap_or_default();
+                return self
+                    .finish_rollback(journal, interrupted, Vec::new(), original, emit)
+                    .await;
+            }
+            // The write never landed.
+            for (p, sha) in &journal.created {
+                if std::fs::read(p).is_ok_and(|b| sha256_hex(&b) == *sha) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            let _ = write::clear_journal(&self.cfg.state_dir);
+            Outcome::Nothing
+        } else {
+            emit(EventBody::FixSkipped {
+                path: k,
+                rule_id: None,
+                reason: "an interrupted fix was not finished: the file was changed by someone else meanwhile".into(),
+                diff: Some(journal.diff.clone()),
+            });
+            let _ = write::clear_journal(&self.cfg.state_dir);
+            Outcome::Skipped
+        }
+    }
+
+    /// The daemon task: recover, then handle requests one at a time until the channel closes.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<PathBuf>,
+        mut configs: watch::Receiver<Config>,
+        events: mpsc::UnboundedSender<EventBody>,
+    ) {
+        let mut emit = move |e: EventBody| {
+            let _ = events.send(e);
+        };
+        self.recover(&mut emit).await;
+        let mut poll = tokio::time::interval(PAUSE_POLL);
+        loop {
+            tokio::select! {
+                r = requests.recv() => {
+                    let Some(first) = r else { break };
+                    let mut batch = BTreeSet::from([first]);
+                    while let Ok(p) = requests.try_recv() {
+                        batch.insert(p);
+                    }
+                    for p in batch {
+                        self.handle(&p, &mut emit).await;
+                    }
+                }
+                Ok(()) = configs.changed() => {
+                    self.cfg = configs.borrow_and_update().clone();
+                    self.fight_stopped.clear();
+                    self.fixes.clear();
+                    self.reported.clear();
+                    self.planned.clear();
+                }
+                _ = poll.tick(), if !self.deferred.is_empty() => {
+                    if paused(&self.cfg.state_dir).is_none() {
+                        for p in std::mem::take(&mut self.deferred) {
+                            self.reported.retain(|(path, _, _)| *path != key(&p));
+                            self.handle(&p, &mut emit).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
