@@ -378,6 +378,17 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
             if plan.is_empty() {
                 continue;
             }
+            if let Some(q) = fixer.quarantined(&path, &bytes) {
+                println!(
+                    "# {}: not fixing: quarantined since {} was rolled back ({}); change the file or remove {} to try again",
+                    path.display(),
+                    q.rules.join(", "),
+                    q.reason,
+                    lockdown_agent::fix::fixer::QUARANTINE_FILE
+                );
+                code = ExitCode::from(1);
+                continue;
+            }
             let before = String::from_utf8_lossy(&bytes).into_owned();
             let diff = fixer.diff(&path.display().to_string(), &before, &plan);
             print!("{diff}");

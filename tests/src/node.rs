@@ -269,7 +269,17 @@ impl Agent {
 
     /// Waits until the events after `after` satisfy `done`; returns those events.
     pub fn wait_for(&self, after: u64, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
-        let deadline = Instant::now() + WAIT;
+        self.wait_for_within(WAIT, after, done)
+    }
+
+    /// [`Agent::wait_for`] with a longer limit, for waits that include health gates.
+    pub fn wait_for_within(
+        &self,
+        limit: Duration,
+        after: u64,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let deadline = Instant::now() + limit;
         loop {
             let events: Vec<Event> = SpoolReader::open(&self.state)
                 .and_then(|r| r.read_from(after + 1, usize::MAX >> 1))

@@ -183,6 +183,13 @@ impl Fixer {
         }
     }
 
+    /// The quarantine holding `path`, if its bytes are still those it was rolled back to.
+    pub fn quarantined(&self, path: &Path, bytes: &[u8]) -> Option<&Quarantine> {
+        self.quarantine
+            .get(&key(path))
+            .filter(|q| q.sha256 == sha256_hex(bytes))
+    }
+
     fn cat(&self) -> &Catalogue {
         &self.cfg.catalogue
     }

@@ -1,0 +1,265 @@
+//! A test double for the kubelet's static pod source, to test the fixer against.
+//!
+//! Like the kubelet (`pkg/kubelet/config/file.go`), it watches the manifests directory with
+//! inotify and re-lists it (every 100 ms here, 20 s there), ignores dot files, reads every
+//! other regular file (following symlinks) as a pod, and keeps the old pod when a file does
+//! not parse. A changed spec kills the old "container" and starts the new one; a container
+//! that exits is restarted after a short back-off.
+//!
+//! A "container" is `fake-component` started with the manifest's flags, so it refuses the
+//! flags its version does not accept and serves the manifest's probe paths (see
+//! `src/bin/fake-component.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lockdown_agent::check::parse_manifest;
+use lockdown_agent::fix::health;
+use lockdown_agent::integrity::sha256_hex;
+use lockdown_agent::manifest::flags::ArgSource;
+use lockdown_agent::rules::Catalogue;
+use notify::Watcher;
+
+use crate::bin;
+use crate::node::WAIT;
+
+const RELIST: Duration = Duration::from_millis(100);
+const BACKOFF: Duration = Duration::from_millis(300);
+
+struct Pod {
+    sha: String,
+    child: Child,
+    exited_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    pods: BTreeMap<String, Pod>,
+    /// Every file name ever run as a pod.
+    ran: BTreeSet<String>,
+    /// (file, sha256) of every start.
+    starts: Vec<(String, String)>,
+}
+
+/// The running double. Stops its containers when dropped.
+pub struct Kubelet {
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    log: PathBuf,
+}
+
+impl Kubelet {
+    /// Starts watching `dir`; containers log to `log`. Argv words in `refuse` make the
+    /// component exit at start.
+    pub fn start(dir: &Path, log: &Path, refuse: &[&str]) -> Kubelet {
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |e| {
+            let _ = tx.send(e);
+        })
+        .expect("inotify");
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .expect("watch the manifests directory");
+        let (d, l, s, st) = (
+            dir.to_path_buf(),
+            log.to_path_buf(),
+            Arc::clone(&state),
+            Arc::clone(&stop),
+        );
+        let refuse = refuse.join(",");
+        let thread = std::thread::spawn(move || {
+            let _watcher = watcher;
+            while !st.load(Ordering::SeqCst) {
+                // An event or the re-list period, whichever first; then sync with the directory.
+                let _ = rx.recv_timeout(RELIST);
+                while rx.try_recv().is_ok() {}
+                sync(&d, &l, &s, &refuse);
+            }
+            let mut state = s.lock().unwrap();
+            for pod in state.pods.values_mut() {
+                let _ = pod.child.kill();
+                let _ = pod.child.wait();
+            }
+        });
+        Kubelet {
+            state,
+            stop,
+            thread: Some(thread),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The sha256 of the spec running for `file`, if a container for it is up.
+    pub fn running(&self, file: &str) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        s.pods
+            .get(file)
+            .filter(|p| p.exited_at.is_none())
+            .map(|p| p.sha.clone())
+    }
+
+    /// Waits until the container for `file` runs the spec with sha256 `sha`.
+    pub fn wait_running(&self, file: &str, sha: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.running(file).as_deref() != Some(sha) {
+            assert!(
+                Instant::now() < deadline,
+                "{file} with {sha} not running; containers log:\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every file name that was ever run as a pod.
+    pub fn ran(&self) -> BTreeSet<String> {
+        self.state.lock().unwrap().ran.clone()
+    }
+
+    /// How many times a container was started for `file` with spec `sha`.
+    pub fn starts(&self, file: &str, sha: &str) -> usize {
+        let s = self.state.lock().unwrap();
+        s.starts
+            .iter()
+            .filter(|(f, h)| f == file && h == sha)
+            .count()
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str) {
+    let mut st = state.lock().unwrap();
+    let mut present = BTreeSet::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(bytes) = fs::read(e.path()) else {
+            continue; // a directory, or gone
+        };
+        present.insert(name.clone());
+        let sha = sha256_hex(&bytes);
+        let current = st.pods.get(&name).map(|p| p.sha.clone());
+        if current.as_deref() != Some(sha.as_str()) {
+            let Some(mut cmd) = container(&bytes, log, refuse) else {
+                continue; // does not parse: keep the old pod, as the kubelet's inotify path does
+            };
+            if let Some(mut old) = st.pods.remove(&name) {
+                let _ = old.child.kill();
+                let _ = old.child.wait();
+            }
+            let Ok(child) = cmd.spawn() else { continue };
+            st.ran.insert(name.clone());
+            st.starts.push((name.clone(), sha.clone()));
+            st.pods.insert(
+                name,
+                Pod {
+                    sha,
+                    child,
+                    exited_at: None,
+                },
+            );
+        }
+    }
+    let gone: Vec<String> = st
+        .pods
+        .keys()
+        .filter(|k| !present.contains(*k))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(mut p) = st.pods.remove(&name) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+    // Restart exited containers after a back-off.
+    let names: Vec<String> = st.pods.keys().cloned().collect();
+    for name in names {
+        let path = dir.join(&name);
+        let pod = st.pods.get_mut(&name).unwrap();
+        if pod.exited_at.is_none() {
+            if let Ok(Some(_)) = pod.child.try_wait() {
+                pod.exited_at = Some(Instant::now());
+            }
+        } else if pod.exited_at.is_some_and(|t| t.elapsed() >= BACKOFF)
+            && let Ok(bytes) = fs::read(&path)
+            && let Some(Ok(child)) = container(&bytes, log, refuse).map(|mut c| c.spawn())
+        {
+            pod.child = child;
+            pod.exited_at = None;
+            let sha = pod.sha.clone();
+            st.starts.push((name, sha));
+        }
+    }
+}
+
+/// The container a manifest describes; `None` when it does not parse.
+fn container(bytes: &[u8], log: &Path, refuse: &str) -> Option<Command> {
+    let cat = Catalogue::builtin();
+    let m = parse_manifest(cat, bytes).ok()?;
+    let cp = m.control_plane.clone()?;
+    let gate = health::plan(&m, &cp, None).ok();
+    let serve: BTreeSet<String> = gate
+        .iter()
+        .flat_map(|g| [&g.up, &g.live])
+        .map(|t| format!("{}:{}", t.scheme, t.port))
+        .collect();
+    let paths: BTreeSet<String> = gate
+        .iter()
+        .flat_map(|g| [&g.up, &g.live])
+        .map(|t| t.path.split('?').next().unwrap_or_default().to_string())
+        .collect();
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ok()?;
+    let mut cmd = Command::new(bin("fake-component"));
+    cmd.args(
+        cp.flags
+            .args
+            .iter()
+            .filter(|a| a.source != ArgSource::Env)
+            .map(|a| a.text.clone()),
+    )
+    .env("FAKE_COMPONENT", cp.component.name())
+    .env(
+        "FAKE_VERSION",
+        cp.version.map(|v| v.to_string()).unwrap_or_default(),
+    )
+    .env(
+        "FAKE_SERVE",
+        serve.into_iter().collect::<Vec<_>>().join(","),
+    )
+    .env(
+        "FAKE_PATHS",
+        paths.into_iter().collect::<Vec<_>>().join(","),
+    )
+    .env("FAKE_REFUSE", refuse)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::from(out));
+    Some(cmd)
+}

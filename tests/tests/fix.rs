@@ -1,0 +1,410 @@
+//! The fixer end to end: the real agent binary, real files, and the kubelet double running
+//! `fake-component` for each manifest (see `src/kubelet.rs`).
+//!
+//! The manifests are kubeadm 1.31 files with their probes scaled down (1 s periods), so that
+//! a health gate takes seconds. Every test asserts the manifests directory listing after each
+//! step: no temp file and no backup ever stays there.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use lockdown_agent::event::{Event, EventBody};
+use lockdown_agent::integrity::sha256_hex;
+use lockdown_e2e::bin;
+use lockdown_e2e::kubelet::Kubelet;
+use lockdown_e2e::node::{Agent, Node, about, has};
+
+/// Waits that include health gates and rollbacks.
+const GATE_WAIT: Duration = Duration::from_secs(60);
+const SCHED: &str = "kube-scheduler.yaml";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node whose manifests directory holds only a kube-scheduler 1.31 manifest with fast
+/// probes on a free port (no --profiling, so scheduler-profiling fails and its safe fix adds
+/// --profiling=false). Fixing is configured by `fix` (YAML lines under `fix:`).
+fn fix_node(fix: &str) -> Node {
+    let node = Node::new(&format!("rescan_interval: 0s\nfix:\n{fix}"));
+    for e in fs::read_dir(&node.manifests).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let src = include_str!("../data/kubeadm/v1.31/kube-scheduler.yaml")
+        .replace("port: 10259", &format!("port: {}", free_port()))
+        .replace("initialDelaySeconds: 10", "initialDelaySeconds: 1")
+        .replace("periodSeconds: 10", "periodSeconds: 1")
+        .replace("failureThreshold: 8", "failureThreshold: 2")
+        .replace("failureThreshold: 24", "failureThreshold: 4")
+        .replace("timeoutSeconds: 15", "timeoutSeconds: 1");
+    write_manifest(&node, SCHED, &src);
+    node
+}
+
+fn write_manifest(node: &Node, name: &str, text: &str) {
+    let path = node.manifest(name);
+    let tmp = node.manifests.join(format!(".{name}.test"));
+    fs::write(&tmp, text).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+}
+
+fn kubelet(node: &Node, refuse: &[&str]) -> Kubelet {
+    let k = Kubelet::start(
+        &node.manifests,
+        &node.root.path().join("containers.log"),
+        refuse,
+    );
+    let sha = sha256_hex(&fs::read(node.manifest(SCHED)).unwrap());
+    k.wait_running(SCHED, &sha);
+    k
+}
+
+/// The manifests directory holds exactly `names`.
+fn assert_listing(node: &Node, names: &[&str]) {
+    let mut found: Vec<String> = fs::read_dir(&node.manifests)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, names, "manifests directory listing");
+}
+
+fn hardened(original: &str) -> String {
+    original.replace(
+        "    - --leader-elect=true\n",
+        "    - --leader-elect=true\n    - --profiling=false\n",
+    )
+}
+
+fn kinds(events: &[Event], path: &Path) -> Vec<&'static str> {
+    let p = path.display().to_string();
+    events
+        .iter()
+        .filter(|e| e.body.kind().starts_with("fix_") && e.body.path() == Some(p.as_str()))
+        .map(|e| e.body.kind())
+        .collect()
+}
+
+fn agent_cli(node: &Node, args: &[&str]) -> std::process::Output {
+    Command::new(bin("lockdown-agent"))
+        .arg("--config")
+        .arg(&node.config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_safe_fix_is_applied_and_verified_healthy() {
+    let node = fix_node("  mode: enforce");
+    let path = node.manifest(SCHED);
+    let original = fs::read_to_string(&path).unwrap();
+    let k = kubelet(&node, &[]);
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, 0, |ev| has(ev, "fix_verified", &path));
+    assert_listing(&node, &[SCHED]);
+    assert_eq!(
+        kinds(&events, &path),
+        ["fix_planned", "fix_applied", "fix_verified"]
+    );
+    // Exactly the planned bytes, with the original's owner and mode.
+    let now = fs::read_to_string(&path).unwrap();
+    assert_eq!(now, hardened(&original));
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    // The kubelet runs the hardened spec and it is healthy.
+    k.wait_running(SCHED, &sha256_hex(now.as_bytes()));
+    // The agent's own write is not reported as drift.
+    assert!(
+        !has(&events, "file_modified", &path),
+        "own write reported as drift"
+    );
+    let applied = about(&events, "fix_applied", &path)[0];
+    let EventBody::FixApplied {
+        backup,
+        diff,
+        rules,
+        ..
+    } = &applied.body
+    else {
+        unreachable!()
+    };
+    assert_eq!(rules, &["scheduler-profiling"]);
+    assert!(diff.contains("+    - --profiling=false"), "{diff}");
+    // The backup holds the original bytes, outside the manifests directory, 0600.
+    assert!(!Path::new(backup).starts_with(&node.manifests));
+    assert_eq!(fs::read_to_string(backup).unwrap(), original);
+    assert_eq!(fs::metadata(backup).unwrap().mode() & 0o777, 0o600);
+    // The finding is resolved by the fix.
+    let resolved = about(&events, "finding_resolved", &path);
+    assert!(
+        resolved
+            .iter()
+            .any(|e| lockdown_e2e::node::rule_id(e) == Some("scheduler-profiling"))
+    );
+    assert_listing(&node, &[SCHED]);
+    assert_eq!(k.ran(), [SCHED.to_string()].into());
+    drop(agent);
+}
+
+#[test]
+fn a_fix_that_breaks_the_component_is_rolled_back_to_identical_bytes() {
+    let node = fix_node("  mode: enforce\n  health_timeout: 3s");
+    let path = node.manifest(SCHED);
+    let original = fs::read(&path).unwrap();
+    let k = kubelet(&node, &["--profiling=false"]);
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, 0, |ev| has(ev, "fix_quarantined", &path));
+    assert_listing(&node, &[SCHED]);
+    assert_eq!(
+        kinds(&events, &path),
+        [
+            "fix_planned",
+            "fix_applied",
+            "fix_rolled_back",
+            "fix_quarantined"
+        ]
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        original,
+        "not restored byte for byte"
+    );
+    let rolled = about(&events, "fix_rolled_back", &path)[0];
+    let EventBody::FixRolledBack {
+        attempts,
+        restored_healthy,
+        reason,
+        ..
+    } = &rolled.body
+    else {
+        unreachable!()
+    };
+    assert!(*restored_healthy, "original not healthy again");
+    assert!(reason.contains("did not succeed"), "{reason}");
+    assert!(attempts.iter().all(|a| !a.ok), "{attempts:?}");
+    assert!(!attempts.is_empty());
+    k.wait_running(SCHED, &sha256_hex(&original));
+    // Quarantined: a reload (which re-evaluates every file) does not try again; a change by
+    // someone else does, once. The fixer handles requests in order, so the one fix_applied
+    // after the reload is the one the outside change asked for.
+    let before_reload = agent.last_seq();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for(before_reload, |ev| {
+        ev.iter().any(|e| e.body.kind() == "config_reloaded")
+    });
+    let changed = String::from_utf8(original.clone())
+        .unwrap()
+        .replace("kind: Pod\n", "kind: Pod\n# edited by hand\n");
+    write_manifest(&node, SCHED, &changed);
+    let events = agent.wait_for_within(GATE_WAIT, before_reload, |ev| {
+        has(ev, "fix_quarantined", &path)
+    });
+    assert_eq!(
+        about(&events, "fix_applied", &path).len(),
+        1,
+        "{:?}",
+        kinds(&events, &path)
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), changed);
+    assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn an_unknown_version_gets_no_additions() {
+    let node = fix_node("  mode: enforce");
+    let path = node.manifest(SCHED);
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace(":v1.31.4", ":latest");
+    write_manifest(&node, SCHED, &text);
+    let agent = node.start();
+    let events = agent.wait_for(0, |ev| has(ev, "fix_skipped", &path));
+    let skipped = about(&events, "fix_skipped", &path);
+    assert!(
+        skipped.iter().any(|e| matches!(&e.body,
+            EventBody::FixSkipped { rule_id: Some(r), reason, .. }
+                if r == "scheduler-profiling" && reason.contains("version is unknown"))),
+        "{skipped:?}"
+    );
+    assert!(!has(&events, "fix_applied", &path));
+    assert_eq!(fs::read_to_string(&path).unwrap(), text);
+    assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn the_fight_guard_stops_fixing_a_file_that_keeps_drifting_back() {
+    let node = fix_node("  mode: enforce\n  fight_max: 2\n  fight_window: 10m");
+    let path = node.manifest(SCHED);
+    let original = fs::read_to_string(&path).unwrap();
+    let _k = kubelet(&node, &[]);
+    let agent = node.start();
+    let mut seq = 0;
+    for round in 1..=2 {
+        let events = agent.wait_for_within(GATE_WAIT, seq, |ev| has(ev, "fix_verified", &path));
+        assert_eq!(fs::read_to_string(&path).unwrap(), hardened(&original));
+        assert_listing(&node, &[SCHED]);
+        seq = events.last().unwrap().seq;
+        // Something else puts the insecure version back.
+        write_manifest(&node, SCHED, &original);
+        let _ = round;
+    }
+    let events = agent.wait_for_within(GATE_WAIT, seq, |ev| has(ev, "fix_quarantined", &path));
+    let q = about(&events, "fix_quarantined", &path)[0];
+    let EventBody::FixQuarantined { reason, .. } = &q.body else {
+        unreachable!()
+    };
+    assert!(reason.contains("came back"), "{reason}");
+    assert!(!has(&events, "fix_applied", &path));
+    // Detection goes on: the drift is reported and the file left as the other writer put it.
+    assert!(has(&events, "file_modified", &path));
+    assert_eq!(fs::read_to_string(&path).unwrap(), original);
+    assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn pause_stops_fixing_but_not_detecting_and_resume_catches_up() {
+    let node = fix_node("  mode: enforce");
+    let path = node.manifest(SCHED);
+    let original = fs::read_to_string(&path).unwrap();
+    let out = agent_cli(&node, &["pause", "--for", "1h"]);
+    assert!(out.status.success(), "{out:?}");
+    let _k = kubelet(&node, &[]);
+    let agent = node.start();
+    let events = agent.wait_for(0, |ev| has(ev, "fix_skipped", &path));
+    let skipped = about(&events, "fix_skipped", &path);
+    assert!(
+        skipped.iter().any(|e| matches!(&e.body,
+            EventBody::FixSkipped { reason, .. } if reason.starts_with("paused until"))),
+        "{skipped:?}"
+    );
+    assert!(has(&events, "finding_raised", &path), "detection stopped");
+    assert_eq!(fs::read_to_string(&path).unwrap(), original);
+    let seq = agent.last_seq();
+    let out = agent_cli(&node, &["resume"]);
+    assert!(out.status.success(), "{out:?}");
+    agent.wait_for_within(GATE_WAIT, seq, |ev| has(ev, "fix_verified", &path));
+    assert_eq!(fs::read_to_string(&path).unwrap(), hardened(&original));
+    assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn a_symlinked_manifest_is_refused() {
+    let node = fix_node("  mode: enforce");
+    let path = node.manifest(SCHED);
+    let original = fs::read_to_string(&path).unwrap();
+    let target = node.root.path().join("elsewhere.yaml");
+    fs::rename(&path, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let agent = node.start();
+    let events = agent.wait_for(0, |ev| has(ev, "fix_skipped", &path));
+    let skipped = about(&events, "fix_skipped", &path);
+    assert!(
+        skipped.iter().any(|e| matches!(&e.body,
+            EventBody::FixSkipped { reason, .. } if reason.contains("symlink"))),
+        "{skipped:?}"
+    );
+    assert!(!has(&events, "fix_applied", &path));
+    assert_eq!(fs::read_to_string(&target).unwrap(), original);
+    assert!(
+        fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn kill_9_between_write_and_verdict_is_finished_after_restart() {
+    // The component refuses the fix, and the gate waits 5 s for it: time to kill the agent.
+    let node = fix_node("  mode: enforce\n  health_timeout: 5s");
+    let path = node.manifest(SCHED);
+    let original = fs::read(&path).unwrap();
+    let _k = kubelet(&node, &["--profiling=false"]);
+    let agent: Agent = node.start();
+    agent.wait_for_within(GATE_WAIT, 0, |ev| has(ev, "fix_applied", &path));
+    agent.kill9();
+    // The hardened (broken) file is in place and the journal says so.
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        hardened(std::str::from_utf8(&original).unwrap())
+    );
+    assert!(node.state.join("fix-journal.json").exists());
+    assert_listing(&node, &[SCHED]);
+    let seq = Node::events(&node).last().unwrap().seq;
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, seq, |ev| has(ev, "fix_rolled_back", &path));
+    assert_eq!(fs::read(&path).unwrap(), original);
+    assert!(!node.state.join("fix-journal.json").exists());
+    // Quarantined after the restart too: the rolled-back fix is not applied again.
+    agent.wait_for_within(GATE_WAIT, seq, |ev| has(ev, "fix_quarantined", &path));
+    assert!(!has(&events, "fix_applied", &path));
+    assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn dry_run_reports_the_diff_and_writes_nothing() {
+    let node = fix_node("  mode: dry-run");
+    let path = node.manifest(SCHED);
+    let original = fs::read_to_string(&path).unwrap();
+    // The command line first.
+    let out = agent_cli(&node, &["fix", "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("+    - --profiling=false"), "{stdout}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), original);
+    // Then the daemon.
+    let agent = node.start();
+    let events = agent.wait_for(0, |ev| has(ev, "fix_planned", &path));
+    let planned = about(&events, "fix_planned", &path)[0];
+    let EventBody::FixPlanned { mode, diff, .. } = &planned.body else {
+        unreachable!()
+    };
+    assert_eq!(mode, "dry-run");
+    assert!(diff.contains("+    - --profiling=false"), "{diff}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), original);
+    assert!(!node.state.join("backups").exists());
+    assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn fix_apply_on_the_command_line_gates_and_rolls_back() {
+    let node = fix_node("  health_timeout: 3s");
+    let path = node.manifest(SCHED);
+    let original = fs::read(&path).unwrap();
+    {
+        let _k = kubelet(&node, &["--profiling=false"]);
+        let out = agent_cli(&node, &["fix", "--apply"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(fs::read(&path).unwrap(), original);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("fix_rolled_back"));
+        assert_listing(&node, &[SCHED]);
+        let out = agent_cli(&node, &["fix", "--apply"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("quarantined"),
+            "{out:?}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), original);
+    }
+    // The quarantine holds for the command line too; a changed file lifts it.
+    let changed = String::from_utf8(original)
+        .unwrap()
+        .replace("kind: Pod\n", "kind: Pod\n# edited by hand\n");
+    write_manifest(&node, SCHED, &changed);
+    let k = kubelet(&node, &[]);
+    let out = agent_cli(&node, &["fix", "--apply"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), hardened(&changed));
+    k.wait_running(SCHED, &sha256_hex(hardened(&changed).as_bytes()));
+    assert_listing(&node, &[SCHED]);
+}
