@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,7 @@ use lockdown_agent::rules::Catalogue;
 use notify::Watcher;
 
 use crate::bin;
-use crate::node::WAIT;
+use crate::node::{Node, WAIT};
 
 const RELIST: Duration = Duration::from_millis(100);
 const BACKOFF: Duration = Duration::from_millis(300);
@@ -262,4 +263,66 @@ fn container(bytes: &[u8], log: &Path, refuse: &str) -> Option<Command> {
     .stdout(Stdio::null())
     .stderr(Stdio::from(out));
     Some(cmd)
+}
+
+/// The kube-scheduler manifest in [`fix_node`].
+pub const SCHED: &str = "kube-scheduler.yaml";
+
+/// [`fix_node`]'s manifest after the scheduler-profiling fix.
+pub fn hardened(original: &str) -> String {
+    original.replace(
+        "    - --leader-elect=true\n",
+        "    - --leader-elect=true\n    - --profiling=false\n",
+    )
+}
+
+/// A free loopback port (free now; the test binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The kubeadm 1.31 kube-scheduler manifest with its probes on a free port, 1 s periods, the
+/// given initial delay and liveness failure threshold (startup: twice that).
+pub fn scheduler_manifest(initial_delay: u32, failure_threshold: u32) -> String {
+    include_str!("../data/kubeadm/v1.31/kube-scheduler.yaml")
+        .replace("port: 10259", &format!("port: {}", free_port()))
+        .replace(
+            "initialDelaySeconds: 10",
+            &format!("initialDelaySeconds: {initial_delay}"),
+        )
+        .replace("periodSeconds: 10", "periodSeconds: 1")
+        .replace(
+            "failureThreshold: 8",
+            &format!("failureThreshold: {failure_threshold}"),
+        )
+        .replace(
+            "failureThreshold: 24",
+            &format!("failureThreshold: {}", 2 * failure_threshold),
+        )
+        .replace("timeoutSeconds: 15", "timeoutSeconds: 1")
+}
+
+/// A node whose manifests directory holds only [`scheduler_manifest`]`(1, 2)` (no --profiling,
+/// so scheduler-profiling fails and its safe fix adds --profiling=false). Fixing is
+/// configured by `fix` (YAML lines under `fix:`).
+pub fn fix_node(fix: &str) -> Node {
+    let node = Node::new(&format!("rescan_interval: 0s\nfix:\n{fix}"));
+    for e in fs::read_dir(&node.manifests).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    write_manifest(&node, SCHED, &scheduler_manifest(1, 2));
+    node
+}
+
+/// Replaces a manifest atomically (a dot temp file renamed into place), mode 0600.
+pub fn write_manifest(node: &Node, name: &str, text: &str) {
+    let path = node.manifest(name);
+    let tmp = node.manifests.join(format!(".{name}.test"));
+    fs::write(&tmp, text).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(&tmp, &path).unwrap();
 }

@@ -6,7 +6,7 @@
 //! step: no temp file and no backup ever stays there.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -14,47 +14,11 @@ use std::time::Duration;
 use lockdown_agent::event::{Event, EventBody};
 use lockdown_agent::integrity::sha256_hex;
 use lockdown_e2e::bin;
-use lockdown_e2e::kubelet::Kubelet;
+use lockdown_e2e::kubelet::{Kubelet, SCHED, fix_node, hardened, write_manifest};
 use lockdown_e2e::node::{Agent, Node, about, has};
 
 /// Waits that include health gates and rollbacks.
 const GATE_WAIT: Duration = Duration::from_secs(60);
-const SCHED: &str = "kube-scheduler.yaml";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A node whose manifests directory holds only a kube-scheduler 1.31 manifest with fast
-/// probes on a free port (no --profiling, so scheduler-profiling fails and its safe fix adds
-/// --profiling=false). Fixing is configured by `fix` (YAML lines under `fix:`).
-fn fix_node(fix: &str) -> Node {
-    let node = Node::new(&format!("rescan_interval: 0s\nfix:\n{fix}"));
-    for e in fs::read_dir(&node.manifests).unwrap() {
-        fs::remove_file(e.unwrap().path()).unwrap();
-    }
-    let src = include_str!("../data/kubeadm/v1.31/kube-scheduler.yaml")
-        .replace("port: 10259", &format!("port: {}", free_port()))
-        .replace("initialDelaySeconds: 10", "initialDelaySeconds: 1")
-        .replace("periodSeconds: 10", "periodSeconds: 1")
-        .replace("failureThreshold: 8", "failureThreshold: 2")
-        .replace("failureThreshold: 24", "failureThreshold: 4")
-        .replace("timeoutSeconds: 15", "timeoutSeconds: 1");
-    write_manifest(&node, SCHED, &src);
-    node
-}
-
-fn write_manifest(node: &Node, name: &str, text: &str) {
-    let path = node.manifest(name);
-    let tmp = node.manifests.join(format!(".{name}.test"));
-    fs::write(&tmp, text).unwrap();
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
-    fs::rename(&tmp, &path).unwrap();
-}
 
 fn kubelet(node: &Node, refuse: &[&str]) -> Kubelet {
     let k = Kubelet::start(
@@ -75,13 +39,6 @@ fn assert_listing(node: &Node, names: &[&str]) {
         .collect();
     found.sort();
     assert_eq!(found, names, "manifests directory listing");
-}
-
-fn hardened(original: &str) -> String {
-    original.replace(
-        "    - --leader-elect=true\n",
-        "    - --leader-elect=true\n    - --profiling=false\n",
-    )
 }
 
 fn kinds(events: &[Event], path: &Path) -> Vec<&'static str> {
