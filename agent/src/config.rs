@@ -646,6 +646,41 @@ mod tests {
     }
 
     #[test]
+    fn fix_modes_are_read_and_unknown_rules_named() {
+        let cfg = Config::parse(
+            "node_name: cp-1\nfix:\n  mode: dry-run\n  rules:\n    apiserver-profiling: enforce\n",
+            Path::new("a.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.fix.mode, crate::fix::Mode::DryRun);
+        assert_eq!(
+            cfg.fix.mode_of("apiserver-profiling"),
+            crate::fix::Mode::Enforce
+        );
+        assert_eq!(
+            cfg.fix.mode_of("scheduler-profiling"),
+            crate::fix::Mode::DryRun
+        );
+        let e = Config::parse(
+            "node_name: cp-1\nfix:\n  rules:\n    apiserver-profilng: enforce\n",
+            Path::new("a.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("fix.rules") && e.contains("apiserver-profilng"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "node_name: cp-1\nfix:\n  mode: yes-please\n",
+            Path::new("a.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a.yaml"), "{e}");
+    }
+
+    #[test]
     fn missing_default_config_means_defaults_but_missing_named_config_is_an_error() {
         let cfg = Config::load(Path::new("/nonexistent/agent.yaml"), false).unwrap();
         assert_eq!(cfg.manifests_dir, Path::new("/etc/kubernetes/manifests"));

@@ -102,6 +102,22 @@ pub struct Status {
     pub rescans: u64,
     /// The shipper, when a collector is configured.
     pub collector: Option<crate::ship::ShipStatus>,
+    /// Automatic fixing.
+    #[serde(default)]
+    pub fix: FixStatus,
+}
+
+/// Automatic fixing in [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FixStatus {
+    /// The mode for every rule.
+    pub mode: String,
+    /// Rules with their own mode.
+    pub rules: std::collections::BTreeMap<String, String>,
+    /// Why fixing is paused, when it is.
+    pub paused: Option<String>,
+    /// Files whose fix was rolled back, with the reason.
+    pub quarantined: std::collections::BTreeMap<String, String>,
 }
 
 /// One tracked path in [`Status`].
@@ -499,12 +515,14 @@ impl Agent {
         }
     }
 
-    /// Drops `file_modified` events for bytes the fixer wrote: its own events describe them.
+    /// Drops `file_modified` and `file_created` events for bytes the fixer wrote: its own
+    /// events (`fix_applied`, `fix_rolled_back`) describe them.
     fn drop_own_writes(&self, changes: Vec<EventBody>) -> Vec<EventBody> {
         changes
             .into_iter()
             .filter(|e| match e {
-                EventBody::FileModified { path, after, .. } => {
+                EventBody::FileModified { path, after, .. }
+                | EventBody::FileCreated { path, after, .. } => {
                     !self.own.take_if_own(path, after.sha256.as_deref())
                 }
                 _ => true,
@@ -621,6 +639,21 @@ impl Agent {
                 .shipper
                 .as_ref()
                 .map(|s| s.status.lock().expect("status lock").clone()),
+            fix: FixStatus {
+                mode: self.cfg.fix.mode.as_str().into(),
+                rules: self
+                    .cfg
+                    .fix
+                    .rules
+                    .iter()
+                    .map(|(r, m)| (r.clone(), m.as_str().to_string()))
+                    .collect(),
+                paused: crate::fix::fixer::paused(&self.cfg.state_dir),
+                quarantined: crate::fix::fixer::load_quarantine(&self.cfg.state_dir)
+                    .into_iter()
+                    .map(|(p, q)| (p, q.reason))
+                    .collect(),
+            },
         }
     }
 }

@@ -325,6 +325,17 @@ pub fn status_table(s: &crate::daemon::Status) -> String {
         None => out.push_str("last event: none since start\n"),
     }
     let _ = writeln!(out, "full rescans since start: {}", s.rescans);
+    let mut fix = format!("fix: {}", s.fix.mode);
+    for (rule, mode) in &s.fix.rules {
+        let _ = write!(fix, ", {rule} {mode}");
+    }
+    if let Some(p) = &s.fix.paused {
+        let _ = write!(fix, "; {p}");
+    }
+    let _ = writeln!(out, "{fix}");
+    for (path, why) in &s.fix.quarantined {
+        let _ = writeln!(out, "  quarantined {path}: {why}");
+    }
     match &s.collector {
         Some(c) => {
             let _ = writeln!(

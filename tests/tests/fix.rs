@@ -150,6 +150,13 @@ fn a_fix_that_breaks_the_component_is_rolled_back_to_identical_bytes() {
     assert!(attempts.iter().all(|a| !a.ok), "{attempts:?}");
     assert!(!attempts.is_empty());
     k.wait_running(SCHED, &sha256_hex(&original));
+    assert!(
+        agent
+            .status()
+            .fix
+            .quarantined
+            .contains_key(&path.display().to_string())
+    );
     // Quarantined: a reload (which re-evaluates every file) does not try again; a change by
     // someone else does, once. The fixer handles requests in order, so the one fix_applied
     // after the reload is the one the outside change asked for.
@@ -244,6 +251,16 @@ fn pause_stops_fixing_but_not_detecting_and_resume_catches_up() {
         "{skipped:?}"
     );
     assert!(has(&events, "finding_raised", &path), "detection stopped");
+    let status = agent.status();
+    assert!(
+        status
+            .fix
+            .paused
+            .as_deref()
+            .is_some_and(|p| p.starts_with("paused until")),
+        "{:?}",
+        status.fix
+    );
     assert_eq!(fs::read_to_string(&path).unwrap(), original);
     let seq = agent.last_seq();
     let out = agent_cli(&node, &["resume"]);
@@ -364,4 +381,69 @@ fn fix_apply_on_the_command_line_gates_and_rolls_back() {
     assert_eq!(fs::read_to_string(&path).unwrap(), hardened(&changed));
     k.wait_running(SCHED, &sha256_hex(hardened(&changed).as_bytes()));
     assert_listing(&node, &[SCHED]);
+}
+
+#[test]
+fn anonymous_auth_on_1_33_is_restricted_to_the_health_endpoints() {
+    let node = fix_node("  mode: enforce\n  rules:\n    apiserver-anonymous-auth: enforce");
+    fs::remove_file(node.manifest(SCHED)).unwrap();
+    let port = lockdown_e2e::kubelet::free_port();
+    let src = include_str!("../data/kubeadm/v1.31/kube-apiserver.yaml")
+        .replace(":v1.31.4", ":v1.33.1")
+        .replace(
+            "    - --allow-privileged=true\n",
+            "    - --allow-privileged=true\n    - --anonymous-auth=true\n",
+        )
+        .replace("host: 10.0.0.10", "host: 127.0.0.1")
+        .replace("port: 6443", &format!("port: {port}"))
+        .replace("initialDelaySeconds: 10", "initialDelaySeconds: 1")
+        .replace("periodSeconds: 10", "periodSeconds: 1")
+        .replace("failureThreshold: 8", "failureThreshold: 2")
+        .replace("failureThreshold: 24", "failureThreshold: 4")
+        .replace("timeoutSeconds: 15", "timeoutSeconds: 1")
+        .replace(
+            "      path: /etc/kubernetes/pki\n",
+            &format!("      path: {}\n", node.pki.display()),
+        );
+    let api = "kube-apiserver.yaml";
+    write_manifest(&node, api, &src);
+    let path = node.manifest(api);
+    let k = Kubelet::start(
+        &node.manifests,
+        &node.root.path().join("containers.log"),
+        &[],
+    );
+    k.wait_running(api, &sha256_hex(src.as_bytes()));
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, 0, |ev| has(ev, "fix_verified", &path));
+    let now = fs::read_to_string(&path).unwrap();
+    assert!(!now.contains("--anonymous-auth"), "{now}");
+    assert!(now.contains(
+        "    - --authentication-config=/etc/kubernetes/pki/kube-lockdown-authentication-config.yaml\n"
+    ));
+    let config = node.pki.join("kube-lockdown-authentication-config.yaml");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("apiVersion: apiserver.config.k8s.io/v1beta1"),
+        "{text}"
+    );
+    assert!(text.contains("  - path: /livez\n  - path: /readyz\n  - path: /healthz\n"));
+    assert_eq!(fs::metadata(&config).unwrap().mode() & 0o777, 0o600);
+    // The finding is resolved; the file the fix created is not reported as drift.
+    let resolved = about(&events, "finding_resolved", &path);
+    assert!(
+        resolved
+            .iter()
+            .any(|e| lockdown_e2e::node::rule_id(e) == Some("apiserver-anonymous-auth")),
+        "{resolved:?}"
+    );
+    assert!(!has(&events, "file_created", &config));
+    let EventBody::FixApplied { created, diff, .. } = &about(&events, "fix_applied", &path)[0].body
+    else {
+        unreachable!()
+    };
+    assert_eq!(created, &[config.display().to_string()]);
+    assert!(diff.contains("+  - path: /livez"), "{diff}");
+    k.wait_running(api, &sha256_hex(now.as_bytes()));
+    assert_listing(&node, &[api]);
 }

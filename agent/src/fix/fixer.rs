@@ -134,6 +134,18 @@ pub fn resume(state_dir: &Path) -> Result<bool, String> {
     }
 }
 
+/// The quarantined fixes recorded in `state_dir`, by path.
+pub fn load_quarantine(state_dir: &Path) -> BTreeMap<String, Quarantine> {
+    let path = state_dir.join(QUARANTINE_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(path = %path.display(), error = %e, "unreadable fix quarantine; starting without it");
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
 /// How a fix ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -167,10 +179,7 @@ pub struct Fixer {
 impl Fixer {
     /// A fixer for `cfg`, sharing `own` with the daemon loop.
     pub fn new(cfg: Config, own: Arc<OwnWrites>) -> Self {
-        let quarantine = std::fs::read(cfg.state_dir.join(QUARANTINE_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let quarantine = load_quarantine(&cfg.state_dir);
         Fixer {
             cfg,
             own,
@@ -416,6 +425,7 @@ impl Fixer {
         let k2 = k.clone();
         let written = tokio::task::spawn_blocking(move || -> Result<Journal, WriteError> {
             for f in &files {
+                own.expect(&key(&f.host_path), &sha256_hex(f.contents.as_bytes()));
                 if write::create(&f.host_path, f.contents.as_bytes())? {
                     journal
                         .created
