@@ -55,6 +55,9 @@ pub enum DaemonError {
     /// Signal handlers cannot be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The fixer's thread cannot be started.
+    #[error("cannot start the fixer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Where the config came from, to reload it on SIGHUP.
@@ -245,8 +248,22 @@ pub async fn run(
     };
     agent.start();
     agent.start_shipper();
-    let fixer = tokio::spawn(fixer.run(fix_requests_rx, fix_config_rx, fix_events_tx));
-    agent.request_fixes(None);
+    // The fixer has a thread of its own: its planning and writes overlap the loop's spool
+    // commits, and a health gate never delays detection. At stop it is simply abandoned: a
+    // fix in its gate is finished from the journal at the next start.
+    std::thread::Builder::new()
+        .name("fixer".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(fixer.run(fix_requests_rx, fix_config_rx, fix_events_tx)),
+                Err(e) => tracing::error!(error = %e, "cannot start the fixer; fixing is off"),
+            }
+        })
+        .map_err(DaemonError::Thread)?;
+    agent.request_fixes(&agent.baseline, None);
     ready(&agent.status());
 
     let mut rescan = agent.rescan_timer();
@@ -319,8 +336,6 @@ pub async fn run(
     if let Some(s) = agent.shipper.take() {
         s.task.abort();
     }
-    // A fix in its health gate stops here; its journal makes the next start finish it.
-    fixer.abort();
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
@@ -464,8 +479,8 @@ impl Agent {
         bodies.extend(changes);
         let diffed = t0.elapsed();
         let changed: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
+        self.request_fixes(&snap.states, if dirty.all { None } else { Some(&changed) });
         self.commit(bodies, writes);
-        self.request_fixes(if dirty.all { None } else { Some(&changed) });
         tracing::debug!(
             scan_us = scanned.as_micros() as u64,
             arm_us = (armed - scanned).as_micros() as u64,
@@ -531,12 +546,12 @@ impl Agent {
     }
 
     /// Asks the fixer to look at the manifests in `paths` (all of them when `None`) that have
-    /// open findings.
-    fn request_fixes(&self, paths: Option<&[String]>) {
+    /// open findings in `states`.
+    fn request_fixes(&self, states: &BTreeMap<String, PathState>, paths: Option<&[String]>) {
         if !self.cfg.fix.any() {
             return;
         }
-        for (path, state) in &self.baseline {
+        for (path, state) in states {
             let wanted = paths.is_none_or(|p| p.contains(path));
             if wanted && state.component.is_some() && !state.findings.is_empty() {
                 let _ = self.fix_requests.send(PathBuf::from(path));

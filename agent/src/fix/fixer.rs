@@ -410,6 +410,7 @@ impl Fixer {
         let mut journal = Journal {
             path: path.to_path_buf(),
             backup: PathBuf::new(),
+            original: String::from_utf8_lossy(bytes).into_owned(),
             before: before.clone(),
             after: after.clone(),
             created: Vec::new(),
@@ -438,7 +439,9 @@ impl Fixer {
                 }
             };
             let result = (|| {
-                journal.backup = write::backup(&state_dir, &journal.path, &original, keep)?;
+                // The backup is written first (a full disk stops here) and made durable last;
+                // the journal, durable before the write, holds the original meanwhile.
+                journal.backup = write::backup(&state_dir, &journal.path, &original, keep, false)?;
                 write::save_journal(&state_dir, &journal)?;
                 own.expect(&k2, &journal.after);
                 write::replace(&journal.path, &after_bytes, &journal.before)
@@ -448,6 +451,9 @@ impl Fixer {
                 undo(&journal);
                 let _ = write::clear_journal(&state_dir);
                 return Err(e);
+            }
+            if let Err(e) = write::sync(&journal.backup) {
+                tracing::error!(error = %e, "the backup is not durable; the journal keeps the original until the verdict");
             }
             Ok(journal)
         })
@@ -513,31 +519,20 @@ impl Fixer {
         if let Err(e) = write::save_journal(&self.cfg.state_dir, &journal) {
             tracing::error!(error = %e, "cannot record the rollback in the journal");
         }
-        let original = match write::read_backup(&journal.backup) {
-            Ok(b) if sha256_hex(&b) == journal.before => b,
-            Ok(_) => {
-                tracing::error!(backup = %journal.backup.display(), "backup does not match the original's sha256");
-                emit(EventBody::FixSkipped {
-                    path: k,
-                    rule_id: None,
-                    reason: format!(
-                        "ROLLBACK NOT DONE: the backup {} does not hold the original bytes; restore the file by hand",
-                        journal.backup.display()
-                    ),
-                    diff: Some(journal.diff.clone()),
-                });
-                return Outcome::Skipped;
-            }
-            Err(e) => {
-                emit(EventBody::FixSkipped {
-                    path: k,
-                    rule_id: None,
-                    reason: format!("ROLLBACK NOT DONE: {e}; restore the file by hand"),
-                    diff: Some(journal.diff.clone()),
-                });
-                return Outcome::Skipped;
-            }
-        };
+        let original = journal.original.clone().into_bytes();
+        if sha256_hex(&original) != journal.before {
+            tracing::error!("the journal's original does not match its sha256");
+            emit(EventBody::FixSkipped {
+                path: k,
+                rule_id: None,
+                reason: format!(
+                    "ROLLBACK NOT DONE: the journal's copy of the original is damaged; restore the file from {} by hand",
+                    journal.backup.display()
+                ),
+                diff: Some(journal.diff.clone()),
+            });
+            return Outcome::Skipped;
+        }
         self.own.expect(&k, &journal.before);
         match write::replace(&journal.path, &original, &journal.after) {
             Ok(()) => {}

@@ -188,6 +188,7 @@ pub async fn run(g: &GatePlan) -> Verdict {
         if attempts.len() > EVIDENCE {
             attempts.remove(0);
         }
+        tracing::debug!(probe = t.kind, url = %t.url(), ?r, ok, "health probe");
         ok
     };
     tokio::time::sleep(g.up.initial_delay).await;

@@ -10,8 +10,10 @@
 //! - A symlinked target is never written: the link's target may be anywhere.
 //! - The target must still hold the bytes the plan was made from; otherwise someone else
 //!   changed it meanwhile, and nothing is written.
-//! - A journal in the state directory records a write until its gate has a verdict, so that
-//!   an agent killed in between finishes the gate (or rolls back) when it starts again.
+//! - A journal in the state directory records a write, with the original bytes, until its
+//!   gate has a verdict, so that an agent killed in between finishes the gate (or rolls back)
+//!   when it starts again. It is durable before the manifest is replaced; the backup file is
+//!   written before and fsynced after, off the path from drift to hardened file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -205,12 +207,14 @@ pub fn remove_stale_temps(dir: &Path) {
 }
 
 /// Backs up `bytes` (the original of `path`) in `<state_dir>/backups`, keeping the newest
-/// `keep` per file name. Returns the backup's path.
+/// `keep` per file name. Returns the backup's path. `durable: false` leaves the fsync to a
+/// later [`sync`] (the journal holds the original meanwhile).
 pub fn backup(
     state_dir: &Path,
     path: &Path,
     bytes: &[u8],
     keep: usize,
+    durable: bool,
 ) -> Result<PathBuf, WriteError> {
     let dir = state_dir.join(BACKUP_DIR);
     fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
@@ -233,8 +237,10 @@ pub fn backup(
         .open(&file)
         .map_err(io("cannot create backup", &file))?;
     f.write_all(bytes).map_err(io("cannot write", &file))?;
-    f.sync_all().map_err(io("cannot fsync", &file))?;
-    sync_dir(&file)?;
+    if durable {
+        f.sync_all().map_err(io("cannot fsync", &file))?;
+        sync_dir(&file)?;
+    }
     let mut ours: Vec<PathBuf> = fs::read_dir(&dir)
         .map_err(io("cannot list", &dir))?
         .flatten()
@@ -254,6 +260,14 @@ pub fn backup(
     Ok(file)
 }
 
+/// fsyncs a file and its directory.
+pub fn sync(path: &Path) -> Result<(), WriteError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io("cannot fsync", path))?;
+    sync_dir(path)
+}
+
 /// A write whose gate has no verdict yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
@@ -261,6 +275,8 @@ pub struct Journal {
     pub path: PathBuf,
     /// The backup of its original.
     pub backup: PathBuf,
+    /// The original bytes (manifests are UTF-8): the journal alone is enough to roll back.
+    pub original: String,
     /// sha256 of the original.
     pub before: String,
     /// sha256 of what was written.
@@ -314,9 +330,4 @@ pub fn clear_journal(state_dir: &Path) -> Result<(), WriteError> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io("cannot remove", &path)(e)),
     }
-}
-
-/// Reads a backup.
-pub fn read_backup(path: &Path) -> Result<Vec<u8>, WriteError> {
-    read_nofollow(path)
 }
