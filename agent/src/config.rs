@@ -155,6 +155,9 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// Structured entries to the systemd journal; text on stderr where there is no journal.
+    /// Chosen by default when stderr is the journal (`JOURNAL_STREAM`, set by systemd).
+    Journal,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

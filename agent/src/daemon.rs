@@ -264,7 +264,19 @@ pub async fn run(
         })
         .map_err(DaemonError::Thread)?;
     agent.request_fixes(&agent.baseline, None);
-    ready(&agent.status());
+    let status = agent.status();
+    ready(&status);
+    // systemd (Type=notify): ready only now, with the spool open, the baseline compared and
+    // the watches armed. Without NOTIFY_SOCKET these are no-ops.
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status_line(&status)),
+    ]);
+    // The watchdog is pinged from this loop, so a loop that hangs gets the agent restarted.
+    let mut watchdog = tokio::time::interval(
+        sd_notify::watchdog_enabled().map_or(STATUS_EVERY, |d| (d / 2).min(STATUS_EVERY)),
+    );
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut rescan = agent.rescan_timer();
     loop {
@@ -299,8 +311,18 @@ pub async fn run(
                 }
                 agent.commit(bodies, Vec::new());
             }
+            _ = watchdog.tick() => {
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&status_line(&agent.status())),
+                ]);
+            }
             _ = sighup.recv() => {
+                let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                let _ = sd_notify::notify(&reloading);
                 agent.reload();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 rescan = agent.rescan_timer();
             }
             _ = sigterm.recv() => { agent.stop("SIGTERM"); break; }
@@ -338,6 +360,30 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// How often `STATUS=` is refreshed when there is no (shorter) watchdog.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// The one-line status systemd shows (`systemctl status`).
+pub fn status_line(s: &Status) -> String {
+    let collector = match &s.collector {
+        None => "no collector".to_string(),
+        Some(c) if c.connected => format!("collector {} connected", c.address),
+        Some(c) => format!("collector {} not connected", c.address),
+    };
+    let fixing = match (&s.fix.paused, s.fix.mode.as_str()) {
+        (Some(_), _) => ", fixing paused".to_string(),
+        (None, "off") if s.fix.rules.is_empty() => String::new(),
+        (None, mode) => format!(", fix {mode}"),
+    };
+    format!(
+        "watching {} files in {} directories, {} open findings, spool {} events, {collector}{fixing}",
+        s.files.len(),
+        s.watched_dirs.len(),
+        s.open_findings.len(),
+        s.spool.events,
+    )
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

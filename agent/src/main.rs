@@ -138,13 +138,35 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
     s.parse()
 }
 
+/// Logs to stderr as text or JSON, or to the journal. Under systemd (stderr is the journal,
+/// `JOURNAL_STREAM`) text becomes journal entries with fields; without a journal socket the
+/// journal format falls back to text on stderr.
 fn init_logging(format: LogFormat, level: tracing::Level) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let journal = match format {
+        LogFormat::Journal => true,
+        LogFormat::Text => std::env::var_os("JOURNAL_STREAM").is_some(),
+        LogFormat::Json => false,
+    };
+    if journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(layer.with_syslog_identifier("lockdown-agent".into()))
+                    .with(tracing_subscriber::filter::LevelFilter::from_level(level))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("lockdown-agent: no journal ({e}); logging to stderr"),
+        }
+    }
     let b = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level);
     match format {
-        LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text | LogFormat::Journal => b.init(),
     }
 }
 
@@ -425,6 +447,7 @@ fn run(cfg: Config, source: ConfigSource) -> ExitCode {
             "ready"
         );
     }));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -158,7 +158,15 @@ impl Node {
     /// Starts `lockdown-agent run` and waits until it answers status (it answers only once
     /// the spool is open, the baseline compared and the watches armed).
     pub fn start(&self) -> Agent {
+        self.start_with_env(&[])
+    }
+
+    /// [`Node::start`] with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Agent {
         let child = Command::new(bin("lockdown-agent"))
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&self.config)
             .args(["run", "--log-level", "debug"])

@@ -1,0 +1,183 @@
+//! How the agent runs under systemd: readiness, watchdog and status over the notify socket,
+//! journal logging, and the capabilities its units grant (exercised with setpriv, as the
+//! unit's User= and AmbientCapabilities= would).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Instant;
+
+use lockdown_agent::daemon::query_status;
+use lockdown_agent::integrity::sha256_hex;
+use lockdown_e2e::bin;
+use lockdown_e2e::kubelet::{Kubelet, SCHED, fix_node, hardened};
+use lockdown_e2e::node::{Node, WAIT};
+
+/// Datagrams from the agent until `done` holds for the latest one.
+fn receive_until(sock: &UnixDatagram, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out; received {all:?}");
+        sock.set_read_timeout(Some(left)).unwrap();
+        let n = sock.recv(&mut buf).expect("a notification");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        all.push(msg.clone());
+        if done(&msg) {
+            return all;
+        }
+    }
+}
+
+#[test]
+fn ready_only_when_watching_then_watchdog_and_status_then_stopping() {
+    let node = Node::new("");
+    let path = node.root.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let agent = node.start_with_env(&[
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "200000"),
+    ]);
+    let got = receive_until(&sock, |m| m.contains("READY=1"));
+    let ready = got.last().unwrap();
+    // Nothing before READY=1, and by then the agent is doing its job: it answers status,
+    // its baseline is in the spool and its watches are armed.
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(ready.contains("STATUS=watching "), "{ready}");
+    assert!(ready.contains("open findings"), "{ready}");
+    let status = query_status(&node.state).unwrap();
+    assert!(!status.watched_dirs.is_empty());
+    assert!(
+        node.events()
+            .iter()
+            .any(|e| e.body.kind() == "agent_started")
+    );
+    // Watchdog pings every WATCHDOG_USEC / 2, from the main loop, with a fresh STATUS=.
+    let mut pings = 0;
+    receive_until(&sock, |m| {
+        if m.contains("WATCHDOG=1") {
+            assert!(m.contains("STATUS=watching "), "{m}");
+            pings += 1;
+        }
+        pings == 3
+    });
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    receive_until(&sock, |m| m.contains("STOPPING=1"));
+    let mut agent = agent;
+    assert!(agent.wait_exit().success());
+}
+
+#[test]
+fn the_journal_format_uses_the_journal_or_says_there_is_none() {
+    let node = Node::new("");
+    let agent = node.start_with_env(&[("LOCKDOWN_LOG_FORMAT", "journal")]);
+    let log = agent.log();
+    if std::path::Path::new("/run/systemd/journal/socket").exists() {
+        assert!(!log.contains("agent started"), "logged to stderr: {log}");
+    } else {
+        assert!(log.contains("no journal"), "{log}");
+        assert!(log.contains("agent started"), "{log}");
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `lockdown-agent <args>` as user nobody with exactly `caps` (ambient, as the unit's
+/// AmbientCapabilities= gives them).
+fn as_nobody(caps: &[&str], config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let list: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps=-all{list}"))
+        .arg(format!("--ambient-caps=-all{list}"))
+        .arg(format!("--bounding-set=-all{list}"))
+        .arg("--")
+        .arg(bin("lockdown-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+#[test]
+fn detection_needs_only_cap_dac_read_search() {
+    assert!(is_root(), "capability tests run as root (as CI does)");
+    let node = Node::new("");
+    // The sandbox is root-owned: manifests 0600 in a 0700 directory, as kubeadm writes them.
+    fs::set_permissions(&node.manifests, fs::Permissions::from_mode(0o700)).unwrap();
+    let manifest = node.manifest("kube-apiserver.yaml");
+    let path = manifest.to_str().unwrap();
+    let denied = as_nobody(&[], &node.config, &["check", path, "--format", "json"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).contains("permission denied"),
+        "{denied:?}"
+    );
+    let read = as_nobody(
+        &["dac_read_search"],
+        &node.config,
+        &["check", path, "--format", "json"],
+    );
+    let out = String::from_utf8_lossy(&read.stdout);
+    assert!(
+        out.contains("\"component\": \"kube-apiserver\""),
+        "{read:?}"
+    );
+    assert!(!out.contains("permission denied"), "{out}");
+}
+
+#[test]
+fn enforce_needs_exactly_the_capabilities_of_the_drop_in() {
+    assert!(is_root(), "capability tests run as root (as CI does)");
+    let node = fix_node("  health_timeout: 10s");
+    fs::set_permissions(&node.manifests, fs::Permissions::from_mode(0o700)).unwrap();
+    // The agent's state directory belongs to its user, as StateDirectory= makes it.
+    fs::create_dir_all(&node.state).unwrap();
+    nix::unistd::chown(&node.state, Some(65534.into()), Some(65534.into())).unwrap();
+    let path = node.manifest(SCHED);
+    let original = fs::read_to_string(&path).unwrap();
+    let _k = Kubelet::start(
+        &node.manifests,
+        &node.root.path().join("containers.log"),
+        &[],
+    );
+    let full = ["dac_read_search", "dac_override", "chown", "fowner"];
+    // Without any one of them, nothing is written and the manifest stays as it was.
+    for missing in &full[1..] {
+        let caps: Vec<&str> = full.iter().copied().filter(|c| c != missing).collect();
+        let out = as_nobody(&caps, &node.config, &["fix", "--apply"]);
+        assert_eq!(out.status.code(), Some(1), "without {missing}: {out:?}");
+        let why = String::from_utf8_lossy(&out.stderr);
+        let expected = match *missing {
+            "dac_override" => "cannot create temp file",
+            "chown" => "cannot chown",
+            _ => "cannot chmod",
+        };
+        assert!(why.contains(expected), "without {missing}: {why}");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            original,
+            "without {missing}"
+        );
+        let names: Vec<String> = fs::read_dir(&node.manifests)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [SCHED], "without {missing}");
+    }
+    // With all four: applied, healthy, owner root:root and mode 0600 kept.
+    let out = as_nobody(&full, &node.config, &["fix", "--apply"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), hardened(&original));
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, 0, 0o600)
+    );
+    _k.wait_running(SCHED, &sha256_hex(hardened(&original).as_bytes()));
+}
