@@ -285,7 +285,9 @@ async fn events(
         let mut stream = c
             .watch_events(WatchEventsRequest {
                 filter: Some(filter),
-                after_cursor: last_cursor.max(1),
+                // Nothing listed yet: from the first event, which may be stored meanwhile.
+                after_cursor: last_cursor,
+                from_start: last_cursor == 0,
             })
             .await
             .map_err(|s| format!("{}: {}", conn.addr, s.message()))?

@@ -727,7 +727,7 @@ impl QueryService for Queries {
         let r = req.into_inner();
         let filter = filter(r.filter)?;
         let mut after = r.after_cursor;
-        if after == 0 {
+        if after == 0 && !r.from_start {
             after = self.read(|s| s.max_cursor()).await?;
         }
         let (tx, rx) = mpsc::channel(256);

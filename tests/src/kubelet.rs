@@ -285,25 +285,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The kubeadm 1.31 kube-scheduler manifest with its probes on a free port, 1 s periods, the
-/// given initial delay and liveness failure threshold (startup: twice that).
+/// A kubeadm manifest made runnable by the kubelet double: its probes on 127.0.0.1 and a free
+/// port (kubeadm's 6443, 10257, 10259 and 2381), 1 s periods and timeouts, the given initial
+/// delay and liveness failure threshold (startup: twice that).
+pub fn sandbox_manifest(text: &str, initial_delay: u32, failure_threshold: u32) -> String {
+    let port = free_port();
+    let mut out = text.replace("host: 10.0.0.10", "host: 127.0.0.1");
+    for kubeadm_port in [6443, 10257, 10259, 2381] {
+        out = out.replace(
+            &format!("port: {kubeadm_port}\n"),
+            &format!("port: {port}\n"),
+        );
+    }
+    out.replace(
+        "initialDelaySeconds: 10",
+        &format!("initialDelaySeconds: {initial_delay}"),
+    )
+    .replace("periodSeconds: 10", "periodSeconds: 1")
+    .replace(
+        "failureThreshold: 8",
+        &format!("failureThreshold: {failure_threshold}"),
+    )
+    .replace(
+        "failureThreshold: 24",
+        &format!("failureThreshold: {}", 2 * failure_threshold),
+    )
+    .replace("timeoutSeconds: 15", "timeoutSeconds: 1")
+}
+
+/// The kubeadm 1.31 kube-scheduler manifest, through [`sandbox_manifest`].
 pub fn scheduler_manifest(initial_delay: u32, failure_threshold: u32) -> String {
-    include_str!("../data/kubeadm/v1.31/kube-scheduler.yaml")
-        .replace("port: 10259", &format!("port: {}", free_port()))
-        .replace(
-            "initialDelaySeconds: 10",
-            &format!("initialDelaySeconds: {initial_delay}"),
-        )
-        .replace("periodSeconds: 10", "periodSeconds: 1")
-        .replace(
-            "failureThreshold: 8",
-            &format!("failureThreshold: {failure_threshold}"),
-        )
-        .replace(
-            "failureThreshold: 24",
-            &format!("failureThreshold: {}", 2 * failure_threshold),
-        )
-        .replace("timeoutSeconds: 15", "timeoutSeconds: 1")
+    sandbox_manifest(
+        include_str!("../data/kubeadm/v1.31/kube-scheduler.yaml"),
+        initial_delay,
+        failure_threshold,
+    )
 }
 
 /// A node whose manifests directory holds only [`scheduler_manifest`]`(1, 2)` (no --profiling,

@@ -569,6 +569,37 @@ fn events_follow_tails_new_events_as_they_are_committed() {
 }
 
 #[test]
+fn events_follow_on_an_empty_store_delivers_from_the_first_event() {
+    use std::io::{BufRead, BufReader};
+    let pki = Pki::new(&["cp-1"]);
+    let col = Collector::new(&pki, "");
+    let mut follow = pki
+        .reader_command(col.addr, &pki, &["events", "--follow", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(follow.id() as i32);
+    std::thread::spawn(move || {
+        std::thread::sleep(WAIT);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    });
+    let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
+    let _agent = node.start();
+    let line = BufReader::new(follow.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (ev["seq"].as_u64(), ev["kind"].as_str()),
+        (Some(1), Some("agent_started"))
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
+#[test]
 fn a_wiped_state_directory_starts_a_new_epoch_and_nothing_is_mistaken_for_a_resend() {
     let pki = Pki::new(&["cp-1"]);
     let col = Collector::new(&pki, "");
