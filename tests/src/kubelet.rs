@@ -216,8 +216,9 @@ fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str) {
     }
 }
 
-/// The container a manifest describes; `None` when it does not parse.
-fn container(bytes: &[u8], log: &Path, refuse: &str) -> Option<Command> {
+/// The container a manifest describes (`fake-component` with its flags, serving its
+/// probes); `None` when it does not parse.
+pub fn container(bytes: &[u8], log: &Path, refuse: &str) -> Option<Command> {
     let cat = Catalogue::builtin();
     let m = parse_manifest(cat, bytes).ok()?;
     let cp = m.control_plane.clone()?;

@@ -38,6 +38,9 @@ use crate::scan::key;
 pub const PAUSE_FILE: &str = "fix-paused";
 /// The quarantine file in the state directory.
 pub const QUARANTINE_FILE: &str = "fix-quarantine.json";
+/// Why a symlinked manifest is not fixed.
+const SYMLINK: &str =
+    "is a symlink; a symlinked manifest is never rewritten (fix its target by hand)";
 /// How often a deferred fix checks whether the pause ended.
 const PAUSE_POLL: Duration = Duration::from_secs(1);
 
@@ -259,10 +262,7 @@ impl Fixer {
     ) -> Result<(Vec<u8>, Plan), String> {
         let meta = std::fs::symlink_metadata(path).map_err(|e| check::io_problem(&e))?;
         if meta.file_type().is_symlink() {
-            return Err(
-                "is a symlink; a symlinked manifest is never rewritten (fix its target by hand)"
-                    .into(),
-            );
+            return Err(SYMLINK.into());
         }
         let bytes = check::read_bounded(path, MAX_MANIFEST_BYTES)?;
         let m = parse_manifest(self.cat(), &bytes).map_err(|e| e.to_string())?;
@@ -286,14 +286,13 @@ impl Fixer {
         }
         let fc = self.fix_cfg().clone();
         let all = |f: &crate::rules::Finding| fc.choose(f, fc.mode_of(&f.id), &[]);
-        let (bytes, planned) = match self.plan_file(path, &all) {
-            Ok(x) => x,
-            Err(e) if e.contains("symlink") => {
-                self.skip_once(emit, &k, None, e, None);
-                return Outcome::Skipped;
-            }
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            self.skip_once(emit, &k, None, SYMLINK.into(), None);
+            return Outcome::Skipped;
+        }
+        let Ok((bytes, planned)) = self.plan_file(path, &all) else {
             // Unreadable or not a control-plane manifest: the scan reports it.
-            Err(_) => return Outcome::Nothing,
+            return Outcome::Nothing;
         };
         let hash = sha256_hex(&bytes);
         if let Some(q) = self.quarantine.get(&k) {
@@ -304,8 +303,7 @@ impl Fixer {
             self.save_quarantine();
         }
         for s in &planned.skipped {
-            let diff = None;
-            self.skip_once(emit, &k, Some(s.rule_id.clone()), s.reason.clone(), diff);
+            self.skip_once(emit, &k, Some(s.rule_id.clone()), s.reason.clone(), None);
         }
         if planned.is_empty() {
             self.planned.remove(&k);
