@@ -547,12 +547,7 @@ fn events_follow_tails_new_events_as_they_are_committed() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // A tail that never delivers must fail the test, not hang it.
-    let pid = nix::unistd::Pid::from_raw(follow.id() as i32);
-    std::thread::spawn(move || {
-        std::thread::sleep(WAIT);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    });
+    kill_after_wait(&follow);
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
     // Nothing matches yet; the next change arrives through the live tail.
     change(&node, &agent, 1);
@@ -578,11 +573,7 @@ fn events_follow_on_an_empty_store_delivers_from_the_first_event() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = nix::unistd::Pid::from_raw(follow.id() as i32);
-    std::thread::spawn(move || {
-        std::thread::sleep(WAIT);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    });
+    kill_after_wait(&follow);
     let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
     let _agent = node.start();
     let line = BufReader::new(follow.stdout.take().unwrap())
@@ -686,4 +677,13 @@ fn a_network_that_silently_drops_everything_is_detected_and_nothing_is_lost() {
     proxy.heal();
     let last = agent.last_seq();
     col.wait_for(|k| k == range("cp-1", last));
+}
+
+/// Kills `child` after [`WAIT`]: a tail that never delivers must fail the test, not hang it.
+fn kill_after_wait(child: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    std::thread::spawn(move || {
+        std::thread::sleep(WAIT);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    });
 }

@@ -137,6 +137,17 @@ pub fn resume(state_dir: &Path) -> Result<bool, String> {
     }
 }
 
+/// A fix that could not be finished (rollback not possible, file changed meanwhile), with
+/// the diff concerned.
+fn unfinished(path: String, reason: impl Into<String>, journal: &Journal) -> EventBody {
+    EventBody::FixSkipped {
+        path,
+        rule_id: None,
+        reason: reason.into(),
+        diff: Some(journal.diff.clone()),
+    }
+}
+
 /// The quarantined fixes recorded in `state_dir`, by path.
 pub fn load_quarantine(state_dir: &Path) -> BTreeMap<String, Quarantine> {
     let path = state_dir.join(QUARANTINE_FILE);
@@ -520,15 +531,14 @@ impl Fixer {
         let original = journal.original.clone().into_bytes();
         if sha256_hex(&original) != journal.before {
             tracing::error!("the journal's original does not match its sha256");
-            emit(EventBody::FixSkipped {
-                path: k,
-                rule_id: None,
-                reason: format!(
+            emit(unfinished(
+                k,
+                format!(
                     "ROLLBACK NOT DONE: the journal's copy of the original is damaged; restore the file from {} by hand",
                     journal.backup.display()
                 ),
-                diff: Some(journal.diff.clone()),
-            });
+                &journal,
+            ));
             return Outcome::Skipped;
         }
         self.own.expect(&k, &journal.before);
@@ -536,23 +546,21 @@ impl Fixer {
             Ok(()) => {}
             Err(WriteError::Changed(_)) => {
                 self.own.forget(&k);
-                emit(EventBody::FixSkipped {
-                    path: k,
-                    rule_id: None,
-                    reason: "not rolled back: the file was changed by someone else during the health gate".into(),
-                    diff: Some(journal.diff.clone()),
-                });
+                emit(unfinished(
+                    k,
+                    "not rolled back: the file was changed by someone else during the health gate",
+                    &journal,
+                ));
                 let _ = write::clear_journal(&self.cfg.state_dir);
                 return Outcome::Skipped;
             }
             Err(e) => {
                 self.own.forget(&k);
-                emit(EventBody::FixSkipped {
-                    path: k,
-                    rule_id: None,
-                    reason: format!("ROLLBACK FAILED: {e}; the agent retries at its next start"),
-                    diff: Some(journal.diff.clone()),
-                });
+                emit(unfinished(
+                    k,
+                    format!("ROLLBACK FAILED: {e}; the agent retries at its next start"),
+                    &journal,
+                ));
                 return Outcome::Skipped;
             }
         }
@@ -666,12 +674,11 @@ impl Fixer {
             let _ = write::clear_journal(&self.cfg.state_dir);
             Outcome::Nothing
         } else {
-            emit(EventBody::FixSkipped {
-                path: k,
-                rule_id: None,
-                reason: "an interrupted fix was not finished: the file was changed by someone else meanwhile".into(),
-                diff: Some(journal.diff.clone()),
-            });
+            emit(unfinished(
+                k,
+                "an interrupted fix was not finished: the file was changed by someone else meanwhile",
+                &journal,
+            ));
             let _ = write::clear_journal(&self.cfg.state_dir);
             Outcome::Skipped
         }
