@@ -90,9 +90,15 @@ fn is_root() -> bool {
 /// `lockdown-agent <args>` as user nobody with exactly `caps` (ambient, as the unit's
 /// AmbientCapabilities= gives them).
 fn as_nobody(caps: &[&str], config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    nobody(caps, config, args)
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+fn nobody(caps: &[&str], config: &std::path::Path, args: &[&str]) -> Command {
     let list: String = caps.iter().map(|c| format!(",+{c}")).collect();
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(format!("--inh-caps=-all{list}"))
         .arg(format!("--ambient-caps=-all{list}"))
         .arg(format!("--bounding-set=-all{list}"))
@@ -100,9 +106,8 @@ fn as_nobody(caps: &[&str], config: &std::path::Path, args: &[&str]) -> std::pro
         .arg(bin("lockdown-agent"))
         .arg("--config")
         .arg(config)
-        .args(args)
-        .output()
-        .expect("setpriv (util-linux)")
+        .args(args);
+    cmd
 }
 
 #[test]
@@ -180,4 +185,38 @@ fn enforce_needs_exactly_the_capabilities_of_the_drop_in() {
         (0, 0, 0o600)
     );
     _k.wait_running(SCHED, &sha256_hex(hardened(&original).as_bytes()));
+}
+
+#[test]
+fn enforce_without_the_drop_in_says_so_at_start() {
+    assert!(is_root(), "capability tests run as root (as CI does)");
+    let node = fix_node("  mode: enforce");
+    fs::set_permissions(&node.manifests, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir_all(&node.state).unwrap();
+    nix::unistd::chown(&node.state, Some(65534.into()), Some(65534.into())).unwrap();
+    // The detection-only unit: CAP_DAC_READ_SEARCH, no write access to the manifests.
+    let mut agent = nobody(&["dac_read_search"], &node.config, &["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let dir = node.manifests.display().to_string();
+    loop {
+        let said = node.events().iter().any(|e| {
+            matches!(&e.body, lockdown_agent::event::EventBody::FixSkipped { path, reason, .. }
+                if *path == dir && reason.contains("not writable") && reason.contains("enforce.conf"))
+        });
+        if said {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning; events: {:?}",
+            node.events()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

@@ -684,6 +684,30 @@ impl Fixer {
         }
     }
 
+    /// In enforce mode, says at once (and not at the first fix) when the manifests directory
+    /// is not writable: the systemd unit grants write access only with the enforce drop-in.
+    /// Checked with the effective ids and capabilities (`AT_EACCESS`).
+    fn check_writable(&mut self, emit: Emit<'_>) {
+        if !self.fix_cfg().enforces() {
+            return;
+        }
+        let dir = self.cfg.manifests_dir.clone();
+        if let Err(e) = nix::unistd::faccessat(
+            nix::fcntl::AT_FDCWD,
+            &dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            nix::fcntl::AtFlags::AT_EACCESS,
+        ) {
+            let reason = format!(
+                "fix.mode is enforce, but {} is not writable by the agent ({}): install the enforce drop-in (lockdown-agent.service.d/enforce.conf) or every fix fails",
+                dir.display(),
+                e.desc()
+            );
+            tracing::error!("{reason}");
+            self.skip_once(emit, &key(&dir), None, reason, None);
+        }
+    }
+
     /// The daemon task: recover, then handle requests one at a time until the channel closes.
     pub async fn run(
         mut self,
@@ -695,6 +719,7 @@ impl Fixer {
             let _ = events.send(e);
         };
         self.recover(&mut emit).await;
+        self.check_writable(&mut emit);
         let mut poll = tokio::time::interval(PAUSE_POLL);
         loop {
             tokio::select! {
@@ -714,6 +739,7 @@ impl Fixer {
                     self.fixes.clear();
                     self.reported.clear();
                     self.planned.clear();
+                    self.check_writable(&mut emit);
                 }
                 _ = poll.tick(), if !self.deferred.is_empty() => {
                     if paused(&self.cfg.state_dir).is_none() {

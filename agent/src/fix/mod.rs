@@ -71,6 +71,11 @@ impl FixConfig {
         self.rules.get(rule_id).copied().unwrap_or(self.mode)
     }
 
+    /// True when some rule is in enforce mode.
+    pub fn enforces(&self) -> bool {
+        self.mode == Mode::Enforce || self.rules.values().any(|m| *m == Mode::Enforce)
+    }
+
     /// True when some rule is not off.
     pub fn any(&self) -> bool {
         self.mode != Mode::Off || self.rules.values().any(|m| *m != Mode::Off)
