@@ -407,6 +407,9 @@ fn anonymous_auth_on_1_33_is_restricted_to_the_health_endpoints() {
         );
     let api = "kube-apiserver.yaml";
     write_manifest(&node, api, &src);
+    // The created file is owned like its directory (root:root on a real node), whoever the
+    // agent runs as: give the sandbox's directory another owner to tell the two apart.
+    nix::unistd::chown(&node.pki, Some(65534.into()), Some(65534.into())).unwrap();
     let path = node.manifest(api);
     let k = Kubelet::start(
         &node.manifests,
@@ -428,7 +431,11 @@ fn anonymous_auth_on_1_33_is_restricted_to_the_health_endpoints() {
         "{text}"
     );
     assert!(text.contains("  - path: /livez\n  - path: /readyz\n  - path: /healthz\n"));
-    assert_eq!(fs::metadata(&config).unwrap().mode() & 0o777, 0o600);
+    let meta = fs::metadata(&config).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65534, 0o600)
+    );
     // The finding is resolved; the file the fix created is not reported as drift.
     let resolved = about(&events, "finding_resolved", &path);
     assert!(

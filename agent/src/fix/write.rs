@@ -79,9 +79,10 @@ pub fn replace(path: &Path, bytes: &[u8], expect: &str) -> Result<(), WriteError
     write_via_temp(path, bytes, meta.uid(), meta.gid(), meta.mode() & 0o7777)
 }
 
-/// Creates `path` with `bytes` (mode 0600, the agent's owner), atomically. An existing file
-/// with the same bytes is left alone; with other bytes it is an error. Returns whether the
-/// file was created.
+/// Creates `path` with `bytes` (mode 0600, owned like its directory: root:root in
+/// /etc/kubernetes/pki, as CIS 1.1.19 wants, even when the agent runs as its own user),
+/// atomically. An existing file with the same bytes is left alone; with other bytes it is an
+/// error. Returns whether the file was created.
 pub fn create(path: &Path, bytes: &[u8]) -> Result<bool, WriteError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => return Err(WriteError::Symlink(path.into())),
@@ -96,13 +97,9 @@ pub fn create(path: &Path, bytes: &[u8]) -> Result<bool, WriteError> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(io("cannot stat", path)(e)),
     }
-    write_via_temp(
-        path,
-        bytes,
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-        0o600,
-    )?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let owner = fs::metadata(dir).map_err(io("cannot stat", dir))?;
+    write_via_temp(path, bytes, owner.uid(), owner.gid(), 0o600)?;
     Ok(true)
 }
 
