@@ -277,20 +277,11 @@ pub fn hardened(original: &str) -> String {
     )
 }
 
-/// A free loopback port (free now; the test binds it soon after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A kubeadm manifest made runnable by the kubelet double: its probes on 127.0.0.1 and a free
 /// port (kubeadm's 6443, 10257, 10259 and 2381), 1 s periods and timeouts, the given initial
 /// delay and liveness failure threshold (startup: twice that).
 pub fn sandbox_manifest(text: &str, initial_delay: u32, failure_threshold: u32) -> String {
-    let port = free_port();
+    let port = crate::collector::free_addr().port();
     let mut out = text.replace("host: 10.0.0.10", "host: 127.0.0.1");
     for kubeadm_port in [6443, 10257, 10259, 2381] {
         out = out.replace(

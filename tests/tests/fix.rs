@@ -387,7 +387,7 @@ fn fix_apply_on_the_command_line_gates_and_rolls_back() {
 fn anonymous_auth_on_1_33_is_restricted_to_the_health_endpoints() {
     let node = fix_node("  mode: enforce\n  rules:\n    apiserver-anonymous-auth: enforce");
     fs::remove_file(node.manifest(SCHED)).unwrap();
-    let port = lockdown_e2e::kubelet::free_port();
+    let port = lockdown_e2e::collector::free_addr().port();
     let src = include_str!("../data/kubeadm/v1.31/kube-apiserver.yaml")
         .replace(":v1.31.4", ":v1.33.1")
         .replace(

@@ -118,12 +118,9 @@ pub fn pause(state_dir: &Path, duration: Option<Duration>) -> Result<Pause, Stri
     let until =
         duration.map(|d| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
     let p = Pause { until };
-    let path = state_dir.join(PAUSE_FILE);
     std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    let tmp = state_dir.join(format!(".{PAUSE_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&p).expect("pause serialises"))
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = serde_json::to_vec(&p).expect("pause serialises");
+    write::save_state_file(&state_dir.join(PAUSE_FILE), &bytes).map_err(|e| e.to_string())?;
     Ok(p)
 }
 
@@ -222,11 +219,9 @@ impl Fixer {
     }
 
     fn save_quarantine(&self) {
-        let path = self.cfg.state_dir.join(QUARANTINE_FILE);
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(&self.quarantine).expect("quarantine serialises");
-        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
-            tracing::error!(path = %path.display(), error = %e, "cannot save the fix quarantine");
+        if let Err(e) = write::save_state_file(&self.cfg.state_dir.join(QUARANTINE_FILE), &bytes) {
+            tracing::error!(error = %e, "cannot save the fix quarantine");
         }
     }
 

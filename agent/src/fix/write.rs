@@ -290,9 +290,18 @@ pub struct Journal {
 
 /// Records `j` durably.
 pub fn save_journal(state_dir: &Path, j: &Journal) -> Result<(), WriteError> {
-    let path = state_dir.join(JOURNAL_FILE);
     let bytes = serde_json::to_vec_pretty(j).expect("journal serialises");
-    let tmp = path.with_extension("json.tmp");
+    save_state_file(&state_dir.join(JOURNAL_FILE), &bytes)
+}
+
+/// Replaces a file of the agent's own state (journal, quarantine, pause) durably: a temp file
+/// beside it (0600), fsynced, renamed over it, the directory fsynced.
+pub fn save_state_file(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
@@ -301,10 +310,10 @@ pub fn save_journal(state_dir: &Path, j: &Journal) -> Result<(), WriteError> {
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(io("cannot create", &tmp))?;
-    f.write_all(&bytes).map_err(io("cannot write", &tmp))?;
+    f.write_all(bytes).map_err(io("cannot write", &tmp))?;
     f.sync_all().map_err(io("cannot fsync", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io("cannot rename over", &path))?;
-    sync_dir(&path)
+    fs::rename(&tmp, path).map_err(io("cannot rename over", path))?;
+    sync_dir(path)
 }
 
 /// The journal left by an earlier run, if any.
