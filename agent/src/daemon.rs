@@ -183,6 +183,13 @@ struct Agent {
     summary: watch::Sender<crate::ship::NodeSummary>,
     /// The running shipper.
     shipper: Option<Shipper>,
+    /// Events a failed commit could not spool and no rescan would find again (fix events,
+    /// config and lifecycle events): spooled first at the next commit.
+    held: Vec<EventBody>,
+    /// Fixer events received and not yet committed (held ones included).
+    fix_pending: u64,
+    /// Tells the fixer how many of its events are committed.
+    fix_committed: watch::Sender<u64>,
     /// Bytes the fixer wrote: not drift.
     own: Arc<crate::fix::fixer::OwnWrites>,
     /// Manifests the fixer should look at.
@@ -224,6 +231,7 @@ pub async fn run(
     let (fix_requests, fix_requests_rx) = mpsc::unbounded_channel();
     let (fix_events_tx, mut fix_events) = mpsc::unbounded_channel();
     let (fix_config, fix_config_rx) = watch::channel(cfg.clone());
+    let (fix_committed, fix_committed_rx) = watch::channel(0u64);
     let fixer = crate::fix::fixer::Fixer::new(cfg.clone(), Arc::clone(&own));
     let mut agent = Agent {
         cfg,
@@ -242,6 +250,9 @@ pub async fn run(
         acks,
         summary: watch::channel(Default::default()).0,
         shipper: None,
+        held: Vec::new(),
+        fix_pending: 0,
+        fix_committed,
         own,
         fix_requests,
         fix_config,
@@ -258,7 +269,12 @@ pub async fn run(
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(fixer.run(fix_requests_rx, fix_config_rx, fix_events_tx)),
+                Ok(rt) => rt.block_on(fixer.run(
+                    fix_requests_rx,
+                    fix_config_rx,
+                    fix_events_tx,
+                    fix_committed_rx,
+                )),
                 Err(e) => tracing::error!(error = %e, "cannot start the fixer; fixing is off"),
             }
         })
@@ -309,6 +325,7 @@ pub async fn run(
                 while let Ok(b) = fix_events.try_recv() {
                     bodies.push(b);
                 }
+                agent.fix_pending += bodies.len() as u64;
                 agent.commit(bodies, Vec::new());
             }
             _ = watchdog.tick() => {
@@ -537,6 +554,14 @@ impl Agent {
     }
 
     fn commit(&mut self, bodies: Vec<EventBody>, writes: Vec<BaselineWrite>) {
+        let mut bodies = bodies;
+        if !self.held.is_empty() {
+            let mut all = std::mem::take(&mut self.held);
+            all.append(&mut bodies);
+            bodies = all;
+        }
+        // What the retry's rescan would not report again, kept in case this commit fails.
+        let keep: Vec<EventBody> = bodies.iter().filter(|b| !b.from_scan()).cloned().collect();
         match self.spool.commit(&self.cfg.node_name, bodies, &writes) {
             Ok(events) => {
                 for e in &events {
@@ -562,6 +587,11 @@ impl Agent {
                     };
                 }
                 self.last_seq.send_replace(self.spool.depth().last_seq);
+                // Whatever was held is in this commit too: every fixer event so far is durable.
+                if self.fix_pending > 0 {
+                    let n = std::mem::take(&mut self.fix_pending);
+                    self.fix_committed.send_modify(|c| *c += n);
+                }
                 self.summary.send_if_modified(|s| {
                     let new = summarize(&self.baseline);
                     let changed = *s != new;
@@ -571,6 +601,7 @@ impl Agent {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot spool events; retrying with a full rescan");
+                self.held = keep;
                 self.retry_at = Some(Instant::now() + COMMIT_RETRY);
             }
         }

@@ -254,6 +254,23 @@ impl EventBody {
         }
     }
 
+    /// True for what a scan derives from the files and the baseline (a failed commit's
+    /// retry finds these again); false for what only happened once (lifecycle, config and
+    /// fix events).
+    pub fn from_scan(&self) -> bool {
+        matches!(
+            self,
+            EventBody::Rescan { .. }
+                | EventBody::FileCreated { .. }
+                | EventBody::FileModified { .. }
+                | EventBody::FileDeleted { .. }
+                | EventBody::PermissionDrift { .. }
+                | EventBody::FileInvalid { .. }
+                | EventBody::FindingRaised { .. }
+                | EventBody::FindingResolved { .. }
+        )
+    }
+
     /// The file the event is about, if any.
     pub fn path(&self) -> Option<&str> {
         match self {

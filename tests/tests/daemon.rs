@@ -710,3 +710,62 @@ fn a_broken_etcd_manifest_does_not_make_its_data_directory_look_deleted() {
         "findings of an unparseable manifest stay open: {events:?}"
     );
 }
+
+/// A small tmpfs mounted for the test, unmounted when dropped (after the agent using it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount needs root (as CI runs): {out:?}"
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn events_no_rescan_finds_again_survive_a_full_disk() {
+    let node = Node::new("rescan_interval: 0s");
+    let _disk = Tmpfs::mount(&node.state, "2m");
+    let agent = node.start();
+    let seq = agent.last_seq();
+    // Fill the state directory's filesystem: the next commits fail.
+    let filler = node.state.join("filler");
+    {
+        let mut f = fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    // A reload (its config_reloaded event happens once) and a change (a rescan finds it
+    // again) while the disk is full.
+    agent.signal(Signal::SIGHUP);
+    let path = node.manifest("kube-scheduler.yaml");
+    let text = insecure_scheduler(&node);
+    fs::write(&path, &text).unwrap();
+    let log_says = || agent.log().contains("database or disk is full");
+    let deadline = std::time::Instant::now() + lockdown_e2e::node::WAIT;
+    while !log_says() {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fs::remove_file(&filler).unwrap();
+    let events = agent.wait_for(seq, |ev| {
+        ev.iter().any(|e| e.body.kind() == "config_reloaded") && has(ev, "file_modified", &path)
+    });
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (seq + 1..=seq + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "gap in the sequence");
+}

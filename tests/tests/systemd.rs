@@ -195,12 +195,24 @@ fn enforce_without_the_drop_in_says_so_at_start() {
     fs::create_dir_all(&node.state).unwrap();
     nix::unistd::chown(&node.state, Some(65534.into()), Some(65534.into())).unwrap();
     // The detection-only unit: CAP_DAC_READ_SEARCH, no write access to the manifests.
+    let log = node.root.path().join("nobody.log");
     let mut agent = nobody(&["dac_read_search"], &node.config, &["run"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + WAIT;
+    // Read the spool only once the agent has it open: a reader running as root that got
+    // there first would create SQLite's shared-memory file as root, which the agent (nobody)
+    // then could not write.
+    while query_status(&node.state).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "agent not ready:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let dir = node.manifests.display().to_string();
     loop {
         let said = node.events().iter().any(|e| {
@@ -212,8 +224,9 @@ fn enforce_without_the_drop_in_says_so_at_start() {
         }
         assert!(
             Instant::now() < deadline,
-            "no warning; events: {:?}",
-            node.events()
+            "no warning; events: {:?}\nlog:\n{}",
+            node.events(),
+            fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -185,6 +186,8 @@ pub struct Fixer {
     planned: HashMap<String, String>,
     reported: HashSet<(String, Option<String>, String)>,
     deferred: BTreeSet<PathBuf>,
+    /// In the daemon: how many events were sent, and how many the loop has committed.
+    spooled: Option<(Arc<AtomicU64>, watch::Receiver<u64>)>,
 }
 
 impl Fixer {
@@ -200,6 +203,22 @@ impl Fixer {
             planned: HashMap::new(),
             reported: HashSet::new(),
             deferred: BTreeSet::new(),
+            spooled: None,
+        }
+    }
+
+    /// Removes the journal once the verdict's events are durable (in the daemon: committed
+    /// to the spool by the loop). A crash before that finishes the verdict again at the next
+    /// start, so its events are not lost.
+    async fn close_journal(&mut self) {
+        if let Some((sent, committed)) = &mut self.spooled {
+            let target = sent.load(Ordering::SeqCst);
+            if committed.wait_for(|c| *c >= target).await.is_err() {
+                return; // the loop is gone: keep the journal for the next start
+            }
+        }
+        if let Err(e) = write::clear_journal(&self.cfg.state_dir) {
+            tracing::error!(error = %e, "cannot clear the fix journal");
         }
     }
 
@@ -500,9 +519,7 @@ impl Fixer {
                 health: verdict.summary,
                 attempts: verdict.attempts,
             });
-            if let Err(e) = write::clear_journal(&self.cfg.state_dir) {
-                tracing::error!(error = %e, "cannot clear the fix journal");
-            }
+            self.close_journal().await;
             return Outcome::Verified;
         }
         self.rollback(journal, verdict.summary, verdict.attempts, emit)
@@ -546,7 +563,7 @@ impl Fixer {
                     "not rolled back: the file was changed by someone else during the health gate",
                     &journal,
                 ));
-                let _ = write::clear_journal(&self.cfg.state_dir);
+                self.close_journal().await;
                 return Outcome::Skipped;
             }
             Err(e) => {
@@ -617,9 +634,7 @@ impl Fixer {
             ),
             diff: journal.diff.clone(),
         });
-        if let Err(e) = write::clear_journal(&self.cfg.state_dir) {
-            tracing::error!(error = %e, "cannot clear the fix journal");
-        }
+        self.close_journal().await;
         Outcome::RolledBack
     }
 
@@ -666,7 +681,7 @@ impl Fixer {
                     let _ = std::fs::remove_file(p);
                 }
             }
-            let _ = write::clear_journal(&self.cfg.state_dir);
+            self.close_journal().await;
             Outcome::Nothing
         } else {
             emit(unfinished(
@@ -674,7 +689,7 @@ impl Fixer {
                 "an interrupted fix was not finished: the file was changed by someone else meanwhile",
                 &journal,
             ));
-            let _ = write::clear_journal(&self.cfg.state_dir);
+            self.close_journal().await;
             Outcome::Skipped
         }
     }
@@ -704,14 +719,20 @@ impl Fixer {
     }
 
     /// The daemon task: recover, then handle requests one at a time until the channel closes.
+    /// `committed` counts the events the loop has committed to the spool.
     pub async fn run(
         mut self,
         mut requests: mpsc::UnboundedReceiver<PathBuf>,
         mut configs: watch::Receiver<Config>,
         events: mpsc::UnboundedSender<EventBody>,
+        committed: watch::Receiver<u64>,
     ) {
+        let sent = Arc::new(AtomicU64::new(0));
+        self.spooled = Some((Arc::clone(&sent), committed));
         let mut emit = move |e: EventBody| {
-            let _ = events.send(e);
+            if events.send(e).is_ok() {
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
         };
         self.recover(&mut emit).await;
         self.check_writable(&mut emit);
