@@ -240,8 +240,8 @@ pub fn rules_table(cat: &crate::rules::Catalogue) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<48} {:<7} {:<9} {:<24} TITLE",
-        "ID", "CIS", "SEVERITY", "TARGET"
+        "{:<48} {:<7} {:<9} {:<24} {:<6} TITLE",
+        "ID", "CIS", "SEVERITY", "TARGET", "FIX"
     );
     for r in &cat.rules {
         let target = match r.target {
@@ -252,13 +252,20 @@ pub fn rules_table(cat: &crate::rules::Catalogue) -> String {
                 .and_then(|v| v.as_str().map(|s| format!("files:{s}")))
                 .unwrap_or_default(),
         };
+        // safe: applied in enforce mode; review: shown, applied only when named in fix.rules.
+        let fix = match (&r.fix, r.safe) {
+            (None, _) => "-",
+            (_, true) => "safe",
+            _ => "review",
+        };
         let _ = writeln!(
             out,
-            "{:<48} {:<7} {:<9} {:<24} {}",
+            "{:<48} {:<7} {:<9} {:<24} {:<6} {}",
             r.id,
             r.cis.as_deref().unwrap_or("-"),
             r.severity.as_str(),
             target,
+            fix,
             r.title
         );
     }

@@ -188,7 +188,18 @@ fn rules_lists_the_catalogue() {
             .all(|r| r["id"].is_string() && r["severity"].is_string() && r["test"].is_object())
     );
     let out = run(&["rules"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("apiserver-anonymous-auth"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("{id} not in:\n{table}"))
+            .to_string()
+    };
+    // The FIX column: what enforce mode applies, what it only shows, and no fix.
+    assert!(row("apiserver-profiling").contains(" safe "));
+    assert!(row("apiserver-anonymous-auth").contains(" review "));
+    assert!(row("apiserver-audit-log-path").contains(" - "));
 }
 
 /// Every bad-input kind becomes a per-file error naming the problem, the good files are still
