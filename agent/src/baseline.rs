@@ -21,8 +21,15 @@ pub struct PathState {
     /// Open (fail or warn) findings by rule id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub findings: BTreeMap<String, FindingRecord>,
-    /// Manifests: the text with secrets redacted, to diff against.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Pod manifests: the text with secrets redacted ([`crate::redact::manifest_text`]), to
+    /// diff against; `None` for every other file, whose content never leaves the node. (Stored
+    /// under a new key: texts written by the line-based redactor of earlier versions are not
+    /// trusted, and are dropped when an old baseline is read.)
+    #[serde(
+        default,
+        rename = "redacted_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub text: Option<String>,
     /// Manifests: the component and its version, as last parsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,14 +1,30 @@
-//! Redaction of secrets in manifest text before it leaves the node (DESIGN invariant 7), and
-//! the unified diffs that events carry.
+//! What of a manifest may leave the node (DESIGN invariant 7), and the unified diffs that
+//! events carry.
 //!
-//! Redaction works on lines, not on the parsed pod, so that it also covers a manifest that
-//! does not parse. It replaces:
-//! - the value of a sensitive flag, in `--flag=value` form or as the next list item after a
-//!   bare `--flag`;
-//! - every container environment value (`value:` right after `- name:`), since an env var can
-//!   carry anything and the flags of the control plane do not need it to be read.
+//! Redaction works from the parser's own tree, not from lines: the YAML parser knows the byte
+//! span of every scalar in every form it reads (block and flow style, quoted or plain,
+//! `value:` before or after `name:`, a value on the next line, block scalars), so the bytes
+//! replaced are exactly the bytes the kubelet would read as a sensitive value. Replaced:
+//! - the value of a sensitive flag in any `command`/`args` list of the pod (containers, init
+//!   containers, probes' exec commands), written `--f=v`, `-f=v` (etcd takes one dash), or
+//!   `--f v` with the value as the next item;
+//! - the same inside `sh -c` scripts, split as the shell splits them (`--f='v'`, `--f v`),
+//!   and every `NAME=value` assignment there;
+//! - every `env[].value` and `httpHeaders[].value`, whatever they hold;
+//! - every document after the first (the kubelet ignores them; we do not show them).
+//!
+//! It fails closed: a file that is not a Pod gets no text at all, and so does a pod where a
+//! sensitive value has no source bytes of its own (a YAML alias copy), since the bytes that
+//! hold it cannot be found. A script whose words do not map one to one onto the source is
+//! replaced whole.
+
+use std::ops::Range;
 
 use similar::TextDiff;
+
+use crate::manifest::pod::Pod;
+use crate::manifest::shell;
+use crate::manifest::yaml::{self, Node};
 
 /// What a redacted value becomes.
 pub const REDACTED: &str = "<redacted>";
@@ -24,104 +40,244 @@ pub fn sensitive_by_name(name: &str) -> bool {
         && !name.ends_with("-dir")
 }
 
-/// Redacts the values of flags for which `sensitive` is true, and all env values.
-pub fn redact(text: &str, sensitive: &dyn Fn(&str) -> bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut pending_item = false; // a bare sensitive flag: its value is the next list item
-    let mut pending_env = false; // `- name:` seen: the next `value:` is an env value
-    for line in text.split_inclusive('\n') {
-        let (body, eol) = match line.strip_suffix('\n') {
-            Some(b) => (b, "\n"),
-            None => (line, ""),
-        };
-        let trimmed = body.trim_start();
-        let indent = &body[..body.len() - trimmed.len()];
-        if pending_item && trimmed.starts_with("- ") && !trimmed[2..].trim().starts_with("--") {
-            out.push_str(indent);
-            out.push_str("- ");
-            out.push_str(REDACTED);
-            out.push_str(eol);
-            pending_item = false;
-            continue;
-        }
-        if pending_env
-            && let Some(rest) = trimmed.strip_prefix("value:")
-            && !rest.trim().is_empty()
-        {
-            out.push_str(indent);
-            out.push_str("value: ");
-            out.push_str(REDACTED);
-            out.push_str(eol);
-            pending_env = false;
-            continue;
-        }
-        pending_env = trimmed.starts_with("- name:") || (pending_env && !trimmed.starts_with('-'));
-        let (redacted, bare) = redact_flags_in_line(body, sensitive);
-        pending_item = bare;
-        out.push_str(&redacted);
-        out.push_str(eol);
+/// Why a file's text is withheld from events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Withheld {
+    /// Not a Pod manifest: its content is never shown (a key, a kubeconfig, anything else).
+    #[error("not a pod manifest: {0}")]
+    NotAManifest(String),
+    /// A sensitive value whose source bytes the parser cannot place.
+    #[error("a sensitive value at {0} has no source bytes of its own (YAML alias)")]
+    Unplaced(String),
+}
+
+/// The text of a pod manifest with every sensitive value replaced by [`REDACTED`], or why no
+/// text may be shown. `sensitive` says whether a flag name (without dashes) can carry a
+/// secret.
+pub fn manifest_text(src: &str, sensitive: &dyn Fn(&str) -> bool) -> Result<String, Withheld> {
+    let doc = yaml::parse_first_document(src).map_err(|e| Withheld::NotAManifest(e.to_string()))?;
+    Pod::from_node(&doc.root).map_err(|e| Withheld::NotAManifest(e.to_string()))?;
+    let mut spans = Spans {
+        src,
+        sensitive,
+        out: Vec::new(),
+    };
+    spans.walk(&doc.root, "")?;
+    if let Some(rest) = doc.more_documents_at {
+        spans.out.push(rest..src.len());
     }
+    Ok(replace(src, spans.out))
+}
+
+/// Collects the byte ranges to redact.
+struct Spans<'a> {
+    src: &'a str,
+    sensitive: &'a dyn Fn(&str) -> bool,
+    out: Vec<Range<usize>>,
+}
+
+impl Spans<'_> {
+    fn walk(&mut self, node: &Node, at: &str) -> Result<(), Withheld> {
+        match node {
+            Node::Scalar { .. } => Ok(()),
+            Node::Seq(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, n)| self.walk(n, &format!("{at}[{i}]"))),
+            Node::Map(entries) => {
+                let list = |key: &str| node.get(key).and_then(Node::as_seq).unwrap_or(&[]);
+                let argv: Vec<&Node> = list("command").iter().chain(list("args")).collect();
+                self.argv(&argv, at)?;
+                for key in ["env", "httpHeaders"] {
+                    for (i, item) in list(key).iter().enumerate() {
+                        if let Some(value) = item.get("value") {
+                            self.whole(value, &format!("{at}.{key}[{i}].value"))?;
+                        }
+                    }
+                }
+                entries.iter().try_for_each(|(k, v)| {
+                    let key = k.as_str().unwrap_or("?");
+                    self.walk(v, &format!("{at}.{key}"))
+                })
+            }
+        }
+    }
+
+    /// A command line: sensitive flag values, and the words of any script in it.
+    fn argv(&mut self, argv: &[&Node], at: &str) -> Result<(), Withheld> {
+        let mut value_next = false;
+        for (i, node) in argv.iter().enumerate() {
+            let Node::Scalar { value, .. } = node else {
+                continue;
+            };
+            let here = format!("{at}.argv[{i}]");
+            if std::mem::take(&mut value_next) {
+                self.whole(node, &here)?;
+                continue;
+            }
+            match sensitive_flag(value, self.sensitive) {
+                Some(Some(eq)) => self.tail(node, eq + 1, &here)?,
+                Some(None) => value_next = true,
+                None => {}
+            }
+            if value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                self.script(node, &here)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A scalar read as a shell script: each sensitive word value, mapped to the source when
+    /// the script is written verbatim, else the whole scalar.
+    fn script(&mut self, node: &Node, at: &str) -> Result<(), Withheld> {
+        let Node::Scalar { value, span, .. } = node else {
+            return Ok(());
+        };
+        let mut hits = Vec::new();
+        for words in shell::split_commands(value) {
+            let mut value_next = false;
+            for w in &words {
+                let raw = &value[w.range.clone()];
+                if std::mem::take(&mut value_next) {
+                    hits.push(w.range.clone());
+                    continue;
+                }
+                let assignment = !w.text.starts_with('-')
+                    && w.text.split_once('=').is_some_and(|(name, _)| {
+                        !name.is_empty()
+                            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    });
+                match sensitive_flag(&w.text, self.sensitive) {
+                    _ if assignment => {
+                        let eq = raw.find('=').unwrap_or(raw.len());
+                        hits.push(w.range.start + eq + 1..w.range.end);
+                    }
+                    Some(Some(_)) => {
+                        // The name has no quotes of its own, so the first `=` in the raw word
+                        // is the one that ends it.
+                        let eq = raw.find('=').unwrap_or(raw.len());
+                        hits.push(w.range.start + eq + 1..w.range.end);
+                    }
+                    Some(None) => value_next = true,
+                    None => {}
+                }
+            }
+        }
+        hits.retain(|r| !r.is_empty());
+        if hits.is_empty() {
+            return Ok(());
+        }
+        match verbatim_start(self.src, node) {
+            Some(base) => {
+                let end = span.as_ref().map_or(0, |s| s.end);
+                self.out.extend(
+                    hits.into_iter()
+                        .map(|r| base + r.start..(base + r.end).min(end)),
+                );
+                Ok(())
+            }
+            None => self.whole(node, at),
+        }
+    }
+
+    /// The value part of a scalar from byte `from` of its decoded text; the whole scalar when
+    /// its source is not the text itself.
+    fn tail(&mut self, node: &Node, from: usize, at: &str) -> Result<(), Withheld> {
+        let Node::Scalar { value, span, .. } = node else {
+            return self.whole(node, at);
+        };
+        match (verbatim_start(self.src, node), span) {
+            (Some(base), Some(span)) if from < value.len() => {
+                self.out.push(base + from..span.end.min(base + value.len()));
+                Ok(())
+            }
+            (Some(_), Some(_)) => Ok(()), // `--f=`: nothing to hide
+            _ => self.whole(node, at),
+        }
+    }
+
+    /// Every scalar of a node, whole.
+    fn whole(&mut self, node: &Node, at: &str) -> Result<(), Withheld> {
+        match node {
+            Node::Scalar { span: Some(s), .. } => {
+                self.out.push(s.clone());
+                Ok(())
+            }
+            Node::Scalar { span: None, .. } => Err(Withheld::Unplaced(at.to_string())),
+            Node::Seq(items) => items.iter().try_for_each(|n| self.whole(n, at)),
+            Node::Map(entries) => entries.iter().try_for_each(|(_, v)| self.whole(v, at)),
+        }
+    }
+}
+
+/// `Some(Some(i))` for a sensitive `--flag=value` (or `-flag=value`) with `=` at byte `i`,
+/// `Some(None)` for a bare sensitive `--flag` whose value is the next word, `None` otherwise.
+fn sensitive_flag(word: &str, sensitive: &dyn Fn(&str) -> bool) -> Option<Option<usize>> {
+    let body = word.strip_prefix("--").or_else(|| word.strip_prefix('-'))?;
+    let (name, eq) = match body.find('=') {
+        Some(i) => (&body[..i], Some(word.len() - body.len() + i)),
+        None => (body, None),
+    };
+    (!name.is_empty() && sensitive(name)).then_some(eq)
+}
+
+/// Where a scalar's decoded text starts in the source, when the source holds it byte for byte
+/// (plain, or quoted without escapes).
+fn verbatim_start(src: &str, node: &Node) -> Option<usize> {
+    let Node::Scalar {
+        value,
+        span: Some(span),
+        ..
+    } = node
+    else {
+        return None;
+    };
+    let raw = src.get(span.clone())?;
+    let inner = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .or_else(|| raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
+        .unwrap_or(raw);
+    (inner == value).then(|| span.start + (raw.len() - inner.len()) / 2)
+}
+
+/// `src` with each range (merged where they overlap) replaced by [`REDACTED`].
+fn replace(src: &str, mut ranges: Vec<Range<usize>>) -> String {
+    ranges.sort_by_key(|r| (r.start, r.end));
+    let mut out = String::with_capacity(src.len());
+    let mut at = 0;
+    for r in ranges {
+        let (start, end) = (r.start.max(at), r.end.min(src.len()));
+        if start >= end {
+            continue;
+        }
+        // Spans come from the parser and always fall on character boundaries; never slice
+        // inside one even so.
+        let (Some(keep), Some(_)) = (src.get(at..start), src.get(start..end)) else {
+            continue;
+        };
+        out.push_str(keep);
+        out.push_str(REDACTED);
+        at = end;
+    }
+    out.push_str(&src[at..]);
     out
 }
 
-/// Redacts `--flag=value` values in one line; returns whether the line ends with a bare
-/// sensitive `--flag` whose value is on the next line.
-fn redact_flags_in_line(line: &str, sensitive: &dyn Fn(&str) -> bool) -> (String, bool) {
-    let bytes = line.as_bytes();
-    let mut out = String::with_capacity(line.len());
-    let mut i = 0;
-    let mut bare = false;
-    while i < bytes.len() {
-        let at_token_start = i == 0 || matches!(bytes[i - 1], b' ' | b'"' | b'\'' | b'[' | b',');
-        if at_token_start && line[i..].starts_with("--") {
-            let name_start = i + 2;
-            let mut j = name_start;
-            while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'-') {
-                j += 1;
-            }
-            let name = &line[name_start..j];
-            out.push_str(&line[i..j]);
-            i = j;
-            if !name.is_empty() && sensitive(name) {
-                if i < bytes.len() && bytes[i] == b'=' {
-                    out.push('=');
-                    i += 1;
-                    let mut k = i;
-                    while k < bytes.len() && !matches!(bytes[k], b' ' | b'"' | b'\'' | b',' | b']')
-                    {
-                        k += 1;
-                    }
-                    if k > i {
-                        out.push_str(REDACTED);
-                    }
-                    i = k;
-                } else {
-                    bare = line[i..]
-                        .trim_matches(|c| c == '"' || c == '\'' || c == ' ')
-                        .is_empty();
-                }
-            }
-            continue;
-        }
-        let ch = line[i..].chars().next().expect("in bounds");
-        out.push(ch);
-        i += ch.len_utf8();
-    }
-    (out, bare)
-}
-
 /// A unified diff from `old` to `new` (`None` = no file), labelled with `path`, at most
-/// [`MAX_DIFF_BYTES`].
+/// [`MAX_DIFF_BYTES`]. The labels are `a/PATH` and `b/PATH`, so that `patch -p1` applies it
+/// from the root for an absolute path, and from the current directory for a relative one.
 pub fn unified_diff(path: &str, old: Option<&str>, new: Option<&str>) -> String {
     let a = old.unwrap_or("");
     let b = new.unwrap_or("");
+    let rel = path.strip_prefix('/').unwrap_or(path);
     let from = if old.is_some() {
-        format!("a{path}")
+        format!("a/{rel}")
     } else {
         "/dev/null".into()
     };
     let to = if new.is_some() {
-        format!("b{path}")
+        format!("b/{rel}")
     } else {
         "/dev/null".into()
     };
@@ -145,71 +301,4 @@ pub fn unified_diff(path: &str, old: Option<&str>, new: Option<&str>) -> String 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(name: &str) -> bool {
-        name == "initial-cluster-token" || sensitive_by_name(name)
-    }
-
-    #[test]
-    fn equals_form_is_redacted_and_the_rest_kept() {
-        let text = "    - --initial-cluster-token=hunter2\n    - --name=etcd-0\n";
-        assert_eq!(
-            redact(text, &s),
-            "    - --initial-cluster-token=<redacted>\n    - --name=etcd-0\n"
-        );
-    }
-
-    #[test]
-    fn quoted_and_flow_forms_are_redacted() {
-        let text = "command: [\"etcd\", \"--initial-cluster-token=abc\", \"--x=1\"]\n";
-        assert_eq!(
-            redact(text, &s),
-            "command: [\"etcd\", \"--initial-cluster-token=<redacted>\", \"--x=1\"]\n"
-        );
-        let text = "    - sh\n    - -c\n    - etcd --oidc-client-secret=abc --y=2\n";
-        assert!(redact(text, &s).contains("--oidc-client-secret=<redacted> --y=2"));
-    }
-
-    #[test]
-    fn separate_value_item_is_redacted() {
-        let text = "    - --initial-cluster-token\n    - hunter2\n    - --name\n    - etcd-0\n";
-        assert_eq!(
-            redact(text, &s),
-            "    - --initial-cluster-token\n    - <redacted>\n    - --name\n    - etcd-0\n"
-        );
-    }
-
-    #[test]
-    fn env_values_are_redacted_but_names_kept() {
-        let text = "    env:\n    - name: ETCD_INITIAL_CLUSTER_TOKEN\n      value: hunter2\n    - name: X\n      valueFrom:\n        fieldRef: {fieldPath: status.podIP}\n";
-        let r = redact(text, &s);
-        assert!(!r.contains("hunter2"), "{r}");
-        assert!(r.contains("ETCD_INITIAL_CLUSTER_TOKEN"));
-        assert!(r.contains("fieldPath: status.podIP"));
-    }
-
-    #[test]
-    fn flags_that_only_name_a_file_are_not_redacted() {
-        let text = "    - --secret-store-file=/etc/x\n    - --insecure-allow-any-token=true\n";
-        assert_eq!(redact(text, &s), text);
-    }
-
-    #[test]
-    fn diff_shows_the_change_with_labels() {
-        let d = unified_diff("/m/a.yaml", Some("a\nb\n"), Some("a\nc\n"));
-        assert!(d.contains("--- a/m/a.yaml"), "{d}");
-        assert!(d.contains("-b\n+c\n"), "{d}");
-        let d = unified_diff("/m/a.yaml", None, Some("x\n"));
-        assert!(d.contains("--- /dev/null"), "{d}");
-    }
-
-    #[test]
-    fn long_diffs_are_cut_with_a_note() {
-        let big: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
-        let d = unified_diff("/a", None, Some(&big));
-        assert!(d.len() < MAX_DIFF_BYTES + 100);
-        assert!(d.contains("[diff cut:"));
-    }
-}
+mod tests;

@@ -204,9 +204,10 @@ impl Scanner {
             }
         };
         let meta = integrity::observe(path, Some(&bytes)).ok();
-        let text = Some(redact::redact(&String::from_utf8_lossy(&bytes), &|f| {
-            cat.sensitive(f)
-        }));
+        // Only a pod manifest's text, redacted from the parser's spans, may leave the node.
+        let text = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|src| redact::manifest_text(src, &|f| cat.sensitive(f)).ok());
         let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes);
         if let Some(error) = report.error {
             self.memo.entry(path.to_path_buf()).or_default();

@@ -769,3 +769,38 @@ fn events_no_rescan_finds_again_survive_a_full_disk() {
     let expected: Vec<u64> = (seq + 1..=seq + seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "gap in the sequence");
 }
+
+#[test]
+fn a_non_manifest_linked_or_copied_into_the_manifests_directory_leaves_no_content() {
+    // Issue 11 (1): `ln -s /etc/shadow manifests/x.yaml` shipped every line of the file in the
+    // file_created diff. Fails on the commit before the fix: the diff held the file.
+    let node = Node::new("");
+    let agent = node.start();
+    let seq = agent.last_seq();
+    let secret_dir = node.root.path().join("secrets");
+    fs::create_dir_all(&secret_dir).unwrap();
+    let shadow = secret_dir.join("shadow");
+    fs::write(&shadow, "root:$6$SHADOWSECRET:19000:0:99999:7:::\n").unwrap();
+    let kubeconfig = "apiVersion: v1\nkind: Config\nusers:\n- name: admin\n  user:\n    token: KUBECONFIGSECRET\n";
+    let linked = node.manifests.join("x.yaml");
+    let copied = node.manifests.join("admin.conf");
+    std::os::unix::fs::symlink(&shadow, &linked).unwrap();
+    fs::write(&copied, kubeconfig).unwrap();
+    let events = agent.wait_for(seq, |ev| {
+        has(ev, "file_created", &linked) && has(ev, "file_created", &copied)
+    });
+    for path in [&linked, &copied] {
+        let created = about(&events, "file_created", path);
+        let EventBody::FileCreated { diff, after, .. } = &created[0].body else {
+            unreachable!()
+        };
+        assert_eq!(diff, &None, "{path:?}: {created:?}");
+        assert!(after.sha256.is_some(), "hashes are kept: {after:?}");
+    }
+    fs::write(&copied, kubeconfig.replace("KUBECONFIG", "OTHER")).unwrap();
+    agent.wait_for(seq, |ev| has(ev, "file_modified", &copied));
+    let everything = format!("{:?}", node.events());
+    for secret in ["SHADOWSECRET", "KUBECONFIGSECRET", "OTHERSECRET"] {
+        assert!(!everything.contains(secret), "{secret} left the node");
+    }
+}

@@ -267,8 +267,11 @@ impl Fixer {
 
     /// The redacted diff of a plan: the manifest, then each file it creates.
     pub fn diff(&self, path: &str, before: &str, plan: &Plan) -> String {
-        let red = |t: &str| redact::redact(t, &|f| self.cat().sensitive(f));
-        let mut diff = redact::unified_diff(path, Some(&red(before)), Some(&red(&plan.text)));
+        let red = |t: &str| redact::manifest_text(t, &|f| self.cat().sensitive(f));
+        let mut diff = match (red(before), red(&plan.text)) {
+            (Ok(a), Ok(b)) => redact::unified_diff(path, Some(&a), Some(&b)),
+            (Err(e), _) | (_, Err(e)) => format!("[diff withheld: {e}]\n"),
+        };
         for f in &plan.files {
             diff.push_str(&redact::unified_diff(
                 &f.host_path.display().to_string(),

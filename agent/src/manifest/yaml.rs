@@ -129,6 +129,8 @@ pub struct Document {
     pub root: Node,
     /// True when the stream holds a second document, which the kubelet ignores.
     pub has_more_documents: bool,
+    /// Byte offset where the second document starts, when there is one.
+    pub more_documents_at: Option<usize>,
 }
 
 /// Parses the first document of `src`.
@@ -141,7 +143,7 @@ pub fn parse_first_document(src: &str) -> Result<Document, YamlError> {
         nodes: 0,
     };
     let mut root = None;
-    let mut has_more_documents = false;
+    let mut more_documents_at = None;
     loop {
         let (event, span) = next(&mut parser)?;
         match event {
@@ -150,7 +152,7 @@ pub fn parse_first_document(src: &str) -> Result<Document, YamlError> {
             Event::DocumentStart(_) if root.is_some() => {
                 // A second document exists; the kubelet ignores it and so do we, but we
                 // must not let a syntax error in it fail the file either.
-                has_more_documents = true;
+                more_documents_at = Some(offsets.byte(span.start.index()));
                 break;
             }
             Event::DocumentStart(_) => {
@@ -169,7 +171,8 @@ pub fn parse_first_document(src: &str) -> Result<Document, YamlError> {
     let root = root.ok_or(YamlError::Empty)?;
     Ok(Document {
         root,
-        has_more_documents,
+        has_more_documents: more_documents_at.is_some(),
+        more_documents_at,
     })
 }
 
