@@ -139,18 +139,24 @@ pub fn list_manifest_dir(dir: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// Maps a path inside the container to the host through the pod's hostPath mounts.
 pub fn host_path(m: &Manifest, cp: &ControlPlane, inner: &str) -> Option<PathBuf> {
+    // Compared by path components, as the container runtime does: `/var/lib/etcd//` is the
+    // mount `/var/lib/etcd`, and `/var/lib/etcdx` is not under it.
+    let inner = Path::new(inner);
     let c = &m.pod.containers[cp.container];
     c.mounts
         .iter()
-        .filter(|mnt| {
-            inner == mnt.mount_path
-                || inner.starts_with(&format!("{}/", mnt.mount_path.trim_end_matches('/')))
+        .filter_map(|mnt| {
+            let rest = inner.strip_prefix(Path::new(&mnt.mount_path)).ok()?;
+            // `..` leaves the mount inside the container; where it lands is not ours to say.
+            let escapes = rest
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+            (!escapes).then_some((mnt, rest))
         })
-        .max_by_key(|mnt| mnt.mount_path.len())
-        .and_then(|mnt| {
+        .max_by_key(|(mnt, _)| Path::new(&mnt.mount_path).components().count())
+        .and_then(|(mnt, rest)| {
             let vol = m.pod.host_paths.iter().find(|v| v.name == mnt.name)?;
-            let rest = inner[mnt.mount_path.len()..].trim_start_matches('/');
-            Some(if rest.is_empty() {
+            Some(if rest.as_os_str().is_empty() {
                 PathBuf::from(&vol.path)
             } else {
                 Path::new(&vol.path).join(rest)

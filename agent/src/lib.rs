@@ -9,6 +9,7 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod exercise;
 pub mod fix;
 pub mod integrity;
 pub mod manifest;
