@@ -154,20 +154,37 @@ impl Config {
         explicit: bool,
         insecure_loopback: Option<SocketAddr>,
     ) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
-        let raw: RawConfig = match std::fs::read_to_string(path) {
-            Ok(t) if t.trim().is_empty() => RawConfig::default(),
-            Ok(t) => serde_saphyr::from_str(&t).map_err(|e| invalid(e.to_string()))?,
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(source) => {
                 return Err(ConfigError::Read {
                     path: path.to_path_buf(),
                     source,
                 });
             }
+        };
+        Self::parse_with(&text, path, insecure_loopback)
+    }
+
+    /// Parses and validates config text read from `path` (TLS required).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::parse_with(text, path, None)
+    }
+
+    fn parse_with(
+        text: &str,
+        path: &Path,
+        insecure_loopback: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| invalid(e.to_string()))?
         };
         let (listen, tls) = match insecure_loopback {
             Some(addr) if !addr.ip().is_loopback() => {

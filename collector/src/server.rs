@@ -21,11 +21,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admit;
 use crate::config::Config;
 use crate::store::{Filter, NodeInfo, Store, StoreError};
 
-/// Most events in one batch message.
-pub const MAX_BATCH_EVENTS: usize = 10_000;
+pub use crate::admit::MAX_BATCH_EVENTS;
 /// How long a new stream may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued writer jobs before streams wait (backpressure, not loss).
@@ -39,6 +39,13 @@ enum Job {
         reply: oneshot::Sender<Result<u64, String>>,
     },
     Touch(NodeInfo),
+    /// A new stream: everything below `first_unacked` was acknowledged before.
+    Settle {
+        node: String,
+        epoch: u64,
+        first_unacked: u64,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
     Retain {
         max_age: Option<Duration>,
         max_events: Option<u64>,
@@ -302,6 +309,19 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
                     reply,
                 } => inserts.push((node, epoch, events, reply)),
                 Job::Touch(info) => touches.push(info),
+                Job::Settle {
+                    node,
+                    epoch,
+                    first_unacked,
+                    reply,
+                } => {
+                    let result = store.settle(&node, epoch, first_unacked, &now());
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, node, "cannot record the agent's earlier acks");
+                    }
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    committed.send_modify(|n| *n += 1);
+                }
                 Job::Retain {
                     max_age,
                     max_events,
@@ -359,43 +379,6 @@ pub struct Agents(Arc<Shared>);
 /// The readers' service.
 pub struct Queries(Arc<Shared>);
 
-fn node_name_ok(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 253
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
-
-fn validate(node: &str, events: &[Event]) -> Result<(), Status> {
-    if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
-        return Err(Status::invalid_argument(format!(
-            "a batch holds 1 to {MAX_BATCH_EVENTS} events, got {}",
-            events.len()
-        )));
-    }
-    for e in events {
-        if e.node != node {
-            return Err(Status::invalid_argument(format!(
-                "event {} names node {:?} on the stream of {node:?}",
-                e.seq, e.node
-            )));
-        }
-        if e.seq == 0 || e.kind.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "event {} has no sequence number or no kind",
-                e.seq
-            )));
-        }
-        if humantime::parse_rfc3339(&e.time).is_err() {
-            return Err(Status::invalid_argument(format!(
-                "event {} has time {:?}, not RFC 3339",
-                e.seq, e.time
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl AgentService for Agents {
     type ReportStream = ReceiverStream<Result<CollectorMessage, Status>>;
@@ -427,14 +410,7 @@ impl AgentService for Agents {
         };
         let node = hello.node.clone();
         let epoch = hello.spool_epoch;
-        if epoch == 0 || epoch > i64::MAX as u64 {
-            return Err(Status::invalid_argument("the hello has no spool_epoch"));
-        }
-        if !node_name_ok(&node) {
-            return Err(Status::invalid_argument(format!(
-                "{node:?} is not a node name"
-            )));
-        }
+        admit::hello(&hello)?;
         if shared.cfg.readers.contains(&node) {
             // Readers are told apart by name: a certificate named like a reader is never an
             // agent, so no agent can also read.
@@ -486,7 +462,15 @@ impl AgentService for Agents {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let _permit = permit;
-            let result = stream_loop(&shared, &node, epoch, &mut inbound, &tx).await;
+            let result = stream_loop(
+                &shared,
+                &node,
+                epoch,
+                hello.first_unacked_seq,
+                &mut inbound,
+                &tx,
+            )
+            .await;
             if let Err(status) = result {
                 tracing::info!(node, code = ?status.code(), message = status.message(), "agent stream ended with an error");
                 let _ = tx.send(Err(status)).await;
@@ -508,19 +492,31 @@ async fn stream_loop(
     shared: &Shared,
     node: &str,
     epoch: u64,
+    first_unacked: u64,
     inbound: &mut Streaming<AgentMessage>,
     tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
 ) -> Result<(), Status> {
     let ack = |seq| CollectorMessage {
         msg: Some(collector_message::Msg::Ack(Ack { seq })),
     };
-    // What is already stored: the agent may trim it now.
+    // What is already stored, or was acknowledged by an earlier store (the agent says it
+    // trimmed everything below its first unacknowledged event): the agent may trim it now.
     let stored = {
-        let (reader, node) = (Arc::clone(&shared.reader), node.to_string());
-        tokio::task::spawn_blocking(move || reader.lock().expect("lock").acked_in(&node, epoch))
+        let (reply, answer) = oneshot::channel();
+        shared
+            .writer
+            .send(Job::Settle {
+                node: node.to_string(),
+                epoch,
+                first_unacked,
+                reply,
+            })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(e.to_string()))?
+            .map_err(|_| Status::unavailable("store writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("store writer stopped"))?
+            .map_err(Status::unavailable)?
     };
     if tx.send(Ok(ack(stored))).await.is_err() {
         return Ok(());
@@ -531,7 +527,7 @@ async fn stream_loop(
     while let Some(msg) = inbound.message().await? {
         match msg.msg {
             Some(agent_message::Msg::Events(batch)) => {
-                validate(node, &batch.events)?;
+                admit::events(node, &batch.events)?;
                 let n = batch.events.len() as f64;
                 let (reply, answer) = oneshot::channel();
                 shared

@@ -175,6 +175,32 @@ impl Store {
         Ok(acks)
     }
 
+    /// Takes an agent at its word that every event of `epoch` below `first_unacked` was
+    /// acknowledged: it trimmed them, so nobody will ever send them again. Each missing range
+    /// below it (this store was wiped, restored from an older backup, or replaced) is recorded
+    /// as a gap with a `acked_by_earlier_store` event at the range's last sequence number, so
+    /// that readers see what this store never received, and the ack moves on. Returns the ack.
+    pub fn settle(
+        &mut self,
+        node: &str,
+        epoch: u64,
+        first_unacked: u64,
+        time: &str,
+    ) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        let db = |source| StoreError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let acked = settle(&tx, node, epoch, first_unacked, time).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(acked)
+    }
+
     /// Records what an agent says about itself (hello, heartbeat).
     pub fn touch_node(&mut self, info: &NodeInfo) -> Result<(), StoreError> {
         touch(&self.conn, info).map_err(self.db())
@@ -413,6 +439,22 @@ fn insert_batch(
             gap.execute(params![node, epoch as i64, first as i64, last as i64])?;
         }
     }
+    let acked = advance(tx, node, epoch, acked)?;
+    tx.execute(
+        "UPDATE nodes SET epoch = ?2, acked = ?3 WHERE node = ?1",
+        params![node, epoch as i64, acked as i64],
+    )?;
+    Ok(acked)
+}
+
+/// The highest sequence number reachable from `acked` through stored or explained events:
+/// the contiguous-ack rule (invariant 3).
+fn advance(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    epoch: u64,
+    mut acked: u64,
+) -> rusqlite::Result<u64> {
     let mut has =
         tx.prepare_cached("SELECT 1 FROM events WHERE node = ?1 AND epoch = ?2 AND seq = ?3")?;
     let mut explained = tx.prepare_cached(
@@ -433,6 +475,66 @@ fn insert_batch(
             None => break,
         }
     }
+    Ok(acked)
+}
+
+/// [`Store::settle`] inside a transaction.
+fn settle(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    epoch: u64,
+    first_unacked: u64,
+    time: &str,
+) -> rusqlite::Result<u64> {
+    tx.execute("INSERT OR IGNORE INTO nodes(node) VALUES (?1)", [node])?;
+    let (current, acked): (u64, u64) = tx.query_row(
+        "SELECT epoch, acked FROM nodes WHERE node = ?1",
+        [node],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )?;
+    let mut acked = if current == epoch { acked } else { 0 };
+    acked = advance(tx, node, epoch, acked)?;
+    let below = first_unacked.saturating_sub(1);
+    if below > acked {
+        let stored: Vec<u64> = tx
+            .prepare_cached(
+                "SELECT seq FROM events WHERE node = ?1 AND epoch = ?2 AND seq > ?3 AND seq <= ?4 ORDER BY seq",
+            )?
+            .query_map(params![node, epoch as i64, acked as i64, below as i64], |r| {
+                r.get::<_, i64>(0).map(|s| s as u64)
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut missing = Vec::new();
+        let mut next = acked + 1;
+        for seq in stored.into_iter().chain(std::iter::once(below + 1)) {
+            if seq > next {
+                missing.push((next, seq - 1));
+            }
+            next = seq + 1;
+        }
+        for (first, last) in missing {
+            let body = serde_json::json!({
+                "kind": "acked_by_earlier_store",
+                "node": node,
+                "seq": last,
+                "time": time,
+                "first_seq": first,
+                "last_seq": last,
+                "count": last - first + 1,
+                "reason": "the agent had these events acknowledged and trimmed them, but this store does not hold them (wiped, restored from an older copy, or replaced)",
+            });
+            tx.execute(
+                "INSERT OR IGNORE INTO events(node, epoch, seq, time, kind, severity, rule_id, path, body)
+                 VALUES (?1, ?2, ?3, ?4, 'acked_by_earlier_store', 'high', '', '', ?5)",
+                params![node, epoch as i64, last as i64, time, body.to_string().into_bytes()],
+            )?;
+            tx.execute(
+                "INSERT INTO gaps(node, epoch, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)",
+                params![node, epoch as i64, first as i64, last as i64],
+            )?;
+        }
+        acked = advance(tx, node, epoch, acked)?;
+    }
     tx.execute(
         "UPDATE nodes SET epoch = ?2, acked = ?3 WHERE node = ?1",
         params![node, epoch as i64, acked as i64],
@@ -441,7 +543,7 @@ fn insert_batch(
 }
 
 /// The dropped range a `spool_overflow` event's body names.
-fn overflow_range(body: &[u8]) -> Option<(u64, u64)> {
+pub fn overflow_range(body: &[u8]) -> Option<(u64, u64)> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     Some((v.get("first_seq")?.as_u64()?, v.get("last_seq")?.as_u64()?))
 }

@@ -687,3 +687,53 @@ fn kill_after_wait(child: &std::process::Child) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     });
 }
+
+#[test]
+fn a_collector_that_lost_its_database_records_what_it_missed_and_goes_on() {
+    // Issue 11 (4): the collector ignored the hello's first unacknowledged sequence number, so
+    // after losing its database it acked 0 forever below what the agent had trimmed; the agent
+    // resent one window without end. On the commit before the fix this test timed out waiting
+    // for the ack to pass `first`.
+    let pki = Pki::new(&["cp-1"]);
+    let mut col = Collector::new(&pki, "");
+    let addr = col.addr;
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    wait_status(&agent, "the agent trims what was acked", |s| {
+        s.spool.acked >= first
+    });
+    col.kill9();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", col.db.display()));
+    }
+    col.restart();
+    for i in 0..3 {
+        change(&node, &agent, i);
+    }
+    let last = agent.last_seq();
+    // The store holds what it received, and one event at `first` that says 1..=first were
+    // acknowledged by an earlier store.
+    let mut want = vec![("cp-1".to_string(), first)];
+    want.extend((first + 1..=last).map(|s| ("cp-1".to_string(), s)));
+    col.wait_for(|k| k == want);
+    wait_status(&agent, "the agent is acked to its last event", |s| {
+        s.spool.acked == last && s.collector.as_ref().is_some_and(|c| c.acked == last)
+    });
+    let store = Store::open(&col.db).unwrap();
+    let notes = store
+        .list(
+            &Filter {
+                kind: Some("acked_by_earlier_store".into()),
+                ..Filter::default()
+            },
+            0,
+            10,
+        )
+        .unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let body: serde_json::Value = serde_json::from_slice(&notes[0].event.body).unwrap();
+    assert_eq!(body["first_seq"], 1);
+    assert_eq!(body["last_seq"], first);
+}

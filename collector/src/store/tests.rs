@@ -164,3 +164,40 @@ fn a_new_epoch_starts_its_sequence_again_and_keeps_the_old_events() {
     assert_eq!(s.acked_in("n1", 7).unwrap(), 0);
     assert_eq!(s.keys().unwrap().len(), 3);
 }
+
+#[test]
+fn settling_records_each_hole_below_the_agents_first_unacked_event() {
+    // issue 11 (4): a store that lost events the agent already trimmed
+    let (_d, mut s) = store();
+    assert_eq!(
+        s.insert("n1", 3, &[ev("n1", 1), ev("n1", 2), ev("n1", 5)])
+            .unwrap(),
+        2
+    );
+    let t = "2026-11-26T10:00:00.000Z";
+    assert_eq!(s.settle("n1", 3, 8, t).unwrap(), 7);
+    let keys: Vec<u64> = s.keys().unwrap().into_iter().map(|(_, q)| q).collect();
+    assert_eq!(keys, [1, 2, 4, 5, 7]);
+    let notes = s
+        .list(
+            &Filter {
+                kind: Some("acked_by_earlier_store".into()),
+                ..Filter::default()
+            },
+            0,
+            10,
+        )
+        .unwrap();
+    let ranges: Vec<(u64, u64)> = notes
+        .iter()
+        .map(|n| overflow_range(&n.event.body).unwrap())
+        .collect();
+    assert_eq!(ranges, [(3, 4), (6, 7)]);
+    // nothing more to settle: a second hello changes nothing
+    assert_eq!(s.settle("n1", 3, 8, t).unwrap(), 7);
+    assert_eq!(s.keys().unwrap().len(), 5);
+    // the next event goes on from there
+    assert_eq!(s.insert("n1", 3, &[ev("n1", 8)]).unwrap(), 8);
+    // a first hello (nothing acked yet) settles nothing
+    assert_eq!(s.settle("n2", 1, 1, t).unwrap(), 0);
+}

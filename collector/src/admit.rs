@@ -1,0 +1,108 @@
+//! What the collector accepts from an agent, decided without IO: the hello's identity fields
+//! and each event batch. Every check answers with the gRPC status the agent gets
+//! (`invalid_argument`: do not resend as is). The fuzz target `collector_decode` drives
+//! [`agent_message`] on arbitrary bytes.
+
+use lockdown_proto::v1::{AgentMessage, Event, Hello, agent_message};
+use prost::Message;
+use tonic::Status;
+
+/// Most events in one batch message.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+/// Whether `n` can be a node name (a lower-case DNS name, as certificates carry).
+pub fn node_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// Checks a stream's opening hello.
+pub fn hello(h: &Hello) -> Result<(), Status> {
+    if h.spool_epoch == 0 || h.spool_epoch > i64::MAX as u64 {
+        return Err(Status::invalid_argument("the hello has no spool_epoch"));
+    }
+    if !node_name_ok(&h.node) {
+        return Err(Status::invalid_argument(format!(
+            "{:?} is not a node name",
+            h.node
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a batch of events on the stream of `node`.
+pub fn events(node: &str, events: &[Event]) -> Result<(), Status> {
+    if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
+        return Err(Status::invalid_argument(format!(
+            "a batch holds 1 to {MAX_BATCH_EVENTS} events, got {}",
+            events.len()
+        )));
+    }
+    for e in events {
+        if e.node != node {
+            return Err(Status::invalid_argument(format!(
+                "event {} names node {:?} on the stream of {node:?}",
+                e.seq, e.node
+            )));
+        }
+        if e.seq == 0 || e.seq > i64::MAX as u64 || e.kind.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "event {} has no sequence number or no kind",
+                e.seq
+            )));
+        }
+        if humantime::parse_rfc3339(&e.time).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "event {} has time {:?}, not RFC 3339",
+                e.seq, e.time
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one agent message and checks it as the stream would: a hello on its own, a batch
+/// as if it came on the stream of the node `stream_node`.
+pub fn agent_message(bytes: &[u8], stream_node: &str) -> Result<(), Status> {
+    let msg = AgentMessage::decode(bytes)
+        .map_err(|e| Status::invalid_argument(format!("undecodable message: {e}")))?;
+    match msg.msg {
+        Some(agent_message::Msg::Hello(h)) => hello(&h),
+        Some(agent_message::Msg::Events(b)) => {
+            events(stream_node, &b.events)?;
+            for e in &b.events {
+                let _ = crate::store::overflow_range(&e.body);
+            }
+            Ok(())
+        }
+        Some(_) => Ok(()),
+        None => Err(Status::invalid_argument("an empty message")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_refused_with_invalid_argument() {
+        for bytes in [&b"\xff\xff\xff"[..], b"", b"\x0a\x03abc"] {
+            let e = agent_message(bytes, "cp-1").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn a_sequence_number_beyond_the_store_is_refused() {
+        let e = Event {
+            node: "cp-1".into(),
+            seq: u64::MAX,
+            time: "2026-01-01T00:00:00Z".into(),
+            kind: "x".into(),
+            ..Event::default()
+        };
+        assert!(events("cp-1", &[e]).is_err());
+    }
+}
