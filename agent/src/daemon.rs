@@ -638,16 +638,11 @@ impl Agent {
 
     fn reload(&mut self) {
         match self.source.load() {
+            Ok(cfg) if let Some(error) = fixed_at_start(&self.cfg, &cfg) => {
+                tracing::error!(error, "new config refused; the old one stays in force");
+                self.commit(vec![EventBody::ConfigRejected { error }], Vec::new());
+            }
             Ok(cfg) => {
-                if cfg.state_dir != self.cfg.state_dir {
-                    tracing::warn!(
-                        old = %self.cfg.state_dir.display(),
-                        new = %cfg.state_dir.display(),
-                        "state_dir changes take effect at the next start"
-                    );
-                }
-                let mut cfg = cfg;
-                cfg.state_dir.clone_from(&self.cfg.state_dir);
                 self.spool.set_max_bytes(cfg.spool_max_bytes);
                 tracing::info!(path = %self.source.path.display(), "config reloaded");
                 let body = EventBody::ConfigReloaded {
@@ -808,4 +803,24 @@ pub fn query_status(state_dir: &Path) -> Result<Status, String> {
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
     serde_json::from_slice(&buf)
         .map_err(|e| format!("unreadable status from {}: {e}", path.display()))
+}
+
+/// Why `new` cannot replace `old` on reload, if it cannot: the node's identity and its state
+/// directory are fixed for the life of the process (the spool, its lock and the baseline live
+/// there, and the collector knows the node by its name). A restart takes them.
+fn fixed_at_start(old: &Config, new: &Config) -> Option<String> {
+    if new.node_name != old.node_name {
+        return Some(format!(
+            "node_name cannot change on reload ({:?} -> {:?}); restart the agent to change it",
+            old.node_name, new.node_name
+        ));
+    }
+    if new.state_dir != old.state_dir {
+        return Some(format!(
+            "state_dir cannot change on reload ({} -> {}); restart the agent to change it",
+            old.state_dir.display(),
+            new.state_dir.display()
+        ));
+    }
+    None
 }

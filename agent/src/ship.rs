@@ -228,7 +228,15 @@ async fn session(
                 };
                 let batch = AgentMessage {
                     msg: Some(agent_message::Msg::Events(EventBatch {
-                        events: events.into_iter().map(to_proto).collect(),
+                        // The stream's name, not the one spooled with the event: a node
+                        // renamed across a restart must not wedge on its own old events.
+                        events: events
+                            .into_iter()
+                            .map(|mut e| {
+                                e.node = node.to_string();
+                                to_proto(e)
+                            })
+                            .collect(),
                     })),
                 };
                 if !in_flight {

@@ -737,3 +737,57 @@ fn a_collector_that_lost_its_database_records_what_it_missed_and_goes_on() {
     assert_eq!(body["first_seq"], 1);
     assert_eq!(body["last_seq"], first);
 }
+
+#[test]
+fn a_new_node_name_is_refused_on_reload_and_a_restart_with_it_ships_the_old_spool() {
+    // Issue 11 (6): SIGHUP with a new node_name was accepted, the spooled events kept the old
+    // name and the collector refused the stream forever. On the commit before the fix the
+    // reload reported config_reloaded, and the restarted agent never got past the first batch.
+    let pki = Pki::new(&["cp-1", "cp-2"]);
+    let mut col = Collector::new(&pki, "");
+    let addr = col.addr;
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+
+    let good = fs::read_to_string(&node.config).unwrap();
+    let renamed = good.replace("cp-1", "cp-2"); // node_name and the certificate
+    fs::write(&node.config, &renamed).unwrap();
+    let seq = agent.last_seq();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let events = agent.wait_for(seq, |ev| {
+        ev.iter().any(|e| e.body.kind() == "config_rejected")
+    });
+    let lockdown_agent::event::EventBody::ConfigRejected { error } = &events[0].body else {
+        panic!("{events:?}")
+    };
+    assert!(error.contains("node_name"), "{error}");
+    assert_eq!(agent.status().node, "cp-1");
+    change(&node, &agent, 1);
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+
+    // The collector is away while the agent spools under cp-1, then the agent restarts as cp-2.
+    col.kill9();
+    change(&node, &agent, 2);
+    let spooled = agent.last_seq();
+    assert!(agent.stop().success());
+    let agent = node.start(); // reads the renamed config
+    assert_eq!(agent.status().node, "cp-2");
+    col.restart();
+    let last = agent.last_seq();
+    assert!(last > spooled);
+    // cp-2 ships everything its spool still holds; what cp-1 had acked is settled below it.
+    let keys = col
+        .wait_for(|k| k.iter().filter(|(n, _)| n == "cp-2").map(|(_, s)| *s).max() == Some(last));
+    let cp2: Vec<u64> = keys
+        .iter()
+        .filter(|(n, _)| n == "cp-2")
+        .map(|(_, s)| *s)
+        .collect();
+    assert!(cp2.contains(&spooled), "{cp2:?}");
+    wait_status(&agent, "the renamed agent is acked", |s| {
+        s.spool.acked == last
+    });
+}
