@@ -12,6 +12,35 @@ use lockdown_agent::report;
 use lockdown_agent::rules::Severity;
 use lockdown_agent::spool::SpoolReader;
 
+/// `println!` for command output: when stdout is a pipe whose reader has gone (`| head -1`),
+/// end quietly with the status of a process killed by SIGPIPE (141) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+/// `print!` with the same care as [`outln!`].
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("{}: cannot write to stdout: {e}", env!("CARGO_BIN_NAME"));
+    std::process::exit(2);
+}
+
 #[derive(Parser)]
 #[command(name = "lockdown-agent", version, about = "kube-lockdown node agent")]
 struct Cli {
@@ -171,6 +200,9 @@ fn init_logging(format: LogFormat, level: tracing::Level) {
 }
 
 fn main() -> ExitCode {
+    // Whatever the agent creates (state directory, spool, socket, backups) is its own; files it
+    // writes for the kubelet get their mode explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -242,7 +274,7 @@ fn main() -> ExitCode {
                 Format::Json => report::json(&result),
                 Format::KubeBench => report::kube_bench(&result),
             };
-            println!("{text}");
+            outln!("{text}");
             if report::has_error(&result) {
                 ExitCode::from(2)
             } else if report::has_failure(&result, fail_on) {
@@ -256,15 +288,15 @@ fn main() -> ExitCode {
                 RulesFormat::Table => report::rules_table(&cfg.catalogue),
                 RulesFormat::Json => report::rules_json(&cfg.catalogue),
             };
-            println!("{text}");
+            outln!("{text}");
             ExitCode::SUCCESS
         }
         Command::Run { .. } => run(cfg, source),
         Command::Status { format, .. } => match daemon::query_status(&cfg.state_dir) {
             Ok(status) => {
                 match format {
-                    RulesFormat::Table => print!("{}", report::status_table(&status)),
-                    RulesFormat::Json => println!(
+                    RulesFormat::Table => out!("{}", report::status_table(&status)),
+                    RulesFormat::Json => outln!(
                         "{}",
                         serde_json::to_string_pretty(&status).expect("status serialises")
                     ),
@@ -287,8 +319,8 @@ fn main() -> ExitCode {
             match lockdown_agent::fix::fixer::pause(&cfg.state_dir, duration) {
                 Ok(p) => {
                     match p.until {
-                        Some(t) => println!("fixing paused until {t} (detection goes on)"),
-                        None => println!(
+                        Some(t) => outln!("fixing paused until {t} (detection goes on)"),
+                        None => outln!(
                             "fixing paused until `lockdown-agent resume` (detection goes on)"
                         ),
                     }
@@ -302,11 +334,11 @@ fn main() -> ExitCode {
         }
         Command::Resume { .. } => match lockdown_agent::fix::fixer::resume(&cfg.state_dir) {
             Ok(true) => {
-                println!("fixing resumed");
+                outln!("fixing resumed");
                 ExitCode::SUCCESS
             }
             Ok(false) => {
-                println!("fixing was not paused");
+                outln!("fixing was not paused");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -384,7 +416,7 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
                 }
             };
             for s in &plan.skipped {
-                println!(
+                outln!(
                     "# {}: not fixing {}: {}",
                     path.display(),
                     s.rule_id,
@@ -395,7 +427,7 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
                 continue;
             }
             if let Some(q) = fixer.quarantined(&path, &bytes) {
-                println!(
+                outln!(
                     "# {}: not fixing: quarantined since {} was rolled back ({}); change the file or remove {} to try again",
                     path.display(),
                     q.rules.join(", "),
@@ -407,12 +439,12 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
             }
             let before = String::from_utf8_lossy(&bytes).into_owned();
             let diff = fixer.diff(&path.display().to_string(), &before, &plan);
-            print!("{diff}");
+            out!("{diff}");
             if apply {
                 match fixer.apply(&path, &bytes, &plan, diff, &mut emit).await {
-                    Outcome::Verified => println!("# {}: applied, healthy", path.display()),
+                    Outcome::Verified => outln!("# {}: applied, healthy", path.display()),
                     other => {
-                        println!("# {}: {other:?}", path.display());
+                        outln!("# {}: {other:?}", path.display());
                         code = ExitCode::from(1);
                     }
                 }

@@ -368,3 +368,26 @@ fn status_without_a_running_agent_exits_2_and_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no agent answers on"), "{err}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // Issue 11: `check DIR | head -1` panicked on the broken pipe (exit 101). Now it ends with
+    // the status of a process killed by SIGPIPE, as a C tool would, and says nothing.
+    for args in [
+        vec!["check", fixtures("v1.31").to_str().unwrap()],
+        vec!["rules"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .args(["--config", empty_config()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first line
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -13,6 +13,25 @@ use lockdown_proto::ClientTls;
 use lockdown_proto::v1::query_service_client::QueryServiceClient;
 use lockdown_proto::v1::{EventFilter, ListEventsRequest, ListNodesRequest, WatchEventsRequest};
 
+/// `println!` for command output: when stdout is a pipe whose reader has gone (`| head -1`),
+/// end quietly with the status of a process killed by SIGPIPE (141) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("{}: cannot write to stdout: {e}", env!("CARGO_BIN_NAME"));
+    std::process::exit(2);
+}
+
 #[derive(Parser)]
 #[command(
     name = "lockdown-collector",
@@ -245,10 +264,16 @@ async fn client(conn: &Conn) -> Result<QueryServiceClient<tonic::transport::Chan
 fn print_event(e: &lockdown_proto::v1::StoredEvent, format: Format) {
     let Some(ev) = &e.event else { return };
     match format {
-        Format::Json => println!("{}", String::from_utf8_lossy(&ev.body)),
-        Format::Table => println!(
+        Format::Json => outln!("{}", String::from_utf8_lossy(&ev.body)),
+        Format::Table => outln!(
             "{:<24} {:<16} {:>6} {:<18} {:<8} {} {}",
-            ev.time, ev.node, ev.seq, ev.kind, ev.severity, ev.rule_id, ev.path
+            ev.time,
+            ev.node,
+            ev.seq,
+            ev.kind,
+            ev.severity,
+            ev.rule_id,
+            ev.path
         ),
     }
 }
@@ -313,7 +338,7 @@ async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
         .nodes;
     for n in nodes {
         match format {
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 serde_json::json!({
                     "node": n.node, "cluster": n.cluster, "agent_version": n.agent_version,
@@ -321,7 +346,7 @@ async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
                     "connected": n.connected, "open_findings": n.open_findings, "last_seq": n.last_seq,
                 })
             ),
-            Format::Table => println!(
+            Format::Table => outln!(
                 "{:<24} {:<10} {:<12} last seen {:<24} seq {:>8} findings {:?}",
                 n.node,
                 if n.connected { "connected" } else { "away" },
