@@ -224,6 +224,15 @@ pub async fn run(
         path: socket_path.clone(),
         source,
     })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| DaemonError::Socket {
+                path: socket_path.clone(),
+                source,
+            },
+        )?;
+    }
     let shared = Arc::clone(watch.shared());
     let (last_seq, _) = watch::channel(spool.depth().last_seq);
     let (acks, mut acked) = mpsc::channel::<u64>(64);

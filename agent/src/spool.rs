@@ -44,7 +44,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -134,6 +134,19 @@ pub struct Spool {
     _lock: Flock<File>,
 }
 
+/// Creates the state directory if needed and makes it 0700, whoever created it: the spool,
+/// the baseline, fix backups and the status socket are the agent's alone.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`, taking the lock.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
@@ -141,11 +154,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
+        private_dir(dir).map_err(io)?;
         let lock_file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -183,6 +192,13 @@ impl Spool {
         let conn = Connection::open(dir.join(DB_FILE)).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
+        // SQLite creates its files with the process umask; earlier versions left them 0644.
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.mode() & 0o077 != 0) {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.execute_batch(

@@ -804,3 +804,30 @@ fn a_non_manifest_linked_or_copied_into_the_manifests_directory_leaves_no_conten
         assert!(!everything.contains(secret), "{secret} left the node");
     }
 }
+
+#[test]
+fn the_state_directory_and_everything_in_it_are_the_agents_alone() {
+    // Issue 11: `pause` before the first run made the state directory 0755, and the spool files
+    // were 0644 and agent.sock 0755 in every run. On the commit before the fix this test
+    // failed at the first assertion (0755).
+    use std::os::unix::fs::PermissionsExt as _;
+    let node = Node::new("");
+    let out = std::process::Command::new(lockdown_e2e::bin("lockdown-agent"))
+        .args(["pause", "--for", "1m", "--config"])
+        .arg(&node.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mode = |p: &std::path::Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&node.state), 0o700);
+    let agent = node.start();
+    agent.status(); // the socket answers
+    let mut seen = 0;
+    for e in fs::read_dir(&node.state).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+        seen += 1;
+    }
+    assert!(seen >= 4, "spool, its WAL, the lock and the socket");
+    assert_eq!(mode(&node.state), 0o700);
+}

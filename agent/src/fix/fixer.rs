@@ -119,7 +119,7 @@ pub fn pause(state_dir: &Path, duration: Option<Duration>) -> Result<Pause, Stri
     let until =
         duration.map(|d| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
     let p = Pause { until };
-    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    crate::spool::private_dir(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let bytes = serde_json::to_vec(&p).expect("pause serialises");
     write::save_state_file(&state_dir.join(PAUSE_FILE), &bytes).map_err(|e| e.to_string())?;
     Ok(p)
