@@ -30,6 +30,8 @@ pub use crate::admit::MAX_BATCH_EVENTS;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued writer jobs before streams wait (backpressure, not loss).
 const WRITER_QUEUE: usize = 1024;
+/// How long a stopping collector waits for open streams to end before it exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 enum Job {
     Insert {
@@ -59,6 +61,8 @@ struct Shared {
     reader: Arc<Mutex<Store>>,
     /// Bumped after every commit, for WatchEvents.
     committed: watch::Sender<u64>,
+    /// Set once when the collector starts to stop: no new streams, open ones end.
+    stopping: watch::Sender<bool>,
     /// Open streams per node.
     connected: Mutex<HashMap<String, usize>>,
     streams: Arc<Semaphore>,
@@ -161,17 +165,6 @@ pub async fn serve(
             writer_loop(&mut store, &mut jobs, &committed_tx);
         })
         .expect("spawn the store writer");
-    let writer_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let died = Arc::clone(&writer_died);
-    let shutdown = async move {
-        tokio::select! {
-            () = shutdown => {}
-            _ = writer_gone => {
-                died.store(true, std::sync::atomic::Ordering::SeqCst);
-                tracing::error!("the store writer stopped; shutting down");
-            }
-        }
-    };
 
     let split_cas = match cfg
         .tls
@@ -199,8 +192,26 @@ pub async fn serve(
         writer,
         reader: Arc::new(Mutex::new(reader)),
         committed,
+        stopping: watch::channel(false).0,
         connected: Mutex::new(HashMap::new()),
     });
+    let writer_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let died = Arc::clone(&writer_died);
+    let stopping = Arc::clone(&shared);
+    let (stop_started_tx, stop_started) = oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = writer_gone => {
+                died.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::error!("the store writer stopped; shutting down");
+            }
+        }
+        // Refuse new streams and end the open ones: an agent stream never ends on its own,
+        // and a collector that stopped listening must not go on acking.
+        stopping.stopping.send_replace(true);
+        let _ = stop_started_tx.send(());
+    };
     if cfg.max_age.is_some() || cfg.max_events.is_some() {
         let s = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -260,17 +271,29 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(16 << 20);
     tracing::info!(listen = %cfg.listen, tls = cfg.tls.is_some(), database = %cfg.database.display(), "collector serving");
-    builder
+    let serving = builder
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(agents)
         .add_service(queries)
-        .serve_with_shutdown(cfg.listen, shutdown)
-        .await
-        .map_err(|source| ServeError::Transport {
+        .serve_with_shutdown(cfg.listen, shutdown);
+    let deadline = async move {
+        // Streams end at once; a batch in the writer is committed and acked first. What is
+        // still open after STOP_GRACE is abandoned unacked (the agents resend it).
+        if stop_started.await.is_ok() {
+            tokio::time::sleep(STOP_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serving => served.map_err(|source| ServeError::Transport {
             addr: cfg.listen.to_string(),
             source,
-        })?;
+        })?,
+        () = deadline => tracing::warn!(grace = ?STOP_GRACE, "streams still open after the grace period; abandoning them unacked"),
+    }
+    tracing::info!("stopped");
     if writer_died.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ServeError::WriterStopped);
     }
@@ -388,6 +411,11 @@ impl AgentService for Agents {
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
         let shared = Arc::clone(&self.0);
+        if *shared.stopping.borrow() {
+            return Err(Status::unavailable(
+                "the collector is stopping; retry later",
+            ));
+        }
         let certs = req.peer_certs();
         let remote = req.remote_addr();
         let permit = Arc::clone(&shared.streams)
@@ -524,7 +552,16 @@ async fn stream_loop(
     let rate = f64::from(shared.cfg.max_events_per_second_per_node.max(1));
     let mut budget = rate;
     let mut refilled = Instant::now();
-    while let Some(msg) = inbound.message().await? {
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                return Err(Status::unavailable("the collector is stopping; reconnect later"));
+            }
+            msg = inbound.message() => msg?,
+        };
+        let Some(msg) = msg else { break };
         match msg.msg {
             Some(agent_message::Msg::Events(batch)) => {
                 admit::events(node, &batch.events)?;
@@ -729,6 +766,7 @@ impl QueryService for Queries {
         let (tx, rx) = mpsc::channel(256);
         let shared = Arc::clone(&self.0);
         let mut committed = shared.committed.subscribe();
+        let mut stopping = shared.stopping.subscribe();
         tokio::spawn(async move {
             loop {
                 let f = filter.clone();
@@ -756,6 +794,11 @@ impl QueryService for Queries {
                     tokio::select! {
                         changed = committed.changed() => if changed.is_err() { return },
                         () = tx.closed() => return,
+                        stopped = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                            let _ = stopped;
+                            let _ = tx.send(Err(Status::unavailable("the collector is stopping; resume from the last cursor"))).await;
+                            return;
+                        }
                     }
                 }
             }

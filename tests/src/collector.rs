@@ -203,6 +203,25 @@ impl Collector {
         }
     }
 
+    /// SIGTERM, then waits (at most [`WAIT`]) for the process to exit; `None` if it did not.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child); // killed on drop
+        None
+    }
+
     /// Every stored (node, seq), sorted.
     pub fn keys(&self) -> Vec<(String, u64)> {
         Store::open(&self.db)

@@ -791,3 +791,40 @@ fn a_new_node_name_is_refused_on_reload_and_a_restart_with_it_ships_the_old_spoo
         s.spool.acked == last
     });
 }
+
+#[test]
+fn a_stopping_collector_closes_its_streams_and_exits() {
+    // Issue 11 (7): on SIGTERM with an agent connected, the collector logged "stopping" and
+    // went on serving the open stream (and acking into its database) indefinitely. On the
+    // commit before the fix `stop()` timed out with the process still running.
+    let pki = Pki::new(&["cp-1"]);
+    let mut col = Collector::new(&pki, "");
+    let addr = col.addr;
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    wait_status(&agent, "the agent is connected", |s| {
+        s.collector.as_ref().is_some_and(|c| c.connected)
+    });
+    let status = col
+        .stop()
+        .expect("the collector exits while an agent is connected");
+    assert!(status.success(), "{status}\n{}", col.log());
+    wait_status(&agent, "the agent sees the stream end", |s| {
+        s.collector.as_ref().is_some_and(|c| !c.connected)
+    });
+    change(&node, &agent, 1);
+    let last = agent.last_seq();
+    assert_eq!(
+        col.keys(),
+        range("cp-1", first),
+        "nothing stored after the stop"
+    );
+    assert!(
+        agent.status().spool.acked < last,
+        "nothing acked after the stop"
+    );
+    col.restart();
+    col.wait_for(|k| k == range("cp-1", last));
+}
