@@ -394,10 +394,31 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
         Ok(r) => r,
         Err(code) => return code,
     };
+    // A fix applied by hand is recorded like the daemon's: in the spool, for the collector.
+    // No agent runs here (checked above), so the spool's lock is free.
+    let mut spool = if apply {
+        match lockdown_agent::spool::Spool::open(&cfg.state_dir, cfg.spool_max_bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("lockdown-agent: {e}; not applying a fix that could not be recorded");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let node = cfg.node_name.clone();
     let fix_cfg = cfg.fix.clone();
     let mut fixer = Fixer::new(cfg, std::sync::Arc::new(OwnWrites::default()));
+    let mut unrecorded = 0usize;
     let mut emit = |e: lockdown_agent::event::EventBody| {
         eprintln!("{}", serde_json::to_string(&e).expect("events serialise"));
+        if let Some(spool) = spool.as_mut()
+            && let Err(err) = spool.commit(&node, vec![e], &[])
+        {
+            eprintln!("lockdown-agent: this event is not in the spool: {err}");
+            unrecorded += 1;
+        }
     };
     let mut code = ExitCode::SUCCESS;
     runtime.block_on(async {
@@ -451,6 +472,11 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
             }
         }
     });
+    drop(emit);
+    if unrecorded > 0 {
+        eprintln!("lockdown-agent: {unrecorded} fix events could not be spooled (see above)");
+        return ExitCode::from(2);
+    }
     code
 }
 

@@ -387,6 +387,16 @@ fn fix_apply_on_the_command_line_gates_and_rolls_back() {
     assert_eq!(fs::read_to_string(&path).unwrap(), hardened(&changed));
     k.wait_running(SCHED, &sha256_hex(hardened(&changed).as_bytes()));
     assert_listing(&node, &[SCHED]);
+    // Issue 11 (12): the manual fixes reach the spool (and so the collector), rollback and
+    // verdict alike; on the commit before the fix they went to stderr only.
+    let spooled: Vec<&str> = node
+        .events()
+        .iter()
+        .map(|e| e.body.kind())
+        .collect::<Vec<_>>();
+    for kind in ["fix_applied", "fix_rolled_back", "fix_verified"] {
+        assert!(spooled.contains(&kind), "{kind} not spooled: {spooled:?}");
+    }
 }
 
 #[test]
