@@ -232,6 +232,20 @@ fn the_fight_guard_stops_fixing_a_file_that_keeps_drifting_back() {
     assert!(has(&events, "file_modified", &path));
     assert_eq!(fs::read_to_string(&path).unwrap(), original);
     assert_listing(&node, &[SCHED]);
+    // Issue 11 (11): the guard survives a restart (Restart=always must not make the agent
+    // fight forever). On the commit before the fix the restarted agent fixed the file again.
+    let seq = agent.last_seq();
+    assert!(agent.stop().success());
+    let drifted = original.replace("kind: Pod\n", "kind: Pod\n# rewritten again\n");
+    write_manifest(&node, SCHED, &drifted);
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, seq, |ev| {
+        about(ev, "fix_skipped", &path).iter().any(|e| {
+            matches!(&e.body, EventBody::FixSkipped { reason, .. } if reason.contains("fight guard"))
+        })
+    });
+    assert!(!has(&events, "fix_applied", &path), "{events:?}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), drifted);
 }
 
 #[test]
@@ -469,4 +483,28 @@ fn anonymous_auth_on_1_33_is_restricted_to_the_health_endpoints() {
     assert!(diff.contains("+  - path: /livez"), "{diff}");
     k.wait_running(api, &sha256_hex(now.as_bytes()));
     assert_listing(&node, &[api]);
+}
+
+#[test]
+fn a_file_replaced_during_a_passing_gate_is_not_reported_verified() {
+    // Issue 11 (11): another writer replaced the file while the gate ran; the gate passed on
+    // what the other writer's version answered and reported fix_verified for a fix no longer
+    // in place. On the commit before the fix this test saw fix_verified.
+    let node = fix_node("  mode: enforce");
+    let path = node.manifest(SCHED);
+    let original = fs::read_to_string(&path).unwrap();
+    let _k = kubelet(&node, &[]);
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, 0, |ev| has(ev, "fix_applied", &path));
+    let seq = events.last().unwrap().seq;
+    let theirs = original.replace("kind: Pod\n", "kind: Pod\n# theirs, during the gate\n");
+    write_manifest(&node, SCHED, &theirs);
+    let events = agent.wait_for_within(GATE_WAIT, seq, |ev| {
+        about(ev, "fix_skipped", &path).iter().any(|e| {
+            matches!(&e.body, EventBody::FixSkipped { reason, .. } if reason.contains("replaced by another writer"))
+        }) || has(ev, "fix_verified", &path)
+    });
+    assert!(!has(&events, "fix_verified", &path), "{events:?}");
+    assert!(!has(&events, "fix_rolled_back", &path), "{events:?}");
+    assert!(fs::read_to_string(&path).unwrap().contains("# theirs"));
 }

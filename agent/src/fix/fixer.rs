@@ -8,8 +8,9 @@
 //! - quarantine (persisted in `<state_dir>/fix-quarantine.json`): a fix rolled back is not
 //!   tried again while the file holds the bytes it was rolled back to; any other change lifts
 //!   it;
-//! - the fight guard: a file fixed `fight_max` times within `fight_window` that drifts again
-//!   is not fixed any more until the agent is restarted or reloaded;
+//! - the fight guard (persisted in `<state_dir>/fix-fights.json`, so that `Restart=always`
+//!   cannot make the agent fight forever): a file fixed `fight_max` times within
+//!   `fight_window` that drifts again is not fixed any more until the agent is reloaded;
 //! - the pause file (`<state_dir>/fix-paused`, written by `lockdown-agent pause`): fixing
 //!   stops, detection goes on; what was deferred is fixed when the pause ends.
 
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -39,6 +40,35 @@ use crate::scan::key;
 pub const PAUSE_FILE: &str = "fix-paused";
 /// The quarantine file in the state directory.
 pub const QUARANTINE_FILE: &str = "fix-quarantine.json";
+/// The fight guard's memory in the state directory.
+pub const FIGHTS_FILE: &str = "fix-fights.json";
+
+/// What the fight guard remembers of one file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fights {
+    /// When each recent fix was applied (seconds since the epoch).
+    pub fixed_at: VecDeque<u64>,
+    /// Fixing this file stopped (until a reload).
+    pub stopped: bool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The fight guard's memory recorded in `state_dir`, by path.
+pub fn load_fights(state_dir: &Path) -> BTreeMap<String, Fights> {
+    let path = state_dir.join(FIGHTS_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(path = %path.display(), error = %e, "unreadable fight guard; starting without it");
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
 /// Why a symlinked manifest is not fixed.
 const SYMLINK: &str =
     "is a symlink; a symlinked manifest is never rewritten (fix its target by hand)";
@@ -181,8 +211,7 @@ pub struct Fixer {
     cfg: Config,
     own: Arc<OwnWrites>,
     quarantine: BTreeMap<String, Quarantine>,
-    fixes: HashMap<String, VecDeque<Instant>>,
-    fight_stopped: HashSet<String>,
+    fights: BTreeMap<String, Fights>,
     planned: HashMap<String, String>,
     reported: HashSet<(String, Option<String>, String)>,
     deferred: BTreeSet<PathBuf>,
@@ -194,12 +223,12 @@ impl Fixer {
     /// A fixer for `cfg`, sharing `own` with the daemon loop.
     pub fn new(cfg: Config, own: Arc<OwnWrites>) -> Self {
         let quarantine = load_quarantine(&cfg.state_dir);
+        let fights = load_fights(&cfg.state_dir);
         Fixer {
             cfg,
             own,
             quarantine,
-            fixes: HashMap::new(),
-            fight_stopped: HashSet::new(),
+            fights,
             planned: HashMap::new(),
             reported: HashSet::new(),
             deferred: BTreeSet::new(),
@@ -235,6 +264,13 @@ impl Fixer {
 
     fn fix_cfg(&self) -> &FixConfig {
         &self.cfg.fix
+    }
+
+    fn save_fights(&self) {
+        let bytes = serde_json::to_vec_pretty(&self.fights).expect("fight guard serialises");
+        if let Err(e) = write::save_state_file(&self.cfg.state_dir.join(FIGHTS_FILE), &bytes) {
+            tracing::error!(error = %e, "cannot save the fight guard");
+        }
     }
 
     fn save_quarantine(&self) {
@@ -309,7 +345,9 @@ impl Fixer {
             return Outcome::Nothing;
         }
         let k = key(path);
-        if self.fight_stopped.contains(&k) {
+        if self.fights.get(&k).is_some_and(|f| f.stopped) {
+            let why = "not fixing: the fight guard stopped fixing this file (something else keeps rewriting it); reload the agent to try again";
+            self.skip_once(emit, &k, None, why.into(), None);
             return Outcome::Skipped;
         }
         let fc = self.fix_cfg().clone();
@@ -382,18 +420,25 @@ impl Fixer {
             return Outcome::Skipped;
         }
         let window = fc.fight_window;
-        let times = self.fixes.entry(k.clone()).or_default();
-        while times.front().is_some_and(|t| t.elapsed() > window) {
-            times.pop_front();
+        let now = unix_now();
+        let fights = self.fights.entry(k.clone()).or_default();
+        while fights
+            .fixed_at
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) > window.as_secs())
+        {
+            fights.fixed_at.pop_front();
         }
+        let times = fights.fixed_at.clone();
         if times.len() >= fc.fight_max as usize {
-            self.fight_stopped.insert(k.clone());
+            fights.stopped = true;
+            self.save_fights();
             tracing::error!(path = %k, "the same drift keeps coming back; stopped fixing this file");
             emit(EventBody::FixQuarantined {
                 path: k.clone(),
                 rules: enforced.steps.iter().map(|s| s.rule_id.clone()).collect(),
                 reason: format!(
-                    "the drift came back after {} fixes within {}: something else keeps rewriting this file (kubeadm, a config manager?); stopped fixing it until the agent is reloaded or restarted",
+                    "the drift came back after {} fixes within {}: something else keeps rewriting this file (kubeadm, a config manager?); stopped fixing it until the agent is reloaded",
                     times.len(),
                     humantime::format_duration(window)
                 ),
@@ -401,7 +446,8 @@ impl Fixer {
             });
             return Outcome::Skipped;
         }
-        times.push_back(Instant::now());
+        fights.fixed_at.push_back(now);
+        self.save_fights();
         self.apply(path, &bytes, &enforced, diff, emit).await
     }
 
@@ -513,6 +559,20 @@ impl Fixer {
     async fn gate(&mut self, journal: Journal, gate: health::GatePlan, emit: Emit<'_>) -> Outcome {
         let verdict = health::run(&gate).await;
         let k = key(&journal.path);
+        let now_there = std::fs::read(&journal.path).map(|b| sha256_hex(&b));
+        if verdict.healthy && now_there.as_ref().ok() != Some(&journal.after) {
+            // Another writer replaced the file while the gate ran: what answered healthy may
+            // not be our fix, so do not claim it; the scan reports the new content.
+            self.own.forget(&k);
+            tracing::warn!(path = %k, "the file was replaced during the health gate; not reporting the fix verified");
+            emit(unfinished(
+                k,
+                "not verified: the file was replaced by another writer during the health gate; what runs now is theirs",
+                &journal,
+            ));
+            self.close_journal().await;
+            return Outcome::Skipped;
+        }
         if verdict.healthy {
             tracing::info!(path = %k, "fix verified healthy");
             emit(EventBody::FixVerified {
@@ -754,8 +814,8 @@ impl Fixer {
                 }
                 Ok(()) = configs.changed() => {
                     self.cfg = configs.borrow_and_update().clone();
-                    self.fight_stopped.clear();
-                    self.fixes.clear();
+                    self.fights.clear();
+                    self.save_fights();
                     self.reported.clear();
                     self.planned.clear();
                     self.check_writable(&mut emit);
