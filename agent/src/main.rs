@@ -472,7 +472,6 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
             }
         }
     });
-    drop(emit);
     if unrecorded > 0 {
         eprintln!("lockdown-agent: {unrecorded} fix events could not be spooled (see above)");
         return ExitCode::from(2);
