@@ -46,6 +46,8 @@ struct State {
     ran: BTreeSet<String>,
     /// (file, sha256) of every start.
     starts: Vec<(String, String)>,
+    /// A changed spec not acted on yet, and since when it was seen.
+    changed: BTreeMap<String, (String, Instant)>,
 }
 
 /// The running double. Stops its containers when dropped.
@@ -60,6 +62,13 @@ impl Kubelet {
     /// Starts watching `dir`; containers log to `log`. Argv words in `refuse` make the
     /// component exit at start.
     pub fn start(dir: &Path, log: &Path, refuse: &[&str]) -> Kubelet {
+        Kubelet::start_slow(dir, log, refuse, Duration::ZERO)
+    }
+
+    /// Like [`Kubelet::start`], replacing a container only `replace_after` after its spec
+    /// changed: meanwhile the old one goes on answering its probes, as a real kubelet's old
+    /// pod does until it is killed (or kube-apiserver during `--shutdown-delay-duration`).
+    pub fn start_slow(dir: &Path, log: &Path, refuse: &[&str], replace_after: Duration) -> Kubelet {
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -83,7 +92,7 @@ impl Kubelet {
                 // An event or the re-list period, whichever first; then sync with the directory.
                 let _ = rx.recv_timeout(RELIST);
                 while rx.try_recv().is_ok() {}
-                sync(&d, &l, &s, &refuse);
+                sync(&d, &l, &s, &refuse, replace_after);
             }
             let mut state = s.lock().unwrap();
             for pod in state.pods.values_mut() {
@@ -145,7 +154,7 @@ impl Drop for Kubelet {
     }
 }
 
-fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str) {
+fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str, replace_after: Duration) {
     let mut st = state.lock().unwrap();
     let mut present = BTreeSet::new();
     let Ok(entries) = fs::read_dir(dir) else {
@@ -162,7 +171,22 @@ fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str) {
         present.insert(name.clone());
         let sha = sha256_hex(&bytes);
         let current = st.pods.get(&name).map(|p| p.sha.clone());
+        if current.is_some() && current.as_deref() != Some(sha.as_str()) && !replace_after.is_zero()
+        {
+            let since = match st.changed.get(&name) {
+                Some((s, t)) if *s == sha => *t,
+                _ => {
+                    st.changed
+                        .insert(name.clone(), (sha.clone(), Instant::now()));
+                    Instant::now()
+                }
+            };
+            if since.elapsed() < replace_after {
+                continue;
+            }
+        }
         if current.as_deref() != Some(sha.as_str()) {
+            st.changed.remove(&name);
             let Some(mut cmd) = container(&bytes, log, refuse) else {
                 continue; // does not parse: keep the old pod, as the kubelet's inotify path does
             };
@@ -282,7 +306,16 @@ pub fn hardened(original: &str) -> String {
 /// delay and liveness failure threshold (startup: twice that).
 pub fn sandbox_manifest(text: &str, initial_delay: u32, failure_threshold: u32) -> String {
     let port = crate::collector::free_addr().port();
-    let mut out = text.replace("host: 10.0.0.10", "host: 127.0.0.1");
+    // The serving port is also a flag, as it is for the real components: it makes each
+    // sandbox's processes tell apart in /proc, where the health gate looks for the new
+    // instance (tests run side by side with the same manifests).
+    let mut out = text
+        .replace("host: 10.0.0.10", "host: 127.0.0.1")
+        .replace("--secure-port=6443\n", &format!("--secure-port={port}\n"))
+        .replace(
+            "    - --leader-elect=true\n",
+            &format!("    - --leader-elect=true\n    - --secure-port={port}\n"),
+        );
     for kubeadm_port in [6443, 10257, 10259, 2381] {
         out = out.replace(
             &format!("port: {kubeadm_port}\n"),

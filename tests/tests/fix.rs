@@ -490,7 +490,7 @@ fn a_file_replaced_during_a_passing_gate_is_not_reported_verified() {
     // Issue 11 (11): another writer replaced the file while the gate ran; the gate passed on
     // what the other writer's version answered and reported fix_verified for a fix no longer
     // in place. On the commit before the fix this test saw fix_verified.
-    let node = fix_node("  mode: enforce");
+    let node = fix_node("  mode: enforce\n  health_timeout: 5s");
     let path = node.manifest(SCHED);
     let original = fs::read_to_string(&path).unwrap();
     let _k = kubelet(&node, &[]);
@@ -499,12 +499,59 @@ fn a_file_replaced_during_a_passing_gate_is_not_reported_verified() {
     let seq = events.last().unwrap().seq;
     let theirs = original.replace("kind: Pod\n", "kind: Pod\n# theirs, during the gate\n");
     write_manifest(&node, SCHED, &theirs);
+    // The first fix ends without a verdict of its own: the gate passed on their version
+    // ("replaced by another writer"), or, when the gate could tell their instance from ours,
+    // it failed and the rollback found the file changed. Never fix_verified or a rollback
+    // over their file.
+    let replaced = |e: &Event| {
+        matches!(&e.body, EventBody::FixSkipped { reason, .. }
+            if reason.contains("replaced by another writer") || reason.contains("changed by someone else during the health gate"))
+    };
     let events = agent.wait_for_within(GATE_WAIT, seq, |ev| {
-        about(ev, "fix_skipped", &path).iter().any(|e| {
-            matches!(&e.body, EventBody::FixSkipped { reason, .. } if reason.contains("replaced by another writer"))
-        }) || has(ev, "fix_verified", &path)
+        ev.iter().any(replaced) || has(ev, "fix_verified", &path)
     });
-    assert!(!has(&events, "fix_verified", &path), "{events:?}");
-    assert!(!has(&events, "fix_rolled_back", &path), "{events:?}");
+    let end = events.iter().position(replaced).unwrap_or(events.len());
+    let first_fix = &events[..end];
+    assert!(end < events.len(), "{events:?}");
+    assert!(!has(first_fix, "fix_verified", &path), "{events:?}");
+    assert!(!has(first_fix, "fix_rolled_back", &path), "{events:?}");
     assert!(fs::read_to_string(&path).unwrap().contains("# theirs"));
+}
+
+#[test]
+fn the_old_instance_answering_after_the_write_does_not_pass_the_gate() {
+    // Issue 11 (10): with a kubelet that replaces the container 2.5 s after the write and 1 s
+    // probes, the gate took the old process's 200s, reported fix_verified, and the fixed
+    // component then crash-looped on the kept fix. On the commit before the fix this test saw
+    // fix_verified.
+    let node = fix_node("  mode: enforce\n  health_timeout: 8s");
+    let path = node.manifest(SCHED);
+    let original = fs::read(&path).unwrap();
+    let k = Kubelet::start_slow(
+        &node.manifests,
+        &node.root.path().join("containers.log"),
+        &["--profiling=false"], // the fixed component refuses to start
+        Duration::from_millis(2500),
+    );
+    k.wait_running(SCHED, &sha256_hex(&original));
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, 0, |ev| {
+        has(ev, "fix_rolled_back", &path) || has(ev, "fix_verified", &path)
+    });
+    assert!(
+        !has(&events, "fix_verified", &path),
+        "{:?}",
+        kinds(&events, &path)
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        original,
+        "rolled back byte for byte"
+    );
+    let rolled = about(&events, "fix_rolled_back", &path)[0];
+    let EventBody::FixRolledBack { attempts, .. } = &rolled.body else {
+        unreachable!()
+    };
+    // The old instance did answer 200 after the write; those answers were not credited.
+    assert!(attempts.iter().any(|a| a.ok), "{attempts:?}");
 }

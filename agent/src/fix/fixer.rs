@@ -463,12 +463,7 @@ impl Fixer {
     ) -> Outcome {
         let k = key(path);
         let rules: Vec<String> = plan.steps.iter().map(|s| s.rule_id.clone()).collect();
-        let gate = parse_manifest(self.cat(), plan.text.as_bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|m| {
-                let cp = m.control_plane.clone().ok_or("no component")?;
-                health::plan(&m, &cp, self.fix_cfg().health_timeout)
-            });
+        let gate = self.gate_plan(bytes, plan.text.as_bytes());
         let gate = match gate {
             Ok(g) => g,
             Err(why) => {
@@ -553,6 +548,19 @@ impl Fixer {
                 .collect(),
         });
         self.gate(journal, gate, emit).await
+    }
+
+    /// The gate for `new` replacing `old`: the new manifest's probes, crediting only the
+    /// instance that runs the new flags.
+    fn gate_plan(&self, old: &[u8], new: &[u8]) -> Result<health::GatePlan, String> {
+        let m = parse_manifest(self.cat(), new).map_err(|e| e.to_string())?;
+        let cp = m.control_plane.clone().ok_or("no component")?;
+        let mut g = health::plan(&m, &cp, self.fix_cfg().health_timeout)?;
+        g.instance = parse_manifest(self.cat(), old)
+            .ok()
+            .and_then(|m| m.control_plane)
+            .and_then(|old| health::Instance::between(&old, &cp));
+        Ok(g)
     }
 
     /// Runs the gate for a written fix and decides.
@@ -721,12 +729,10 @@ impl Fixer {
             if journal.phase == "rollback" {
                 return self.rollback(journal, interrupted, Vec::new(), emit).await;
             }
-            let gate = parse_manifest(self.cat(), current.as_deref().unwrap_or_default())
-                .map_err(|e| e.to_string())
-                .and_then(|m| {
-                    let cp = m.control_plane.clone().ok_or("no component")?;
-                    health::plan(&m, &cp, self.fix_cfg().health_timeout)
-                });
+            let gate = self.gate_plan(
+                journal.original.as_bytes(),
+                current.as_deref().unwrap_or_default(),
+            );
             match gate {
                 Ok(g) => self.gate(journal, g, emit).await,
                 Err(why) => self.rollback(journal, why, Vec::new(), emit).await,

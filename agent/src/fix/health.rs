@@ -15,6 +15,14 @@
 //!   `failureThreshold × periodSeconds`; `failureThreshold` failures in a row, the count at
 //!   which the kubelet would restart the container, fail the gate.
 //!
+//! - Only the **new** instance's answers count: the old one may go on answering 200 for
+//!   seconds after the write (the kubelet has not replaced it yet, or kube-apiserver's
+//!   `--shutdown-delay-duration`). A phase 1 success counts once the new instance is known
+//!   to run: a process whose arguments are the new manifest's flags is seen in `/proc` with
+//!   none left running the old ones, or (when the host's processes are not visible) a probe
+//!   was seen failing since the write, i.e. the old instance went away. Without either, the
+//!   gate keeps waiting, and rolls back when its time is up.
+//!
 //! A component with no `httpGet` probe cannot be gated, and is never fixed.
 
 use std::sync::Arc;
@@ -31,6 +39,106 @@ use crate::manifest::{ControlPlane, Manifest};
 const RESTART_ALLOWANCE: Duration = Duration::from_secs(30);
 /// Evidence kept for an event.
 const EVIDENCE: usize = 12;
+/// How often the gate looks for the new instance before the first probe.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+
+/// Tells the new instance from the old: the component's flag words (the arguments after the
+/// executable) in the new manifest and in the one it replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// What the new process runs with.
+    pub new: Vec<String>,
+    /// What the old process ran with.
+    pub old: Vec<String>,
+}
+
+impl Instance {
+    /// The instance check between two versions of a component, when their argument lists
+    /// differ (else only a failed probe can tell them apart).
+    pub fn between(old: &ControlPlane, new: &ControlPlane) -> Option<Instance> {
+        let words = |cp: &ControlPlane| -> Vec<String> {
+            cp.flags
+                .args
+                .iter()
+                .filter(|a| a.source != crate::manifest::flags::ArgSource::Env)
+                .map(|a| a.text.clone())
+                .collect()
+        };
+        let (old, new) = (words(old), words(new));
+        (old != new && !new.is_empty() && !old.is_empty()).then_some(Instance { new, old })
+    }
+
+    /// Reverses the roles, for the health check after a rollback.
+    pub fn reversed(&self) -> Instance {
+        Instance {
+            new: self.old.clone(),
+            old: self.new.clone(),
+        }
+    }
+}
+
+/// What `/proc` shows of the two instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Only the new one runs.
+    New,
+    /// The old one still runs (perhaps beside the new one).
+    Old,
+    /// Neither is visible (not started yet, or the host's processes are hidden from us).
+    Neither,
+}
+
+/// Whether a process's command line runs `words`: its arguments end with exactly them,
+/// after the executable (and at most one sub-command, as `hyperkube kube-apiserver`).
+pub fn runs(cmdline: &[String], words: &[String]) -> bool {
+    cmdline.len() > words.len()
+        && cmdline.len() - words.len() <= 2
+        && cmdline[cmdline.len() - words.len()..] == *words
+}
+
+/// Classifies command lines by instance.
+pub fn classify<'a>(cmdlines: impl IntoIterator<Item = &'a [String]>, i: &Instance) -> Seen {
+    let (mut new, mut old) = (false, false);
+    for c in cmdlines {
+        new |= runs(c, &i.new);
+        old |= runs(c, &i.old);
+    }
+    match (new, old) {
+        (_, true) => Seen::Old,
+        (true, false) => Seen::New,
+        (false, false) => Seen::Neither,
+    }
+}
+
+/// Reads every visible process's command line from `/proc`.
+fn cmdlines() -> Vec<Vec<String>> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|raw| !raw.is_empty() && raw.len() < 1 << 20)
+        .map(|raw| {
+            raw.strip_suffix(&[0])
+                .unwrap_or(&raw)
+                .split(|b| *b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect()
+        })
+        .collect()
+}
+
+fn look(i: Option<&Instance>) -> Seen {
+    match i {
+        Some(i) => classify(cmdlines().iter().map(Vec::as_slice), i),
+        None => Seen::Neither,
+    }
+}
 
 /// One probe, resolved to an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,6 +179,8 @@ pub struct GatePlan {
     pub live: Target,
     /// Phase 1 deadline.
     pub up_timeout: Duration,
+    /// How to tell the new instance from the old; `None`: only a failed probe can.
+    pub instance: Option<Instance>,
 }
 
 /// One probe attempt.
@@ -167,6 +277,7 @@ pub fn plan(
         up,
         live,
         up_timeout,
+        instance: None,
     })
 }
 
@@ -191,24 +302,59 @@ pub async fn run(g: &GatePlan) -> Verdict {
         tracing::debug!(probe = t.kind, url = %t.url(), ?r, ok, "health probe");
         ok
     };
-    tokio::time::sleep(g.up.initial_delay).await;
+    // Until the first probe, watch for the old instance going away: a new process in
+    // /proc, or the probe port refusing.
+    let mut new_seen = false;
+    let first = t0 + g.up.initial_delay;
+    while Instant::now() < first && !new_seen {
+        new_seen = match look(g.instance.as_ref()) {
+            Seen::New => true,
+            Seen::Old => false,
+            Seen::Neither => probe(&g.up).await.is_err(),
+        };
+        tokio::time::sleep(LOOK_EVERY.min(first.saturating_duration_since(Instant::now()))).await;
+    }
+    tokio::time::sleep_until(first.into()).await;
     let deadline = t0 + g.up_timeout;
+    let mut old_answered = 0;
     loop {
         let started = Instant::now();
+        let seen = look(g.instance.as_ref());
+        new_seen = match seen {
+            Seen::New => true,
+            Seen::Old => false,
+            Seen::Neither => new_seen,
+        };
         let r = probe(&g.up).await;
-        if record(&g.up, &r) {
+        let ok = record(&g.up, &r);
+        if ok && new_seen {
             break;
+        }
+        if ok {
+            old_answered += 1; // the old instance still answers: it does not count
+        } else if seen == Seen::Neither {
+            new_seen = true; // the old instance is gone; what answers next is the new one
         }
         if Instant::now() + g.up.period > deadline {
             let attempts = attempts.clone();
-            return Verdict {
-                healthy: false,
-                summary: format!(
+            let summary = if old_answered > 0 {
+                format!(
+                    "{} probe {} answered {old_answered} times within {:?}, but never from an instance known to be the new one (the old one still ran, or could not be told apart: no process with the new flags in /proc and no gap in the answers)",
+                    g.up.kind,
+                    g.up.url(),
+                    g.up_timeout
+                )
+            } else {
+                format!(
                     "{} probe {} did not succeed within {:?}",
                     g.up.kind,
                     g.up.url(),
                     g.up_timeout
-                ),
+                )
+            };
+            return Verdict {
+                healthy: false,
+                summary,
                 attempts,
             };
         }
@@ -376,5 +522,36 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn instances_are_told_apart_by_their_flags() {
+        let i = Instance {
+            new: v(&["--a=1", "--profiling=false"]),
+            old: v(&["--a=1"]),
+        };
+        let old = v(&["kube-scheduler", "--a=1"]);
+        let new = v(&[
+            "/usr/local/bin/kube-scheduler",
+            "--a=1",
+            "--profiling=false",
+        ]);
+        let hyperkube = v(&["hyperkube", "kube-scheduler", "--a=1", "--profiling=false"]);
+        let other = v(&["bash", "-c", "x", "--a=1"]);
+        assert_eq!(classify([old.as_slice()], &i), Seen::Old);
+        assert_eq!(classify([old.as_slice(), new.as_slice()], &i), Seen::Old);
+        assert_eq!(classify([new.as_slice()], &i), Seen::New);
+        assert_eq!(classify([hyperkube.as_slice()], &i), Seen::New);
+        assert_eq!(classify([other.as_slice()], &i), Seen::Neither);
+        assert_eq!(classify(std::iter::empty(), &i), Seen::Neither);
     }
 }
