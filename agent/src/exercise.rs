@@ -4,7 +4,6 @@
 //! (`fuzz/`) and the no-panic property tests (`agent/tests/no_panic.rs`) drive it, so that
 //! "no input panics" is checked on the same code the daemon and `check` run.
 
-
 use crate::check;
 use crate::fix::plan::{self, Choice};
 use crate::manifest::Component;

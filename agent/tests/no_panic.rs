@@ -164,6 +164,12 @@ fn a_data_dir_with_trailing_slashes_does_not_crash() {
         lockdown_agent::check::host_path(&m, cp, "/var/lib/etcd//member/"),
         Some("/var/lib/etcd/member".into())
     );
-    assert_eq!(lockdown_agent::check::host_path(&m, cp, "/var/lib/etcdx"), None);
-    assert_eq!(lockdown_agent::check::host_path(&m, cp, "/var/lib/etcd/../x"), None);
+    assert_eq!(
+        lockdown_agent::check::host_path(&m, cp, "/var/lib/etcdx"),
+        None
+    );
+    assert_eq!(
+        lockdown_agent::check::host_path(&m, cp, "/var/lib/etcd/../x"),
+        None
+    );
 }
