@@ -219,12 +219,16 @@ pub enum EventBody {
     },
     /// The spool was full: these events were dropped before they could be shipped.
     SpoolOverflow {
-        /// How many.
+        /// How many, in this commit: exactly the sequence numbers `first_seq..=last_seq`.
         dropped: u64,
         /// First dropped sequence number.
         first_seq: u64,
         /// Last dropped sequence number.
         last_seq: u64,
+        /// Every event this spool ever dropped, this commit's included (kept in the spool's
+        /// meta table, which nothing evicts).
+        #[serde(default)]
+        total_dropped: u64,
     },
 }
 

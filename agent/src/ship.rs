@@ -228,6 +228,7 @@ async fn session(
                 };
                 let batch = AgentMessage {
                     msg: Some(agent_message::Msg::Events(EventBatch {
+                        covers_from: next,
                         // The stream's name, not the one spooled with the event: a node
                         // renamed across a restart must not wedge on its own old events.
                         events: events

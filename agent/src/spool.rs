@@ -33,10 +33,13 @@
 //!    `seq <= n`. Readers read from any sequence number on.
 //! 5. **Bounded, never silently.** The events' bytes stay under `max_bytes`. When a commit
 //!    would go over, the oldest unshipped events are deleted and a `spool_overflow` event,
-//!    committed in the same transaction, says how many and which sequence numbers. Those
-//!    numbers are the only gaps a reader can see, and the event names them. When an older
-//!    overflow event is itself dropped, its count and range are carried into the new one, so
-//!    the overflow events that remain always account for every lost event.
+//!    committed in the same transaction, says how many and which sequence numbers. Acks and
+//!    overflow both take the oldest event, so the events held are always one contiguous run
+//!    `first..=last_seq`, and each commit's dropped numbers are one contiguous range with
+//!    nothing kept inside it. `meta.dropped_total` counts every event ever dropped; nothing
+//!    evicts it, and each overflow event carries it. The shipper tells the collector where
+//!    each batch starts (`covers_from`), so the collector sees exactly which numbers below
+//!    the batch the agent no longer holds, whether or not their overflow event survived.
 //! 6. **One writer.** An exclusive `flock` on `agent.lock` is taken before the database is
 //!    opened; a second agent on the same state directory fails at once and is told who holds
 //!    it.
@@ -116,6 +119,9 @@ pub struct Depth {
     pub last_seq: u64,
     /// Highest sequence number acknowledged.
     pub acked: u64,
+    /// Every event this spool ever dropped because it was full.
+    #[serde(default)]
+    pub dropped_total: u64,
 }
 
 /// A change to the baseline: a path's new state, or `None` when it is no longer tracked.
@@ -131,6 +137,7 @@ pub struct Spool {
     acked: u64,
     bytes: u64,
     events: u64,
+    dropped_total: u64,
     _lock: Flock<File>,
 }
 
@@ -205,7 +212,7 @@ impl Spool {
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS baseline(path TEXT PRIMARY KEY, state BLOB NOT NULL);
-             INSERT OR IGNORE INTO meta VALUES ('format', 1), ('last_seq', 0), ('acked', 0);",
+             INSERT OR IGNORE INTO meta VALUES ('format', 1), ('last_seq', 0), ('acked', 0), ('dropped_total', 0);",
         )
         .map_err(db)?;
         conn.execute(
@@ -229,6 +236,7 @@ impl Spool {
             });
         }
         let (last_seq, acked) = (meta("last_seq")?, meta("acked")?);
+        let dropped_total = meta("dropped_total")?;
         let (events, bytes): (i64, i64) = conn
             .query_row(
                 "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM events",
@@ -244,6 +252,7 @@ impl Spool {
             acked,
             bytes: bytes as u64,
             events: events as u64,
+            dropped_total,
             _lock: lock,
         })
     }
@@ -268,6 +277,7 @@ impl Spool {
             max_bytes: self.max_bytes,
             last_seq: self.last_seq,
             acked: self.acked,
+            dropped_total: self.dropped_total,
         }
     }
 
@@ -318,8 +328,9 @@ impl Spool {
         let time = now_rfc3339();
         let max = self.max_bytes;
         let (mut last_seq, mut bytes, mut events) = (self.last_seq, self.bytes, self.events);
+        let mut dropped_total = self.dropped_total;
         let mut stored = Vec::with_capacity(bodies.len());
-        let mut dropped: Option<(u64, u64, u64)> = None; // count, first, last
+        let mut dropped: Option<(u64, u64, u64)> = None; // count, first, last (contiguous)
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -329,23 +340,18 @@ impl Spool {
                 .prepare_cached("INSERT INTO events(seq, kind, body) VALUES (?1, ?2, ?3)")
                 .map_err(db)?;
             let mut oldest = tx
-                .prepare_cached(
-                    "SELECT seq, length(body), kind, body FROM events ORDER BY seq LIMIT 1",
-                )
+                .prepare_cached("SELECT seq, length(body) FROM events ORDER BY seq LIMIT 1")
                 .map_err(db)?;
             let mut delete = tx
                 .prepare_cached("DELETE FROM events WHERE seq = ?1")
                 .map_err(db)?;
-            // Dropping an overflow event carries its count and range into the next one, so
-            // the kept overflow events always account for every lost event.
-            let drop_one =
-                |seq: u64, carried: Option<(u64, u64)>, dropped: &mut Option<(u64, u64, u64)>| {
-                    let (n, f) = carried.unwrap_or((1, seq));
-                    *dropped = Some(match *dropped {
-                        None => (n, f, seq),
-                        Some((count, first, _)) => (count + n, first.min(f), seq),
-                    });
-                };
+            // The oldest goes first, so what one commit drops is one contiguous range.
+            let drop_one = |seq: u64, dropped: &mut Option<(u64, u64, u64)>| {
+                *dropped = Some(match *dropped {
+                    None => (1, seq, seq),
+                    Some((count, first, _)) => (count + 1, first, seq),
+                });
+            };
             for body in bodies {
                 last_seq += 1;
                 let event = Event {
@@ -357,37 +363,22 @@ impl Spool {
                 let json = serde_json::to_vec(&event).expect("events serialise");
                 let need = json.len() as u64 + OVERFLOW_RESERVE;
                 while bytes + need > max {
-                    let Some((seq, len, kind, blob)) = oldest
+                    let Some((seq, len)) = oldest
                         .query_row([], |r| {
-                            Ok((
-                                r.get::<_, i64>(0)? as u64,
-                                r.get::<_, i64>(1)? as u64,
-                                r.get::<_, String>(2)?,
-                                r.get::<_, Vec<u8>>(3)?,
-                            ))
+                            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
                         })
                         .optional()
                         .map_err(db)?
                     else {
                         break;
                     };
-                    let carried = match serde_json::from_slice::<Event>(&blob) {
-                        Ok(Event {
-                            body:
-                                EventBody::SpoolOverflow {
-                                    dropped, first_seq, ..
-                                },
-                            ..
-                        }) if kind == "spool_overflow" => Some((dropped, first_seq)),
-                        _ => None,
-                    };
                     delete.execute([seq as i64]).map_err(db)?;
                     bytes -= len;
                     events -= 1;
-                    drop_one(seq, carried, &mut dropped);
+                    drop_one(seq, &mut dropped);
                 }
                 if bytes + need > max {
-                    drop_one(event.seq, None, &mut dropped); // larger than the whole spool
+                    drop_one(event.seq, &mut dropped); // larger than the whole spool
                     continue;
                 }
                 insert
@@ -398,6 +389,12 @@ impl Spool {
                 stored.push(event);
             }
             if let Some((count, first_seq, last)) = dropped {
+                dropped_total += count;
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'dropped_total'",
+                    [dropped_total as i64],
+                )
+                .map_err(db)?;
                 last_seq += 1;
                 let event = Event {
                     seq: last_seq,
@@ -407,6 +404,7 @@ impl Spool {
                         dropped: count,
                         first_seq,
                         last_seq: last,
+                        total_dropped: dropped_total,
                     },
                 };
                 let json = serde_json::to_vec(&event).expect("events serialise");
@@ -453,6 +451,7 @@ impl Spool {
         self.last_seq = last_seq;
         self.bytes = bytes;
         self.events = events;
+        self.dropped_total = dropped_total;
         Ok(stored)
     }
 

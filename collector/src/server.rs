@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admit;
 use crate::config::Config;
-use crate::store::{Filter, NodeInfo, Store, StoreError};
+use crate::store::{Batch, Filter, NodeInfo, Store, StoreError};
 
 pub use crate::admit::MAX_BATCH_EVENTS;
 /// How long a new stream may take to send its Hello.
@@ -37,6 +37,7 @@ enum Job {
     Insert {
         node: String,
         epoch: u64,
+        covers_from: u64,
         events: Vec<Event>,
         reply: oneshot::Sender<Result<u64, String>>,
     },
@@ -328,9 +329,10 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
                 Job::Insert {
                     node,
                     epoch,
+                    covers_from,
                     events,
                     reply,
-                } => inserts.push((node, epoch, events, reply)),
+                } => inserts.push((node, epoch, covers_from, events, reply)),
                 Job::Touch(info) => touches.push(info),
                 Job::Settle {
                     node,
@@ -358,21 +360,26 @@ fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &wa
         if inserts.is_empty() && touches.is_empty() {
             continue;
         }
-        let batches: Vec<(&str, u64, &[Event])> = inserts
+        let batches: Vec<Batch<'_>> = inserts
             .iter()
-            .map(|(n, epoch, e, _)| (n.as_str(), *epoch, e.as_slice()))
+            .map(|(n, epoch, covers_from, e, _)| Batch {
+                node: n.as_str(),
+                epoch: *epoch,
+                covers_from: *covers_from,
+                events: e.as_slice(),
+            })
             .collect();
         let result = store.insert_many(&batches, &touches);
         match result {
             Ok(acks) => {
-                for ((_, _, _, reply), ack) in inserts.into_iter().zip(acks) {
+                for ((_, _, _, _, reply), ack) in inserts.into_iter().zip(acks) {
                     let _ = reply.send(Ok(ack));
                 }
                 committed.send_modify(|n| *n += 1);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot commit events; agents will resend");
-                for (_, _, _, reply) in inserts {
+                for (_, _, _, _, reply) in inserts {
                     let _ = reply.send(Err(e.to_string()));
                 }
             }
@@ -572,6 +579,7 @@ async fn stream_loop(
                     .send(Job::Insert {
                         node: node.to_string(),
                         epoch,
+                        covers_from: batch.covers_from,
                         events: batch.events,
                         reply,
                     })

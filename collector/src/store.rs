@@ -64,6 +64,20 @@ pub struct NodeInfo {
     pub acked: u64,
 }
 
+/// One agent batch to store.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// Spool epoch.
+    pub epoch: u64,
+    /// The agent's spool holds nothing from here to the last event but what the batch
+    /// carries (0: not said).
+    pub covers_from: u64,
+    /// The events, validated.
+    pub events: &'a [Event],
+}
+
 /// A stored event with its cursor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
@@ -145,14 +159,20 @@ impl Store {
     /// node's ack: the highest sequence number below which every event is stored or
     /// explained.
     pub fn insert(&mut self, node: &str, epoch: u64, events: &[Event]) -> Result<u64, StoreError> {
-        Ok(self.insert_many(&[(node, epoch, events)], &[])?[0])
+        let batch = Batch {
+            node,
+            epoch,
+            covers_from: 0,
+            events,
+        };
+        Ok(self.insert_many(&[batch], &[])?[0])
     }
 
     /// Stores several batches, and what agents said about themselves, in one transaction
     /// (one fsync for all of them) and returns each batch's ack, in order.
     pub fn insert_many(
         &mut self,
-        batches: &[(&str, u64, &[Event])],
+        batches: &[Batch<'_>],
         touches: &[NodeInfo],
     ) -> Result<Vec<u64>, StoreError> {
         let path = self.path.clone();
@@ -168,8 +188,8 @@ impl Store {
             touch(&tx, info).map_err(db)?;
         }
         let mut acks = Vec::with_capacity(batches.len());
-        for (node, epoch, events) in batches {
-            acks.push(insert_batch(&tx, node, *epoch, events).map_err(db)?);
+        for b in batches {
+            acks.push(insert_batch(&tx, b).map_err(db)?);
         }
         tx.commit().map_err(db)?;
         Ok(acks)
@@ -397,12 +417,8 @@ fn touch(conn: &Connection, info: &NodeInfo) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn insert_batch(
-    tx: &rusqlite::Transaction<'_>,
-    node: &str,
-    epoch: u64,
-    events: &[Event],
-) -> rusqlite::Result<u64> {
+fn insert_batch(tx: &rusqlite::Transaction<'_>, b: &Batch<'_>) -> rusqlite::Result<u64> {
+    let (node, epoch, events) = (b.node, b.epoch, b.events);
     tx.execute("INSERT OR IGNORE INTO nodes(node) VALUES (?1)", [node])?;
     let (current, mut acked): (u64, u64) = tx.query_row(
         "SELECT epoch, acked FROM nodes WHERE node = ?1",
@@ -437,6 +453,36 @@ fn insert_batch(
             && let Some((first, last)) = overflow_range(&e.body)
         {
             gap.execute(params![node, epoch as i64, first as i64, last as i64])?;
+        }
+    }
+    // What the agent no longer holds between where it read from and the batch's end, and
+    // this store never got, was dropped from the agent's spool: a gap it explains.
+    if let Some(last) = events.iter().map(|e| e.seq).max()
+        && b.covers_from > 0
+        && b.covers_from <= last
+    {
+        let mut sent: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        sent.sort_unstable();
+        let mut from = b.covers_from.max(acked + 1);
+        for seq in sent.into_iter().chain(std::iter::once(last + 1)) {
+            if seq > from {
+                let mut stored = tx.prepare_cached(
+                    "SELECT seq FROM events WHERE node = ?1 AND epoch = ?2 AND seq >= ?3 AND seq < ?4 ORDER BY seq",
+                )?;
+                let present: Vec<u64> = stored
+                    .query_map(params![node, epoch as i64, from as i64, seq as i64], |r| {
+                        r.get::<_, i64>(0).map(|s| s as u64)
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let mut at = from;
+                for p in present.into_iter().chain(std::iter::once(seq)) {
+                    if p > at {
+                        gap.execute(params![node, epoch as i64, at as i64, (p - 1) as i64])?;
+                    }
+                    at = p + 1;
+                }
+            }
+            from = from.max(seq + 1);
         }
     }
     let acked = advance(tx, node, epoch, acked)?;

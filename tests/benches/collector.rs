@@ -152,7 +152,10 @@ async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch:
             seq = (seq + batch).min(total);
             if tx
                 .send(AgentMessage {
-                    msg: Some(agent_message::Msg::Events(EventBatch { events })),
+                    msg: Some(agent_message::Msg::Events(EventBatch {
+                        events,
+                        covers_from: 0,
+                    })),
                 })
                 .await
                 .is_err()

@@ -469,6 +469,7 @@ fn full_spool_drops_the_oldest_and_counts_them_in_an_overflow_event() {
         dropped,
         first_seq,
         last_seq,
+        total_dropped,
     } = overflow[0].body
     else {
         unreachable!()
@@ -477,6 +478,8 @@ fn full_spool_drops_the_oldest_and_counts_them_in_an_overflow_event() {
     assert_eq!(first_seq, 1);
     assert_eq!(last_seq, kept[0].seq - 1);
     assert_eq!(dropped, last_seq);
+    assert_eq!(total_dropped, dropped);
+    assert_eq!(agent.status().spool.dropped_total, dropped);
     assert!(
         kept.windows(2).all(|w| w[1].seq == w[0].seq + 1),
         "no other gap"

@@ -54,7 +54,10 @@ fn ack_frees_space_and_never_goes_past_what_exists() {
 }
 
 #[test]
-fn full_spool_drops_the_oldest_and_says_how_many() {
+fn full_spool_drops_the_oldest_and_accounts_for_every_one_exactly() {
+    // Issue 11 (8): overflow events carried the counts of evicted overflow events into
+    // ranges that overlapped kept events, and the counts came out wrong (550 for 780). Now
+    // each commit's range is exact, and a total that nothing evicts counts them all.
     let dir = tempfile::tempdir().unwrap();
     let mut s = Spool::open(dir.path(), MIN_MAX_BYTES).unwrap();
     let big = "x".repeat(1000);
@@ -63,44 +66,49 @@ fn full_spool_drops_the_oldest_and_says_how_many() {
         error: big.clone(),
     };
     let mut all = Vec::new();
-    for i in 0..200 {
-        all.extend(s.commit("n1", vec![body(i)], &[]).unwrap());
+    for i in 0..300 {
+        let batch = if i % 7 == 0 {
+            vec![body(i), body(i + 1000)]
+        } else {
+            vec![body(i)]
+        };
+        all.extend(s.commit("n1", batch, &[]).unwrap());
     }
-    assert!(s.depth().bytes <= MIN_MAX_BYTES);
+    let d = s.depth();
+    assert!(d.bytes <= MIN_MAX_BYTES);
     let kept = s.read_from(0, 10_000).unwrap();
-    let dropped: u64 = kept
-        .iter()
-        .filter_map(|e| match e.body {
-            EventBody::SpoolOverflow { dropped, .. } => Some(dropped),
-            _ => None,
-        })
-        .sum();
-    let kept_files = kept
-        .iter()
-        .filter(|e| e.body.kind() == "file_invalid")
-        .count() as u64;
-    assert!(dropped > 0);
-    // Every file event is either kept or counted by a kept overflow event, and every
-    // sequence number is either kept or inside a kept overflow event's range.
-    assert_eq!(kept_files + dropped, 200);
-    let covered = |seq: u64| {
-        kept.iter().any(|e| {
-            e.seq == seq
-                || matches!(e.body, EventBody::SpoolOverflow { first_seq, last_seq, .. }
-                    if (first_seq..=last_seq).contains(&seq))
-        })
-    };
-    let missing: Vec<u64> = (1..=s.depth().last_seq).filter(|q| !covered(*q)).collect();
-    assert!(
-        missing.is_empty(),
-        "{missing:?} {:?}",
-        kept.iter()
-            .filter(|e| e.body.kind() == "spool_overflow")
-            .collect::<Vec<_>>()
-    );
-    // The kept events are the newest, in order.
-    assert_eq!(kept.last().unwrap().seq, s.depth().last_seq);
-    assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Held events are one contiguous run ending at last_seq.
+    let first = kept[0].seq;
+    assert_eq!(seqs(&kept), (first..=d.last_seq).collect::<Vec<_>>());
+    // Every overflow event ever written names exactly what it dropped, nothing kept inside.
+    let mut counted = 0;
+    let mut total_seen = 0;
+    for e in &all {
+        if let EventBody::SpoolOverflow {
+            dropped,
+            first_seq,
+            last_seq,
+            total_dropped,
+        } = e.body
+        {
+            assert_eq!(dropped, last_seq - first_seq + 1, "{e:?}");
+            assert!(last_seq < e.seq);
+            assert!(
+                kept.iter()
+                    .all(|k| !(first_seq..=last_seq).contains(&k.seq))
+            );
+            counted += dropped;
+            assert!(total_dropped > total_seen);
+            total_seen = total_dropped;
+        }
+    }
+    // Nothing was acked: what is not held was dropped, and the counts agree exactly.
+    assert_eq!(counted, first - 1);
+    assert_eq!(d.dropped_total, first - 1);
+    assert_eq!(total_seen, d.dropped_total);
+    drop(s);
+    let s = Spool::open(dir.path(), MIN_MAX_BYTES).unwrap();
+    assert_eq!(s.depth().dropped_total, first - 1, "kept across a restart");
 }
 
 #[test]

@@ -201,3 +201,38 @@ fn settling_records_each_hole_below_the_agents_first_unacked_event() {
     // a first hello (nothing acked yet) settles nothing
     assert_eq!(s.settle("n2", 1, 1, t).unwrap(), 0);
 }
+
+#[test]
+fn what_a_batch_does_not_carry_from_where_it_was_read_is_a_gap() {
+    // Issue 11 (8): the agent's overflow event for a range can itself be dropped; the batch
+    // says where it was read from, so the gap is known without it.
+    let (_d, mut s) = store();
+    s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
+    let batch = [ev("n1", 5), ev("n1", 6)];
+    let acks = s
+        .insert_many(
+            &[Batch {
+                node: "n1",
+                epoch: 7,
+                covers_from: 2,
+                events: &batch,
+            }],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(acks, [6], "2..=4 are not held by the agent any more");
+    // A batch that starts where the ack is explains nothing it did not skip.
+    let batch = [ev("n1", 9)];
+    let acks = s
+        .insert_many(
+            &[Batch {
+                node: "n1",
+                epoch: 7,
+                covers_from: 9,
+                events: &batch,
+            }],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(acks, [6], "7 and 8 were never said to be gone");
+}
