@@ -132,6 +132,10 @@ pub struct RawCollector {
     /// is taken for dead and reopened (a network that drops packets silently). Default: 15s.
     #[serde(default, deserialize_with = "duration")]
     pub ack_timeout: Option<Duration>,
+    /// Most bytes of events in one batch message (the collector refuses messages over its
+    /// `limits.max_message_bytes`, 4 MiB by default). At least 16384. Default: 1048576.
+    #[serde(default)]
+    pub max_batch_bytes: Option<usize>,
 }
 
 /// `log:` in the config file.
@@ -448,6 +452,7 @@ impl Config {
                     backoff_max: c.backoff_max.unwrap_or(Duration::from_secs(30)),
                     heartbeat: c.heartbeat.unwrap_or(Duration::from_secs(10)),
                     ack_timeout: c.ack_timeout.unwrap_or(Duration::from_secs(15)),
+                    max_batch_bytes: c.max_batch_bytes.unwrap_or(1 << 20).max(16 << 10),
                 })
             }
         };

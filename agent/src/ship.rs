@@ -45,6 +45,139 @@ pub struct ShipConfig {
     pub heartbeat: Duration,
     /// How long unacknowledged events may wait for any answer before the stream is reopened.
     pub ack_timeout: Duration,
+    /// Most encoded bytes of events in one batch message.
+    pub max_batch_bytes: usize,
+}
+
+/// Why a session with the collector ended, and whether trying again as before can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShipError {
+    /// The collector cannot be reached, went away or is stopping: retrying helps.
+    #[error("{0} (retrying)")]
+    Unreachable(String),
+    /// The local spool could not be read: retrying may help.
+    #[error("spool: {0} (retrying)")]
+    Spool(String),
+    /// The collector refused the agent itself (certificate, node name): retrying helps only
+    /// once that is fixed.
+    #[error(
+        "the collector refused this agent: {code}: {message} (fix the certificate or node_name; retrying meanwhile)"
+    )]
+    Identity {
+        /// gRPC status code.
+        code: String,
+        /// The collector's message.
+        message: String,
+    },
+    /// The collector refused a batch as malformed or too large: resending it as is cannot
+    /// help, so the next try sends its events one by one, and an event refused alone is
+    /// replaced by a placeholder with its sequence number.
+    #[error(
+        "the collector refused the batch of seq {first}..={last} ({events} events): {code}: {message} (not resent as is)"
+    )]
+    Refused {
+        /// First sequence number of the batch.
+        first: u64,
+        /// Last sequence number of the batch.
+        last: u64,
+        /// How many events it held.
+        events: usize,
+        /// gRPC status code.
+        code: String,
+        /// The collector's message.
+        message: String,
+    },
+}
+
+impl ShipError {
+    /// Whether sending the same thing again can succeed.
+    pub fn retry_helps(&self) -> bool {
+        matches!(self, ShipError::Unreachable(_) | ShipError::Spool(_))
+    }
+
+    /// Classifies a status from the collector; `oldest` is the oldest batch in flight.
+    fn from_status(s: &tonic::Status, oldest: Option<(u64, u64, usize)>) -> ShipError {
+        use tonic::Code;
+        let (code, message) = (code(s), s.message().to_string());
+        match (s.code(), oldest) {
+            (Code::PermissionDenied | Code::Unauthenticated, _) => {
+                ShipError::Identity { code, message }
+            }
+            (
+                Code::InvalidArgument
+                | Code::OutOfRange
+                | Code::FailedPrecondition
+                | Code::DataLoss,
+                Some((first, last, events)),
+            ) => ShipError::Refused {
+                first,
+                last,
+                events,
+                code,
+                message,
+            },
+            (Code::InvalidArgument | Code::OutOfRange, None) => {
+                ShipError::Identity { code, message }
+            }
+            _ => ShipError::Unreachable(format!("{code}: {message}")),
+        }
+    }
+}
+
+/// What earlier refusals taught: send one event at a time up to a sequence number, and
+/// events the collector refused alone go as placeholders.
+#[derive(Debug, Default)]
+struct Recovery {
+    one_by_one_until: u64,
+    withhold: std::collections::BTreeSet<u64>,
+}
+
+impl Recovery {
+    fn learn(&mut self, e: &ShipError) {
+        if let ShipError::Refused {
+            first,
+            last,
+            events,
+            ..
+        } = *e
+        {
+            if events > 1 {
+                self.one_by_one_until = self.one_by_one_until.max(last);
+            } else {
+                self.withhold.insert(first);
+            }
+        }
+    }
+}
+
+/// The placeholder sent instead of an event the collector cannot take: the same sequence
+/// number, kind `event_withheld`, what the event was about (kind, path, file metadata with
+/// hashes) and why; the event itself stays on the node until the ack.
+pub fn placeholder(e: &lockdown_proto::v1::Event, reason: &str) -> lockdown_proto::v1::Event {
+    let original: serde_json::Value = serde_json::from_slice(&e.body).unwrap_or_default();
+    let mut body = serde_json::json!({
+        "seq": e.seq,
+        "node": e.node,
+        "time": e.time,
+        "kind": "event_withheld",
+        "original_kind": e.kind,
+        "path": e.path,
+        "bytes": e.body.len(),
+        "sha256": crate::integrity::sha256_hex(&e.body),
+        "reason": reason,
+    });
+    for key in ["before", "after"] {
+        if let Some(meta) = original.get(key) {
+            body[key] = meta.clone();
+        }
+    }
+    lockdown_proto::v1::Event {
+        kind: "event_withheld".into(),
+        body: body.to_string().into_bytes(),
+        severity: String::new(),
+        rule_id: String::new(),
+        ..e.clone()
+    }
 }
 
 /// What the node looks like now, for the collector's node list (hello and heartbeats).
@@ -92,22 +225,38 @@ pub async fn run(
     mut link: Link,
 ) {
     let mut backoff = cfg.backoff_initial;
+    let mut recovery = Recovery::default();
     loop {
-        let result = session(&cfg, &state_dir, &node, &mut link, &mut acked, &mut backoff).await;
+        let result = session(
+            &cfg,
+            &state_dir,
+            &node,
+            &mut link,
+            &mut acked,
+            &mut backoff,
+            &mut recovery,
+        )
+        .await;
         {
             let mut s = link.status.lock().expect("status lock");
             s.connected = false;
             if let Err(e) = &result {
-                s.last_error = Some(e.clone());
+                s.last_error = Some(e.to_string());
             }
         }
         if let Err(e) = result {
+            recovery.learn(&e);
             tracing::warn!(
                 collector = cfg.address,
-                error = e,
+                error = %e,
+                retry_helps = e.retry_helps(),
                 retry_in_ms = backoff.as_millis() as u64,
-                "collector unreachable; events stay spooled"
+                "not shipping; events stay spooled"
             );
+            if !e.retry_helps() && matches!(e, ShipError::Refused { .. }) {
+                // What changes is what is sent, not the collector: no need to wait long.
+                backoff = cfg.backoff_initial;
+            }
         }
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(cfg.backoff_max);
@@ -122,6 +271,54 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
 }
 
+/// The next batch from `next` on: at most [`BATCH`] events and `max_bytes` encoded (at least
+/// one event), under the stream's node name, placeholders for what the collector refused
+/// alone or what could never fit.
+fn build_batch(
+    reader: &SpoolReader,
+    next: u64,
+    node: &str,
+    max_bytes: usize,
+    recovery: &Recovery,
+) -> Result<Vec<lockdown_proto::v1::Event>, ShipError> {
+    use prost::Message;
+    let limit = if next <= recovery.one_by_one_until {
+        1
+    } else {
+        BATCH
+    };
+    let events = reader
+        .read_from(next, limit)
+        .map_err(|e| ShipError::Spool(e.to_string()))?;
+    let mut batch = Vec::with_capacity(events.len());
+    let mut bytes = 0;
+    for mut e in events {
+        // The stream's name, not the one spooled with the event: a node renamed across a
+        // restart must not wedge on its own old events.
+        e.node = node.to_string();
+        let seq = e.seq;
+        let mut p = to_proto(e);
+        if recovery.withhold.contains(&seq) {
+            p = placeholder(&p, "the collector refused this event on its own");
+        } else if p.encoded_len() > max_bytes {
+            p = placeholder(
+                &p,
+                &format!(
+                    "the event is {} bytes encoded, over collector.max_batch_bytes ({max_bytes})",
+                    p.encoded_len()
+                ),
+            );
+        }
+        let len = p.encoded_len() + 8;
+        if !batch.is_empty() && bytes + len > max_bytes {
+            break;
+        }
+        bytes += len;
+        batch.push(p);
+    }
+    Ok(batch)
+}
+
 async fn session(
     cfg: &ShipConfig,
     state_dir: &std::path::Path,
@@ -129,18 +326,21 @@ async fn session(
     link: &mut Link,
     acked: &mut u64,
     backoff: &mut Duration,
-) -> Result<(), String> {
+    recovery: &mut Recovery,
+) -> Result<(), ShipError> {
     let Link {
         last_seq,
         summary,
         acks,
         status,
     } = link;
-    let reader = SpoolReader::open(state_dir).map_err(|e| e.to_string())?;
-    let channel = lockdown_proto::endpoint(&cfg.address, cfg.tls.as_ref())?
+    let unreachable = |e: String| ShipError::Unreachable(e);
+    let reader = SpoolReader::open(state_dir).map_err(|e| ShipError::Spool(e.to_string()))?;
+    let channel = lockdown_proto::endpoint(&cfg.address, cfg.tls.as_ref())
+        .map_err(ShipError::Unreachable)?
         .connect()
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|e| unreachable(format!("cannot connect: {}", error_chain(&e))))?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(8);
     let hello = AgentMessage {
@@ -151,14 +351,17 @@ async fn session(
             cluster: cfg.cluster.clone(),
             component_versions: summary.borrow().component_versions.clone(),
             open_findings: summary.borrow().open_findings.clone(),
-            spool_epoch: reader.epoch().map_err(|e| e.to_string())?,
+            spool_epoch: reader
+                .epoch()
+                .map_err(|e| ShipError::Spool(e.to_string()))?,
         })),
     };
-    tx.send(hello).await.map_err(|_| "stream closed")?;
+    let closed = || unreachable("the stream closed".into());
+    tx.send(hello).await.map_err(|_| closed())?;
     let mut inbound = client
         .report(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{}: {}", code(&s), s.message()))?
+        .map_err(|s| ShipError::from_status(&s, None))?
         .into_inner();
     {
         let mut s = status.lock().expect("status lock");
@@ -172,36 +375,42 @@ async fn session(
         "connected to the collector"
     );
     let mut next = *acked + 1;
+    // Batches sent and not yet acknowledged: (first, last, events).
+    let mut in_flight: std::collections::VecDeque<(u64, u64, usize)> = Default::default();
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;
     // When the collector last said anything; only matters while events are in flight.
     let mut heard = tokio::time::Instant::now();
     loop {
         let can_send = next <= *last_seq.borrow() && next - 1 - *acked < WINDOW;
-        let in_flight = next - 1 > *acked;
+        let pending = next - 1 > *acked;
         tokio::select! {
-            () = tokio::time::sleep_until(heard + cfg.ack_timeout), if in_flight => {
-                return Err(format!(
+            () = tokio::time::sleep_until(heard + cfg.ack_timeout), if pending => {
+                return Err(unreachable(format!(
                     "no answer from the collector for {:?} with events in flight; reconnecting",
                     cfg.ack_timeout
-                ));
+                )));
             }
             msg = inbound.message() => {
                 heard = tokio::time::Instant::now();
-                let msg = msg.map_err(|s| format!("{}: {}", code(&s), s.message()))?
-                    .ok_or("the collector closed the stream")?;
+                let msg = msg
+                    .map_err(|s| ShipError::from_status(&s, in_flight.front().copied()))?
+                    .ok_or_else(|| unreachable("the collector closed the stream".into()))?;
                 match msg.msg {
                     Some(collector_message::Msg::Ack(a)) if a.seq > *last_seq.borrow() => {
                         // Never trim on an ack for events this spool never had.
-                        return Err(format!(
+                        return Err(unreachable(format!(
                             "the collector acknowledged seq {} beyond the last spooled {}; not trimming",
                             a.seq,
                             *last_seq.borrow()
-                        ));
+                        )));
                     }
                     Some(collector_message::Msg::Ack(a)) if a.seq > *acked => {
                         *acked = a.seq;
                         next = next.max(a.seq + 1);
+                        while in_flight.front().is_some_and(|b| b.1 <= a.seq) {
+                            in_flight.pop_front();
+                        }
                         status.lock().expect("status lock").acked = a.seq;
                         if acks.send(a.seq).await.is_err() {
                             return Ok(()); // the daemon is stopping
@@ -220,30 +429,25 @@ async fn session(
                 }
             }
             () = std::future::ready(()), if can_send => {
-                let events = reader.read_from(next, BATCH).map_err(|e| e.to_string())?;
-                let Some(last) = events.last().map(|e| e.seq) else {
+                let events = build_batch(&reader, next, node, cfg.max_batch_bytes, recovery)?;
+                let (Some(first), Some(last)) =
+                    (events.first().map(|e| e.seq), events.last().map(|e| e.seq))
+                else {
                     // Trimmed or dropped below `next`: nothing to send until new commits.
                     next = *last_seq.borrow() + 1;
                     continue;
                 };
+                in_flight.push_back((first, last, events.len()));
                 let batch = AgentMessage {
                     msg: Some(agent_message::Msg::Events(EventBatch {
                         covers_from: next,
-                        // The stream's name, not the one spooled with the event: a node
-                        // renamed across a restart must not wedge on its own old events.
-                        events: events
-                            .into_iter()
-                            .map(|mut e| {
-                                e.node = node.to_string();
-                                to_proto(e)
-                            })
-                            .collect(),
+                        events,
                     })),
                 };
-                if !in_flight {
+                if !pending {
                     heard = tokio::time::Instant::now(); // the wait starts with the first unacked batch
                 }
-                tx.send(batch).await.map_err(|_| "the stream closed")?;
+                tx.send(batch).await.map_err(|_| closed())?;
                 next = last + 1;
                 heartbeat.reset();
             }
@@ -255,10 +459,23 @@ async fn session(
                         open_findings: summary.borrow().open_findings.clone(),
                     })),
                 };
-                tx.send(beat).await.map_err(|_| "the stream closed")?;
+                tx.send(beat).await.map_err(|_| closed())?;
             }
         }
     }
+}
+
+/// An error with its sources, so that "transport error" says what failed underneath (a
+/// certificate refused, a name that does not match, a connection refused).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn code(s: &tonic::Status) -> String {

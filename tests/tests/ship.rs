@@ -217,7 +217,7 @@ fn a_node_claiming_another_nodes_name_is_rejected() {
     let node = Node::named("cp-1", &cfg);
     let agent = node.start();
     wait_status(&agent, "permission denied", |s| {
-        last_error(s).is_some_and(|e| e.starts_with("permissiondenied"))
+        last_error(s).is_some_and(|e| e.contains("refused this agent: permissiondenied"))
     });
     assert!(col.keys().is_empty());
     assert!(
@@ -866,5 +866,52 @@ fn a_spool_that_overflowed_while_the_collector_was_away_is_acked_to_its_end() {
         stored.len() as u64 + status.spool.dropped_total,
         last,
         "{stored:?}"
+    );
+}
+
+#[test]
+fn an_event_too_large_for_the_collector_goes_as_a_placeholder_and_the_rest_follows() {
+    // Issue 11 (5): batches were capped by count, every refusal looked like "collector away",
+    // and a batch the collector refused was resent forever. On the commit before the fix this
+    // test timed out with the agent resending the same window.
+    let pki = Pki::new(&["cp-1"]);
+    let col = Collector::new(&pki, "limits: {max_message_bytes: 20000}");
+    let addr = col.addr;
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    // A valid pod whose diff alone is larger than the collector takes.
+    let comment: String = (0..1500)
+        .map(|i| format!("# padding line {i:04} .....\n"))
+        .collect();
+    let big = format!(
+        "{comment}apiVersion: v1\nkind: Pod\nmetadata:\n  name: pad\nspec:\n  containers:\n  - name: pad\n    image: busybox\n"
+    );
+    let path = node.manifests.join("pad.yaml");
+    fs::write(&path, &big).unwrap();
+    change(&node, &agent, 1);
+    let last = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", last));
+    wait_status(&agent, "acked to the end", |s| s.spool.acked == last);
+    let store = Store::open(&col.db).unwrap();
+    let withheld = store
+        .list(
+            &Filter {
+                kind: Some("event_withheld".into()),
+                ..Filter::default()
+            },
+            0,
+            10,
+        )
+        .unwrap();
+    assert_eq!(withheld.len(), 1, "{withheld:?}");
+    let body: serde_json::Value = serde_json::from_slice(&withheld[0].event.body).unwrap();
+    assert_eq!(body["original_kind"], "file_created");
+    assert_eq!(body["path"], path.display().to_string());
+    assert!(body["after"]["sha256"].is_string(), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("refused"),
+        "{body}"
     );
 }
