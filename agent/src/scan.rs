@@ -22,6 +22,15 @@ use crate::config::Config;
 use crate::event::FindingRecord;
 use crate::integrity;
 use crate::manifest::{Component, MAX_MANIFEST_BYTES};
+
+/// Most manifests the daemon tracks (a control-plane node has four or five). Past this the
+/// rest are not read, and the manifests directory says so: a directory filled by mistake or
+/// on purpose must not take the agent's memory and disk with it. The control-plane
+/// components' own file names come first, so junk cannot push them out.
+pub const MAX_MANIFESTS: usize = 256;
+/// Largest manifest text kept for diffs (real manifests are under 10 KiB; the diff an event
+/// carries is capped at 64 KiB anyway). A larger manifest is still checked and hashed.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 use crate::redact;
 use crate::rules::Catalogue;
 use crate::rules::eval::{self, FileFacts};
@@ -106,10 +115,24 @@ impl Scanner {
         .collect();
 
         let mdir = &cfg.manifests_dir;
-        let (manifests, list_error) = match check::list_manifest_dir(mdir) {
+        let (mut manifests, mut list_error) = match check::list_manifest_dir(mdir) {
             Ok(m) => (m, None),
             Err(e) => (Vec::new(), Some(e)),
         };
+        if manifests.len() > MAX_MANIFESTS {
+            let own = |p: &PathBuf| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                !Component::ALL
+                    .iter()
+                    .any(|c| name.as_deref() == Some(&format!("{}.yaml", c.name())))
+            };
+            manifests.sort_by_key(|p| (own(p), p.clone()));
+            list_error = Some(format!(
+                "holds {} files the kubelet would read; only the first {MAX_MANIFESTS} (by name) are tracked",
+                manifests.len()
+            ));
+            manifests.truncate(MAX_MANIFESTS);
+        }
         self.memo.retain(|p, _| manifests.contains(p));
         let mut etcd_data_dir = None;
         let mut deps = BTreeSet::new();
@@ -207,6 +230,7 @@ impl Scanner {
         // Only a pod manifest's text, redacted from the parser's spans, may leave the node.
         let text = std::str::from_utf8(&bytes)
             .ok()
+            .filter(|src| src.len() <= MAX_TEXT_BYTES)
             .and_then(|src| redact::manifest_text(src, &|f| cat.sensitive(f)).ok());
         let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes);
         if let Some(error) = report.error {

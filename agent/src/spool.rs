@@ -208,6 +208,10 @@ impl Spool {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
+        // The WAL is truncated back to this after each checkpoint, so a burst does not leave
+        // the state directory larger than the bound for good.
+        conn.pragma_update(None, "journal_size_limit", 4 << 20)
+            .map_err(db)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body BLOB NOT NULL);
