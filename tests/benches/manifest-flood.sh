@@ -4,7 +4,7 @@
 # and the state directory size, deletes them and prints again.
 # usage: tests/benches/manifest-flood.sh target/release/lockdown-agent
 BIN=$1; R=$(mktemp -d); mkdir -p $R/manifests $R/k8s/pki
-cp /work/main/tests/data/kubeadm/v1.31/*.yaml $R/manifests/
+cp "$(dirname "$0")"/../data/kubeadm/v1.31/*.yaml $R/manifests/
 printf 'manifests_dir: %s\nkubernetes_dir: %s\npki_dir: %s\ncni_dirs: []\nstate_dir: %s\nnode_name: m\n' $R/manifests $R/k8s $R/k8s/pki $R/state > $R/cfg.yaml
 $BIN run --config $R/cfg.yaml 2>/dev/null & PID=$!
 sleep 1
