@@ -309,7 +309,14 @@ pub async fn run(
         tokio::select! {
             () = agent.shared.wake.notified() => {
                 agent.settle().await;
-                let pending = agent.shared.take();
+                let mut pending = agent.shared.take();
+                // Watched parent directories hear about their other files too (a log file
+                // next to the node's directories): those are not ours, and reacting to them,
+                // even with a log line, can feed itself.
+                pending.paths.retain(|p| agent.relevant(p));
+                if pending.rescan.is_none() && pending.paths.is_empty() {
+                    continue;
+                }
                 tracing::debug!(paths = pending.paths.len(), rescan = ?pending.rescan, "file events");
                 let dirty = match &pending.rescan {
                     Some(_) => Dirty::all(),
@@ -523,6 +530,35 @@ impl Agent {
 
     /// Scans, then spools what changed. `reason`: why this is a rescan; `always_say` reports
     /// the rescan even when it finds nothing (a queue overflow is worth knowing about).
+    /// Whether an event on `p` can change what the agent tracks: a tracked path, a directory
+    /// above one (removed or replaced), a new file where new files are tracked (manifests,
+    /// PKI, CNI), or the target of a tracked symlink.
+    fn relevant(&self, p: &Path) -> bool {
+        let cfg = &self.cfg;
+        if p.parent() == Some(cfg.manifests_dir.as_path())
+            || p.starts_with(&cfg.pki_dir)
+            || cfg.cni_dirs.iter().any(|d| p.starts_with(d))
+            || [
+                &cfg.manifests_dir,
+                &cfg.kubernetes_dir,
+                &cfg.pki_dir,
+                &cfg.etcd_data_dir,
+            ]
+            .into_iter()
+            .chain(&cfg.cni_dirs)
+            .any(|d| d.starts_with(p))
+        {
+            return true;
+        }
+        self.baseline.iter().any(|(k, state)| {
+            let k = Path::new(k);
+            k.starts_with(p)
+                || (state.meta.as_ref().is_some_and(|m| m.symlink.is_some())
+                    && std::fs::canonicalize(k)
+                        .is_ok_and(|t| t.starts_with(p) || t.parent() == Some(p)))
+        })
+    }
+
     fn process(&mut self, dirty: &Dirty, reason: Option<&str>, always_say: bool) {
         if dirty.is_empty() {
             return;

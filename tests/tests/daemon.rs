@@ -860,7 +860,10 @@ fn many_large_manifests_bound_memory_and_disk_as_a_whole() {
         .unwrap();
     }
     agent.wait_for(seq, |ev| {
-        ev.iter().filter(|e| e.body.kind() == "file_created").count() >= n
+        ev.iter()
+            .filter(|e| e.body.kind() == "file_created")
+            .count()
+            >= n
     });
     let status = fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
     let hwm_kb: u64 = status
@@ -868,10 +871,52 @@ fn many_large_manifests_bound_memory_and_disk_as_a_whole() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap();
-    assert!(hwm_kb < 100 * 1024, "peak RSS {hwm_kb} kB for {n} MB of manifests");
+    assert!(
+        hwm_kb < 100 * 1024,
+        "peak RSS {hwm_kb} kB for {n} MB of manifests"
+    );
     let state_bytes: u64 = fs::read_dir(&node.state)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
-    assert!(state_bytes < 16 << 20, "state directory {state_bytes} bytes");
+    assert!(
+        state_bytes < 16 << 20,
+        "state directory {state_bytes} bytes"
+    );
+}
+
+#[test]
+fn a_log_file_beside_the_watched_directories_does_not_wake_the_agent() {
+    // Issue 11: the sandbox node's root is watched (the parent of missing directories), the
+    // agent's debug log lives there, and each log line woke the agent, which logged again:
+    // 21-25% of a core at rest. On the commit before the fix the log grew by hundreds of
+    // lines in this one second of quiet.
+    let node = Node::kubeadm_full("");
+    let agent = node.start();
+    agent.status(); // ready, first scan done
+    let lines = |a: &lockdown_e2e::node::Agent| a.log().lines().count();
+    let before = lines(&agent);
+    // Quiet is the absence of events, so it takes a window to see: nothing is written here.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let after = lines(&agent);
+    assert!(
+        after <= before + 2,
+        "{} log lines in a second of quiet:\n{}",
+        after - before,
+        agent
+            .log()
+            .lines()
+            .skip(before)
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // And a real change is still seen.
+    let seq = agent.last_seq();
+    fs::write(
+        node.manifest("kube-scheduler.yaml"),
+        insecure_scheduler(&node),
+    )
+    .unwrap();
+    agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
 }
