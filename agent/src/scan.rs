@@ -307,8 +307,27 @@ fn records(
                 .is_some_and(|flag| cat.sensitive(flag.trim_start_matches('-')));
             FindingRecord::open(f, component, sensitive)
         })
-        .map(|r| (r.rule_id.clone(), r))
+        .map(|r| (finding_key(cat, &r), r))
         .collect()
+}
+
+/// The key of an open finding in a file: the rule id, and for a rule that can fail more than
+/// once in a file (two unsupported flags), what tells its instances apart, as `check` lists
+/// them.
+pub fn finding_key(cat: &Catalogue, r: &FindingRecord) -> String {
+    if !cat.multi_instance(&r.rule_id) {
+        return r.rule_id.clone();
+    }
+    [
+        Some(r.rule_id.as_str()),
+        r.flag.as_deref(),
+        r.observed.as_deref(),
+        Some(r.title.as_str()),
+    ]
+    .iter()
+    .map(|p| p.unwrap_or(""))
+    .collect::<Vec<_>>()
+    .join("\u{1f}")
 }
 
 /// Whether a scan must read `path` again: it (or a directory above it) was touched, or, for a

@@ -1,6 +1,7 @@
 //! The agent daemon end to end: the real `lockdown-agent run` on a sandbox node, real
 //! inotify, real files, real signals; assertions on the events it spooled.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -919,4 +920,56 @@ fn a_log_file_beside_the_watched_directories_does_not_wake_the_agent() {
     )
     .unwrap();
     agent.wait_for(seq, |ev| raised(ev, "scheduler-bind-address"));
+}
+
+#[test]
+fn two_unsupported_flags_in_one_file_are_two_findings() {
+    // Issue 11: the daemon kept one open finding per (file, rule), so the second unsupported
+    // flag was never reported. On the commit before the fix one finding_raised came.
+    let node = Node::new("");
+    let agent = node.start();
+    let seq = agent.last_seq();
+    let sched = node.manifest("kube-scheduler.yaml");
+    let text = fs::read_to_string(&sched).unwrap().replace(
+        "    - kube-scheduler\n",
+        "    - kube-scheduler\n    - --address=127.0.0.1\n    - --port=0\n",
+    );
+    fs::write(&sched, text).unwrap();
+    let events = agent.wait_for(seq, |ev| {
+        ev.iter()
+            .filter(|e| e.body.kind() == "finding_raised" && rule_id(e) == Some("unsupported-flag"))
+            .count()
+            >= 2
+    });
+    let flags: BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::FindingRaised { finding, .. } if finding.rule_id == "unsupported-flag" => {
+                finding.flag.clone()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flags.len(), 2, "{flags:?}");
+    let open = agent.status().open_findings;
+    assert_eq!(
+        open.iter()
+            .filter(|f| f.finding.rule_id == "unsupported-flag")
+            .count(),
+        2
+    );
+    // Removing one resolves exactly that one.
+    let seq = agent.last_seq();
+    let text = fs::read_to_string(&sched)
+        .unwrap()
+        .replace("    - --port=0\n", "");
+    fs::write(&sched, text).unwrap();
+    let events = agent.wait_for(seq, |ev| {
+        ev.iter().any(|e| e.body.kind() == "finding_resolved")
+    });
+    let resolved: Vec<_> = events
+        .iter()
+        .filter(|e| e.body.kind() == "finding_resolved")
+        .collect();
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
 }

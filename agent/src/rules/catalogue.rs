@@ -801,6 +801,25 @@ impl Catalogue {
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| r.id.as_str())
     }
+
+    /// Whether a rule can fail more than once in one file (one finding per unsupported flag,
+    /// plugin, gate, stray word, unparseable value or CVE).
+    pub fn multi_instance(&self, rule_id: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.id == rule_id
+                && matches!(
+                    r.test,
+                    Test::Builtin(
+                        Builtin::UnsupportedFlags
+                            | Builtin::UnsupportedPlugins
+                            | Builtin::UnsupportedGates
+                            | Builtin::StrayArguments
+                            | Builtin::InvalidValues
+                            | Builtin::KnownCves
+                    )
+                )
+        })
+    }
 }
 
 /// Admission plugin flags share one plugin namespace.
