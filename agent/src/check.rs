@@ -58,25 +58,24 @@ pub struct Report {
 
 /// Reads a file of at most `limit` bytes without trusting its reported size.
 pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| io_problem(&e))?;
-    if meta.file_type().is_symlink() && fs::metadata(path).is_err() {
-        let target = fs::read_link(path)
-            .map(|t| t.display().to_string())
-            .unwrap_or_default();
-        return Err(format!("dangling symlink to {target}"));
-    }
-    // O_NONBLOCK: opening a FIFO someone left in the directory must not hang the scan.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| io_problem(&e))?;
-    let meta = file.metadata().map_err(|e| io_problem(&e))?;
-    if meta.is_dir() {
-        return Err("is a directory".into());
-    }
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
+    let link = fs::symlink_metadata(path).map_err(|e| io_problem(&e))?;
+    // Stat before open, following symlinks as the kubelet does: a device, socket or FIFO is
+    // never opened (opening some devices has effects), only named.
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err("symlink loop".into());
+        }
+        Err(e) if link.file_type().is_symlink() && e.kind() == std::io::ErrorKind::NotFound => {
+            let target = fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            return Err(format!("dangling symlink to {target}"));
+        }
+        Err(e) => return Err(io_problem(&e)),
+    };
+    if let Some(what) = not_regular(&meta) {
+        return Err(what.into());
     }
     if meta.len() > limit as u64 {
         return Err(manifest::ManifestError::TooLarge {
@@ -84,6 +83,16 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
             limit,
         }
         .to_string());
+    }
+    // O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening it must not hang.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_problem(&e))?;
+    let opened = file.metadata().map_err(|e| io_problem(&e))?;
+    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+        return Err("replaced while being read".into());
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
     file.take(limit as u64 + 1)
@@ -100,6 +109,25 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
 }
 
 /// An IO error as a short reason that says what to do about it.
+/// What a file that is not a regular file is, in words; `None` for a regular file.
+pub fn not_regular(meta: &fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("is a directory")
+    } else if t.is_socket() {
+        Some("is a socket, not a regular file")
+    } else if t.is_fifo() {
+        Some("is a FIFO, not a regular file")
+    } else if t.is_block_device() || t.is_char_device() {
+        Some("is a device, not a regular file (not opened)")
+    } else {
+        Some("is not a regular file")
+    }
+}
+
 pub(crate) fn io_problem(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => {

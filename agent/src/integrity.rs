@@ -42,6 +42,9 @@ pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> 
     };
     let meta = match fs::metadata(path) {
         Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err("symlink loop".into());
+        }
         Err(_) if symlink.is_some() => {
             return Err(format!(
                 "dangling symlink to {}",

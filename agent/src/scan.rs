@@ -147,6 +147,12 @@ impl Scanner {
                 Some(s) if !touched(dirty, path, s) && !memo_dirty => s.clone(),
                 _ => self.observe_manifest(cat, path, old),
             };
+            if state.meta.is_none() && fs::symlink_metadata(path).is_err() {
+                // Gone between the listing and the read (a temp file renamed away): not a
+                // file of this scan, so not "invalid"; the next scan sees what replaced it.
+                self.memo.remove(path);
+                continue;
+            }
             if let Some(m) = self.memo.get(path) {
                 deps.extend(m.deps.iter().cloned());
                 if m.etcd_data_dir.is_some() {
@@ -233,7 +239,10 @@ impl Scanner {
             .filter(|src| src.len() <= MAX_TEXT_BYTES)
             .and_then(|src| redact::manifest_text(src, &|f| cat.sensitive(f)).ok());
         let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes);
-        if let Some(error) = report.error {
+        if let Some(mut error) = report.error {
+            if is_sed_temp(path) {
+                error.push_str(" (a temporary file of `sed -i`, which renames it over the file it edits; the kubelet reads it too while it exists)");
+            }
             self.memo.entry(path.to_path_buf()).or_default();
             return PathState {
                 meta,
@@ -346,6 +355,14 @@ fn add_link_target(watch: &mut BTreeSet<PathBuf>, path: &Path, state: &PathState
     {
         watch.insert(parent.to_path_buf());
     }
+}
+
+/// `sed -i` writes its result to `sedXXXXXX` in the same directory, then renames it.
+fn is_sed_temp(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("sed"))
+        .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// The path as a baseline key.

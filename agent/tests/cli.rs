@@ -239,6 +239,11 @@ fn bad_inputs_are_per_file_errors_and_the_rest_is_still_checked() {
     )
     .unwrap();
     fs::write(d.join(".hidden.yaml"), "not even yaml: [").unwrap();
+    // Issue 11: a socket read as "No such device or address", a symlink loop as "dangling
+    // symlink", and a device behind a symlink was opened before its type was checked.
+    let _socket = std::os::unix::net::UnixListener::bind(d.join("socket.yaml")).unwrap();
+    std::os::unix::fs::symlink(d.join("loop.yaml"), d.join("loop.yaml")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", d.join("device.yaml")).unwrap();
 
     let start = Instant::now();
     let out = run(&["check", "--format", "json", d.to_str().unwrap()]);
@@ -271,7 +276,13 @@ fn bad_inputs_are_per_file_errors_and_the_rest_is_still_checked() {
             "/dangling.yaml",
             "dangling symlink to /nonexistent/target.yaml",
         ),
-        ("/fifo.yaml", "not a regular file"),
+        ("/fifo.yaml", "is a FIFO, not a regular file"),
+        ("/socket.yaml", "is a socket, not a regular file"),
+        ("/loop.yaml", "symlink loop"),
+        (
+            "/device.yaml",
+            "is a device, not a regular file (not opened)",
+        ),
     ] {
         let f = by_name(name);
         let err = f["error"].as_str().unwrap_or_else(|| panic!("{name}: {f}"));
