@@ -12,12 +12,15 @@ use lockdown_agent::report;
 use lockdown_agent::rules::Severity;
 use lockdown_agent::spool::SpoolReader;
 
-/// `println!` for command output: when stdout is a pipe whose reader has gone (`| head -1`),
-/// end quietly with the status of a process killed by SIGPIPE (141) instead of panicking.
+/// `println!` for command output: control characters from node data are escaped
+/// ([`lockdown_proto::printable`]), and when stdout is a pipe whose reader has gone
+/// (`| head -1`), it ends quietly with the status of a process killed by SIGPIPE (141)
+/// instead of panicking.
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+        let text = format!($($t)*);
+        if let Err(e) = writeln!(std::io::stdout(), "{}", lockdown_proto::printable(&text)) {
             stdout_failed(e)
         }
     }};
@@ -27,7 +30,8 @@ macro_rules! outln {
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+        let text = format!($($t)*);
+        if let Err(e) = write!(std::io::stdout(), "{}", lockdown_proto::printable(&text)) {
             stdout_failed(e)
         }
     }};

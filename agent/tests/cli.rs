@@ -402,3 +402,26 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn control_characters_in_file_names_are_escaped_in_human_output() {
+    // Issue 11: file names with terminal escape sequences were printed raw. On the commit
+    // before the fix the table held the raw ESC byte.
+    let dir = tempfile::tempdir().unwrap();
+    let name = "evil\u{1b}[2J\u{1b}]0;owned\u{7}.yaml";
+    fs::copy(
+        fixtures("v1.31").join("kube-scheduler.yaml"),
+        dir.path().join(name),
+    )
+    .unwrap();
+    let out = run(&["check", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+        "{stdout:?}"
+    );
+    assert!(
+        stdout.contains("evil\\u{1b}[2J\\u{1b}]0;owned\\u{7}.yaml"),
+        "{stdout}"
+    );
+}

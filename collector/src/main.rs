@@ -13,12 +13,15 @@ use lockdown_proto::ClientTls;
 use lockdown_proto::v1::query_service_client::QueryServiceClient;
 use lockdown_proto::v1::{EventFilter, ListEventsRequest, ListNodesRequest, WatchEventsRequest};
 
-/// `println!` for command output: when stdout is a pipe whose reader has gone (`| head -1`),
-/// end quietly with the status of a process killed by SIGPIPE (141) instead of panicking.
+/// `println!` for command output: control characters from node data are escaped
+/// ([`lockdown_proto::printable`]), and when stdout is a pipe whose reader has gone
+/// (`| head -1`), it ends quietly with the status of a process killed by SIGPIPE (141)
+/// instead of panicking.
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+        let text = format!($($t)*);
+        if let Err(e) = writeln!(std::io::stdout(), "{}", lockdown_proto::printable(&text)) {
             stdout_failed(e)
         }
     }};
@@ -306,26 +309,89 @@ async fn events(
         }
         token = page.next_page_token;
     }
-    if follow {
-        let mut stream = c
-            .watch_events(WatchEventsRequest {
-                filter: Some(filter),
-                // Nothing listed yet: from the first event, which may be stored meanwhile.
-                after_cursor: last_cursor,
-                from_start: last_cursor == 0,
-            })
-            .await
-            .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
-            .into_inner();
-        while let Some(e) = stream
-            .message()
-            .await
-            .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
-        {
-            print_event(&e, format);
+    if !follow {
+        return Ok(());
+    }
+    // Follow until interrupted: when the collector restarts or the network breaks, reconnect
+    // and resume after the last event printed, so nothing is skipped or printed twice.
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let watched = async {
+            let mut stream = c
+                .watch_events(WatchEventsRequest {
+                    filter: Some(filter.clone()),
+                    // Nothing printed yet: from the first event, which may be stored meanwhile.
+                    after_cursor: last_cursor,
+                    from_start: last_cursor == 0,
+                })
+                .await?
+                .into_inner();
+            while let Some(e) = stream.message().await? {
+                last_cursor = e.cursor;
+                print_event(&e, format);
+            }
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        match watched {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                return Err(format!("{}: {}", conn.addr, s.message()));
+            }
+            Err(s) => eprintln!(
+                "lockdown-collector: {}: {}; resuming after cursor {last_cursor}",
+                conn.addr,
+                s.message()
+            ),
+            Ok(()) => eprintln!(
+                "lockdown-collector: {}: the stream ended; resuming after cursor {last_cursor}",
+                conn.addr
+            ),
+        }
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            match client(&conn).await {
+                Ok(new) => {
+                    c = new;
+                    backoff = std::time::Duration::from_millis(200);
+                    break;
+                }
+                Err(_) => continue,
+            }
         }
     }
-    Ok(())
+}
+
+/// Open findings by severity, most severe first: `critical=1 high=3` (`none` for none).
+fn by_severity(counts: &std::collections::HashMap<String, u32>) -> String {
+    const ORDER: [&str; 5] = ["critical", "high", "medium", "low", "info"];
+    let mut parts: Vec<String> = ORDER
+        .iter()
+        .filter_map(|s| {
+            counts
+                .get(*s)
+                .filter(|n| **n > 0)
+                .map(|n| format!("{s}={n}"))
+        })
+        .collect();
+    let mut other: Vec<_> = counts
+        .iter()
+        .filter(|(s, n)| !ORDER.contains(&s.as_str()) && **n > 0)
+        .collect();
+    other.sort();
+    parts.extend(other.into_iter().map(|(s, n)| format!("{s}={n}")));
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
@@ -347,13 +413,13 @@ async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
                 })
             ),
             Format::Table => outln!(
-                "{:<24} {:<10} {:<12} last seen {:<24} seq {:>8} findings {:?}",
+                "{:<24} {:<10} {:<12} last seen {:<24} seq {:>8} findings {}",
                 n.node,
                 if n.connected { "connected" } else { "away" },
                 n.agent_version,
                 n.last_seen,
                 n.last_seq,
-                n.open_findings
+                by_severity(&n.open_findings)
             ),
         }
     }

@@ -60,3 +60,38 @@ pub fn endpoint(
     }
     Ok(ep)
 }
+
+/// `text` made safe for a terminal: control characters other than newline and tab, and the
+/// Unicode bidirectional overrides, are written as escapes (`\u{1b}`). File names, flag
+/// values and errors come from nodes, which may be compromised; human output passes through
+/// here so that they cannot drive the reader's terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn terminal_escapes_are_escaped_and_text_is_kept() {
+        assert_eq!(super::printable("a/b.yaml\n"), "a/b.yaml\n");
+        assert_eq!(
+            super::printable("x\u{1b}[2Jy\r\u{202e}z"),
+            "x\\u{1b}[2Jy\\u{d}\\u{202e}z"
+        );
+    }
+}

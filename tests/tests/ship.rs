@@ -915,3 +915,53 @@ fn an_event_too_large_for_the_collector_goes_as_a_placeholder_and_the_rest_follo
         "{body}"
     );
 }
+
+#[test]
+fn events_follow_resumes_after_the_collector_restarts() {
+    // Issue 11: `events --follow` exited 1 when the collector restarted. Now it reconnects and
+    // resumes after the last event it printed. On the commit before the fix the follower
+    // exited before the change after the restart could be printed.
+    use std::io::{BufRead, BufReader};
+    let pki = Pki::new(&["cp-1"]);
+    let mut col = Collector::new(&pki, "");
+    let addr = col.addr;
+    let node = Node::new(&pki.agent_config(addr, "cp-1"));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    let args = [
+        "events",
+        "--follow",
+        "--format",
+        "json",
+        "--kind",
+        "file_modified",
+    ];
+    let mut follow = pki
+        .reader_command(addr, &pki, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_after_wait(&follow);
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    change(&node, &agent, 1);
+    let seq1 = serde_json::from_str::<serde_json::Value>(&lines.next().unwrap().unwrap()).unwrap()
+        ["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(col.stop().is_some(), "the collector stops");
+    col.restart();
+    change(&node, &agent, 2);
+    let line = lines.next().expect("the follower is still there").unwrap();
+    let seq2 = serde_json::from_str::<serde_json::Value>(&line).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        seq2 > seq1,
+        "resumed after {seq1}, not from the start: {seq2}"
+    );
+    assert!(follow.try_wait().unwrap().is_none(), "still following");
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
