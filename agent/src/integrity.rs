@@ -133,7 +133,20 @@ mod tests {
         let ml = observe(&l, None).unwrap();
         assert_eq!(ml.symlink.as_deref(), Some(f.to_str().unwrap()));
         assert_eq!(ml.sha256, m.sha256);
-        assert!(!ml.content_differs(&m) || ml.symlink != m.symlink);
+        // Same bytes through a symlink: a link that now points elsewhere is a content
+        // change, a file replaced by a link to the same bytes is too (its target is news),
+        // and a mode change alone is not.
+        assert!(
+            ml.content_differs(&m),
+            "a symlink where a file was is a change"
+        );
+        let mut elsewhere = ml.clone();
+        elsewhere.symlink = Some("/other".into());
+        assert!(elsewhere.content_differs(&ml));
+        let mut chmod = m.clone();
+        chmod.mode = "0600".into();
+        assert!(!chmod.content_differs(&m), "mode alone is permission drift");
+        assert!(!ml.content_differs(&ml.clone()));
     }
 
     #[test]

@@ -87,12 +87,51 @@ impl Pki {
     }
 }
 
-/// A free loopback port (bound and released; the collector binds it next).
+impl Pki {
+    /// Every (node, seq) a reader lists through the query API (`lockdown-collector events
+    /// --format json`), in the order listed, duplicates kept: what "stored once" means at
+    /// the protocol level, whatever the schema enforces.
+    pub fn listed(&self, addr: SocketAddr) -> Vec<(String, u64)> {
+        let out = self
+            .reader_command(addr, self, &["events", "--format", "json"])
+            .output()
+            .expect("lockdown-collector events");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("one JSON event a line");
+                (
+                    v["node"].as_str().unwrap_or_default().to_string(),
+                    v["seq"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A free loopback port (bound and released; the server binds it next), below the kernel's
+/// range for outgoing connections (`ip_local_port_range`): a port the kernel handed out for
+/// `bind(0)` can be taken by any outgoing connection before the server binds it. Each test
+/// process starts at its own place in the range, so that parallel tests rarely meet.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(11_000, 65_535));
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 /// A running collector.

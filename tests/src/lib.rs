@@ -27,3 +27,18 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Whether a test that needs root can run: true as root. Elsewhere, under CI (`CI` set) it
+/// fails, since CI runs as root and must run every test; on a developer's machine it says
+/// why it skips and returns false.
+pub fn needs_root(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test needs root ({why}) and CI runs as root"
+    );
+    eprintln!("skipped: needs root ({why}); run the tests as root, as CI does");
+    false
+}

@@ -175,6 +175,9 @@ fn delete_and_recreate_within_the_settle_time_is_one_modification() {
 
 #[test]
 fn chmod_and_chown_only_are_permission_drift_with_findings() {
+    if !lockdown_e2e::needs_root("chown to another user") {
+        return;
+    }
     let node = Node::new(SLOW_SETTLE);
     let agent = node.start();
     let key = node.pki.join("ca.key");
@@ -742,6 +745,9 @@ impl Drop for Tmpfs {
 
 #[test]
 fn events_no_rescan_finds_again_survive_a_full_disk() {
+    if !lockdown_e2e::needs_root("mount a small tmpfs") {
+        return;
+    }
     let node = Node::new("rescan_interval: 0s");
     let _disk = Tmpfs::mount(&node.state, "2m");
     let agent = node.start();

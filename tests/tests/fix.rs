@@ -415,6 +415,9 @@ fn fix_apply_on_the_command_line_gates_and_rolls_back() {
 
 #[test]
 fn anonymous_auth_on_1_33_is_restricted_to_the_health_endpoints() {
+    if !lockdown_e2e::needs_root("chown to another user") {
+        return;
+    }
     let node = fix_node("  mode: enforce\n  rules:\n    apiserver-anonymous-auth: enforce");
     fs::remove_file(node.manifest(SCHED)).unwrap();
     let port = lockdown_e2e::collector::free_addr().port();

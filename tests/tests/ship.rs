@@ -163,6 +163,8 @@ fn collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
     }
     let last = agent.last_seq();
     col.wait_for(|k| k == range("cp-1", last));
+    wait_status(&agent, "acked to the end", |s| s.spool.acked == last);
+    assert_eq!(pki.listed(addr), range("cp-1", last));
 }
 
 #[test]
@@ -187,6 +189,9 @@ fn agent_killed_mid_stream_loses_nothing_and_stores_nothing_twice() {
     change(&node, &agent, 30);
     let last = agent.last_seq();
     col.wait_for(|k| k == range("cp-1", last));
+    // At the protocol level: the agent is acked to its end and a reader lists each once.
+    wait_status(&agent, "acked to the end", |s| s.spool.acked == last);
+    assert_eq!(pki.listed(addr), range("cp-1", last));
 }
 
 #[test]
