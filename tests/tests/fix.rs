@@ -558,3 +558,47 @@ fn the_old_instance_answering_after_the_write_does_not_pass_the_gate() {
     // The old instance did answer 200 after the write; those answers were not credited.
     assert!(attempts.iter().any(|a| a.ok), "{attempts:?}");
 }
+
+#[test]
+fn the_fake_component_judges_flags_by_its_own_table_not_the_agents() {
+    // Issue 11: fake-component took its version rules from the agent's catalogue, so a wrong
+    // rule there passed the end-to-end tests. Its own table now decides.
+    let run = |component: &str, version: &str, args: &[&str]| {
+        Command::new(bin("fake-component"))
+            .args(args)
+            .env("FAKE_COMPONENT", component)
+            .env("FAKE_VERSION", version)
+            .env("FAKE_SERVE", "")
+            .output()
+            .unwrap()
+    };
+    let out = run("kube-apiserver", "1.31.0", &["--insecure-port=0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed in 1.24"));
+    assert!(
+        run("kube-apiserver", "1.23.0", &["--insecure-port=0"])
+            .status
+            .success()
+    );
+    let out = run(
+        "kube-apiserver",
+        "1.28.0",
+        &["--enable-admission-plugins=NodeRestriction,SecurityContextDeny"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = run(
+        "kube-apiserver",
+        "1.30.0",
+        &["--enable-admission-plugins=NodeRestriction,SecurityContextDeny"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = run(
+        "kube-apiserver",
+        "1.18.0",
+        &["--service-account-extend-token-expiration=true"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist before 1.19"),
+        "{out:?}"
+    );
+}

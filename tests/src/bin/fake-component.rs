@@ -3,7 +3,8 @@
 //! It does what matters to the fixer's health gate, and nothing else:
 //! - it refuses to start, like the real one, when its flags are not what its version
 //!   accepts: a flag, admission plugin or feature gate the version removed or does not have
-//!   yet (from the agent's catalogue), a positional argument or a flag without its value;
+//!   yet (from its own table, [`LIFECYCLE`], written independently of the agent's
+//!   catalogue), a positional argument or a flag without its value;
 //! - it also refuses the argv words a test names in `FAKE_REFUSE` (a fix the test wants to
 //!   fail);
 //! - it serves its probe paths (`FAKE_SERVE`: `scheme:port` entries, `FAKE_PATHS`) on
@@ -22,7 +23,6 @@ use lockdown_agent::manifest::Component;
 use lockdown_agent::manifest::flags::{Arg, ArgSource, Flags, parse_go_bool};
 use lockdown_agent::manifest::version::Version;
 use lockdown_agent::rules::Catalogue;
-use lockdown_agent::rules::catalogue::Existence;
 
 fn main() {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
@@ -93,6 +93,194 @@ fn parse(cat: &Catalogue, c: Component, argv: &[String]) -> Flags {
     Flags::parse(args, &|name| cat.kind(c, name))
 }
 
+/// What each version accepts, written down independently of the agent's catalogue, so that
+/// a wrong version rule there makes the component refuse the agent's fix here (issue 11).
+/// From `../shared/reference/flag-lifecycle.tsv`, checked against the Kubernetes and etcd
+/// CHANGELOGs and flag registrations: (component, what, first minor that accepts it, first
+/// minor that refuses it). `what` is `--flag`, `plugin:Name` or `gate:Name`. What is not
+/// listed is accepted.
+const LIFECYCLE: &[(&str, &str, Option<(u32, u32)>, Option<(u32, u32)>)] = &[
+    ("kube-apiserver", "--basic-auth-file", None, Some((1, 19))), // #89069
+    (
+        "kube-apiserver",
+        "--insecure-allow-any-token",
+        None,
+        Some((1, 8)),
+    ), // #49045
+    ("kube-apiserver", "--kubelet-https", None, Some((1, 22))),   // #101178
+    (
+        "kube-apiserver",
+        "--repair-malformed-updates",
+        None,
+        Some((1, 14)),
+    ), // #73663
+    ("kube-apiserver", "--enable-swagger-ui", None, Some((1, 24))), // #105032
+    ("kube-apiserver", "--insecure-port", None, Some((1, 24))),   // #106859
+    (
+        "kube-apiserver",
+        "--insecure-bind-address",
+        None,
+        Some((1, 24)),
+    ), // #106859
+    (
+        "kube-apiserver",
+        "--authentication-config",
+        Some((1, 29)),
+        None,
+    ), // 1.29 CHANGELOG
+    (
+        "kube-apiserver",
+        "--service-account-extend-token-expiration",
+        Some((1, 19)),
+        None,
+    ), // #89549
+    (
+        "kube-apiserver",
+        "--enable-admission-plugins",
+        Some((1, 10)),
+        None,
+    ), // #58123
+    (
+        "kube-apiserver",
+        "--disable-admission-plugins",
+        Some((1, 10)),
+        None,
+    ), // #58123
+    (
+        "kube-apiserver",
+        "--encryption-provider-config",
+        Some((1, 13)),
+        None,
+    ),
+    (
+        "kube-apiserver",
+        "--experimental-encryption-provider-config",
+        None,
+        Some((1, 24)),
+    ),
+    (
+        "kube-apiserver",
+        "plugin:EventRateLimit",
+        Some((1, 8)),
+        None,
+    ), // #50925
+    (
+        "kube-apiserver",
+        "plugin:NodeRestriction",
+        Some((1, 7)),
+        None,
+    ),
+    (
+        "kube-apiserver",
+        "plugin:SecurityContextDeny",
+        None,
+        Some((1, 30)),
+    ), // #122612
+    (
+        "kube-apiserver",
+        "plugin:PodSecurityPolicy",
+        None,
+        Some((1, 25)),
+    ), // #109798
+    (
+        "kube-apiserver",
+        "plugin:DenyServiceExternalIPs",
+        Some((1, 21)),
+        None,
+    ), // #97395
+    ("kube-apiserver", "plugin:PodSecurity", Some((1, 22)), None),
+    (
+        "kube-apiserver",
+        "plugin:DenyEscalatingExec",
+        None,
+        Some((1, 21)),
+    ), // #98669
+    (
+        "kube-apiserver",
+        "plugin:DenyExecOnPrivileged",
+        None,
+        Some((1, 21)),
+    ), // #98669
+    (
+        "kube-apiserver",
+        "gate:AnonymousAuthConfigurableEndpoints",
+        Some((1, 31)),
+        Some((1, 37)),
+    ), // #124917, #138723
+    (
+        "kube-apiserver",
+        "gate:PodSecurity",
+        Some((1, 22)),
+        Some((1, 28)),
+    ), // #114068
+    (
+        "kube-apiserver",
+        "gate:AdvancedAuditing",
+        Some((1, 7)),
+        Some((1, 28)),
+    ),
+    (
+        "kube-apiserver",
+        "gate:StructuredAuthenticationConfiguration",
+        Some((1, 29)),
+        None,
+    ),
+    ("kube-controller-manager", "--address", None, Some((1, 24))), // #106860
+    ("kube-controller-manager", "--port", None, Some((1, 24))),    // #106860
+    (
+        "kube-controller-manager",
+        "--bind-address",
+        Some((1, 12)),
+        None,
+    ), // #64149
+    (
+        "kube-controller-manager",
+        "--secure-port",
+        Some((1, 12)),
+        None,
+    ),
+    (
+        "kube-controller-manager",
+        "--authentication-kubeconfig",
+        Some((1, 12)),
+        None,
+    ),
+    (
+        "kube-controller-manager",
+        "--authorization-kubeconfig",
+        Some((1, 12)),
+        None,
+    ),
+    ("kube-scheduler", "--address", None, Some((1, 24))), // #106865
+    ("kube-scheduler", "--port", None, Some((1, 24))),    // #106865
+    ("kube-scheduler", "--bind-address", Some((1, 13)), None),
+    (
+        "etcd",
+        "--experimental-initial-corrupt-check",
+        Some((3, 3)),
+        Some((3, 7)),
+    ), // #19959
+    (
+        "etcd",
+        "--experimental-watch-progress-notify-interval",
+        Some((3, 4)),
+        Some((3, 7)),
+    ),
+];
+
+/// Why `what` is refused by component `c` at version `v`, if it is.
+fn refused(c: Component, what: &str, v: Option<Version>) -> Option<String> {
+    let v = v?.minor_pair();
+    LIFECYCLE
+        .iter()
+        .filter(|(comp, w, ..)| *comp == c.name() && *w == what)
+        .find_map(|(_, _, since, until)| match (since, until) {
+            (Some(s), _) if v < *s => Some(format!("{what} does not exist before {}.{}", s.0, s.1)),
+            (_, Some(u)) if v >= *u => Some(format!("{what} was removed in {}.{}", u.0, u.1)),
+            _ => None,
+        })
+}
+
 fn validate(c: Component, v: Option<Version>, argv: &[String]) -> Result<(), String> {
     let cat = Catalogue::builtin();
     let flags = parse(cat, c, argv);
@@ -103,24 +291,20 @@ fn validate(c: Component, v: Option<Version>, argv: &[String]) -> Result<(), Str
         return Err(format!("flag needs an argument: --{name}"));
     }
     for u in &flags.uses {
-        if let e @ (Existence::Removed(_) | Existence::NotYet(_)) = cat.flag_exists(c, &u.name, v) {
-            return Err(format!("unknown flag: --{} ({e:?})", u.name));
+        if let Some(why) = refused(c, &format!("--{}", u.name), v) {
+            return Err(format!("unknown flag: --{} ({why})", u.name));
         }
     }
     for list in ["enable-admission-plugins", "disable-admission-plugins"] {
         for item in flags.list(list).unwrap_or_default() {
-            if let e @ (Existence::Removed(_) | Existence::NotYet(_)) =
-                cat.item_exists(c, list, &item, v)
-            {
-                return Err(format!("unknown admission plugin {item} ({e:?})"));
+            if let Some(why) = refused(c, &format!("plugin:{item}"), v) {
+                return Err(format!("unknown admission plugin {item} ({why})"));
             }
         }
     }
     for (gate, _) in flags.map("feature-gates").unwrap_or_default() {
-        if let e @ (Existence::Removed(_) | Existence::NotYet(_)) =
-            cat.item_exists(c, "feature-gates", &gate, v)
-        {
-            return Err(format!("unrecognized feature gate: {gate} ({e:?})"));
+        if let Some(why) = refused(c, &format!("gate:{gate}"), v) {
+            return Err(format!("unrecognized feature gate: {gate} ({why})"));
         }
     }
     Ok(())
