@@ -93,13 +93,18 @@ fn parse(cat: &Catalogue, c: Component, argv: &[String]) -> Flags {
     Flags::parse(args, &|name| cat.kind(c, name))
 }
 
+/// A minor version, `(major, minor)`: the first that accepts something.
+type Since = Option<(u32, u32)>;
+/// The first minor that refuses it.
+type Until = Option<(u32, u32)>;
+
 /// What each version accepts, written down independently of the agent's catalogue, so that
 /// a wrong version rule there makes the component refuse the agent's fix here (issue 11).
 /// From `../shared/reference/flag-lifecycle.tsv`, checked against the Kubernetes and etcd
 /// CHANGELOGs and flag registrations: (component, what, first minor that accepts it, first
 /// minor that refuses it). `what` is `--flag`, `plugin:Name` or `gate:Name`. What is not
 /// listed is accepted.
-const LIFECYCLE: &[(&str, &str, Option<(u32, u32)>, Option<(u32, u32)>)] = &[
+const LIFECYCLE: &[(&str, &str, Since, Until)] = &[
     ("kube-apiserver", "--basic-auth-file", None, Some((1, 19))), // #89069
     (
         "kube-apiserver",
