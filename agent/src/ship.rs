@@ -119,7 +119,20 @@ impl ShipError {
             (Code::InvalidArgument | Code::OutOfRange, None) => {
                 ShipError::Identity { code, message }
             }
-            _ => ShipError::Unreachable(format!("{code}: {message}")),
+            // "transport error" alone says nothing: its causes say which side refused what.
+            _ => {
+                let mut text = format!("{code}: {message}");
+                if let Some(source) = std::error::Error::source(s) {
+                    text.push_str(": ");
+                    text.push_str(&error_chain(source));
+                }
+                if text.contains("transport error") {
+                    text.push_str(
+                        " (the connection failed underneath; if the collector refused this agent's certificate, its log says why after \"tls accept error\")",
+                    );
+                }
+                ShipError::Unreachable(text)
+            }
         }
     }
 }

@@ -148,10 +148,26 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .init();
+    {
+        use std::io::IsTerminal;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        // Info, plus tonic's report of a refused TLS handshake (a client certificate from
+        // another CA, a name that does not match), which it logs at debug: without it the
+        // collector says nothing while the agent sees only "transport error".
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("tonic::transport::server::io_stream", tracing::Level::DEBUG);
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour codes only for a terminal; the journal and files get plain text.
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .with(filter)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -264,6 +280,19 @@ async fn client(conn: &Conn) -> Result<QueryServiceClient<tonic::transport::Chan
     Ok(QueryServiceClient::new(channel).max_decoding_message_size(16 << 20))
 }
 
+/// A status's message with the errors under it, so that "transport error" says what failed
+/// (a certificate refused, a name that does not match, a connection refused).
+fn status_text(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 fn print_event(e: &lockdown_proto::v1::StoredEvent, format: Format) {
     let Some(ev) = &e.event else { return };
     match format {
@@ -298,7 +327,7 @@ async fn events(
                 page_token: token.clone(),
             })
             .await
-            .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
+            .map_err(|s| format!("{}: {}", conn.addr, status_text(&s)))?
             .into_inner();
         for e in &page.events {
             last_cursor = e.cursor;
@@ -342,12 +371,12 @@ async fn events(
                         | tonic::Code::InvalidArgument
                 ) =>
             {
-                return Err(format!("{}: {}", conn.addr, s.message()));
+                return Err(format!("{}: {}", conn.addr, status_text(&s)));
             }
             Err(s) => eprintln!(
                 "lockdown-collector: {}: {}; resuming after cursor {last_cursor}",
                 conn.addr,
-                s.message()
+                status_text(&s)
             ),
             Ok(()) => eprintln!(
                 "lockdown-collector: {}: the stream ended; resuming after cursor {last_cursor}",
@@ -399,7 +428,7 @@ async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
     let nodes = c
         .list_nodes(ListNodesRequest {})
         .await
-        .map_err(|s| format!("{}: {}", conn.addr, s.message()))?
+        .map_err(|s| format!("{}: {}", conn.addr, status_text(&s)))?
         .into_inner()
         .nodes;
     for n in nodes {

@@ -210,6 +210,16 @@ fn a_certificate_from_another_ca_is_rejected() {
             .is_some_and(|c| !c.connected && c.last_error.is_some())
     });
     assert!(col.keys().is_empty());
+    // Issue 11: the agent said "unknown: transport error" and the collector nothing. Each side
+    // now says what it saw: the collector which certificate check failed, the agent that the
+    // collector closed the connection and where to look.
+    let error = last_error(&agent.status()).unwrap_or_default().to_string();
+    assert!(error.contains("its log says why"), "{error}");
+    let deadline = std::time::Instant::now() + lockdown_e2e::node::WAIT;
+    while !col.log().contains("invalid peer certificate") {
+        assert!(std::time::Instant::now() < deadline, "{}", col.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
