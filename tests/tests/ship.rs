@@ -544,29 +544,8 @@ fn health_and_reflection_answer_over_mtls() {
 
 #[test]
 fn events_follow_tails_new_events_as_they_are_committed() {
-    use std::io::{BufRead, BufReader};
-    let pki = Pki::new(&["cp-1"]);
-    let col = Collector::new(&pki, "");
-    let addr = col.addr;
-    let node = Node::new(&pki.agent_config(addr, "cp-1"));
-    let agent = node.start();
-    let first = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", first));
-    let args = [
-        "events",
-        "--follow",
-        "--format",
-        "json",
-        "--kind",
-        "file_modified",
-    ];
-    let mut follow = pki
-        .reader_command(addr, &pki, &args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    kill_after_wait(&follow);
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let (pki, col, node, agent, _) = streaming("", "");
+    let (mut follow, mut lines) = follow_modified(&pki, col.addr);
     // Nothing matches yet; the next change arrives through the live tail.
     change(&node, &agent, 1);
     let line = lines.next().unwrap().unwrap();
@@ -698,6 +677,49 @@ fn a_network_that_silently_drops_everything_is_detected_and_nothing_is_lost() {
 }
 
 /// Kills `child` after [`WAIT`]: a tail that never delivers must fail the test, not hang it.
+/// A collector (with `collector_extra` config lines) and the agent of node cp-1 (with
+/// `agent_extra` lines) streaming to it, the agent's first events already stored.
+fn streaming(collector_extra: &str, agent_extra: &str) -> (Pki, Collector, Node, Agent, u64) {
+    let pki = Pki::new(&["cp-1"]);
+    let col = Collector::new(&pki, collector_extra);
+    let node = Node::new(&format!(
+        "{agent_extra}{}",
+        pki.agent_config(col.addr, "cp-1")
+    ));
+    let agent = node.start();
+    let first = agent.last_seq();
+    col.wait_for(|k| k == range("cp-1", first));
+    (pki, col, node, agent, first)
+}
+
+/// `lockdown-collector events --follow` for file_modified events, as JSON lines.
+fn follow_modified(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let args = [
+        "events",
+        "--follow",
+        "--format",
+        "json",
+        "--kind",
+        "file_modified",
+    ];
+    let mut follow = pki
+        .reader_command(addr, pki, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_after_wait(&follow);
+    let lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    (follow, lines)
+}
+
 fn kill_after_wait(child: &std::process::Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     std::thread::spawn(move || {
@@ -712,13 +734,7 @@ fn a_collector_that_lost_its_database_records_what_it_missed_and_goes_on() {
     // after losing its database it acked 0 forever below what the agent had trimmed; the agent
     // resent one window without end. On the commit before the fix this test timed out waiting
     // for the ack to pass `first`.
-    let pki = Pki::new(&["cp-1"]);
-    let mut col = Collector::new(&pki, "");
-    let addr = col.addr;
-    let node = Node::new(&pki.agent_config(addr, "cp-1"));
-    let agent = node.start();
-    let first = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", first));
+    let (_pki, mut col, node, agent, first) = streaming("", "");
     wait_status(&agent, "the agent trims what was acked", |s| {
         s.spool.acked >= first
     });
@@ -815,13 +831,7 @@ fn a_stopping_collector_closes_its_streams_and_exits() {
     // Issue 11 (7): on SIGTERM with an agent connected, the collector logged "stopping" and
     // went on serving the open stream (and acking into its database) indefinitely. On the
     // commit before the fix `stop()` timed out with the process still running.
-    let pki = Pki::new(&["cp-1"]);
-    let mut col = Collector::new(&pki, "");
-    let addr = col.addr;
-    let node = Node::new(&pki.agent_config(addr, "cp-1"));
-    let agent = node.start();
-    let first = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", first));
+    let (_pki, mut col, node, agent, first) = streaming("", "");
     wait_status(&agent, "the agent is connected", |s| {
         s.collector.as_ref().is_some_and(|c| c.connected)
     });
@@ -852,16 +862,7 @@ fn a_spool_that_overflowed_while_the_collector_was_away_is_acked_to_its_end() {
     // Issue 11 (8): overflow accounting was itself evicted, so the collector's gap rule could
     // not explain every hole. Now the agent says where each batch was read from, and the
     // ack reaches the spool's end whatever overflow events survived.
-    let pki = Pki::new(&["cp-1"]);
-    let mut col = Collector::new(&pki, "");
-    let addr = col.addr;
-    let node = Node::new(&format!(
-        "spool_max_bytes: 65536\n{}",
-        pki.agent_config(addr, "cp-1")
-    ));
-    let agent = node.start();
-    let first = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", first));
+    let (_pki, mut col, node, agent, _) = streaming("", "spool_max_bytes: 65536\n");
     col.kill9();
     wait_status(&agent, "the agent notices the collector is gone", |s| {
         s.collector.as_ref().is_some_and(|c| !c.connected)
@@ -889,13 +890,7 @@ fn an_event_too_large_for_the_collector_goes_as_a_placeholder_and_the_rest_follo
     // Issue 11 (5): batches were capped by count, every refusal looked like "collector away",
     // and a batch the collector refused was resent forever. On the commit before the fix this
     // test timed out with the agent resending the same window.
-    let pki = Pki::new(&["cp-1"]);
-    let col = Collector::new(&pki, "limits: {max_message_bytes: 20000}");
-    let addr = col.addr;
-    let node = Node::new(&pki.agent_config(addr, "cp-1"));
-    let agent = node.start();
-    let first = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", first));
+    let (_pki, col, node, agent, _) = streaming("limits: {max_message_bytes: 20000}", "");
     // A valid pod whose diff alone is larger than the collector takes.
     let comment: String = (0..1500)
         .map(|i| format!("# padding line {i:04} .....\n"))
@@ -936,30 +931,8 @@ fn events_follow_resumes_after_the_collector_restarts() {
     // Issue 11: `events --follow` exited 1 when the collector restarted. Now it reconnects and
     // resumes after the last event it printed. On the commit before the fix the follower
     // exited before the change after the restart could be printed.
-    use std::io::{BufRead, BufReader};
-    let pki = Pki::new(&["cp-1"]);
-    let mut col = Collector::new(&pki, "");
-    let addr = col.addr;
-    let node = Node::new(&pki.agent_config(addr, "cp-1"));
-    let agent = node.start();
-    let first = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", first));
-    let args = [
-        "events",
-        "--follow",
-        "--format",
-        "json",
-        "--kind",
-        "file_modified",
-    ];
-    let mut follow = pki
-        .reader_command(addr, &pki, &args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    kill_after_wait(&follow);
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let (pki, mut col, node, agent, _) = streaming("", "");
+    let (mut follow, mut lines) = follow_modified(&pki, col.addr);
     change(&node, &agent, 1);
     let seq1 = serde_json::from_str::<serde_json::Value>(&lines.next().unwrap().unwrap()).unwrap()
         ["seq"]
