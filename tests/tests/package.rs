@@ -278,3 +278,151 @@ fn the_daemonset_is_least_privilege_and_its_config_loads() {
         .arg(&cfg)
         .arg("rules"));
 }
+
+/// The `Exec*=` command lines of a unit file, split into words.
+fn exec_lines(unit: &str) -> Vec<(String, Vec<String>)> {
+    unit.lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            key.starts_with("Exec").then(|| {
+                (
+                    key.to_string(),
+                    value.split_whitespace().map(str::to_string).collect(),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_units_command_lines_are_ones_the_binaries_and_the_system_accept() {
+    // Issue 15 (1): the collector's unit ran `lockdown-collector --config ... serve`, which the
+    // CLI refuses ("unexpected argument '--config'"): a restart loop. (5): ExecReload= used
+    // /bin/kill, which comes from procps, a package nothing depended on. On the commit before
+    // the fix the first assertion failed for the collector.
+    let b = build();
+    let dir = tempfile::tempdir().unwrap();
+    for (deb, pkg) in [
+        (&b.agent, "lockdown-agent"),
+        (&b.collector, "lockdown-collector"),
+    ] {
+        let unit = fs::read_to_string(workspace().join(format!("systemd/{pkg}.service"))).unwrap();
+        let depends = field(deb, "Depends");
+        for (key, words) in exec_lines(&unit) {
+            let exe = &words[0];
+            if exe == &format!("/usr/bin/{pkg}") {
+                // Our own command line, with a config that does not exist: the binary must
+                // get as far as reading it (exit 2 naming it), not stop at its arguments.
+                let missing = dir.path().join("missing.yaml");
+                let args: Vec<String> = words[1..]
+                    .iter()
+                    .map(|w| {
+                        if w.starts_with("/etc/kube-lockdown/") {
+                            missing.display().to_string()
+                        } else {
+                            w.clone()
+                        }
+                    })
+                    .collect();
+                let out = Command::new(bin(pkg)).args(&args).output().unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    !stderr.contains("unexpected argument") && !stderr.contains("Usage:"),
+                    "{key} {words:?}: {stderr}"
+                );
+                assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+                assert!(stderr.contains("missing.yaml"), "{key}: {stderr}");
+            } else {
+                // Anything else the unit runs comes from a package this one depends on.
+                let owner = run(Command::new("dpkg").args(["-S", exe]));
+                let owner = owner.split(':').next().unwrap().trim();
+                assert!(
+                    depends.split(',').any(|d| d.trim().starts_with(owner)),
+                    "{pkg}: {key} runs {exe} from {owner}, not in Depends: {depends}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_enforce_drop_in_tolerates_a_missing_manifests_directory() {
+    // Issue 15 (6): ReadWritePaths=/etc/kubernetes/manifests without "-" failed the unit with
+    // 226/NAMESPACE before `kubeadm init` made the directory.
+    let text =
+        fs::read_to_string(workspace().join("systemd/lockdown-agent.service.d/enforce.conf"))
+            .unwrap();
+    let paths: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!paths.is_empty());
+    for p in paths {
+        assert!(p.starts_with('-'), "{p} fails the unit when it is missing");
+    }
+}
+
+#[test]
+fn the_agent_cannot_write_its_configuration_directory() {
+    // Issue 15 (4): ConfigurationDirectory= made /etc/kube-lockdown writable through
+    // ProtectSystem=strict, against "writes only its state directory".
+    let unit = fs::read_to_string(workspace().join("systemd/lockdown-agent.service")).unwrap();
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.starts_with("ConfigurationDirectory=")
+                || (l.starts_with("ReadWritePaths=") && l.contains("/etc"))),
+        "{unit}"
+    );
+}
+
+#[test]
+fn the_collector_package_does_not_enable_its_unit_on_first_install() {
+    // Issue 15 (2): the collector's postinst enabled the unit on first install (deb-systemd-
+    // helper's was-enabled says yes for a unit with no recorded state), before its
+    // certificates exist. Its maintainer script runs here against a deb-systemd-helper that
+    // records what it is asked (the real one would change this machine's units).
+    let b = build();
+    let script = run(Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&b.collector)
+        .arg("postinst"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    for tool in ["deb-systemd-helper", "deb-systemd-invoke", "systemctl"] {
+        let path = dir.path().join(tool);
+        fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{tool} $*\" >>{}\nexit 0\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let mut perm = fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        fs::set_permissions(&path, perm).unwrap();
+    }
+    let calls = |args: &[&str]| {
+        let _ = fs::remove_file(&log);
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .arg("postinst")
+            .args(args)
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        fs::read_to_string(&log).unwrap_or_default()
+    };
+    let first = calls(&["configure", ""]);
+    assert!(!first.contains("deb-systemd-helper enable"), "{first}");
+    assert!(first.contains("update-state"), "{first}");
+    let upgrade = calls(&["configure", "0.0.9"]);
+    assert!(
+        upgrade.contains("was-enabled") && upgrade.contains("deb-systemd-helper enable"),
+        "an upgrade keeps an enabled collector enabled: {upgrade}"
+    );
+}
