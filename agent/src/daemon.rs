@@ -269,9 +269,10 @@ pub async fn run(
     agent.start();
     agent.start_shipper();
     // The fixer has a thread of its own: its planning and writes overlap the loop's spool
-    // commits, and a health gate never delays detection. At stop it is simply abandoned: a
-    // fix in its gate is finished from the journal at the next start.
-    std::thread::Builder::new()
+    // commits, and a health gate never delays detection. At stop it is told so: a fix in its
+    // gate is rolled back, and the loop commits the events, before the process exits.
+    let (fix_stop, fix_stop_rx) = watch::channel(false);
+    let fixer_thread = std::thread::Builder::new()
         .name("fixer".into())
         .spawn(move || {
             match tokio::runtime::Builder::new_current_thread()
@@ -283,6 +284,7 @@ pub async fn run(
                     fix_config_rx,
                     fix_events_tx,
                     fix_committed_rx,
+                    fix_stop_rx,
                 )),
                 Err(e) => tracing::error!(error = %e, "cannot start the fixer; fixing is off"),
             }
@@ -358,8 +360,16 @@ pub async fn run(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 rescan = agent.rescan_timer();
             }
-            _ = sigterm.recv() => { agent.stop("SIGTERM"); break; }
-            _ = sigint.recv() => { agent.stop("SIGINT"); break; }
+            _ = sigterm.recv() => {
+                agent.finish_fixes(&fix_stop, &mut fix_events, &fixer_thread).await;
+                agent.stop("SIGTERM");
+                break;
+            }
+            _ = sigint.recv() => {
+                agent.finish_fixes(&fix_stop, &mut fix_events, &fixer_thread).await;
+                agent.stop("SIGINT");
+                break;
+            }
             Ok((mut stream, _)) = listener.accept() => {
                 let body = serde_json::to_vec(&agent.status()).expect("status serialises");
                 tokio::spawn(async move {
@@ -394,6 +404,10 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
+
+/// How long a stopping agent waits for the fixer to roll back a fix in its gate (the unit's
+/// TimeoutStopSec is 15 s).
+const FIX_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How often `STATUS=` is refreshed when there is no (shorter) watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -712,6 +726,51 @@ impl Agent {
                 );
             }
         }
+    }
+
+    /// Tells the fixer the agent is stopping and commits what it reports until it is done: a
+    /// fix in its health gate is rolled back while the agent can still write (a restart may
+    /// take that away, as removing the enforce drop-in does). If it is not done within
+    /// [`FIX_STOP_GRACE`], that is an event, not only a log line.
+    async fn finish_fixes(
+        &mut self,
+        stop: &watch::Sender<bool>,
+        events: &mut mpsc::UnboundedReceiver<EventBody>,
+        thread: &std::thread::JoinHandle<()>,
+    ) {
+        stop.send_replace(true);
+        let deadline = tokio::time::Instant::now() + FIX_STOP_GRACE;
+        loop {
+            tokio::select! {
+                body = events.recv() => match body {
+                    Some(body) => {
+                        self.fix_pending += 1;
+                        self.commit(vec![body], Vec::new());
+                    }
+                    None => return, // the fixer is done
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = tokio::time::sleep(Duration::from_millis(20)), if thread.is_finished() => {
+                    while let Ok(body) = events.try_recv() {
+                        self.fix_pending += 1;
+                        self.commit(vec![body], Vec::new());
+                    }
+                    return;
+                }
+            }
+        }
+        tracing::error!("stopping with a fix the fixer could not finish in time");
+        self.commit(
+            vec![EventBody::FixSkipped {
+                path: self.cfg.manifests_dir.display().to_string(),
+                rule_id: None,
+                reason: format!(
+                    "ALERT: the agent stopped with a fix it could not finish or roll back within {FIX_STOP_GRACE:?}; its journal finishes it at the next start, if the agent can still write then"
+                ),
+                diff: None,
+            }],
+            Vec::new(),
+        );
     }
 
     fn stop(&mut self, reason: &str) {

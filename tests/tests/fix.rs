@@ -602,3 +602,48 @@ fn the_fake_component_judges_flags_by_its_own_table_not_the_agents() {
         "{out:?}"
     );
 }
+
+#[test]
+fn stopping_during_a_health_gate_rolls_the_fix_back_before_exiting() {
+    // Issue 15 (7): the agent stopped with a fix waiting for its gate, and restarted without
+    // write access (the enforce drop-in removed) could not roll it back: the unverified fix
+    // stayed. Now the stop rolls it back while it still can, and says so. On the commit
+    // before the fix the file kept the fix after the agent exited.
+    let node = fix_node("  mode: enforce");
+    let path = node.manifest(SCHED);
+    let original = fs::read(&path).unwrap();
+    // A kubelet slow to replace the container: the gate is still waiting when the stop comes.
+    let k = Kubelet::start_slow(
+        &node.manifests,
+        &node.root.path().join("containers.log"),
+        &[],
+        Duration::from_secs(60),
+    );
+    k.wait_running(SCHED, &sha256_hex(&original));
+    let agent = node.start();
+    let events = agent.wait_for_within(GATE_WAIT, 0, |ev| has(ev, "fix_applied", &path));
+    let seq = events.last().unwrap().seq;
+    assert_ne!(fs::read(&path).unwrap(), original, "the fix is in place");
+    assert!(agent.stop().success());
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        original,
+        "rolled back before the exit"
+    );
+    let after: Vec<Event> = node.events().into_iter().filter(|e| e.seq > seq).collect();
+    let kinds: Vec<&str> = after.iter().map(|e| e.body.kind()).collect();
+    let rolled = kinds.iter().position(|k| *k == "fix_rolled_back");
+    let stopping = kinds.iter().position(|k| *k == "agent_stopping");
+    assert!(
+        rolled.is_some() && rolled < stopping,
+        "rolled back, then stopped: {kinds:?}"
+    );
+    let EventBody::FixRolledBack { reason, .. } = &after[rolled.unwrap()].body else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("stopped before the health gate finished"),
+        "{reason}"
+    );
+    assert_listing(&node, &[SCHED]);
+}

@@ -217,6 +217,9 @@ pub struct Fixer {
     deferred: BTreeSet<PathBuf>,
     /// In the daemon: how many events were sent, and how many the loop has committed.
     spooled: Option<(Arc<AtomicU64>, watch::Receiver<u64>)>,
+    /// In the daemon: true once the agent is stopping. A gate in progress then ends in a
+    /// rollback, so that no unverified fix outlives the process (invariant 2).
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 impl Fixer {
@@ -233,6 +236,7 @@ impl Fixer {
             reported: HashSet::new(),
             deferred: BTreeSet::new(),
             spooled: None,
+            stopping: None,
         }
     }
 
@@ -563,9 +567,31 @@ impl Fixer {
         Ok(g)
     }
 
+    /// Resolves when the agent is stopping (never outside the daemon).
+    async fn stopped(&self) {
+        match self.stopping.clone() {
+            Some(mut s) => {
+                let _ = s.wait_for(|stop| *stop).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the agent is stopping.
+    fn is_stopping(&self) -> bool {
+        self.stopping.as_ref().is_some_and(|s| *s.borrow())
+    }
+
     /// Runs the gate for a written fix and decides.
     async fn gate(&mut self, journal: Journal, gate: health::GatePlan, emit: Emit<'_>) -> Outcome {
-        let verdict = health::run(&gate).await;
+        let verdict = tokio::select! {
+            v = health::run(&gate) => v,
+            () = self.stopped() => health::Verdict {
+                healthy: false,
+                summary: "the agent was stopped before the health gate finished; rolled back rather than leave an unverified fix in place".into(),
+                attempts: Vec::new(),
+            },
+        };
         let k = key(&journal.path);
         let now_there = std::fs::read(&journal.path).map(|b| sha256_hex(&b));
         if verdict.healthy && now_there.as_ref().ok() != Some(&journal.after) {
@@ -672,6 +698,11 @@ impl Fixer {
                 let cp = m.control_plane.clone().ok_or("no component")?;
                 health::plan(&m, &cp, self.fix_cfg().health_timeout)
             }) {
+            Ok(_) if self.is_stopping() => health::Verdict {
+                healthy: false,
+                summary: "not checked: the agent is stopping".into(),
+                attempts: Vec::new(),
+            },
             Ok(g) => health::run(&g).await,
             Err(why) => health::Verdict {
                 healthy: false,
@@ -795,9 +826,11 @@ impl Fixer {
         mut configs: watch::Receiver<Config>,
         events: mpsc::UnboundedSender<EventBody>,
         committed: watch::Receiver<u64>,
+        mut stopping: watch::Receiver<bool>,
     ) {
         let sent = Arc::new(AtomicU64::new(0));
         self.spooled = Some((Arc::clone(&sent), committed));
+        self.stopping = Some(stopping.clone());
         let mut emit = move |e: EventBody| {
             if events.send(e).is_ok() {
                 sent.fetch_add(1, Ordering::SeqCst);
@@ -808,6 +841,8 @@ impl Fixer {
         let mut poll = tokio::time::interval(PAUSE_POLL);
         loop {
             tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stop| *stop) => break,
                 r = requests.recv() => {
                     let Some(first) = r else { break };
                     let mut batch = BTreeSet::from([first]);
