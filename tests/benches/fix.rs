@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use lockdown_agent::spool::SpoolReader;
 use lockdown_e2e::kubelet::{
-    SCHED, container, fix_node, hardened, scheduler_manifest, write_manifest,
+    SCHED, fake_container, fix_node, hardened, scheduler_manifest, write_manifest,
 };
 use lockdown_e2e::measure::machine;
 use notify::Watcher;
@@ -42,14 +42,10 @@ fn main() {
     // The component runs once, for the whole run: the gate finds it healthy, and the machine
     // is not also busy restarting it on every write (a kubelet would; that is its cost, not
     // the agent's).
-    let mut component = container(
-        secure.as_bytes(),
-        &node.root.path().join("containers.log"),
-        "",
-    )
-    .unwrap()
-    .spawn()
-    .unwrap();
+    let mut component = fake_container(secure.as_bytes(), &node.root.path().join("containers.log"))
+        .unwrap()
+        .spawn()
+        .unwrap();
     let agent = node.start();
     let reader = SpoolReader::open(&node.state).unwrap();
     let verified = |after: u64| {

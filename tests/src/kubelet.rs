@@ -69,6 +69,33 @@ impl Kubelet {
     /// changed: meanwhile the old one goes on answering its probes, as a real kubelet's old
     /// pod does until it is killed (or kube-apiserver during `--shutdown-delay-duration`).
     pub fn start_slow(dir: &Path, log: &Path, refuse: &[&str], replace_after: Duration) -> Kubelet {
+        Kubelet::start_with(
+            dir,
+            log,
+            Options {
+                refuse: refuse.join(","),
+                replace_after,
+                real: false,
+            },
+        )
+    }
+
+    /// Like [`Kubelet::start`], running each manifest's own command (the real executable,
+    /// which must be installed here, as Debian's `etcd-server` installs `etcd`) instead of
+    /// `fake-component`.
+    pub fn start_real(dir: &Path, log: &Path) -> Kubelet {
+        Kubelet::start_with(
+            dir,
+            log,
+            Options {
+                refuse: String::new(),
+                replace_after: Duration::ZERO,
+                real: true,
+            },
+        )
+    }
+
+    fn start_with(dir: &Path, log: &Path, opts: Options) -> Kubelet {
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -85,14 +112,13 @@ impl Kubelet {
             Arc::clone(&state),
             Arc::clone(&stop),
         );
-        let refuse = refuse.join(",");
         let thread = std::thread::spawn(move || {
             let _watcher = watcher;
             while !st.load(Ordering::SeqCst) {
                 // An event or the re-list period, whichever first; then sync with the directory.
                 let _ = rx.recv_timeout(RELIST);
                 while rx.try_recv().is_ok() {}
-                sync(&d, &l, &s, &refuse, replace_after);
+                sync(&d, &l, &s, &opts);
             }
             let mut state = s.lock().unwrap();
             for pod in state.pods.values_mut() {
@@ -154,7 +180,18 @@ impl Drop for Kubelet {
     }
 }
 
-fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str, replace_after: Duration) {
+/// How the double runs containers.
+struct Options {
+    /// Argv words that make `fake-component` exit at start (comma-separated).
+    refuse: String,
+    /// How long a changed spec waits before its container is replaced.
+    replace_after: Duration,
+    /// Run the manifest's own command instead of `fake-component`.
+    real: bool,
+}
+
+fn sync(dir: &Path, log: &Path, state: &Mutex<State>, opts: &Options) {
+    let replace_after = opts.replace_after;
     let mut st = state.lock().unwrap();
     let mut present = BTreeSet::new();
     let Ok(entries) = fs::read_dir(dir) else {
@@ -187,7 +224,7 @@ fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str, replace_afte
         }
         if current.as_deref() != Some(sha.as_str()) {
             st.changed.remove(&name);
-            let Some(mut cmd) = container(&bytes, log, refuse) else {
+            let Some(mut cmd) = container(&bytes, log, opts) else {
                 continue; // does not parse: keep the old pod, as the kubelet's inotify path does
             };
             if let Some(mut old) = st.pods.remove(&name) {
@@ -230,7 +267,7 @@ fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str, replace_afte
             }
         } else if pod.exited_at.is_some_and(|t| t.elapsed() >= BACKOFF)
             && let Ok(bytes) = fs::read(&path)
-            && let Some(Ok(child)) = container(&bytes, log, refuse).map(|mut c| c.spawn())
+            && let Some(Ok(child)) = container(&bytes, log, opts).map(|mut c| c.spawn())
         {
             pod.child = child;
             pod.exited_at = None;
@@ -242,10 +279,45 @@ fn sync(dir: &Path, log: &Path, state: &Mutex<State>, refuse: &str, replace_afte
 
 /// The container a manifest describes (`fake-component` with its flags, serving its
 /// probes); `None` when it does not parse.
-pub fn container(bytes: &[u8], log: &Path, refuse: &str) -> Option<Command> {
+/// The `fake-component` container a manifest describes, as the double starts it; `None` when
+/// the manifest does not parse.
+pub fn fake_container(bytes: &[u8], log: &Path) -> Option<Command> {
+    container(
+        bytes,
+        log,
+        &Options {
+            refuse: String::new(),
+            replace_after: Duration::ZERO,
+            real: false,
+        },
+    )
+}
+
+fn container(bytes: &[u8], log: &Path, opts: &Options) -> Option<Command> {
     let cat = Catalogue::builtin();
     let m = parse_manifest(cat, bytes).ok()?;
     let cp = m.control_plane.clone()?;
+    if opts.real {
+        let c = &m.pod.containers[cp.container];
+        let argv: Vec<&str> = c
+            .command
+            .iter()
+            .chain(&c.args)
+            .map(|a| a.text.as_str())
+            .collect();
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .ok()?;
+        let mut cmd = Command::new(argv.first()?);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(out));
+        return Some(cmd);
+    }
+    let refuse = opts.refuse.as_str();
     let gate = health::plan(&m, &cp, None).ok();
     let serve: BTreeSet<String> = gate
         .iter()
