@@ -101,12 +101,13 @@ fn root() -> PathBuf {
     root
 }
 
-/// The two packages, built from this build's binaries.
-fn debs(dir: &Path) {
+/// The two packages, built from this build's binaries, as `version`.
+fn debs(dir: &Path, version: &str) {
     let bins = bin("lockdown-agent").parent().unwrap().to_path_buf();
     bin("lockdown-collector");
     let out = Command::new(workspace().join("systemd/package-deb"))
         .env("DEB_COMPRESSION", "none")
+        .env("DEB_VERSION", version)
         .arg(&bins)
         .arg(dir)
         .output()
@@ -220,7 +221,10 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
     }
     let root = root();
     let debs_dir = tempfile::tempdir().unwrap();
-    debs(debs_dir.path());
+    let version = env!("CARGO_PKG_VERSION");
+    debs(debs_dir.path(), version);
+    // The same build as a later version, to upgrade to.
+    debs(&debs_dir.path().join("next"), &format!("{version}+next1"));
     let fixtures = workspace().join("tests/data/kubeadm/v1.31");
     let c = Booted::boot(&root, debs_dir.path(), &fixtures);
 
@@ -230,8 +234,10 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
           && chmod 600 /etc/kubernetes/manifests/*",
     );
     // As a user installs them (everything they depend on is in the root already).
-    c.ok("apt-get install -y -q --no-download ./debs/lockdown-agent_*.deb ./debs/lockdown-collector_*.deb \
-          2>&1 || dpkg -i /debs/*.deb");
+    c.ok(&format!(
+        "apt-get install -y -q /debs/lockdown-agent_{version}_*.deb \
+         /debs/lockdown-collector_{version}_*.deb"
+    ));
 
     // The agent is up once ready, and says what it watches.
     c.wait_for("the agent to be active", || {
@@ -292,6 +298,36 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
         })
     });
 
+    // An upgrade restarts the agent and keeps its state: the same spool goes on numbering,
+    // the edited config stays.
+    let status = |c: &Booted| -> serde_json::Value {
+        serde_json::from_str(&c.ok("lockdown-agent status --format json")).unwrap()
+    };
+    let before = status(&c)["spool"]["last_seq"].as_u64().unwrap();
+    let pid_before = c.prop("lockdown-agent", "MainPID");
+    c.ok("apt-get install -y -q /debs/next/lockdown-agent_*+next1_*.deb");
+    c.wait_for("the upgraded agent", || {
+        c.prop("lockdown-agent", "ActiveState") == "active"
+            && c.prop("lockdown-agent", "MainPID") != pid_before
+    });
+    assert!(c.ok("dpkg-query -W lockdown-agent").contains("+next1"));
+    assert!(
+        c.ok("cat /etc/kube-lockdown/agent.yaml")
+            .contains("localhost:7443")
+    );
+    c.wait_for("the spool to go on numbering", || {
+        status(&c)["spool"]["last_seq"].as_u64().unwrap() > before
+    });
+
+    // The watchdog: an agent whose loop hangs (stopped with SIGSTOP) is restarted.
+    let restarts = c.prop("lockdown-agent", "NRestarts");
+    let pid = c.prop("lockdown-agent", "MainPID");
+    c.ok(&format!("kill -STOP {pid}"));
+    c.wait_for("the watchdog to restart the agent", || {
+        c.prop("lockdown-agent", "NRestarts") != restarts
+            && c.prop("lockdown-agent", "ActiveState") == "active"
+    });
+
     // Issue 15 (4): the agent cannot write its configuration directory (nor anything but its
     // state directory), even as root inside its mount namespace.
     let pid = c.prop("lockdown-agent", "MainPID");
@@ -335,6 +371,6 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
     assert_eq!(c.prop("lockdown-agent", "Result"), "success");
 
     // Purge removes the state.
-    c.ok("apt-get purge -y -q lockdown-agent 2>&1 || dpkg --purge lockdown-agent");
+    c.ok("apt-get purge -y -q lockdown-agent");
     assert!(!c.sh("test -e /var/lib/kube-lockdown").status.success());
 }
