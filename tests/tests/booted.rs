@@ -358,6 +358,16 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
         "{messages:?}"
     );
 
+    // Enforce without the drop-in: the agent says it cannot write the manifests.
+    c.ok("sed -i 's/^  mode: off$/  mode: enforce\\n  health_timeout: 3s/' /etc/kube-lockdown/agent.yaml \
+          && grep -q 'mode: enforce' /etc/kube-lockdown/agent.yaml \
+          && systemctl restart lockdown-agent");
+    c.wait_for("fix_skipped: not writable", || {
+        String::from_utf8_lossy(&c.sh(READER).stdout)
+            .lines()
+            .any(|l| l.contains("\"kind\":\"fix_skipped\"") && l.contains("not writable"))
+    });
+
     // Issue 15 (6): the enforce drop-in with no manifests directory yet (before kubeadm
     // init): the unit still starts.
     c.ok("mkdir -p /etc/systemd/system/lockdown-agent.service.d \
@@ -369,6 +379,47 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
         c.prop("lockdown-agent", "ActiveState") == "active"
     });
     assert_eq!(c.prop("lockdown-agent", "Result"), "success");
+
+    // With the drop-in the agent can write: the scheduler's safe fix is applied through the
+    // sandbox (owner and mode kept), and with no kubelet here to run the component, its
+    // health gate fails and the original bytes come back.
+    // (ReadWritePaths= binds what exists at start: the directory is back before the restart,
+    // as after kubeadm init; the README says to restart the agent then.)
+    // (Its probes' 10 s initial delays shortened, so the gate fails sooner.)
+    c.ok("sed -i 's/initialDelaySeconds: 10/initialDelaySeconds: 1/' \
+          /etc/kubernetes/manifests.away/kube-scheduler.yaml");
+    let before = c.ok("sha256sum /etc/kubernetes/manifests.away/kube-scheduler.yaml");
+    let before = before.split_whitespace().next().unwrap().to_string();
+    c.ok("mv /etc/kubernetes/manifests.away /etc/kubernetes/manifests && systemctl restart lockdown-agent");
+    let fix_events = |kind: &str| {
+        String::from_utf8_lossy(&c.sh(READER).stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("\"kind\":\"{kind}\"")) && l.contains("kube-scheduler.yaml"))
+            .count()
+    };
+    let fixes = || {
+        String::from_utf8_lossy(&c.sh(READER).stdout)
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"fix_"))
+            .map(|l| l.chars().take(400).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !(fix_events("fix_applied") > 0 && fix_events("fix_rolled_back") > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "no fix applied and rolled back; fix events:\n{}",
+            fixes()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let after = c.ok("sha256sum /etc/kubernetes/manifests/kube-scheduler.yaml");
+    assert_eq!(after.split_whitespace().next().unwrap(), before, "identical bytes");
+    assert_eq!(
+        c.ok("stat -c '%U:%G %a' /etc/kubernetes/manifests/kube-scheduler.yaml").trim(),
+        "root:root 600"
+    );
 
     // Purge removes the state.
     c.ok("apt-get purge -y -q lockdown-agent");

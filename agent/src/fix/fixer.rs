@@ -533,7 +533,14 @@ impl Fixer {
         let journal = match written {
             Ok(j) => j,
             Err(e) => {
-                self.skip_once(emit, &k, None, format!("not applied: {e}"), Some(diff));
+                let mut why = format!("not applied: {e}");
+                if why.contains("Read-only file system") {
+                    // Under systemd, ReadWritePaths= binds only what existed at start: a
+                    // manifests directory made later (kubeadm init after the agent) stays
+                    // read-only to this process until it restarts.
+                    why.push_str("; if the manifests directory was created after the agent started, restart the agent (systemctl restart lockdown-agent) so that the enforce drop-in's write access applies to it");
+                }
+                self.skip_once(emit, &k, None, why, Some(diff));
                 return Outcome::Skipped;
             }
         };
