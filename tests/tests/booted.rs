@@ -284,6 +284,18 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
         String::from_utf8_lossy(&c.sh(READER).stdout).contains("\"kind\":\"config_reloaded\"")
     });
 
+    // A bad config on reload is refused, reported, and the old one stays in force.
+    c.ok("cp /etc/kube-lockdown/agent.yaml /root/agent.yaml.good \
+          && echo 'manifest_dir: /typo' >>/etc/kube-lockdown/agent.yaml \
+          && systemctl reload lockdown-agent");
+    c.wait_for("config_rejected at the collector", || {
+        String::from_utf8_lossy(&c.sh(READER).stdout).contains("\"kind\":\"config_rejected\"")
+    });
+    assert_eq!(c.prop("lockdown-agent", "ActiveState"), "active");
+    c.ok(
+        "cp /root/agent.yaml.good /etc/kube-lockdown/agent.yaml && systemctl reload lockdown-agent",
+    );
+
     // Drift is detected, stored at the collector with its diff.
     c.ok(
         "sed -i 's/--bind-address=127.0.0.1/--bind-address=0.0.0.0/' \
@@ -357,6 +369,16 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
         messages.iter().all(serde_json::Value::is_string),
         "{messages:?}"
     );
+    // The agent logs to the journal with fields: each spooled event's kind and number
+    // (tracing-journald prefixes event fields with F_).
+    let journal = c.ok("journalctl -u lockdown-agent -o json --no-pager");
+    assert!(
+        journal.lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v.get("F_KIND").is_some() && v.get("F_SEQ").is_some())
+        }),
+        "no F_KIND and F_SEQ fields (tracing-journald's prefix) in the agent's journal entries"
+    );
 
     // Enforce without the drop-in: the agent says it cannot write the manifests.
     c.ok("sed -i 's/^  mode: off$/  mode: enforce\\n  health_timeout: 3s/' /etc/kube-lockdown/agent.yaml \
@@ -386,15 +408,19 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
     // (ReadWritePaths= binds what exists at start: the directory is back before the restart,
     // as after kubeadm init; the README says to restart the agent then.)
     // (Its probes' 10 s initial delays shortened, so the gate fails sooner.)
-    c.ok("sed -i 's/initialDelaySeconds: 10/initialDelaySeconds: 1/' \
-          /etc/kubernetes/manifests.away/kube-scheduler.yaml");
+    c.ok(
+        "sed -i 's/initialDelaySeconds: 10/initialDelaySeconds: 1/' \
+          /etc/kubernetes/manifests.away/kube-scheduler.yaml",
+    );
     let before = c.ok("sha256sum /etc/kubernetes/manifests.away/kube-scheduler.yaml");
     let before = before.split_whitespace().next().unwrap().to_string();
     c.ok("mv /etc/kubernetes/manifests.away /etc/kubernetes/manifests && systemctl restart lockdown-agent");
     let fix_events = |kind: &str| {
         String::from_utf8_lossy(&c.sh(READER).stdout)
             .lines()
-            .filter(|l| l.contains(&format!("\"kind\":\"{kind}\"")) && l.contains("kube-scheduler.yaml"))
+            .filter(|l| {
+                l.contains(&format!("\"kind\":\"{kind}\"")) && l.contains("kube-scheduler.yaml")
+            })
             .count()
     };
     let fixes = || {
@@ -415,9 +441,14 @@ fn the_packages_install_and_run_under_a_booted_systemd() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let after = c.ok("sha256sum /etc/kubernetes/manifests/kube-scheduler.yaml");
-    assert_eq!(after.split_whitespace().next().unwrap(), before, "identical bytes");
     assert_eq!(
-        c.ok("stat -c '%U:%G %a' /etc/kubernetes/manifests/kube-scheduler.yaml").trim(),
+        after.split_whitespace().next().unwrap(),
+        before,
+        "identical bytes"
+    );
+    assert_eq!(
+        c.ok("stat -c '%U:%G %a' /etc/kubernetes/manifests/kube-scheduler.yaml")
+            .trim(),
         "root:root 600"
     );
 
