@@ -175,6 +175,19 @@ impl Store {
         batches: &[Batch<'_>],
         touches: &[NodeInfo],
     ) -> Result<Vec<u64>, StoreError> {
+        self.write(|tx| {
+            for info in touches {
+                touch(tx, info)?;
+            }
+            batches.iter().map(|b| insert_batch(tx, b)).collect()
+        })
+    }
+
+    /// Runs `f` in one immediate transaction and commits it (durably: `synchronous=FULL`).
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let path = self.path.clone();
         let db = |source| StoreError::Db {
             path: path.clone(),
@@ -184,15 +197,9 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        for info in touches {
-            touch(&tx, info).map_err(db)?;
-        }
-        let mut acks = Vec::with_capacity(batches.len());
-        for b in batches {
-            acks.push(insert_batch(&tx, b).map_err(db)?);
-        }
+        let out = f(&tx).map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok(acks)
+        Ok(out)
     }
 
     /// Takes an agent at its word that every event of `epoch` below `first_unacked` was
@@ -207,18 +214,7 @@ impl Store {
         first_unacked: u64,
         time: &str,
     ) -> Result<u64, StoreError> {
-        let path = self.path.clone();
-        let db = |source| StoreError::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let acked = settle(&tx, node, epoch, first_unacked, time).map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(acked)
+        self.write(|tx| settle(tx, node, epoch, first_unacked, time))
     }
 
     /// Records what an agent says about itself (hello, heartbeat).

@@ -61,7 +61,13 @@ impl Node {
         for e in fs::read_dir(&fixtures).unwrap() {
             let e = e.unwrap();
             let to = manifests.join(e.file_name());
-            fs::copy(e.path(), &to).unwrap();
+            // etcd's data directory inside the sandbox, never the host's /var/lib/etcd (which
+            // the etcd-server package creates): the tests must not depend on this machine.
+            let text = fs::read_to_string(e.path()).unwrap().replace(
+                "      path: /var/lib/etcd\n",
+                &format!("      path: {}/var/lib/etcd\n", r.display()),
+            );
+            fs::write(&to, text).unwrap();
             fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
         }
         for (name, mode) in [
@@ -143,7 +149,7 @@ impl Node {
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
         let etcd = node.manifest("etcd.yaml");
         let text = fs::read_to_string(&etcd).unwrap().replace(
-            "      path: /var/lib/etcd\n",
+            &format!("      path: {}/var/lib/etcd\n", node.root.path().display()),
             &format!("      path: {}\n", data.display()),
         );
         fs::write(&etcd, text).unwrap();

@@ -720,6 +720,24 @@ fn follow_modified(
     (follow, lines)
 }
 
+/// The bodies of the events of `kind` the collector stored, in commit order.
+fn stored_of_kind(col: &Collector, kind: &str) -> Vec<serde_json::Value> {
+    Store::open(&col.db)
+        .unwrap()
+        .list(
+            &Filter {
+                kind: Some(kind.into()),
+                ..Filter::default()
+            },
+            0,
+            100,
+        )
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::from_slice(&s.event.body).unwrap())
+        .collect()
+}
+
 fn kill_after_wait(child: &std::process::Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     std::thread::spawn(move || {
@@ -755,19 +773,9 @@ fn a_collector_that_lost_its_database_records_what_it_missed_and_goes_on() {
     wait_status(&agent, "the agent is acked to its last event", |s| {
         s.spool.acked == last && s.collector.as_ref().is_some_and(|c| c.acked == last)
     });
-    let store = Store::open(&col.db).unwrap();
-    let notes = store
-        .list(
-            &Filter {
-                kind: Some("acked_by_earlier_store".into()),
-                ..Filter::default()
-            },
-            0,
-            10,
-        )
-        .unwrap();
+    let notes = stored_of_kind(&col, "acked_by_earlier_store");
     assert_eq!(notes.len(), 1, "{notes:?}");
-    let body: serde_json::Value = serde_json::from_slice(&notes[0].event.body).unwrap();
+    let body = &notes[0];
     assert_eq!(body["first_seq"], 1);
     assert_eq!(body["last_seq"], first);
 }
@@ -905,19 +913,9 @@ fn an_event_too_large_for_the_collector_goes_as_a_placeholder_and_the_rest_follo
     let last = agent.last_seq();
     col.wait_for(|k| k == range("cp-1", last));
     wait_status(&agent, "acked to the end", |s| s.spool.acked == last);
-    let store = Store::open(&col.db).unwrap();
-    let withheld = store
-        .list(
-            &Filter {
-                kind: Some("event_withheld".into()),
-                ..Filter::default()
-            },
-            0,
-            10,
-        )
-        .unwrap();
+    let withheld = stored_of_kind(&col, "event_withheld");
     assert_eq!(withheld.len(), 1, "{withheld:?}");
-    let body: serde_json::Value = serde_json::from_slice(&withheld[0].event.body).unwrap();
+    let body = &withheld[0];
     assert_eq!(body["original_kind"], "file_created");
     assert_eq!(body["path"], path.display().to_string());
     assert!(body["after"]["sha256"].is_string(), "{body}");
