@@ -316,6 +316,26 @@ pub fn prerequisite(fix: &Fix, m: &Manifest, cp: &ControlPlane) -> Result<(), St
             {
                 return Err("the kubelet's httpGet probes are unauthenticated: with --anonymous-auth=false they get 401 and the kubelet restarts kube-apiserver in a loop (use an AuthenticationConfiguration on 1.32+)".into());
             }
+            if (flag == "port" || flag == "insecure-port")
+                && value == "0"
+                && let Some(open) = cp
+                    .flags
+                    .value(flag)
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .or_else(|| default_insecure_port(cp.component))
+                    .filter(|p| *p != 0)
+                && let Some(h) = probes
+                    .iter()
+                    .filter_map(|p| p.http_get.as_ref())
+                    .find(|h| probe_port(&m.pod.containers[cp.container], h) == Some(open))
+            {
+                // kubeadm before 1.17 probed the scheduler and controller manager over HTTP on
+                // 10251/10252 (kubernetes#85043): closing that port restarts them forever.
+                return Err(format!(
+                    "the kubelet probes port {open} ({} {}), which --{flag}=0 closes: the component would be restarted forever; move the probes to the secure port first",
+                    h.scheme, h.path
+                ));
+            }
             if flag == "bind-address"
                 && let Some(p) = probes
                     .iter()
@@ -346,6 +366,30 @@ pub fn prerequisite(fix: &Fix, m: &Manifest, cp: &ControlPlane) -> Result<(), St
             Ok(())
         }
     }
+}
+
+/// The plain-HTTP port a component serves when `--port` / `--insecure-port` is not set, in the
+/// versions that have one.
+fn default_insecure_port(c: Component) -> Option<u16> {
+    match c {
+        Component::KubeApiserver => Some(8080),
+        Component::KubeControllerManager => Some(10252),
+        Component::KubeScheduler => Some(10251),
+        Component::Etcd => None,
+    }
+}
+
+/// The port a probe connects to: a number, or a named container port.
+fn probe_port(
+    c: &crate::manifest::pod::Container,
+    h: &crate::manifest::pod::HttpGet,
+) -> Option<u16> {
+    h.port.parse().ok().or_else(|| {
+        c.ports
+            .iter()
+            .find(|(name, _)| *name == h.port)
+            .and_then(|(_, n)| n.parse().ok())
+    })
 }
 
 /// The AuthenticationConfiguration for kube-apiserver `v` that allows anonymous requests to

@@ -438,3 +438,37 @@ proptest! {
         prop_assert_eq!(again.text, p.text);
     }
 }
+
+const SCHED_124: &str = include_str!("../../../tests/data/kubeadm/v1.24/kube-scheduler.yaml");
+
+#[test]
+fn port_0_is_not_added_where_the_probes_use_the_insecure_port() {
+    // Issue 13: kubeadm before 1.17 probed kube-scheduler over HTTP on 10251
+    // (kubernetes#85043). The safe fix --port=0 closed that port and the kubelet restarted the
+    // scheduler forever. On the commit before the fix this plan added --port=0.
+    let old = SCHED_124
+        .replace("kube-scheduler:v1.24.17", "kube-scheduler:v1.16.15")
+        .replace("port: 10259", "port: 10251")
+        .replace("scheme: HTTPS", "scheme: HTTP");
+    let p = safe(&old);
+    assert!(!p.text.contains("--port=0"), "{}", p.text);
+    let skipped = p
+        .skipped
+        .iter()
+        .find(|s| s.rule_id == "scheduler-insecure-port")
+        .unwrap_or_else(|| panic!("{:?}", p.skipped));
+    assert!(
+        skipped.reason.contains("probes port 10251"),
+        "{}",
+        skipped.reason
+    );
+    // Probes on the secure port: --port=0 is added.
+    let secure = SCHED_124.replace("kube-scheduler:v1.24.17", "kube-scheduler:v1.20.15");
+    assert!(safe(&secure).text.contains("--port=0"));
+    // An explicit insecure port the probes use is kept open too.
+    let explicit = old.replace(
+        "    - --bind-address",
+        "    - --port=10251\n    - --bind-address",
+    );
+    assert!(safe(&explicit).text.contains("--port=10251"));
+}
