@@ -349,6 +349,12 @@ pub fn prerequisite(fix: &Fix, m: &Manifest, cp: &ControlPlane) -> Result<(), St
             }
             Ok(())
         }
+        Fix::AddToList(FlagItem { flag, .. }) | Fix::RemoveFromList(FlagItem { flag, .. })
+            if (flag == "enable-admission-plugins" || flag == "disable-admission-plugins")
+                && cp.flags.is_set("admission-control") =>
+        {
+            Err("--admission-control is set: kube-apiserver refuses it together with --enable-admission-plugins or --disable-admission-plugins; move its list to --enable-admission-plugins by hand first".into())
+        }
         Fix::AddToList(FlagItem { flag, item }) => {
             if flag == "enable-admission-plugins"
                 && item == "EventRateLimit"

@@ -472,3 +472,26 @@ fn port_0_is_not_added_where_the_probes_use_the_insecure_port() {
     );
     assert!(safe(&explicit).text.contains("--port=10251"));
 }
+
+#[test]
+fn no_fix_mixes_the_legacy_admission_list_with_the_new_flags() {
+    // Issue 13: fixes adding to --enable-admission-plugins were planned on a manifest that
+    // uses --admission-control, which kube-apiserver then refuses.
+    let src = API_131.replace(
+        "    - --enable-admission-plugins=NodeRestriction\n",
+        "    - --admission-control=NamespaceLifecycle,ServiceAccount\n",
+    );
+    assert!(src.contains("--admission-control"), "fixture changed");
+    let p = plan_with(&src, &["apiserver-node-restriction-plugin"]);
+    assert!(!p.text.contains("--enable-admission-plugins"), "{}", p.text);
+    let s = p
+        .skipped
+        .iter()
+        .find(|s| s.rule_id == "apiserver-node-restriction-plugin")
+        .unwrap_or_else(|| panic!("{:?}", p.skipped));
+    assert!(
+        s.reason.contains("--admission-control is set"),
+        "{}",
+        s.reason
+    );
+}

@@ -407,6 +407,9 @@ pub enum Builtin {
     KnownCves,
     /// Anonymous access restricted through an AuthenticationConfiguration.
     AnonymousRestricted,
+    /// The deprecated `--admission-control` together with `--enable-admission-plugins` or
+    /// `--disable-admission-plugins`, which kube-apiserver refuses.
+    AdmissionFlagsMixed,
 }
 
 /// A fix, as data.

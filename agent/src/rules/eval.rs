@@ -531,8 +531,29 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
         }
         Test::Has(FlagItem { flag, item }) | Test::NotHas(FlagItem { flag, item }) => {
             let want = matches!(test, Test::Has(_));
-            let (items, shown) = ctx.list(flag);
-            let has = items.iter().any(|i| i == item);
+            // The deprecated --admission-control is the whole enabled list where it is used:
+            // what it does not name is not enabled, as if disabled.
+            let legacy = ctx
+                .flags
+                .list("admission-control")
+                .filter(|_| !ctx.flags.is_set(flag));
+            let (has, shown) = match (flag.as_str(), legacy) {
+                ("enable-admission-plugins", Some(l)) => (
+                    l.contains(item),
+                    format!("--admission-control={}", l.join(",")),
+                ),
+                ("disable-admission-plugins", Some(l)) => (
+                    !l.contains(item),
+                    format!(
+                        "--admission-control={} (what it does not name is not enabled)",
+                        l.join(",")
+                    ),
+                ),
+                _ => {
+                    let (items, shown) = ctx.list(flag);
+                    (items.iter().any(|i| i == item), shown)
+                }
+            };
             let verdict = if has == want {
                 Verdict::Pass
             } else {
@@ -677,6 +698,7 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Vec<Check> {
         Builtin::SupportedVersion => supported_version(ctx),
         Builtin::KnownCves => known_cves(ctx),
         Builtin::AnonymousRestricted => vec![anonymous_restricted(ctx)],
+        Builtin::AdmissionFlagsMixed => admission_flags_mixed(ctx),
     };
     if out.is_empty() {
         out.push(Check::pass());
@@ -772,6 +794,27 @@ fn unsupported_gates(ctx: &Ctx<'_>) -> Vec<Check> {
         out.push(check);
     }
     out
+}
+
+/// kube-apiserver's admission options refuse the deprecated list together with the new ones
+/// (`pkg/kubeapiserver/options/admission.go`, `Validate`): it does not start.
+fn admission_flags_mixed(ctx: &Ctx<'_>) -> Vec<Check> {
+    let newer: Vec<&str> = ["enable-admission-plugins", "disable-admission-plugins"]
+        .into_iter()
+        .filter(|f| ctx.flags.is_set(f))
+        .collect();
+    if !ctx.flags.is_set("admission-control") || newer.is_empty() {
+        return Vec::new();
+    }
+    vec![Check::new(
+        Verdict::Fail,
+        Some("admission-control"),
+        Some(format!(
+            "--admission-control together with --{}",
+            newer.join(" and --")
+        )),
+        Some("one of them: --enable-admission-plugins / --disable-admission-plugins".into()),
+    )]
 }
 
 fn stray_arguments(ctx: &Ctx<'_>) -> Vec<Check> {

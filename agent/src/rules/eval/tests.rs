@@ -676,3 +676,43 @@ fn etcd_config_file_makes_flag_checks_warn_not_fail() {
         );
     }
 }
+
+#[test]
+fn the_legacy_admission_control_list_is_the_enabled_list() {
+    // Issue 13: `--admission-control=AlwaysAdmit` passed CIS 1.2.10 and NodeRestriction
+    // enabled through it failed 1.2.14. On the commit before the fix both were wrong.
+    let f = eval_src(&api("v1.31.4", &["--admission-control=AlwaysAdmit"]));
+    assert_eq!(one(&f, "apiserver-always-admit").status, Status::Fail);
+    let f = eval_src(&api(
+        "v1.31.4",
+        &["--admission-control=NamespaceLifecycle,NodeRestriction"],
+    ));
+    assert_eq!(
+        one(&f, "apiserver-node-restriction-plugin").status,
+        Status::Pass
+    );
+    // What the legacy list does not name is not enabled: ServiceAccount is off here.
+    assert_eq!(
+        one(&f, "apiserver-service-account-plugin").status,
+        Status::Fail
+    );
+    assert_eq!(
+        one(&f, "apiserver-namespace-lifecycle-plugin").status,
+        Status::Pass
+    );
+    assert_eq!(one(&f, "admission-flags-mixed").status, Status::Pass);
+}
+
+#[test]
+fn the_legacy_and_new_admission_flags_together_stop_kube_apiserver() {
+    let f = eval_src(&api(
+        "v1.31.4",
+        &[
+            "--admission-control=NodeRestriction",
+            "--enable-admission-plugins=NodeRestriction",
+        ],
+    ));
+    let mixed = one(&f, "admission-flags-mixed");
+    assert_eq!(mixed.status, Status::Fail);
+    assert_eq!(mixed.severity, Severity::Critical);
+}
