@@ -716,3 +716,50 @@ fn the_legacy_and_new_admission_flags_together_stop_kube_apiserver() {
     assert_eq!(mixed.status, Status::Fail);
     assert_eq!(mixed.severity, Severity::Critical);
 }
+
+#[test]
+fn extend_token_expiration_exists_from_1_19_and_defaults_true_from_1_20() {
+    // Issue 13: the catalogue had the flag from 1.20, so on 1.19 it was called unsupported
+    // (and its removal planned). kubernetes#89549 added it in 1.19 (default false), #96273
+    // made the default true in 1.20.
+    let f = eval_src(&api(
+        "v1.19.16",
+        &["--service-account-extend-token-expiration=false"],
+    ));
+    assert!(
+        all(&f, "unsupported-flag")
+            .iter()
+            .all(|u| u.status == Status::Pass),
+        "{f:?}"
+    );
+    let f = eval_src(&api("v1.19.16", &[]));
+    assert_eq!(
+        one(&f, "apiserver-service-account-extend-token-expiration").status,
+        Status::Pass
+    );
+    let f = eval_src(&api("v1.20.15", &[]));
+    assert_eq!(
+        one(&f, "apiserver-service-account-extend-token-expiration").status,
+        Status::Fail
+    );
+}
+
+#[test]
+fn event_rate_limit_exists_from_1_8() {
+    // Issue 13: the catalogue had EventRateLimit from 1.9; it is alpha in 1.8
+    // (kubernetes#50925). On the commit before the fix 1.8 called it unsupported.
+    let f = eval_src(&api("v1.8.15", &["--admission-control=EventRateLimit"]));
+    assert!(
+        all(&f, "unsupported-admission-plugin")
+            .iter()
+            .all(|u| u.status == Status::Pass),
+        "{:?}",
+        all(&f, "unsupported-admission-plugin")
+    );
+    let f = eval_src(&api("v1.7.16", &["--admission-control=EventRateLimit"]));
+    assert!(
+        all(&f, "unsupported-admission-plugin")
+            .iter()
+            .any(|u| u.status == Status::Fail)
+    );
+}
