@@ -228,7 +228,13 @@ const LIFECYCLE: &[(&str, &str, Since, Until)] = &[
         "kube-apiserver",
         "gate:StructuredAuthenticationConfiguration",
         Some((1, 29)),
-        None,
+        Some((1, 37)),
+    ),
+    (
+        "kube-apiserver",
+        "gate:StructuredAuthorizationConfiguration",
+        Some((1, 29)),
+        Some((1, 36)),
     ),
     ("kube-controller-manager", "--address", None, Some((1, 24))), // #106860
     ("kube-controller-manager", "--port", None, Some((1, 24))),    // #106860

@@ -763,3 +763,37 @@ fn event_rate_limit_exists_from_1_8() {
             .any(|u| u.status == Status::Fail)
     );
 }
+
+#[test]
+fn structured_config_pod_security_and_auditing_gates_follow_their_lifecycle() {
+    // Issue 13: these gates were missing their removal (and some their locking): setting them
+    // there stops kube-apiserver and was not reported. On the commit before the fix every
+    // failing case below passed.
+    let gate = |version: &str, g: &str| {
+        let f = eval_src(&api(version, &[&format!("--feature-gates={g}")]));
+        all(&f, "unsupported-feature-gate")
+            .iter()
+            .any(|u| u.status == Status::Fail)
+    };
+    assert!(gate("v1.36.0", "StructuredAuthorizationConfiguration=true"));
+    assert!(!gate(
+        "v1.35.0",
+        "StructuredAuthorizationConfiguration=true"
+    ));
+    assert!(gate(
+        "v1.37.0",
+        "StructuredAuthenticationConfiguration=true"
+    ));
+    assert!(
+        gate("v1.34.0", "StructuredAuthenticationConfiguration=false"),
+        "locked"
+    );
+    assert!(!gate(
+        "v1.33.0",
+        "StructuredAuthenticationConfiguration=false"
+    ));
+    assert!(gate("v1.26.0", "PodSecurity=false"), "locked 1.25-1.27");
+    assert!(!gate("v1.24.0", "PodSecurity=false"));
+    assert!(gate("v1.27.0", "AdvancedAuditing=false"), "locked in 1.27");
+    assert!(!gate("v1.26.0", "AdvancedAuditing=false"));
+}
