@@ -476,6 +476,10 @@ pub struct RawRule {
     /// First minor the rule no longer applies to.
     #[serde(default)]
     pub until: Option<Minor>,
+    /// Why it no longer applies from `until` on (a flag that has no effect there), said in
+    /// the skip instead of a bare "does not apply".
+    #[serde(default)]
+    pub until_reason: Option<String>,
     /// The test.
     pub test: Test,
     /// What to do.
@@ -509,6 +513,8 @@ pub struct Rule {
     pub since: Option<Minor>,
     /// First minor it no longer applies to.
     pub until: Option<Minor>,
+    /// See [`RawRule::until_reason`].
+    pub until_reason: Option<String>,
     /// The test.
     pub test: Test,
     /// Remediation text.
@@ -718,6 +724,7 @@ impl Catalogue {
             unless_set: r.unless_set,
             since: r.since,
             until: r.until,
+            until_reason: r.until_reason,
             test: r.test,
             remediation: r.remediation,
             fix: r.fix,

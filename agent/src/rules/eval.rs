@@ -423,6 +423,11 @@ fn not_applicable(rule: &Rule, ctx: &Ctx<'_>) -> Option<String> {
         let Some(v) = ctx.v else {
             return Some("applies only to some versions, and the version is unknown".into());
         };
+        if rule.until.is_some_and(|u| u.le(v))
+            && let Some(why) = &rule.until_reason
+        {
+            return Some(format!("{why} on {}", ctx.version_text()));
+        }
         if rule.since.is_some_and(|s| !s.le(v)) || rule.until.is_some_and(|u| u.le(v)) {
             return Some(format!("does not apply to {}", ctx.version_text()));
         }

@@ -798,3 +798,30 @@ fn structured_config_pod_security_and_auditing_gates_follow_their_lifecycle() {
     assert!(gate("v1.27.0", "AdvancedAuditing=false"), "locked in 1.27");
     assert!(!gate("v1.26.0", "AdvancedAuditing=false"));
 }
+
+#[test]
+fn flags_that_have_no_effect_on_a_version_are_not_failures_there() {
+    // Issue 13: --kubelet-https=false on 1.19-1.21 and --insecure-bind-address on 1.20-1.23
+    // had no effect on those versions, yet failed. On the commit before the fix both failed.
+    let f = eval_src(&api("v1.20.15", &["--kubelet-https=false"]));
+    let k = one(&f, "apiserver-kubelet-https");
+    assert_eq!(k.status, Status::Skip);
+    assert!(
+        k.reason.as_deref().unwrap_or("").contains("no effect"),
+        "{k:?}"
+    );
+    let f = eval_src(&api("v1.18.20", &["--kubelet-https=false"]));
+    assert_eq!(one(&f, "apiserver-kubelet-https").status, Status::Fail);
+    let f = eval_src(&api("v1.22.17", &["--insecure-bind-address=0.0.0.0"]));
+    let b = one(&f, "apiserver-insecure-bind-address");
+    assert_eq!(b.status, Status::Skip);
+    assert!(
+        b.reason.as_deref().unwrap_or("").contains("no effect"),
+        "{b:?}"
+    );
+    let f = eval_src(&api("v1.19.16", &["--insecure-bind-address=0.0.0.0"]));
+    assert_eq!(
+        one(&f, "apiserver-insecure-bind-address").status,
+        Status::Fail
+    );
+}
