@@ -94,8 +94,15 @@ impl FixConfig {
         }
         let named = self.rules.get(&f.id) == Some(&Mode::Enforce) || extra.contains(&f.id);
         if f.fix.is_some() && !f.autofix && !named {
+            // The anonymous-auth fix also ends anonymous reads of kube-public/cluster-info,
+            // which `kubeadm join` token discovery makes: say so where it is offered.
+            let why = if f.fix == Some(crate::rules::Fix::AnonymousHealthOnly) {
+                " (it also stops the anonymous read of the kube-public/cluster-info ConfigMap that `kubeadm join` token discovery makes: join nodes with a discovery file, or keep anonymous auth while joining)"
+            } else {
+                ""
+            };
             return Choice::Skip(format!(
-                "the fix for {} is not marked safe unattended; name the rule in fix.rules with enforce to apply it",
+                "the fix for {} is not marked safe unattended{why}; name the rule in fix.rules with enforce to apply it",
                 f.id
             ));
         }

@@ -495,3 +495,22 @@ fn no_fix_mixes_the_legacy_admission_list_with_the_new_flags() {
         s.reason
     );
 }
+
+#[test]
+fn the_anonymous_auth_fix_says_what_it_costs_kubeadm_join() {
+    // Issue 13: the fix also stops kubeadm join's anonymous read of cluster-info; when it is
+    // not applied (not named), its reason says so. On the commit before, it did not.
+    let src = with_line_after(
+        &API_131.replace(":v1.31.4", ":v1.33.1"),
+        "    - --allow-privileged=true",
+        "    - --anonymous-auth=true",
+    );
+    let p = safe(&src);
+    let s = p
+        .skipped
+        .iter()
+        .find(|s| s.rule_id == "apiserver-anonymous-auth")
+        .unwrap_or_else(|| panic!("{:?}", p.skipped));
+    assert!(s.reason.contains("cluster-info"), "{}", s.reason);
+    assert!(s.reason.contains("kubeadm join"), "{}", s.reason);
+}
