@@ -12,38 +12,8 @@ use lockdown_agent::report;
 use lockdown_agent::rules::Severity;
 use lockdown_agent::spool::SpoolReader;
 
-/// `println!` for command output: control characters from node data are escaped
-/// ([`lockdown_proto::printable`]), and when stdout is a pipe whose reader has gone
-/// (`| head -1`), it ends quietly with the status of a process killed by SIGPIPE (141)
-/// instead of panicking.
-macro_rules! outln {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let text = format!($($t)*);
-        if let Err(e) = writeln!(std::io::stdout(), "{}", lockdown_proto::printable(&text)) {
-            stdout_failed(e)
-        }
-    }};
-}
-
-/// `print!` with the same care as [`outln!`].
-macro_rules! out {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let text = format!($($t)*);
-        if let Err(e) = write!(std::io::stdout(), "{}", lockdown_proto::printable(&text)) {
-            stdout_failed(e)
-        }
-    }};
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(141);
-    }
-    eprintln!("{}: cannot write to stdout: {e}", env!("CARGO_BIN_NAME"));
-    std::process::exit(2);
-}
+use lockdown_proto::out;
+use lockdown_proto::outln;
 
 #[derive(Parser)]
 #[command(name = "lockdown-agent", version, about = "kube-lockdown node agent")]

@@ -13,27 +13,7 @@ use lockdown_proto::ClientTls;
 use lockdown_proto::v1::query_service_client::QueryServiceClient;
 use lockdown_proto::v1::{EventFilter, ListEventsRequest, ListNodesRequest, WatchEventsRequest};
 
-/// `println!` for command output: control characters from node data are escaped
-/// ([`lockdown_proto::printable`]), and when stdout is a pipe whose reader has gone
-/// (`| head -1`), it ends quietly with the status of a process killed by SIGPIPE (141)
-/// instead of panicking.
-macro_rules! outln {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let text = format!($($t)*);
-        if let Err(e) = writeln!(std::io::stdout(), "{}", lockdown_proto::printable(&text)) {
-            stdout_failed(e)
-        }
-    }};
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(141);
-    }
-    eprintln!("{}: cannot write to stdout: {e}", env!("CARGO_BIN_NAME"));
-    std::process::exit(2);
-}
+use lockdown_proto::outln;
 
 #[derive(Parser)]
 #[command(

@@ -84,6 +84,43 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `println!` for command output: control characters from node data are escaped
+/// ([`printable`]), and when stdout is a pipe whose reader has gone (`| head -1`), the process
+/// ends quietly with the status of one killed by SIGPIPE (141) instead of panicking.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let text = format!($($t)*);
+        if let Err(e) = writeln!(std::io::stdout(), "{}", $crate::printable(&text)) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
+/// `print!` with the same care as [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let text = format!($($t)*);
+        if let Err(e) = write!(std::io::stdout(), "{}", $crate::printable(&text)) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
+/// Ends the process after stdout failed: 141 for a reader that went away, else 2.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    let arg0 = std::env::args().next().unwrap_or_default();
+    let name = arg0.rsplit('/').next().unwrap_or_default();
+    eprintln!("{name}: cannot write to stdout: {e}");
+    std::process::exit(2);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

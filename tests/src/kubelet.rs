@@ -297,6 +297,11 @@ fn container(bytes: &[u8], log: &Path, opts: &Options) -> Option<Command> {
     let cat = Catalogue::builtin();
     let m = parse_manifest(cat, bytes).ok()?;
     let cp = m.control_plane.clone()?;
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .ok()?;
     if opts.real {
         let c = &m.pod.containers[cp.container];
         let argv: Vec<&str> = c
@@ -305,11 +310,6 @@ fn container(bytes: &[u8], log: &Path, opts: &Options) -> Option<Command> {
             .chain(&c.args)
             .map(|a| a.text.as_str())
             .collect();
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .ok()?;
         let mut cmd = Command::new(argv.first()?);
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
@@ -329,11 +329,6 @@ fn container(bytes: &[u8], log: &Path, opts: &Options) -> Option<Command> {
         .flat_map(|g| [&g.up, &g.live])
         .map(|t| t.path.split('?').next().unwrap_or_default().to_string())
         .collect();
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .ok()?;
     let mut cmd = Command::new(bin("fake-component"));
     cmd.args(
         cp.flags
