@@ -66,7 +66,8 @@ pub fn manifest_text(src: &str, sensitive: &dyn Fn(&str) -> bool) -> Result<Stri
     if let Some(rest) = doc.more_documents_at {
         spans.out.push(rest..src.len());
     }
-    Ok(replace(src, spans.out))
+    replace(src, spans.out)
+        .ok_or_else(|| Withheld::Unplaced("a span off character boundaries".into()))
 }
 
 /// Collects the byte ranges to redact.
@@ -242,7 +243,9 @@ fn verbatim_start(src: &str, node: &Node) -> Option<usize> {
 }
 
 /// `src` with each range (merged where they overlap) replaced by [`REDACTED`].
-fn replace(src: &str, mut ranges: Vec<Range<usize>>) -> String {
+/// `None` when a range does not fall on character boundaries: nothing is shown then (fail
+/// closed), rather than a text with that value left in.
+fn replace(src: &str, mut ranges: Vec<Range<usize>>) -> Option<String> {
     ranges.sort_by_key(|r| (r.start, r.end));
     let mut out = String::with_capacity(src.len());
     let mut at = 0;
@@ -251,17 +254,17 @@ fn replace(src: &str, mut ranges: Vec<Range<usize>>) -> String {
         if start >= end {
             continue;
         }
-        // Spans come from the parser and always fall on character boundaries; never slice
-        // inside one even so.
+        // Spans come from the parser and fall on character boundaries; if one did not, the
+        // value it covers must not be shown.
         let (Some(keep), Some(_)) = (src.get(at..start), src.get(start..end)) else {
-            continue;
+            return None;
         };
         out.push_str(keep);
         out.push_str(REDACTED);
         at = end;
     }
     out.push_str(&src[at..]);
-    out
+    Some(out)
 }
 
 /// A unified diff from `old` to `new` (`None` = no file), labelled with `path`, at most
