@@ -97,6 +97,10 @@ pub struct RawFixConfig {
     /// ... within this window. Default: 10m.
     #[serde(default, deserialize_with = "duration")]
     pub fight_window: Option<Duration>,
+    /// The anonymous-auth fix also allows anonymous reads of kube-public/cluster-info, which
+    /// `kubeadm join` token discovery makes. Default: false.
+    #[serde(default)]
+    pub keep_cluster_info: bool,
 }
 
 /// `collector:` in the config file.
@@ -471,6 +475,7 @@ impl Config {
             health_timeout: raw.fix.health_timeout,
             fight_max: raw.fix.fight_max.unwrap_or(3),
             fight_window: raw.fix.fight_window.unwrap_or(Duration::from_secs(600)),
+            keep_cluster_info: raw.fix.keep_cluster_info,
         };
         Ok(Config {
             fix,

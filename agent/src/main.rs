@@ -103,6 +103,10 @@ enum Command {
         /// Also fix this rule even though its fix is not marked safe unattended (repeatable).
         #[arg(long = "rule", value_name = "RULE_ID")]
         rules: Vec<String>,
+        /// The anonymous-auth fix keeps anonymous reads of kube-public/cluster-info (`kubeadm
+        /// join` token discovery) working (as fix.keep_cluster_info).
+        #[arg(long)]
+        keep_cluster_info: bool,
         /// State directory for backups and the journal (default: config state_dir).
         #[arg(long, env = "LOCKDOWN_STATE_DIR")]
         state_dir: Option<PathBuf>,
@@ -287,8 +291,13 @@ fn main() -> ExitCode {
             paths,
             apply,
             rules,
+            keep_cluster_info,
             ..
-        } => fix(cfg, paths, apply, &rules),
+        } => {
+            let mut cfg = cfg;
+            cfg.fix.keep_cluster_info |= keep_cluster_info;
+            fix(cfg, paths, apply, &rules)
+        }
         Command::Pause { duration, .. } => {
             match lockdown_agent::fix::fixer::pause(&cfg.state_dir, duration) {
                 Ok(p) => {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Finding;
+use crate::rules::{Finding, Fix};
 use plan::Choice;
 
 /// What to do about a fixable finding.
@@ -63,6 +63,9 @@ pub struct FixConfig {
     pub fight_max: u32,
     /// See `fight_max`.
     pub fight_window: Duration,
+    /// The anonymous-auth fix keeps anonymous reads of kube-public/cluster-info (`kubeadm
+    /// join` token discovery) working.
+    pub keep_cluster_info: bool,
 }
 
 impl FixConfig {
@@ -96,8 +99,8 @@ impl FixConfig {
         if f.fix.is_some() && !f.autofix && !named {
             // The anonymous-auth fix also ends anonymous reads of kube-public/cluster-info,
             // which `kubeadm join` token discovery makes: say so where it is offered.
-            let why = if f.fix == Some(crate::rules::Fix::AnonymousHealthOnly) {
-                " (it also stops the anonymous read of the kube-public/cluster-info ConfigMap that `kubeadm join` token discovery makes: join nodes with a discovery file, or keep anonymous auth while joining)"
+            let why = if f.fix == Some(Fix::AnonymousHealthOnly) && !self.keep_cluster_info {
+                " (it also stops the anonymous read of the kube-public/cluster-info ConfigMap that `kubeadm join` token discovery makes: join nodes with a discovery file, or set fix.keep_cluster_info (fix --keep-cluster-info) for the form that keeps that one path open)"
             } else {
                 ""
             };
@@ -105,6 +108,9 @@ impl FixConfig {
                 "the fix for {} is not marked safe unattended{why}; name the rule in fix.rules with enforce to apply it",
                 f.id
             ));
+        }
+        if f.fix == Some(Fix::AnonymousHealthOnly) && self.keep_cluster_info {
+            return Choice::FixWith(Fix::AnonymousHealthAndDiscovery);
         }
         Choice::Fix
     }

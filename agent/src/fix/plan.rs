@@ -38,6 +38,9 @@ pub enum Choice {
     Ignore,
     /// Fix it if it can be fixed safely.
     Fix,
+    /// Fix it with this form of the finding's fix (the anonymous-auth fix that keeps
+    /// `kubeadm join` discovery working).
+    FixWith(Fix),
     /// Report it as skipped, with this reason (not marked safe unattended, ...).
     Skip(String),
 }
@@ -146,11 +149,15 @@ pub fn plan(
             fix: f.fix.clone(),
             reason,
         };
-        if let Choice::Skip(reason) = choose(f) {
-            plan.skipped.push(skip(reason));
-            continue;
-        }
-        let Some(fix) = f.fix.clone() else {
+        let chosen = match choose(f) {
+            Choice::Skip(reason) => {
+                plan.skipped.push(skip(reason));
+                continue;
+            }
+            Choice::FixWith(variant) if f.fix.is_some() => Some(variant),
+            _ => f.fix.clone(),
+        };
+        let Some(fix) = chosen else {
             let why = f
                 .reason
                 .clone()
@@ -163,7 +170,8 @@ pub fn plan(
             continue;
         }
         let attempt = match &fix {
-            Fix::AnonymousHealthOnly => anonymous_health_only(&plan.text, &m, &cp),
+            Fix::AnonymousHealthOnly => anonymous_health_only(&plan.text, &m, &cp, false),
+            Fix::AnonymousHealthAndDiscovery => anonymous_health_only(&plan.text, &m, &cp, true),
             _ => edit::apply(&plan.text, &cp, cat, &fix).map(|e| (e, None)),
         };
         let (edited, aux) = match attempt {
@@ -365,7 +373,7 @@ pub fn prerequisite(fix: &Fix, m: &Manifest, cp: &ControlPlane) -> Result<(), St
             Ok(())
         }
         Fix::Remove(_) | Fix::RemoveFromList(_) => Ok(()),
-        Fix::AnonymousHealthOnly => {
+        Fix::AnonymousHealthOnly | Fix::AnonymousHealthAndDiscovery => {
             if cp.component != Component::KubeApiserver {
                 return Err("only kube-apiserver has an authentication config".into());
             }
@@ -398,19 +406,30 @@ fn probe_port(
     })
 }
 
+/// Where `kubeadm join` token discovery reads the cluster's CA and address, anonymously.
+pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
+
 /// The AuthenticationConfiguration for kube-apiserver `v` that allows anonymous requests to
-/// the health endpoints only.
-pub fn anonymous_config(v: Version) -> String {
+/// the health endpoints only, and to the cluster-info ConfigMap when `discovery`.
+pub fn anonymous_config(v: Version, discovery: bool) -> String {
     let api = if (v.major, v.minor) >= (1, 34) {
         "v1"
     } else {
         "v1beta1"
     };
+    let (what, extra) = if discovery {
+        (
+            " and to kubeadm join's token discovery (kube-public/cluster-info)",
+            format!("  - path: {CLUSTER_INFO_PATH}\n"),
+        )
+    } else {
+        ("", String::new())
+    };
     format!(
-        "# Written by kube-lockdown: anonymous requests only to the kubelet's health probes.\n\
+        "# Written by kube-lockdown: anonymous requests only to the kubelet's health probes{what}.\n\
          apiVersion: apiserver.config.k8s.io/{api}\n\
          kind: AuthenticationConfiguration\n\
-         anonymous:\n  enabled: true\n  conditions:\n  - path: /livez\n  - path: /readyz\n  - path: /healthz\n"
+         anonymous:\n  enabled: true\n  conditions:\n  - path: /livez\n  - path: /readyz\n  - path: /healthz\n{extra}"
     )
 }
 
@@ -420,6 +439,7 @@ fn anonymous_health_only(
     src: &str,
     m: &Manifest,
     cp: &ControlPlane,
+    discovery: bool,
 ) -> Result<(Edited, Option<AuxFile>), String> {
     let v = cp
         .version
@@ -447,7 +467,7 @@ fn anonymous_health_only(
         edited,
         Some(AuxFile {
             host_path: host,
-            contents: anonymous_config(v),
+            contents: anonymous_config(v, discovery),
         }),
     ))
 }

@@ -514,3 +514,53 @@ fn the_anonymous_auth_fix_says_what_it_costs_kubeadm_join() {
     assert!(s.reason.contains("cluster-info"), "{}", s.reason);
     assert!(s.reason.contains("kubeadm join"), "{}", s.reason);
 }
+
+#[test]
+fn the_anonymous_auth_fix_has_a_form_that_keeps_kubeadm_join_discovery() {
+    // Issue 13: with fix.keep_cluster_info the written config also allows anonymous reads of
+    // kube-public/cluster-info, and nothing else; the rule passes on the result.
+    let src = with_line_after(
+        &API_131.replace(":v1.31.4", ":v1.34.2"),
+        "    - --allow-privileged=true",
+        "    - --anonymous-auth=true",
+    );
+    let c = FixConfig {
+        mode: Mode::Enforce,
+        keep_cluster_info: true,
+        ..FixConfig::default()
+    };
+    let extra = vec!["apiserver-anonymous-auth".to_string()];
+    let p = plan(
+        Catalogue::builtin(),
+        src.as_bytes(),
+        None,
+        &|f: &Finding| c.choose(f, Mode::Enforce, &extra),
+    )
+    .unwrap();
+    let step = p
+        .steps
+        .iter()
+        .find(|s| s.rule_id == "apiserver-anonymous-auth")
+        .unwrap_or_else(|| panic!("{:?}", p.skipped));
+    assert_eq!(step.fix, Fix::AnonymousHealthAndDiscovery);
+    let authn = crate::check::parse_authn(p.files[0].contents.as_bytes()).unwrap();
+    let AuthnConfig::Anonymous { enabled, paths } = &authn else {
+        panic!("{authn:?}")
+    };
+    assert!(enabled);
+    assert_eq!(
+        paths,
+        &[
+            "/livez",
+            "/readyz",
+            "/healthz",
+            "/api/v1/namespaces/kube-public/configmaps/cluster-info"
+        ]
+    );
+    assert!(p.files[0].contents.contains("apiserver.config.k8s.io/v1\n"));
+    let again = plan(Catalogue::builtin(), p.text.as_bytes(), Some(&authn), &|f: &Finding| {
+        c.choose(f, Mode::Enforce, &extra)
+    })
+    .unwrap();
+    assert!(again.is_empty(), "{:?}", again.steps);
+}

@@ -428,7 +428,11 @@ pub enum Fix {
     /// AuthenticationConfiguration into a directory the pod already mounts, name it with
     /// `--authentication-config` and remove `--anonymous-auth` (kube-apiserver 1.32+).
     AnonymousHealthOnly,
+    /// The same, and anonymous reads of the kube-public/cluster-info ConfigMap too, which
+    /// `kubeadm join` token discovery makes (chosen with `fix.keep_cluster_info`).
+    AnonymousHealthAndDiscovery,
 }
+
 
 /// First kube-apiserver minor whose AuthenticationConfiguration takes an `anonymous:` block
 /// without an alpha feature gate (KEP-4633 beta, on by default).

@@ -403,7 +403,7 @@ fn guard(fix: &Fix, ctx: &Ctx<'_>) -> Result<(), String> {
             }
         }
         Fix::Remove(_) | Fix::RemoveFromList(_) => Ok(()),
-        Fix::AnonymousHealthOnly => match ctx.v {
+        Fix::AnonymousHealthOnly | Fix::AnonymousHealthAndDiscovery => match ctx.v {
             Some(v) if ANONYMOUS_CONFIG_SINCE.le(v) => adds("authentication-config"),
             Some(v) => Err(format!(
                 "an anonymous: block in an AuthenticationConfiguration needs kube-apiserver {}.{} or later, not {v}",
