@@ -250,7 +250,7 @@ fn main() -> ExitCode {
             let text = match format {
                 Format::Table => report::table(&result, verbose),
                 Format::Json => report::json(&result),
-                Format::KubeBench => report::kube_bench(&result),
+                Format::KubeBench => report::kube_bench(&result, &cfg.catalogue),
             };
             outln!("{text}");
             if report::has_error(&result) {

@@ -127,7 +127,13 @@ pub fn json(report: &Report) -> String {
 }
 
 /// kube-bench's `--json` layout: Controls (1 master, 2 etcd) with sections and results.
-pub fn kube_bench(report: &Report) -> String {
+pub fn kube_bench(report: &Report, cat: &crate::rules::Catalogue) -> String {
+    let scored = |id: &str| {
+        cat.rules
+            .iter()
+            .find(|r| r.id == id)
+            .is_none_or(|r| r.scored)
+    };
     let sections: [(&str, &str, &str); 5] = [
         ("1.1", "1", "Control Plane Node Configuration Files"),
         ("1.2", "1", "API Server"),
@@ -189,7 +195,7 @@ pub fn kube_bench(report: &Report) -> String {
                     "test_info": [f.remediation],
                     "status": status(f.status),
                     "actual_value": f.observed.clone().unwrap_or_default(),
-                    "scored": f.status != Status::Warn,
+                    "scored": scored(&f.id),
                     "IsMultiple": false,
                     "expected_result": f.expected.clone().unwrap_or_default(),
                     "reason": f.reason.clone().unwrap_or_default(),
@@ -291,7 +297,7 @@ pub fn rules_json(cat: &crate::rules::Catalogue) -> String {
             };
             json!({
                 "id": r.id, "cis": r.cis, "component": component, "files": files,
-                "title": r.title, "severity": r.severity, "warn_only": r.warn_only,
+                "title": r.title, "severity": r.severity, "warn_only": r.warn_only, "scored": r.scored,
                 "since": r.since.map(|m| m.to_string()), "until": r.until.map(|m| m.to_string()),
                 "unless_set": r.unless_set,
                 "test": r.test, "remediation": r.remediation, "fix": r.fix, "safe": r.safe,

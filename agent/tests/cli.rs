@@ -172,6 +172,20 @@ fn kube_bench_format_has_controls_sections_and_results() {
         .find(|r| r["test_number"] == "1.2.15")
         .unwrap();
     assert_eq!(r["status"], "FAIL");
+    assert_eq!(r["scored"], true);
+    // CIS 1.12 marks 1.2.1 Manual: a failure here (the hardening guide requires it), but
+    // unscored, as kube-bench writes it; 1.2.20 (Manual, a warn) is unscored too.
+    let result = |id: &str| {
+        api.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["test_number"] == id)
+            .unwrap_or_else(|| panic!("{id}"))
+            .clone()
+    };
+    assert_eq!(result("1.2.1")["status"], "FAIL");
+    assert_eq!(result("1.2.1")["scored"], false);
+    assert_eq!(result("1.2.20")["scored"], false);
     assert!(v["Totals"]["total_fail"].as_u64().unwrap() > 0);
 }
 

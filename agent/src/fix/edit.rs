@@ -116,7 +116,9 @@ fn ops_for(cp: &ControlPlane, cat: &Catalogue, fix: &Fix) -> Result<Vec<Op>, Str
             }
             Ok(ops)
         }
-        Fix::AnonymousHealthOnly | Fix::AnonymousHealthAndDiscovery => Err("not a flag edit".into()),
+        Fix::AnonymousHealthOnly | Fix::AnonymousHealthAndDiscovery => {
+            Err("not a flag edit".into())
+        }
     }
 }
 

@@ -558,9 +558,12 @@ fn the_anonymous_auth_fix_has_a_form_that_keeps_kubeadm_join_discovery() {
         ]
     );
     assert!(p.files[0].contents.contains("apiserver.config.k8s.io/v1\n"));
-    let again = plan(Catalogue::builtin(), p.text.as_bytes(), Some(&authn), &|f: &Finding| {
-        c.choose(f, Mode::Enforce, &extra)
-    })
+    let again = plan(
+        Catalogue::builtin(),
+        p.text.as_bytes(),
+        Some(&authn),
+        &|f: &Finding| c.choose(f, Mode::Enforce, &extra),
+    )
     .unwrap();
     assert!(again.is_empty(), "{:?}", again.steps);
 }

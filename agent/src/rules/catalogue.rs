@@ -433,6 +433,8 @@ pub enum Fix {
     AnonymousHealthAndDiscovery,
 }
 
+/// First etcd minor without any `--experimental-*` flag (etcd CHANGELOG-3.7, etcd#19959).
+pub const ETCD_NO_EXPERIMENTAL: Minor = Minor(3, 7);
 
 /// First kube-apiserver minor whose AuthenticationConfiguration takes an `anonymous:` block
 /// without an alpha feature gate (KEP-4633 beta, on by default).
@@ -471,6 +473,10 @@ pub struct RawRule {
     /// A failing test is a warn (CIS Manual).
     #[serde(default)]
     pub warn_only: bool,
+    /// CIS scores the check (kube-bench `scored`). Default: not `warn_only` and not a manual
+    /// test; `false` for a Manual check this project still fails (CIS 1.2.1).
+    #[serde(default)]
+    pub scored: Option<bool>,
     /// The setting lives in a file named by this flag when it is set.
     #[serde(default)]
     pub unless_set: Option<String>,
@@ -511,6 +517,8 @@ pub struct Rule {
     pub severity: Severity,
     /// A failing test is a warn.
     pub warn_only: bool,
+    /// CIS scores the check (kube-bench's `scored`).
+    pub scored: bool,
     /// See [`RawRule::unless_set`].
     pub unless_set: Option<String>,
     /// First minor it applies to.
@@ -725,6 +733,9 @@ impl Catalogue {
             title: r.title,
             severity: r.severity,
             warn_only: r.warn_only,
+            scored: r
+                .scored
+                .unwrap_or(!r.warn_only && !matches!(r.test, Test::Manual(_))),
             unless_set: r.unless_set,
             since: r.since,
             until: r.until,
@@ -759,6 +770,10 @@ impl Catalogue {
     pub fn flag_exists(&self, c: Component, name: &str, v: Option<Version>) -> Existence {
         match self.flag(c, name) {
             Some(f) => existence(f.since, f.removed, v),
+            // etcd 3.7 removed every --experimental-* flag, also any the table does not list.
+            None if c == Component::Etcd && name.starts_with("experimental-") => {
+                existence(None, Some(ETCD_NO_EXPERIMENTAL), v)
+            }
             None => Existence::Accepted,
         }
     }

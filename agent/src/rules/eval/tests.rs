@@ -825,3 +825,83 @@ fn flags_that_have_no_effect_on_a_version_are_not_failures_there() {
         Status::Fail
     );
 }
+
+#[test]
+fn etcd_3_7_refuses_every_experimental_flag() {
+    // Issue 13: etcd 3.7 removed all 23 --experimental-* flags 3.6 registers (v3.6.9
+    // server/embed/config.go); the catalogue knew two. Also one the table does not list.
+    let etcd = |v: &str, flag: &str| {
+        eval_src(&component(
+            "etcd",
+            &format!("registry.k8s.io/etcd:{v}-0"),
+            &[flag],
+        ))
+    };
+    for flag in [
+        "--experimental-compact-hash-check-enabled=true",
+        "--experimental-snapshot-catchup-entries=5000",
+        "--experimental-warning-unary-request-duration=300ms",
+        "--experimental-not-in-the-table=1",
+    ] {
+        let name = flag[2..].split('=').next().unwrap();
+        let fs = etcd("3.7.1", flag);
+        let f = one(&fs, "unsupported-flag");
+        assert_eq!(f.status, Status::Fail, "{flag}");
+        assert_eq!(f.flag.as_deref(), Some(format!("--{name}").as_str()));
+        assert_eq!(f.fix, Some(Fix::Remove(FlagRef { flag: name.into() })));
+        if name != "experimental-not-in-the-table" {
+            assert_eq!(
+                one(&etcd("3.6.9", flag), "unsupported-flag").status,
+                Status::Pass
+            );
+        }
+    }
+    // Added in 3.6: etcd 3.5 refuses it.
+    let fs = etcd(
+        "3.5.21",
+        "--experimental-warning-unary-request-duration=300ms",
+    );
+    assert_eq!(one(&fs, "unsupported-flag").status, Status::Fail);
+    // Removed in 3.6.
+    let fs = etcd("3.6.9", "--experimental-enable-v2v3=/v3");
+    assert_eq!(one(&fs, "unsupported-flag").status, Status::Fail);
+}
+
+#[test]
+fn etcd_advisories_of_2026_are_known() {
+    // Issue 13: the etcd table stopped at CVE-2023-32082.
+    let cves = |v: &str| -> Vec<String> {
+        let fs = eval_src(&component(
+            "etcd",
+            &format!("registry.k8s.io/etcd:{v}-0"),
+            &[],
+        ));
+        all(&fs, "known-cve")
+            .iter()
+            .filter(|f| f.status == Status::Fail)
+            .map(|f| f.title.split(':').next().unwrap().to_string())
+            .collect()
+    };
+    let v368 = cves("3.6.8");
+    for id in [
+        "CVE-2026-33413",
+        "CVE-2026-33343",
+        "CVE-2026-44283",
+        "GHSA-3wh4-j44w-pg92",
+        "GHSA-xg4h-6gfc-h4m8",
+    ] {
+        assert!(v368.iter().any(|c| c == id), "3.6.8 lacks {id}: {v368:?}");
+    }
+    let v3611 = cves("3.6.11");
+    assert!(!v3611.iter().any(|c| c == "CVE-2026-33343"), "{v3611:?}");
+    assert!(!v3611.iter().any(|c| c == "CVE-2026-44283"), "{v3611:?}");
+    assert!(
+        v3611.iter().any(|c| c == "GHSA-xg4h-6gfc-h4m8"),
+        "{v3611:?}"
+    );
+    let v370 = cves("3.7.0");
+    assert_eq!(v370, ["GHSA-xg4h-6gfc-h4m8", "GHSA-6vch-q96h-7gc3"]);
+    assert!(cves("3.7.1").is_empty());
+    // 3.4 is past its end of life: its last release has no fix for the 3.5.32+ ones.
+    assert!(cves("3.4.45").iter().any(|c| c == "GHSA-xg4h-6gfc-h4m8"));
+}
