@@ -26,7 +26,14 @@ fn main() {
     for _ in 0..n {
         let m = parse_manifest(cat, black_box(&src)).unwrap();
         let cp = m.control_plane.as_ref().unwrap();
-        black_box(evaluate_manifest(cat, ManifestFacts { cp, authn: None }));
+        black_box(evaluate_manifest(
+            cat,
+            ManifestFacts {
+                cp,
+                authn: None,
+                authz: None,
+            },
+        ));
     }
     println!(
         "parse+evaluate kube-apiserver.yaml (kubeadm 1.31): {:.1} µs/manifest over {n}",

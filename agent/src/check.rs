@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::manifest::{self, Component, ControlPlane, MAX_MANIFEST_BYTES, Manifest};
 use crate::rules::catalogue::FileRole;
-use crate::rules::eval::{self, AuthnConfig, FileFacts, ManifestFacts};
+use crate::rules::eval::{self, AuthnConfig, AuthzConfig, FileFacts, ManifestFacts};
 use crate::rules::{Catalogue, Finding};
 
 /// Largest authentication config we read.
@@ -216,6 +216,47 @@ pub fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
     )
 }
 
+/// The host path of the AuthorizationConfiguration a manifest names, if any.
+pub fn authz_host_path(m: &Manifest, cp: &ControlPlane) -> Option<PathBuf> {
+    host_path(m, cp, &cp.flags.value("authorization-config")?)
+}
+
+/// Reads the AuthorizationConfiguration a manifest names, if it names one.
+pub fn read_authz(m: &Manifest, cp: &ControlPlane) -> Option<AuthzConfig> {
+    let inner = cp.flags.value("authorization-config")?;
+    let Some(host) = host_path(m, cp, &inner) else {
+        return Some(AuthzConfig::Unreadable(format!(
+            "{inner} is not on a hostPath mount of the container, so kube-apiserver cannot read it either"
+        )));
+    };
+    let parsed = read_bounded(&host, MAX_AUX_BYTES).and_then(|b| parse_authz(&b));
+    Some(parsed.unwrap_or_else(|e| AuthzConfig::Unreadable(format!("{}: {e}", host.display()))))
+}
+
+/// The authorizer types of an AuthorizationConfiguration, in order.
+pub fn parse_authz(bytes: &[u8]) -> Result<AuthzConfig, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let doc = manifest::yaml::parse_first_document(text).map_err(|e| e.to_string())?;
+    if doc.root.get("kind").and_then(|k| k.as_str()) != Some("AuthorizationConfiguration") {
+        return Err("not an AuthorizationConfiguration".into());
+    }
+    let authorizers = doc
+        .root
+        .get("authorizers")
+        .and_then(|a| a.as_seq())
+        .ok_or("no authorizers list")?;
+    authorizers
+        .iter()
+        .map(|a| {
+            a.get("type")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| "an authorizer without a type".to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(AuthzConfig::Authorizers)
+}
+
 /// Parses the `anonymous:` block of an AuthenticationConfiguration.
 pub fn parse_authn(bytes: &[u8]) -> Result<AuthnConfig, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
@@ -304,11 +345,13 @@ pub fn check_manifest_bytes(
     report.component = Some(cp.component.name().to_string());
     report.version = cp.version.map(|v| v.to_string());
     let authn = read_authn(&m, &cp);
+    let authz = read_authz(&m, &cp);
     report.findings = eval::evaluate_manifest(
         cat,
         ManifestFacts {
             cp: &cp,
             authn: authn.as_ref(),
+            authz: authz.as_ref(),
         },
     );
     match file_facts(path, vec![FileRole::manifest_of(cp.component)]) {

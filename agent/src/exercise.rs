@@ -37,6 +37,7 @@ pub fn manifest_bytes(cat: &Catalogue, bytes: &[u8]) -> Outcome {
         let facts = ManifestFacts {
             cp,
             authn: (cp.component == Component::KubeApiserver).then_some(&authn),
+            authz: None,
         };
         out.findings = eval::evaluate_manifest(cat, facts).len();
     }

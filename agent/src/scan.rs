@@ -255,6 +255,7 @@ impl Scanner {
         let mut memo = ManifestMemo::default();
         if let Some((m, cp)) = &parsed {
             memo.deps.extend(check::authn_host_path(m, cp));
+            memo.deps.extend(check::authz_host_path(m, cp));
             if cp.component == Component::Etcd {
                 memo.etcd_data_dir = cp
                     .flags

@@ -423,7 +423,11 @@ proptest! {
         let cp = m.control_plane.unwrap();
         let after = crate::rules::eval::evaluate_manifest(
             Catalogue::builtin(),
-            crate::rules::eval::ManifestFacts { cp: &cp, authn: None },
+            crate::rules::eval::ManifestFacts {
+                cp: &cp,
+                authn: None,
+                authz: None,
+            },
         );
         for step in &p.steps {
             prop_assert!(

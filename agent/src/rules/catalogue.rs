@@ -410,6 +410,8 @@ pub enum Builtin {
     /// The deprecated `--admission-control` together with `--enable-admission-plugins` or
     /// `--disable-admission-plugins`, which kube-apiserver refuses.
     AdmissionFlagsMixed,
+    /// `--authorization-config` with `--authorization-mode` or `--authorization-webhook-*`.
+    AuthorizationFlagsMixed,
 }
 
 /// A fix, as data.

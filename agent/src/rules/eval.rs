@@ -38,6 +38,15 @@ pub enum AuthnConfig {
     },
 }
 
+/// What the file named by `--authorization-config` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthzConfig {
+    /// It could not be read or parsed; the reason.
+    Unreadable(String),
+    /// The `type` of each of its `authorizers`, in order.
+    Authorizers(Vec<String>),
+}
+
 /// Everything the evaluator knows about one manifest.
 #[derive(Debug, Clone, Copy)]
 pub struct ManifestFacts<'a> {
@@ -45,6 +54,8 @@ pub struct ManifestFacts<'a> {
     pub cp: &'a ControlPlane,
     /// The authentication config, when the manifest names one and it was looked at.
     pub authn: Option<&'a AuthnConfig>,
+    /// The authorization config, when the manifest names one and it was looked at.
+    pub authz: Option<&'a AuthzConfig>,
 }
 
 /// What the evaluator knows about one file.
@@ -136,6 +147,7 @@ struct Ctx<'a> {
     v: Option<Version>,
     flags: &'a Flags,
     authn: Option<&'a AuthnConfig>,
+    authz: Option<&'a AuthzConfig>,
 }
 
 impl Ctx<'_> {
@@ -154,6 +166,14 @@ impl Ctx<'_> {
     }
 
     fn list(&self, flag: &str) -> (Vec<String>, String) {
+        if flag == "authorization-mode"
+            && let Some((file, types)) = self.authorizers()
+        {
+            return (
+                types.to_vec(),
+                format!("authorizers in {file}: {}", types.join(",")),
+            );
+        }
         match self.flags.list(flag) {
             Some(items) => {
                 let shown = items.join(",");
@@ -166,6 +186,16 @@ impl Ctx<'_> {
                 ),
                 None => (Vec::new(), "absent".into()),
             },
+        }
+    }
+
+    /// The authorizers of the file `--authorization-config` names, when it was read: they
+    /// replace `--authorization-mode` (kube-apiserver refuses the two together).
+    fn authorizers(&self) -> Option<(String, &[String])> {
+        let file = self.flags.value("authorization-config")?;
+        match self.authz? {
+            AuthzConfig::Authorizers(types) => Some((file, types)),
+            AuthzConfig::Unreadable(_) => None,
         }
     }
 
@@ -185,6 +215,7 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
         v: facts.cp.version,
         flags: &facts.cp.flags,
         authn: facts.authn,
+        authz: facts.authz,
     };
     let mut out = Vec::new();
     for rule in &cat.rules {
@@ -203,22 +234,47 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
             ));
             continue;
         }
-        if let Some(flag) = rule.unless_set.as_deref().filter(|f| ctx.flags.is_set(f)) {
+        // The authorization rules read the AuthorizationConfiguration when it was read.
+        let from_file = rule.unless_set.as_deref() == Some("authorization-config")
+            && ctx.authorizers().is_some();
+        if !from_file && let Some(flag) = rule.unless_set.as_deref().filter(|f| ctx.flags.is_set(f))
+        {
             let file = ctx.flags.value(flag).unwrap_or_default();
-            let check = Check::new(
-                Verdict::Unknown(format!(
-                    "configured in --{flag}={file}, which this rule does not read"
-                )),
-                Some(flag),
-                Some(file),
-                None,
-            );
-            out.push(finding(rule, check, Status::Warn, None, &ctx));
+            let why = match (flag, ctx.authz) {
+                ("authorization-config", Some(AuthzConfig::Unreadable(why))) => {
+                    format!("cannot read the authorization config {file}: {why}")
+                }
+                _ => format!("configured in --{flag}={file}, which this rule does not read"),
+            };
+            let check = Check::new(Verdict::Unknown(why), Some(flag), Some(file), None);
+            // A flag edit changes nothing there (etcd ignores flags with --config-file), or
+            // stops the component (--authorization-mode beside --authorization-config).
+            let mut f = finding(rule, check, Status::Warn, None, &ctx);
+            f.fix = None;
+            f.autofix = false;
+            out.push(f);
             continue;
         }
-        for check in run(&rule.test, &ctx) {
+        for mut check in run(&rule.test, &ctx) {
             let status = status_of(rule, &check.verdict);
-            out.push(finding(rule, check, status, None, &ctx));
+            let mut reason = None;
+            if from_file {
+                // No flag edit applies: the file decides.
+                check.flag = Some("authorization-config".into());
+                if status != Status::Pass {
+                    reason = Some(format!(
+                        "the authorizers are set in {}: change them there; no fix edits that file",
+                        ctx.flags.value("authorization-config").unwrap_or_default()
+                    ));
+                }
+            }
+            let mut f = finding(rule, check, status, None, &ctx);
+            if from_file {
+                f.fix = None;
+                f.autofix = false;
+                f.reason = reason.or(f.reason);
+            }
+            out.push(f);
         }
     }
     out
@@ -704,6 +760,7 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Vec<Check> {
         Builtin::KnownCves => known_cves(ctx),
         Builtin::AnonymousRestricted => vec![anonymous_restricted(ctx)],
         Builtin::AdmissionFlagsMixed => admission_flags_mixed(ctx),
+        Builtin::AuthorizationFlagsMixed => authorization_flags_mixed(ctx),
     };
     if out.is_empty() {
         out.push(Check::pass());
@@ -819,6 +876,34 @@ fn admission_flags_mixed(ctx: &Ctx<'_>) -> Vec<Check> {
             newer.join(" and --")
         )),
         Some("one of them: --enable-admission-plugins / --disable-admission-plugins".into()),
+    )]
+}
+
+/// `--authorization-config` with `--authorization-mode` or `--authorization-webhook-*`:
+/// kube-apiserver refuses to start (`BuiltInAuthorizationOptions.Validate`).
+fn authorization_flags_mixed(ctx: &Ctx<'_>) -> Vec<Check> {
+    if !ctx.flags.is_set("authorization-config") {
+        return Vec::new();
+    }
+    let mut legacy: Vec<&str> = ctx
+        .flags
+        .uses
+        .iter()
+        .map(|u| u.name.as_str())
+        .filter(|n| *n == "authorization-mode" || n.starts_with("authorization-webhook-"))
+        .collect();
+    legacy.dedup();
+    if legacy.is_empty() {
+        return Vec::new();
+    }
+    vec![Check::new(
+        Verdict::Fail,
+        Some("authorization-config"),
+        Some(format!(
+            "--authorization-config together with --{}",
+            legacy.join(" and --")
+        )),
+        Some("--authorization-config alone (its authorizers replace --authorization-mode)".into()),
     )]
 }
 

@@ -18,7 +18,27 @@ fn eval_src(src: &str) -> Vec<Finding> {
 fn eval_with(src: &str, authn: Option<&AuthnConfig>) -> Vec<Finding> {
     let m = manifest(src);
     let cp = m.control_plane.expect("a control-plane manifest");
-    evaluate_manifest(Catalogue::builtin(), ManifestFacts { cp: &cp, authn })
+    evaluate_manifest(
+        Catalogue::builtin(),
+        ManifestFacts {
+            cp: &cp,
+            authn,
+            authz: None,
+        },
+    )
+}
+
+fn eval_authz(src: &str, authz: &AuthzConfig) -> Vec<Finding> {
+    let m = manifest(src);
+    let cp = m.control_plane.expect("a control-plane manifest");
+    evaluate_manifest(
+        Catalogue::builtin(),
+        ManifestFacts {
+            cp: &cp,
+            authn: None,
+            authz: Some(authz),
+        },
+    )
 }
 
 fn one<'a>(fs: &'a [Finding], id: &str) -> &'a Finding {
@@ -425,14 +445,67 @@ fn scheduler_profiling_with_config_file_is_a_warn_not_a_guess() {
 
 #[test]
 fn authorization_config_defers_the_mode_checks() {
-    let fs = eval_src(&api(
+    let src = api(
         "v1.31.4",
         &["--authorization-config=/etc/kubernetes/authz.yaml"],
-    ));
+    );
+    let fs = eval_src(&src);
     assert_eq!(
         one(&fs, "apiserver-authorization-not-always-allow").status,
         Status::Warn
     );
+    // Not read: a warn, and no fix editing --authorization-mode (kube-apiserver would refuse
+    // it beside --authorization-config). On the commit before, Node and RBAC fixes were offered.
+    for id in [
+        "apiserver-authorization-node",
+        "apiserver-authorization-rbac",
+    ] {
+        let f = one(&fs, id);
+        assert_eq!(f.status, Status::Warn);
+        assert_eq!(f.fix, None, "{id}");
+    }
+    // Read: the file's authorizers decide, and the fix is still not a flag edit (issue 13).
+    let types = |t: &[&str]| AuthzConfig::Authorizers(t.iter().map(|s| s.to_string()).collect());
+    let fs = eval_authz(&src, &types(&["Node", "RBAC", "Webhook"]));
+    for id in [
+        "apiserver-authorization-not-always-allow",
+        "apiserver-authorization-node",
+        "apiserver-authorization-rbac",
+    ] {
+        assert_eq!(one(&fs, id).status, Status::Pass, "{id}");
+    }
+    let fs = eval_authz(&src, &types(&["Webhook", "AlwaysAllow"]));
+    let f = one(&fs, "apiserver-authorization-not-always-allow");
+    assert_eq!(f.status, Status::Fail);
+    assert!(
+        f.observed
+            .as_deref()
+            .unwrap()
+            .contains("authorizers in /etc/kubernetes/authz.yaml")
+    );
+    let f = one(&fs, "apiserver-authorization-node");
+    assert_eq!(f.status, Status::Fail);
+    assert_eq!(f.fix, None);
+    assert!(f.reason.as_deref().unwrap().contains("change them there"));
+    let fs = eval_authz(&src, &AuthzConfig::Unreadable("no such file".into()));
+    let f = one(&fs, "apiserver-authorization-rbac");
+    assert_eq!(f.status, Status::Warn);
+    assert!(f.reason.as_deref().unwrap().contains("no such file"));
+    // Together with --authorization-mode or a webhook flag, kube-apiserver does not start.
+    assert_eq!(
+        one(&eval_src(&src), "authorization-flags-mixed").status,
+        Status::Pass
+    );
+    let mixed = api(
+        "v1.31.4",
+        &[
+            "--authorization-mode=Node,RBAC",
+            "--authorization-config=/etc/kubernetes/authz.yaml",
+        ],
+    );
+    let fs = eval_src(&mixed);
+    let f = one(&fs, "authorization-flags-mixed");
+    assert_eq!((f.status, f.severity), (Status::Fail, Severity::Critical));
 }
 
 #[test]
@@ -904,4 +977,18 @@ fn etcd_advisories_of_2026_are_known() {
     assert!(cves("3.7.1").is_empty());
     // 3.4 is past its end of life: its last release has no fix for the 3.5.32+ ones.
     assert!(cves("3.4.45").iter().any(|c| c == "GHSA-xg4h-6gfc-h4m8"));
+}
+
+#[test]
+fn an_authorization_configuration_is_read_for_its_authorizer_types() {
+    let cfg = "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthorizationConfiguration\nauthorizers:\n- type: Node\n  name: node\n- {type: RBAC, name: rbac}\n";
+    assert_eq!(
+        crate::check::parse_authz(cfg.as_bytes()),
+        Ok(AuthzConfig::Authorizers(vec!["Node".into(), "RBAC".into()]))
+    );
+    assert!(crate::check::parse_authz(b"kind: AuthenticationConfiguration\n").is_err());
+    assert!(
+        crate::check::parse_authz(b"kind: AuthorizationConfiguration\nauthorizers:\n- name: x\n")
+            .is_err()
+    );
 }
