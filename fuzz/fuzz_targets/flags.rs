@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let cat = Catalogue::builtin();
     let args: Vec<Arg> = text
         .split('\n')
-        .map(|w| Arg { text: w.to_string(), span: None, source: ArgSource::Args })
+        .map(|w| Arg { text: w.to_string(), span: None, source: ArgSource::Args, expanded: false })
         .collect();
     for c in Component::ALL {
         let flags = Flags::parse(args.clone(), &|name| cat.kind(c, name));

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use lockdown_agent::check::parse_manifest;
 use lockdown_agent::fix::health;
 use lockdown_agent::integrity::sha256_hex;
+use lockdown_agent::manifest::expand::Expanded;
 use lockdown_agent::manifest::flags::ArgSource;
 use lockdown_agent::rules::Catalogue;
 use notify::Watcher;
@@ -304,13 +305,23 @@ fn container(bytes: &[u8], log: &Path, opts: &Options) -> Option<Command> {
         .ok()?;
     if opts.real {
         let c = &m.pod.containers[cp.container];
-        let argv: Vec<&str> = c
+        // As the kubelet: `$(VAR)` expanded from the container's env, which the process gets.
+        let env = lockdown_agent::manifest::expand::Env::resolve(&c.env, c.env_from);
+        let argv: Vec<String> = c
             .command
             .iter()
             .chain(&c.args)
-            .map(|a| a.text.as_str())
+            .map(|a| match env.expand(&a.text) {
+                Expanded::Known(t) => t.into_owned(),
+                Expanded::RunTime(_) => a.text.clone(),
+            })
             .collect();
         let mut cmd = Command::new(argv.first()?);
+        for (k, _) in &c.env {
+            if let Some(Some(v)) = env.get(k) {
+                cmd.env(k, v);
+            }
+        }
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -6,7 +6,8 @@
 //! [`Edited::argv`], so a mistake here is refused, never written.
 //!
 //! What is never edited in place, and is refused with a reason instead:
-//! - words with no source span: block scalars, alias copies, etcd `ETCD_*` environment values;
+//! - words with no source span: block scalars, alias copies, etcd `ETCD_*` environment values,
+//!   words with `$(VAR)` expanded from the container's env (the edit would change the env);
 //! - words of flow sequences (`[a, b]`) when removing or adding;
 //! - additions inside a `sh -c` script, and replacements there that would need quoting.
 
@@ -285,6 +286,10 @@ fn editable(arg: &Arg) -> Result<Range<usize>, String> {
             arg.text
         )),
         (Some(span), _) => Ok(span.clone()),
+        (None, _) if arg.expanded => Err(format!(
+            "{:?} is what the component receives after $(VAR) expansion from the container's env; the edit would have to change the env value: review it by hand",
+            arg.text
+        )),
         (None, _) => Err(format!(
             "{:?} cannot be edited in place (a block scalar or an alias)",
             arg.text

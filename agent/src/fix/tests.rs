@@ -571,3 +571,32 @@ fn the_anonymous_auth_fix_has_a_form_that_keeps_kubeadm_join_discovery() {
     .unwrap();
     assert!(again.is_empty(), "{:?}", again.steps);
 }
+
+#[test]
+fn a_flag_whose_value_comes_from_an_env_variable_is_not_edited() {
+    // Issue 13: the fix edits the bytes that are written. `--profiling=$(P)` is what the
+    // component gets as --profiling=true, but the edit would have to change the env value:
+    // review only, nothing written.
+    let src = with_line_after(
+        API_131,
+        "    - --secure-port=6443",
+        "    - --profiling=$(P)",
+    )
+    .replace(
+        "    name: kube-apiserver\n",
+        "    name: kube-apiserver\n    env:\n    - {name: P, value: \"true\"}\n",
+    );
+    let p = safe(&src);
+    assert!(
+        !p.steps.iter().any(|s| s.rule_id == "apiserver-profiling"),
+        "{:?}",
+        p.steps
+    );
+    let s = p
+        .skipped
+        .iter()
+        .find(|s| s.rule_id == "apiserver-profiling")
+        .unwrap_or_else(|| panic!("{:?}", p.skipped));
+    assert!(s.reason.contains("$(VAR) expansion"), "{}", s.reason);
+    assert!(p.text.contains("--profiling=$(P)"));
+}

@@ -55,6 +55,8 @@ pub struct Arg {
     pub span: Option<Range<usize>>,
     /// Where the word came from.
     pub source: ArgSource,
+    /// `$(VAR)` was expanded in it: the component receives `text`, the file holds other bytes.
+    pub expanded: bool,
 }
 
 /// One occurrence of a flag.
@@ -146,6 +148,7 @@ impl Flags {
                 text: format!("{key}={value}"),
                 span: None,
                 source: ArgSource::Env,
+                expanded: false,
             });
             self.uses.push(FlagUse {
                 name,
@@ -248,6 +251,7 @@ mod tests {
                 text: w.to_string(),
                 span: None,
                 source: ArgSource::Command,
+                expanded: false,
             })
             .collect()
     }

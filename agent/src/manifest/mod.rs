@@ -7,14 +7,17 @@
 //! kube-apiserver ..."`, `hyperkube kube-apiserver`), with the image and container name as
 //! fallback when the pod sets no command.
 
+pub mod expand;
 pub mod flags;
 pub mod pod;
 pub mod shell;
 pub mod version;
 pub mod yaml;
 
+use std::borrow::Cow;
 use std::fmt;
 
+use expand::Expanded;
 use flags::{Arg, ArgSource, FlagKind, Flags};
 use pod::{Container, Pod};
 use version::{ImageRef, Version};
@@ -229,9 +232,33 @@ fn identify(
     kinds: FlagKinds<'_>,
     notes: &mut Vec<String>,
 ) -> Option<ControlPlane> {
-    let argv: Vec<Arg> = c.command.iter().chain(&c.args).cloned().collect();
+    // What the container receives: `$(VAR)` expanded from its env, as the kubelet does.
+    let env = expand::Env::resolve(&c.env, c.env_from);
+    let mut run_time = Vec::new();
+    let mut expand = |words: &[Arg]| -> Vec<Arg> {
+        words
+            .iter()
+            .map(|a| match env.expand(&a.text) {
+                Expanded::Known(Cow::Borrowed(_)) => a.clone(),
+                // Not the bytes that are written: never edited in place.
+                Expanded::Known(Cow::Owned(text)) => Arg {
+                    text,
+                    span: None,
+                    source: a.source,
+                    expanded: true,
+                },
+                Expanded::RunTime(var) => {
+                    run_time.push((a.text.clone(), var));
+                    a.clone()
+                }
+            })
+            .collect()
+    };
+    let command = expand(&c.command);
+    let args = expand(&c.args);
+    let argv: Vec<Arg> = command.iter().chain(&args).cloned().collect();
     let image = c.image.as_deref().map(ImageRef::parse);
-    let (component, identified_by, rest) = if let Some(first) = c.command.first() {
+    let (component, identified_by, rest) = if let Some(first) = command.first() {
         let base = first.text.rsplit('/').next().unwrap_or(&first.text);
         if let Some(component) = Component::from_executable(base) {
             (component, IdentifiedBy::Executable, argv[1..].to_vec())
@@ -240,7 +267,7 @@ fn identify(
             (component, IdentifiedBy::Hyperkube, argv[2..].to_vec())
         } else if matches!(base, "sh" | "bash" | "ash" | "dash") {
             let script_at = argv.iter().position(|a| a.text == "-c")? + 1;
-            let (component, words) = from_script(src, argv.get(script_at)?)?;
+            let (component, words) = from_script(src, argv.get(script_at)?, &env, notes)?;
             (component, IdentifiedBy::ShellWrapper, words)
         } else {
             return None;
@@ -250,11 +277,16 @@ fn identify(
         .and_then(|i| Component::from_image_or_container_name(i.name))
     {
         // No command: the image's entrypoint runs, with `args` as its arguments.
-        (component, IdentifiedBy::Image, c.args.clone())
+        (component, IdentifiedBy::Image, args)
     } else {
         let component = Component::from_image_or_container_name(&c.name)?;
-        (component, IdentifiedBy::ContainerName, c.args.clone())
+        (component, IdentifiedBy::ContainerName, args)
     };
+    for (word, var) in run_time {
+        notes.push(format!(
+            "{word:?} uses $({var}), which is set from valueFrom at run time; judged as written"
+        ));
+    }
     let version = image.as_ref().and_then(ImageRef::version);
     if version.is_none() {
         notes.push(format!(
@@ -264,7 +296,11 @@ fn identify(
     }
     let mut flags = Flags::parse(rest, &|name| kinds(component, name));
     if component == Component::Etcd {
-        flags.add_env_fallbacks(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        flags.add_env_fallbacks(
+            c.env
+                .iter()
+                .filter_map(|(k, _)| Some((k.as_str(), env.get(k)??))),
+        );
     }
     Some(ControlPlane {
         component,
@@ -278,7 +314,12 @@ fn identify(
 
 /// Finds `[exec] [VAR=x ...] <component> flags...` in a `sh -c` script and returns the
 /// flag words, with spans where the script text maps one to one onto the source.
-fn from_script(src: &str, script: &Arg) -> Option<(Component, Vec<Arg>)> {
+fn from_script(
+    src: &str,
+    script: &Arg,
+    env: &expand::Env,
+    notes: &mut Vec<String>,
+) -> Option<(Component, Vec<Arg>)> {
     // Where the script's own text starts in the source, if the scalar is written verbatim.
     let base = script.span.as_ref().and_then(|span| {
         let raw = &src[span.clone()];
@@ -289,7 +330,7 @@ fn from_script(src: &str, script: &Arg) -> Option<(Component, Vec<Arg>)> {
             .unwrap_or(raw);
         (inner == script.text).then(|| span.start + (raw.len() - inner.len()) / 2)
     });
-    for command in shell::split_commands(&script.text) {
+    for command in shell::split_commands_with(&script.text, &|name| env.get(name)) {
         let mut words = command.into_iter().peekable();
         while let Some(w) = words.peek() {
             if w.text == "exec" || (w.text.contains('=') && !w.text.starts_with('-')) {
@@ -303,12 +344,21 @@ fn from_script(src: &str, script: &Arg) -> Option<(Component, Vec<Arg>)> {
             continue;
         };
         let args = words
-            .map(|w| Arg {
-                span: base
-                    .filter(|_| w.verbatim)
-                    .map(|b| b + w.range.start..b + w.range.end),
-                text: w.text,
-                source: ArgSource::Shell,
+            .map(|w| {
+                if let Some(what) = &w.dynamic {
+                    notes.push(format!(
+                        "{:?} in the sh -c script uses {what}; judged as written",
+                        w.text
+                    ));
+                }
+                Arg {
+                    span: base
+                        .filter(|_| w.verbatim)
+                        .map(|b| b + w.range.start..b + w.range.end),
+                    text: w.text,
+                    source: ArgSource::Shell,
+                    expanded: script.expanded || w.expanded,
+                }
             })
             .collect();
         return Some((component, args));

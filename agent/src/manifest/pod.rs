@@ -31,8 +31,11 @@ pub struct Container {
     pub command: Vec<Arg>,
     /// `args`, with spans.
     pub args: Vec<Arg>,
-    /// `env` entries with a literal `value`.
-    pub env: Vec<(String, String)>,
+    /// `env` entries in order: name and `value` (empty when absent), `None` when the value
+    /// comes from `valueFrom` (known only at run time).
+    pub env: Vec<(String, Option<String>)>,
+    /// `envFrom` is set: variables not in `env` may come from a ConfigMap or Secret.
+    pub env_from: bool,
     /// `volumeMounts`.
     pub mounts: Vec<Mount>,
     /// `startupProbe`, `readinessProbe`, `livenessProbe`, where set.
@@ -165,9 +168,19 @@ impl Container {
             args: words(node, "args", path, ArgSource::Args)?,
             ..Container::default()
         };
+        c.env_from = !seq(node, "envFrom", path)?.is_empty();
         for e in seq(node, "env", path)? {
-            if let (Some(k), Some(v)) = (scalar(e, "name"), scalar(e, "value")) {
-                c.env.push((k, v));
+            if let Some(k) = scalar(e, "name") {
+                let value = match e.get("valueFrom") {
+                    Some(_) => None,
+                    None => Some(
+                        e.get("value")
+                            .and_then(Node::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+                };
+                c.env.push((k, value));
             }
         }
         for m in seq(node, "volumeMounts", path)? {
@@ -255,6 +268,7 @@ fn words(node: &Node, key: &str, path: &str, source: ArgSource) -> Result<Vec<Ar
                 // token; such words are never edited in place.
                 span: span.clone().filter(|_| *style != Style::Block),
                 source,
+                expanded: false,
             }),
             other => Err(invalid(
                 &format!("{path}.{key}[{i}]"),

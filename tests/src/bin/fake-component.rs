@@ -88,6 +88,7 @@ fn parse(cat: &Catalogue, c: Component, argv: &[String]) -> Flags {
             text: a.clone(),
             span: None,
             source: ArgSource::Command,
+            expanded: false,
         })
         .collect();
     Flags::parse(args, &|name| cat.kind(c, name))

@@ -992,3 +992,95 @@ fn an_authorization_configuration_is_read_for_its_authorizer_types() {
             .is_err()
     );
 }
+
+#[test]
+fn flags_are_judged_after_the_kubelet_expands_env_variables() {
+    // Issue 13: `--authorization-mode=$(MODE)` with MODE=AlwaysAllow is AlwaysAllow. On the
+    // commit before it was read literally (and passed the AlwaysAllow check).
+    let with_env = |arg: &str, env: &str| {
+        api("v1.31.4", &[arg]).replace(
+            "    name: kube-apiserver\n",
+            &format!("    name: kube-apiserver\n    env:\n{env}"),
+        )
+    };
+    let src = with_env(
+        "--authorization-mode=$(MODE)",
+        "    - {name: MODE, value: AlwaysAllow}\n",
+    );
+    let f = one(&eval_src(&src), "apiserver-authorization-not-always-allow").clone();
+    assert_eq!(f.status, Status::Fail);
+    assert_eq!(f.observed.as_deref(), Some("AlwaysAllow"));
+    // A variable defined from another one, earlier in the list.
+    let src = with_env(
+        "--authorization-mode=$(MODES)",
+        "    - {name: A, value: Node}\n    - {name: MODES, value: \"$(A),RBAC\"}\n",
+    );
+    let fs = eval_src(&src);
+    assert_eq!(
+        one(&fs, "apiserver-authorization-node").status,
+        Status::Pass
+    );
+    assert_eq!(
+        one(&fs, "apiserver-authorization-rbac").status,
+        Status::Pass
+    );
+    // `$$(MODE)` is the literal `$(MODE)`; an undefined variable stays as written.
+    for arg in [
+        "--authorization-mode=$$(MODE)",
+        "--authorization-mode=$(NOPE)",
+    ] {
+        let src = with_env(arg, "    - {name: MODE, value: \"Node,RBAC\"}\n");
+        let fs = eval_src(&src);
+        assert_eq!(
+            one(&fs, "apiserver-authorization-node").status,
+            Status::Fail,
+            "{arg}"
+        );
+    }
+    // A value set at run time (valueFrom) is judged as written, and said so.
+    let src = with_env(
+        "--authorization-mode=$(MODE)",
+        "    - name: MODE\n      valueFrom: {configMapKeyRef: {name: x, key: y}}\n",
+    );
+    let m = manifest(&src);
+    assert!(
+        m.notes
+            .iter()
+            .any(|n| n.contains("$(MODE)") && n.contains("run time")),
+        "{:?}",
+        m.notes
+    );
+    // etcd's ETCD_* variables are expanded too.
+    let etcd = "apiVersion: v1\nkind: Pod\nmetadata: {name: etcd}\nspec:\n  containers:\n  - name: etcd\n    image: registry.k8s.io/etcd:3.5.15-0\n    command: [etcd]\n    env:\n    - {name: ON, value: \"true\"}\n    - {name: ETCD_CLIENT_CERT_AUTH, value: $(ON)}\n";
+    assert_eq!(
+        one(&eval_src(etcd), "etcd-client-cert-auth").status,
+        Status::Pass
+    );
+}
+
+#[test]
+fn a_sh_c_script_gets_its_parameters_from_the_container_env() {
+    let pod = |script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: kube-apiserver}}\nspec:\n  containers:\n  - name: kube-apiserver\n    image: registry.k8s.io/kube-apiserver:v1.31.4\n    command: [sh, -c, '{script}']\n    env:\n    - {{name: MODE, value: AlwaysAllow}}\n"
+        )
+    };
+    let fs = eval_src(&pod("exec kube-apiserver --authorization-mode=$MODE"));
+    let f = one(&fs, "apiserver-authorization-not-always-allow");
+    assert_eq!(f.status, Status::Fail);
+    assert_eq!(f.observed.as_deref(), Some("AlwaysAllow"));
+    let fs = eval_src(&pod("exec kube-apiserver --authorization-mode=\"${MODE}\""));
+    assert_eq!(
+        one(&fs, "apiserver-authorization-not-always-allow").status,
+        Status::Fail
+    );
+    // A variable not in the env is unknown: judged as written, and said so.
+    let m = manifest(&pod("exec kube-apiserver --authorization-mode=$OTHER"));
+    assert!(
+        m.notes
+            .iter()
+            .any(|n| n.contains("$OTHER") && n.contains("judged as written")),
+        "{:?}",
+        m.notes
+    );
+}
