@@ -25,6 +25,12 @@ pub struct Outcome {
 /// Runs `bytes` through parse, evaluate, host-path resolution, planning and redaction.
 pub fn manifest_bytes(cat: &Catalogue, bytes: &[u8]) -> Outcome {
     let mut out = Outcome::default();
+    // The YAML fast path builds exactly what the full parser builds, or declines.
+    if let Ok(src) = std::str::from_utf8(bytes)
+        && let Some(diff) = crate::manifest::yaml::fast_path_disagreement(src)
+    {
+        panic!("the YAML fast path disagrees with the full parser:\n{diff}\non {src:?}");
+    }
     if let Ok(m) = check::parse_manifest(cat, bytes)
         && let Some(cp) = &m.control_plane
     {

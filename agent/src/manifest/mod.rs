@@ -195,7 +195,8 @@ pub fn parse(bytes: &[u8], kinds: FlagKinds<'_>) -> Result<Manifest, ManifestErr
             limit: MAX_MANIFEST_BYTES,
         });
     }
-    if let Some(offset) = bytes.iter().position(|&b| b == 0) {
+    if bytes.contains(&0) {
+        let offset = bytes.iter().position(|&b| b == 0).unwrap_or_default();
         return Err(ManifestError::Binary { offset });
     }
     let src = std::str::from_utf8(bytes).map_err(|e| ManifestError::NotUtf8 {
@@ -235,36 +236,37 @@ fn identify(
     // What the container receives: `$(VAR)` expanded from its env, as the kubelet does.
     let env = expand::Env::resolve(&c.env, c.env_from);
     let mut run_time = Vec::new();
-    let mut expand = |words: &[Arg]| -> Vec<Arg> {
-        words
-            .iter()
-            .map(|a| match env.expand(&a.text) {
-                Expanded::Known(Cow::Borrowed(_)) => a.clone(),
-                // Not the bytes that are written: never edited in place.
-                Expanded::Known(Cow::Owned(text)) => Arg {
-                    text,
-                    span: None,
-                    source: a.source,
-                    expanded: true,
-                },
-                Expanded::RunTime(var) => {
-                    run_time.push((a.text.clone(), var));
-                    a.clone()
-                }
-            })
-            .collect()
-    };
-    let command = expand(&c.command);
-    let args = expand(&c.args);
-    let argv: Vec<Arg> = command.iter().chain(&args).cloned().collect();
+    let n_command = c.command.len();
+    let mut argv: Vec<Arg> = c
+        .command
+        .iter()
+        .chain(&c.args)
+        .map(|a| match env.expand(&a.text) {
+            Expanded::Known(Cow::Borrowed(_)) => a.clone(),
+            // Not the bytes that are written: never edited in place.
+            Expanded::Known(Cow::Owned(text)) => Arg {
+                text,
+                span: None,
+                source: a.source,
+                expanded: true,
+            },
+            Expanded::RunTime(var) => {
+                run_time.push((a.text.clone(), var));
+                a.clone()
+            }
+        })
+        .collect();
     let image = c.image.as_deref().map(ImageRef::parse);
-    let (component, identified_by, rest) = if let Some(first) = command.first() {
-        let base = first.text.rsplit('/').next().unwrap_or(&first.text);
+    let (component, identified_by, rest) = if n_command > 0 {
+        let first = &argv[0].text;
+        let base = first.rsplit('/').next().unwrap_or(first);
         if let Some(component) = Component::from_executable(base) {
-            (component, IdentifiedBy::Executable, argv[1..].to_vec())
+            argv.drain(..1);
+            (component, IdentifiedBy::Executable, argv)
         } else if base == "hyperkube" {
             let component = argv.get(1).and_then(|a| Component::from_name(&a.text))?;
-            (component, IdentifiedBy::Hyperkube, argv[2..].to_vec())
+            argv.drain(..2);
+            (component, IdentifiedBy::Hyperkube, argv)
         } else if matches!(base, "sh" | "bash" | "ash" | "dash") {
             let script_at = argv.iter().position(|a| a.text == "-c")? + 1;
             let (component, words) = from_script(src, argv.get(script_at)?, &env, notes)?;
@@ -277,10 +279,10 @@ fn identify(
         .and_then(|i| Component::from_image_or_container_name(i.name))
     {
         // No command: the image's entrypoint runs, with `args` as its arguments.
-        (component, IdentifiedBy::Image, args)
+        (component, IdentifiedBy::Image, argv)
     } else {
         let component = Component::from_image_or_container_name(&c.name)?;
-        (component, IdentifiedBy::ContainerName, args)
+        (component, IdentifiedBy::ContainerName, argv)
     };
     for (word, var) in run_time {
         notes.push(format!(

@@ -11,6 +11,8 @@
 
 use std::ops::Range;
 
+mod block;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 /// Deepest nesting we accept. Real pod manifests are around 8 levels deep.
@@ -135,6 +137,52 @@ pub struct Document {
 
 /// Parses the first document of `src`.
 pub fn parse_first_document(src: &str) -> Result<Document, YamlError> {
+    if let Some(root) = block::parse(src) {
+        return Ok(Document {
+            root,
+            has_more_documents: false,
+            more_documents_at: None,
+        });
+    }
+    full(src)
+}
+
+/// When the fast path accepts `src` and the full parser disagrees, what differs. Property
+/// tests and the fuzz target call it on every input they make.
+pub fn fast_path_disagreement(src: &str) -> Option<String> {
+    let fast = block::parse(src)?;
+    match full(src) {
+        Ok(doc) if doc.root == fast && !doc.has_more_documents => None,
+        Ok(doc) => Some(first_difference(&fast, &doc.root)),
+        Err(e) => Some(format!("fast path: {fast:?}\nfull parser: {e}")),
+    }
+}
+
+/// The first node where two trees differ, for a readable failure.
+fn first_difference(a: &Node, b: &Node) -> String {
+    match (a, b) {
+        (Node::Seq(x), Node::Seq(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .find(|(p, q)| p != q)
+            .map_or_else(String::new, |(p, q)| first_difference(p, q)),
+        (Node::Map(x), Node::Map(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .find(|(p, q)| p != q)
+            .map_or_else(String::new, |((k1, v1), (k2, v2))| {
+                if k1 == k2 {
+                    first_difference(v1, v2)
+                } else {
+                    first_difference(k1, k2)
+                }
+            }),
+        _ => format!("fast path: {a:?}\nfull parser: {b:?}"),
+    }
+}
+
+/// The full parser (saphyr-parser), for everything the fast path leaves.
+fn full(src: &str) -> Result<Document, YamlError> {
     let offsets = CharOffsets::new(src);
     let mut parser = Parser::new_from_str(src);
     let mut builder = Builder {

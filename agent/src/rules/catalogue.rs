@@ -5,8 +5,9 @@
 //! malformed versions are errors, so a typo in a rule cannot silently turn it into a pass.
 //! Users add rules in the same format through the config file and disable rules by id.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -537,6 +538,8 @@ pub struct Rule {
     pub fix: Option<Fix>,
     /// Safe unattended.
     pub safe: bool,
+    /// Every flag the test names, in order (see [`referenced_flags`]).
+    pub flags: Vec<String>,
 }
 
 /// The support window of a product.
@@ -611,6 +614,40 @@ pub struct Catalogue {
     pub rules: Vec<Rule>,
     /// Support and CVEs.
     pub versions: VersionTable,
+    /// `flags` by component and name (every evaluation looks flags up many times).
+    flag_index: HashMap<Component, HashMap<String, usize, BuildHasherDefault<Fx>>>,
+}
+
+/// The Fx hash (rustc's): flag names are the catalogue's own, not attacker-chosen, and
+/// lookups are most of what the evaluator does, so a word-at-a-time hash beats SipHash.
+#[derive(Default)]
+struct Fx(u64);
+
+impl Fx {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        let rest = chunks.remainder();
+        last[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(last));
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
 }
 
 fn parse_yaml<T: for<'de> Deserialize<'de>>(name: &str, text: &str) -> Result<T, CatalogueError> {
@@ -643,11 +680,18 @@ impl Catalogue {
                 }
             }
         }
+        let mut flag_index: HashMap<Component, HashMap<String, usize, _>> = HashMap::new();
+        for (i, f) in flags.flags.iter().enumerate() {
+            // The first record of a flag wins, as a linear search would find it.
+            let by_name: &mut HashMap<_, _, _> = flag_index.entry(f.component).or_default();
+            by_name.entry(f.flag.clone()).or_insert(i);
+        }
         let mut cat = Catalogue {
             flags: flags.flags,
             items: flags.items,
             rules: Vec::new(),
             versions,
+            flag_index,
         };
         cat.add_rules(rules_yaml, rules_name)?;
         Ok(cat)
@@ -714,9 +758,10 @@ impl Catalogue {
             (None, Some(role)) => Target::Files(role),
             _ => return Err(bad("set exactly one of `component` and `files`".into())),
         };
+        let mut flags = Vec::new();
+        referenced_flags(&r.test, &mut flags);
         if let Target::Component(c) = target {
-            let mut missing = Vec::new();
-            referenced_flags(&r.test, &mut missing);
+            let mut missing = flags.clone();
             if let Some(f) = &r.unless_set {
                 missing.push(f.clone());
             }
@@ -746,14 +791,14 @@ impl Catalogue {
             remediation: r.remediation,
             fix: r.fix,
             safe: r.safe,
+            flags,
         })
     }
 
     /// The spec of a flag.
     pub fn flag(&self, c: Component, name: &str) -> Option<&FlagSpec> {
-        self.flags
-            .iter()
-            .find(|f| f.component == c && f.flag == name)
+        let i = *self.flag_index.get(&c)?.get(name)?;
+        self.flags.get(i)
     }
 
     /// Whether a flag of any component can carry a secret: marked `sensitive` in the

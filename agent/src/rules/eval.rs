@@ -3,7 +3,7 @@
 
 use super::catalogue::{
     ANONYMOUS_CONFIG_SINCE, Builtin, Catalogue, Existence, FileRole, Fix, FlagItem, FlagRef,
-    FlagValue, Minor, Rule, Target, Test, explain, referenced_flags,
+    FlagValue, Minor, Rule, Target, Test, explain,
 };
 use super::{Finding, Severity, Status};
 use crate::manifest::flags::{FlagKind, Flags, parse_go_bool};
@@ -400,7 +400,9 @@ fn finding(
         title: check.title.unwrap_or_else(|| rule.title.clone()),
         severity: check.severity.unwrap_or(rule.severity),
         status,
-        flag: check.flag.or_else(|| primary_flag(&rule.test)),
+        flag: check
+            .flag
+            .or_else(|| rule.flags.first().map(|f| format!("--{f}"))),
         observed: check.observed,
         expected: check.expected,
         remediation: rule.remediation.clone(),
@@ -409,12 +411,6 @@ fn finding(
         reason,
         reference: check.reference,
     }
-}
-
-fn primary_flag(t: &Test) -> Option<String> {
-    let mut flags = Vec::new();
-    referenced_flags(t, &mut flags);
-    flags.into_iter().next().map(|f| format!("--{f}"))
 }
 
 /// The version guard: a fix may change or remove what is there, but may add a flag or list
@@ -488,12 +484,10 @@ fn not_applicable(rule: &Rule, ctx: &Ctx<'_>) -> Option<String> {
             return Some(format!("does not apply to {}", ctx.version_text()));
         }
     }
-    let mut flags = Vec::new();
-    referenced_flags(&rule.test, &mut flags);
-    for flag in flags {
-        match ctx.cat.flag_exists(ctx.c, &flag, ctx.v) {
+    for flag in &rule.flags {
+        match ctx.cat.flag_exists(ctx.c, flag, ctx.v) {
             Existence::Accepted => {}
-            Existence::Unknown if ctx.flags.is_set(&flag) => {}
+            Existence::Unknown if ctx.flags.is_set(flag) => {}
             Existence::Unknown => {
                 return Some(format!(
                     "--{flag} exists only in some versions, and the version is unknown"
