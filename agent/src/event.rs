@@ -367,9 +367,9 @@ impl FindingRecord {
             return None;
         }
         Some(FindingRecord {
-            rule_id: f.id.clone(),
-            cis: f.cis.clone(),
-            title: f.title.clone(),
+            rule_id: f.id.to_string(),
+            cis: f.cis.as_deref().map(str::to_string),
+            title: f.title.to_string(),
             severity: f.severity,
             status: f.status,
             component: component.map(str::to_string),
@@ -382,7 +382,7 @@ impl FindingRecord {
                 f.observed.clone()
             },
             expected: f.expected.clone(),
-            remediation: f.remediation.clone(),
+            remediation: f.remediation.to_string(),
         })
     }
 }

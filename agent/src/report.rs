@@ -131,7 +131,7 @@ pub fn kube_bench(report: &Report, cat: &crate::rules::Catalogue) -> String {
     let scored = |id: &str| {
         cat.rules
             .iter()
-            .find(|r| r.id == id)
+            .find(|r| &*r.id == id)
             .is_none_or(|r| r.scored)
     };
     let sections: [(&str, &str, &str); 5] = [

@@ -95,7 +95,8 @@ impl FixConfig {
         if mode == Mode::Off || (f.fix.is_none() && !guarded) {
             return Choice::Ignore;
         }
-        let named = self.rules.get(&f.id) == Some(&Mode::Enforce) || extra.contains(&f.id);
+        let named =
+            self.rules.get(&*f.id) == Some(&Mode::Enforce) || extra.iter().any(|e| **e == *f.id);
         if f.fix.is_some() && !f.autofix && !named {
             // The anonymous-auth fix also ends anonymous reads of kube-public/cluster-info,
             // which `kubeadm join` token discovery makes: say so where it is offered.

@@ -145,7 +145,7 @@ pub fn plan(
         };
         tried.insert(key(f));
         let skip = |reason: String| Skipped {
-            rule_id: f.id.clone(),
+            rule_id: f.id.to_string(),
             fix: f.fix.clone(),
             reason,
         };
@@ -192,7 +192,7 @@ pub fn plan(
                 plan.text = edited.text;
                 plan.files.extend(aux);
                 plan.steps.push(Step {
-                    rule_id: f.id.clone(),
+                    rule_id: f.id.to_string(),
                     fix,
                 });
                 (m, cp, authn) = (m2, cp2, authn_after);
@@ -209,7 +209,7 @@ type Key = (String, Option<String>, String);
 
 fn key(f: &Finding) -> Key {
     (
-        f.id.clone(),
+        f.id.to_string(),
         f.flag.clone(),
         serde_json::to_string(&f.fix).expect("fixes serialise"),
     )

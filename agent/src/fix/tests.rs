@@ -333,7 +333,7 @@ fn off_rules_are_ignored_and_unsafe_ones_reported() {
         KCM_131.as_bytes(),
         None,
         &|f: &Finding| match c.choose(f, Mode::Enforce, &[]) {
-            Choice::Fix if f.id == "controller-manager-profiling" => Choice::Ignore,
+            Choice::Fix if &*f.id == "controller-manager-profiling" => Choice::Ignore,
             other => other,
         },
     )
@@ -431,7 +431,7 @@ proptest! {
         );
         for step in &p.steps {
             prop_assert!(
-                !after.iter().any(|f| f.id == step.rule_id && f.fix.as_ref() == Some(&step.fix)
+                !after.iter().any(|f| *f.id == *step.rule_id && f.fix.as_ref() == Some(&step.fix)
                     && matches!(f.status, crate::rules::Status::Fail)),
                 "{} still fails", step.rule_id
             );

@@ -244,7 +244,7 @@ fn scalar(node: &Node, key: &str) -> Option<String> {
 }
 
 /// A sequence field; absent or null is empty, any other non-sequence is an error.
-fn seq<'a>(node: &'a Node, key: &str, path: &str) -> Result<&'a [Node], ManifestError> {
+fn seq<'a, 'n>(node: &'a Node<'n>, key: &str, path: &str) -> Result<&'a [Node<'n>], ManifestError> {
     match node.get(key) {
         None => Ok(&[]),
         Some(Node::Seq(items)) => Ok(items),
@@ -263,7 +263,7 @@ fn words(node: &Node, key: &str, path: &str, source: ArgSource) -> Result<Vec<Ar
         .enumerate()
         .map(|(i, n)| match n {
             Node::Scalar { value, style, span } => Ok(Arg {
-                text: value.clone(),
+                text: value.to_string(),
                 // Block scalars (`|`, `>`) span lines and their reported range is not the
                 // token; such words are never edited in place.
                 span: span.clone().filter(|_| *style != Style::Block),

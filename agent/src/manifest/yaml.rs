@@ -9,6 +9,7 @@
 //! hostile file (an alias bomb, a 100 000-deep sequence) becomes an error in microseconds
 //! instead of exhausting memory or the stack.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 mod block;
@@ -65,26 +66,26 @@ pub enum Style {
 
 /// One node of the tree.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Node {
+pub enum Node<'a> {
     /// A scalar with its decoded value, style and the byte range of its source token
     /// (quotes included). Scalars copied in by an alias have no span.
     Scalar {
-        /// Decoded value.
-        value: String,
+        /// Decoded value (borrowed from the source where it is written as it reads).
+        value: Cow<'a, str>,
         /// Source style.
         style: Style,
         /// Byte range in the source text, `None` for alias copies.
         span: Option<Range<usize>>,
     },
     /// A sequence.
-    Seq(Vec<Node>),
+    Seq(Vec<Node<'a>>),
     /// A mapping, in source order.
-    Map(Vec<(Node, Node)>),
+    Map(Vec<(Node<'a>, Node<'a>)>),
 }
 
-impl Node {
+impl<'a> Node<'a> {
     /// Looks a key up in a mapping (by scalar key).
-    pub fn get(&self, key: &str) -> Option<&Node> {
+    pub fn get(&self, key: &str) -> Option<&Node<'a>> {
         match self {
             Node::Map(entries) => entries
                 .iter()
@@ -104,7 +105,7 @@ impl Node {
     }
 
     /// The items of a sequence.
-    pub fn as_seq(&self) -> Option<&[Node]> {
+    pub fn as_seq(&self) -> Option<&[Node<'a>]> {
         match self {
             Node::Seq(items) => Some(items),
             _ => None,
@@ -126,9 +127,9 @@ impl Node {
 
 /// The first document of a stream, and whether more followed it.
 #[derive(Debug)]
-pub struct Document {
+pub struct Document<'a> {
     /// Root node of the first document.
-    pub root: Node,
+    pub root: Node<'a>,
     /// True when the stream holds a second document, which the kubelet ignores.
     pub has_more_documents: bool,
     /// Byte offset where the second document starts, when there is one.
@@ -136,7 +137,7 @@ pub struct Document {
 }
 
 /// Parses the first document of `src`.
-pub fn parse_first_document(src: &str) -> Result<Document, YamlError> {
+pub fn parse_first_document(src: &str) -> Result<Document<'_>, YamlError> {
     if let Some(root) = block::parse(src) {
         return Ok(Document {
             root,
@@ -182,7 +183,7 @@ fn first_difference(a: &Node, b: &Node) -> String {
 }
 
 /// The full parser (saphyr-parser), for everything the fast path leaves.
-fn full(src: &str) -> Result<Document, YamlError> {
+fn full(src: &str) -> Result<Document<'_>, YamlError> {
     let offsets = CharOffsets::new(src);
     let mut parser = Parser::new_from_str(src);
     let mut builder = Builder {
@@ -244,14 +245,14 @@ fn next<'a>(
     }
 }
 
-struct Builder<'o> {
+struct Builder<'o, 'a> {
     offsets: &'o CharOffsets,
     /// Anchored nodes by anchor id, with the number of nodes each expands to.
-    anchors: Vec<(usize, Node, usize)>,
+    anchors: Vec<(usize, Node<'a>, usize)>,
     nodes: usize,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'_, 'a> {
     fn count(&mut self, n: usize) -> Result<(), YamlError> {
         self.nodes += n;
         if self.nodes > MAX_NODES {
@@ -260,13 +261,13 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn node<'a>(
+    fn node(
         &mut self,
         parser: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
         event: Event<'a>,
         span: Span,
         depth: usize,
-    ) -> Result<Node, YamlError> {
+    ) -> Result<Node<'a>, YamlError> {
         if depth > MAX_DEPTH {
             return Err(YamlError::TooDeep);
         }
@@ -283,7 +284,7 @@ impl Builder<'_> {
                 let span = self.offsets.range(span.start.index(), span.end.index());
                 (
                     Node::Scalar {
-                        value: value.into_owned(),
+                        value,
                         style,
                         span: Some(span),
                     },
@@ -347,7 +348,7 @@ impl Builder<'_> {
 
 /// Copies made by an alias do not come from their own source bytes, so they lose their spans:
 /// nothing may edit them in place.
-fn strip_spans(node: Node) -> Node {
+fn strip_spans(node: Node<'_>) -> Node<'_> {
     match node {
         Node::Scalar { value, style, .. } => Node::Scalar {
             value,

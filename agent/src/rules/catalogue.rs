@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -509,13 +509,13 @@ pub struct RawRule {
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// Stable id.
-    pub id: String,
+    pub id: Arc<str>,
     /// CIS Kubernetes Benchmark id.
-    pub cis: Option<String>,
+    pub cis: Option<Arc<str>>,
     /// What it looks at.
     pub target: Target,
     /// Title.
-    pub title: String,
+    pub title: Arc<str>,
     /// Severity.
     pub severity: Severity,
     /// A failing test is a warn.
@@ -533,7 +533,7 @@ pub struct Rule {
     /// The test.
     pub test: Test,
     /// Remediation text.
-    pub remediation: String,
+    pub remediation: Arc<str>,
     /// The fix.
     pub fix: Option<Fix>,
     /// Safe unattended.
@@ -572,6 +572,9 @@ pub struct Cve {
     pub since: Option<Minor>,
     /// First fixed patch release per minor.
     pub fixed: Vec<String>,
+    /// `fixed`, parsed (when the catalogue is loaded).
+    #[serde(skip)]
+    pub fixed_versions: Vec<Version>,
     /// Advisory.
     pub source: String,
 }
@@ -615,7 +618,7 @@ pub struct Catalogue {
     /// Support and CVEs.
     pub versions: VersionTable,
     /// `flags` by component and name (every evaluation looks flags up many times).
-    flag_index: HashMap<Component, HashMap<String, usize, BuildHasherDefault<Fx>>>,
+    flag_index: [HashMap<String, usize, BuildHasherDefault<Fx>>; Component::ALL.len()],
 }
 
 /// The Fx hash (rustc's): flag names are the catalogue's own, not attacker-chosen, and
@@ -669,22 +672,26 @@ impl Catalogue {
 
     fn load(rules_yaml: &str, rules_name: &str) -> Result<Catalogue, CatalogueError> {
         let flags: FlagsDoc = parse_yaml("built-in flags.yaml", FLAGS_YAML)?;
-        let versions: VersionTable = parse_yaml("built-in versions.yaml", VERSIONS_YAML)?;
-        for cve in &versions.cves {
+        let mut versions: VersionTable = parse_yaml("built-in versions.yaml", VERSIONS_YAML)?;
+        for cve in &mut versions.cves {
             for f in &cve.fixed {
-                if Version::parse(f).and_then(|v| v.patch).is_none() {
-                    return Err(CatalogueError::Parse {
-                        source_name: "built-in versions.yaml".into(),
-                        message: format!("{}: fixed version {f:?} is not x.y.z", cve.id),
-                    });
+                match Version::parse(f).filter(|v| v.patch.is_some()) {
+                    Some(v) => cve.fixed_versions.push(v),
+                    None => {
+                        return Err(CatalogueError::Parse {
+                            source_name: "built-in versions.yaml".into(),
+                            message: format!("{}: fixed version {f:?} is not x.y.z", cve.id),
+                        });
+                    }
                 }
             }
         }
-        let mut flag_index: HashMap<Component, HashMap<String, usize, _>> = HashMap::new();
+        let mut flag_index: [HashMap<String, usize, _>; Component::ALL.len()] = Default::default();
         for (i, f) in flags.flags.iter().enumerate() {
             // The first record of a flag wins, as a linear search would find it.
-            let by_name: &mut HashMap<_, _, _> = flag_index.entry(f.component).or_default();
-            by_name.entry(f.flag.clone()).or_insert(i);
+            flag_index[f.component as usize]
+                .entry(f.flag.clone())
+                .or_insert(i);
         }
         let mut cat = Catalogue {
             flags: flags.flags,
@@ -705,12 +712,12 @@ impl Catalogue {
 
     /// Adds already-parsed rules, checking each.
     pub fn add_raw_rules(&mut self, raw: Vec<RawRule>) -> Result<(), CatalogueError> {
-        let mut ids: HashSet<String> = self.rules.iter().map(|r| r.id.clone()).collect();
+        let mut ids: HashSet<Arc<str>> = self.rules.iter().map(|r| r.id.clone()).collect();
         for r in raw {
             let rule = self.check_rule(r)?;
             if !ids.insert(rule.id.clone()) {
                 return Err(CatalogueError::Rule {
-                    id: rule.id,
+                    id: rule.id.to_string(),
                     problem: "the id is used by another rule".into(),
                 });
             }
@@ -724,7 +731,7 @@ impl Catalogue {
     pub fn disable(&mut self, ids: &[String]) -> Result<(), CatalogueError> {
         for id in ids {
             let before = self.rules.len();
-            self.rules.retain(|r| &r.id != id);
+            self.rules.retain(|r| *r.id != **id);
             if self.rules.len() == before {
                 return Err(CatalogueError::Rule {
                     id: id.clone(),
@@ -774,10 +781,10 @@ impl Catalogue {
             }
         }
         Ok(Rule {
-            id: r.id,
-            cis: r.cis,
+            id: r.id.into(),
+            cis: r.cis.map(Arc::from),
             target,
-            title: r.title,
+            title: r.title.into(),
             severity: r.severity,
             warn_only: r.warn_only,
             scored: r
@@ -788,7 +795,7 @@ impl Catalogue {
             until: r.until,
             until_reason: r.until_reason,
             test: r.test,
-            remediation: r.remediation,
+            remediation: r.remediation.into(),
             fix: r.fix,
             safe: r.safe,
             flags,
@@ -797,7 +804,7 @@ impl Catalogue {
 
     /// The spec of a flag.
     pub fn flag(&self, c: Component, name: &str) -> Option<&FlagSpec> {
-        let i = *self.flag_index.get(&c)?.get(name)?;
+        let i = *self.flag_index[c as usize].get(name)?;
         self.flags.get(i)
     }
 
@@ -875,14 +882,14 @@ impl Catalogue {
 
     /// The ids of the rules in force, in catalogue order.
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| r.id.as_str())
+        self.rules.iter().map(|r| &*r.id)
     }
 
     /// Whether a rule can fail more than once in one file (one finding per unsupported flag,
     /// plugin, gate, stray word, unparseable value or CVE).
     pub fn multi_instance(&self, rule_id: &str) -> bool {
         self.rules.iter().any(|r| {
-            r.id == rule_id
+            &*r.id == rule_id
                 && matches!(
                     r.test,
                     Test::Builtin(
@@ -1007,7 +1014,7 @@ mod tests {
         assert!(cat.add_rules(dup, "test").is_err());
         assert!(cat.disable(&["no-such-rule".into()]).is_err());
         cat.disable(&["apiserver-profiling".into()]).unwrap();
-        assert!(cat.rules.iter().all(|r| r.id != "apiserver-profiling"));
+        assert!(cat.rules.iter().all(|r| &*r.id != "apiserver-profiling"));
     }
 
     #[test]

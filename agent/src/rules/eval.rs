@@ -1,6 +1,8 @@
 //! Pure evaluation: facts and rules in, findings out. No IO here: file contents that a rule
 //! needs (an AuthenticationConfiguration, a file's mode) are gathered by the caller.
 
+use std::sync::Arc;
+
 use super::catalogue::{
     ANONYMOUS_CONFIG_SINCE, Builtin, Catalogue, Existence, FileRole, Fix, FlagItem, FlagRef,
     FlagValue, Minor, Rule, Target, Test, explain,
@@ -81,6 +83,37 @@ enum Verdict {
     Unknown(String),
 }
 
+/// The checks of one test: most tests make exactly one, and one needs no allocation.
+enum Checks {
+    One(Check),
+    Many(Vec<Check>),
+}
+
+/// `one![check]`: a single check.
+macro_rules! one {
+    ($c:expr) => {
+        Checks::One($c)
+    };
+}
+
+impl From<Vec<Check>> for Checks {
+    fn from(v: Vec<Check>) -> Self {
+        Checks::Many(v)
+    }
+}
+
+impl IntoIterator for Checks {
+    type Item = Check;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Check>, std::vec::IntoIter<Check>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Checks::One(c) => Some(c).into_iter().chain(Vec::new()),
+            Checks::Many(v) => None.into_iter().chain(v),
+        }
+    }
+}
+
 struct Check {
     verdict: Verdict,
     flag: Option<String>,
@@ -102,7 +135,7 @@ impl Check {
     ) -> Self {
         Check {
             verdict,
-            flag: flag.map(|f| format!("--{f}")),
+            flag: flag.map(dashed),
             observed,
             expected,
             fix: None,
@@ -115,6 +148,21 @@ impl Check {
     fn pass() -> Self {
         Check::new(Verdict::Pass, None, None, None)
     }
+}
+
+/// `--name` (without `format!`, which guesses the capacity and grows: every evaluation
+/// makes a few hundred of these strings).
+fn dashed(name: &str) -> String {
+    concat(&["--", name])
+}
+
+/// The parts, joined, in one allocation.
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
 }
 
 /// An absent flag's value, or the flag's own.
@@ -132,9 +180,9 @@ impl Resolved {
         }
     }
 
-    fn describe(&self) -> String {
+    fn describe(self) -> String {
         match self {
-            Resolved::Present(v) => v.clone(),
+            Resolved::Present(v) => v,
             Resolved::Default(v) => format!("absent (default {v})"),
             Resolved::Unknown => "absent".into(),
         }
@@ -217,7 +265,7 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
         authn: facts.authn,
         authz: facts.authz,
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(cat.rules.len() + 8);
     for rule in &cat.rules {
         match rule.target {
             Target::Component(c) if c == ctx.c => {}
@@ -397,12 +445,13 @@ fn finding(
     Finding {
         id: rule.id.clone(),
         cis: rule.cis.clone(),
-        title: check.title.unwrap_or_else(|| rule.title.clone()),
+        title: check
+            .title
+            .map(Arc::from)
+            .unwrap_or_else(|| rule.title.clone()),
         severity: check.severity.unwrap_or(rule.severity),
         status,
-        flag: check
-            .flag
-            .or_else(|| rule.flags.first().map(|f| format!("--{f}"))),
+        flag: check.flag.or_else(|| rule.flags.first().map(|f| dashed(f))),
         observed: check.observed,
         expected: check.expected,
         remediation: rule.remediation.clone(),
@@ -540,7 +589,7 @@ fn same_value(kind: FlagKind, a: &str, b: &str) -> Option<bool> {
     }
 }
 
-fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
+fn run(test: &Test, ctx: &Ctx<'_>) -> Checks {
     match test {
         Test::Eq(FlagValue { flag, value }) | Test::NotEq(FlagValue { flag, value }) => {
             let want_equal = matches!(test, Test::Eq(_));
@@ -548,7 +597,7 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
             let expected = if want_equal {
                 value.clone()
             } else {
-                format!("not {value}")
+                concat(&["not ", value])
             };
             let verdict = match r.value() {
                 None => Verdict::Unknown(format!(
@@ -562,7 +611,7 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
                     None => Verdict::Fail,
                 },
             };
-            vec![Check::new(
+            one![Check::new(
                 verdict,
                 Some(flag),
                 Some(r.describe()),
@@ -577,7 +626,7 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
             } else {
                 Verdict::Fail
             };
-            vec![Check::new(
+            one![Check::new(
                 verdict,
                 Some(flag),
                 Some(seen.unwrap_or_else(|| "absent".into())),
@@ -614,12 +663,15 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
             } else {
                 Verdict::Fail
             };
-            let expected = if want {
-                format!("includes {item}")
-            } else {
-                format!("does not include {item}")
-            };
-            vec![Check::new(verdict, Some(flag), Some(shown), Some(expected))]
+            let expected = concat(&[
+                if want {
+                    "includes "
+                } else {
+                    "does not include "
+                },
+                item,
+            ]);
+            one![Check::new(verdict, Some(flag), Some(shown), Some(expected))]
         }
         Test::Gte(n) => {
             let r = ctx.resolve(&n.flag);
@@ -633,11 +685,11 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
                     _ => Verdict::Fail,
                 },
             };
-            let mut observed = r.describe();
-            if let Some(v) = r.value().filter(|v| v.trim().parse::<i64>().is_err()) {
-                observed = format!("{v} (not a whole number: the component will not start)");
-            }
-            vec![Check::new(
+            let observed = match r.value().filter(|v| v.trim().parse::<i64>().is_err()) {
+                Some(v) => format!("{v} (not a whole number: the component will not start)"),
+                None => r.describe(),
+            };
+            one![Check::new(
                 verdict,
                 Some(&n.flag),
                 Some(observed),
@@ -656,7 +708,7 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
                 Some(items) if items.iter().all(|i| s.allowed.contains(i)) => Verdict::Pass,
                 _ => Verdict::Fail,
             };
-            vec![Check::new(
+            one![Check::new(
                 verdict,
                 Some(&s.flag),
                 Some(shown),
@@ -672,7 +724,7 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
             let bad = seen
                 .as_deref()
                 .is_some_and(|v| same_value(FlagKind::Bool, v, &g.value) != Some(false));
-            vec![Check::new(
+            one![Check::new(
                 if bad { Verdict::Fail } else { Verdict::Pass },
                 Some("feature-gates"),
                 Some(seen.map_or_else(
@@ -688,7 +740,12 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
                 .iter()
                 .position(|c| !matches!(c.verdict, Verdict::Pass));
             let pick = first_bad.unwrap_or(0);
-            checks.into_iter().nth(pick).into_iter().collect()
+            checks
+                .into_iter()
+                .nth(pick)
+                .into_iter()
+                .collect::<Vec<_>>()
+                .into()
         }
         Test::Any(ts) => {
             let checks: Vec<Check> = ts.iter().flat_map(|t| run(t, ctx)).collect();
@@ -696,7 +753,12 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
                 .iter()
                 .position(|c| matches!(c.verdict, Verdict::Pass))
             {
-                return checks.into_iter().nth(i).into_iter().collect();
+                return checks
+                    .into_iter()
+                    .nth(i)
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .into();
             }
             let expected = checks
                 .iter()
@@ -707,16 +769,16 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
             if let Some(c) = first.first_mut() {
                 c.expected = Some(expected);
             }
-            first
+            first.into()
         }
-        Test::Manual(m) => vec![Check::new(
+        Test::Manual(m) => one![Check::new(
             Verdict::Unknown(format!("manual check: {}", m.note)),
             None,
             None,
             None,
         )],
         Test::ModeAtMost(_) | Test::Owner(_) => {
-            vec![Check::new(
+            one![Check::new(
                 Verdict::Unknown("file tests apply to files, not manifests".into()),
                 None,
                 None,
@@ -727,8 +789,8 @@ fn run(test: &Test, ctx: &Ctx<'_>) -> Vec<Check> {
     }
 }
 
-fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Vec<Check> {
-    let mut out = match b {
+fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Checks {
+    let out = match b {
         Builtin::UnsupportedFlags => unsupported_flags(ctx),
         Builtin::UnsupportedPlugins => unsupported_items(
             ctx,
@@ -757,23 +819,24 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Vec<Check> {
         Builtin::AuthorizationFlagsMixed => authorization_flags_mixed(ctx),
     };
     if out.is_empty() {
-        out.push(Check::pass());
+        return Checks::One(Check::pass());
     }
-    out
+    out.into()
 }
 
 fn unsupported_flags(ctx: &Ctx<'_>) -> Vec<Check> {
     let mut seen: Vec<&str> = Vec::new();
     let mut out = Vec::new();
     for u in &ctx.flags.uses {
-        if seen.contains(&u.name.as_str())
-            || ctx.flags.args[u.arg].source == crate::manifest::flags::ArgSource::Env
-        {
+        if ctx.flags.args[u.arg].source == crate::manifest::flags::ArgSource::Env {
             continue;
         }
-        seen.push(&u.name);
         let e = ctx.cat.flag_exists(ctx.c, &u.name, ctx.v);
-        if matches!(e, Existence::Removed(_) | Existence::NotYet(_)) {
+        // (Most flags are accepted: only those that are not are checked for repeats.)
+        if matches!(e, Existence::Removed(_) | Existence::NotYet(_))
+            && !seen.contains(&u.name.as_str())
+        {
+            seen.push(&u.name);
             let mut check = Check::new(
                 Verdict::Fail,
                 Some(&u.name),
@@ -1018,8 +1081,8 @@ fn known_cves(ctx: &Ctx<'_>) -> Vec<Check> {
         .iter()
         .filter(|c| c.component == ctx.c)
     {
-        let fixed: Vec<Version> = cve.fixed.iter().filter_map(|f| Version::parse(f)).collect();
-        let verdict = match vulnerable(v, cve.since, &fixed) {
+        let fixed = &cve.fixed_versions;
+        let verdict = match vulnerable(v, cve.since, fixed) {
             Some(false) => continue,
             Some(true) => Verdict::Fail,
             None => Verdict::Unknown(format!("{}: the image names no patch release", cve.id)),
@@ -1030,7 +1093,7 @@ fn known_cves(ctx: &Ctx<'_>) -> Vec<Check> {
             Some(v.to_string()),
             Some(format!(
                 ">= {}",
-                fixed_for(v, &fixed).unwrap_or_else(|| cve.fixed.join(" / "))
+                fixed_for(v, fixed).unwrap_or_else(|| cve.fixed.join(" / "))
             )),
         );
         check.severity = Some(cve.severity);
@@ -1085,7 +1148,7 @@ fn anonymous_restricted(ctx: &Ctx<'_>) -> Check {
                     Some("anonymous-auth"),
                     Some(format!(
                         "--anonymous-auth={} together with an anonymous: block in {file} (kube-apiserver refuses to start)",
-                        flag.describe()
+                        flag.value().unwrap_or("absent")
                     )),
                     Some("remove --anonymous-auth".into()),
                 );

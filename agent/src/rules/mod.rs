@@ -3,6 +3,8 @@
 pub mod catalogue;
 pub mod eval;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 pub use catalogue::{Catalogue, Fix, Severity};
@@ -36,12 +38,12 @@ impl Status {
 /// One rule's verdict on one file. Field names are a contract (DESIGN.md, `check --format json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// Rule id.
-    pub id: String,
+    /// Rule id (shared with the rule: findings are made often, the catalogue's text once).
+    pub id: Arc<str>,
     /// CIS Kubernetes Benchmark id, or null.
-    pub cis: Option<String>,
+    pub cis: Option<Arc<str>>,
     /// What the rule checks.
-    pub title: String,
+    pub title: Arc<str>,
     /// How bad a failure is.
     pub severity: Severity,
     /// pass, fail, warn or skip.
@@ -53,7 +55,7 @@ pub struct Finding {
     /// What the rule wants.
     pub expected: Option<String>,
     /// What to do.
-    pub remediation: String,
+    pub remediation: Arc<str>,
     /// True when a fix exists, the version accepts it and it is safe to apply unattended.
     pub autofix: bool,
     /// The fix this version accepts, when there is one (also the review-only ones).

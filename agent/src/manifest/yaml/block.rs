@@ -10,6 +10,8 @@
 //! anything it does not recognise. Giving up costs nothing but time: the full parser runs.
 //! Property tests and the fuzz target check that whatever it accepts equals the full parse.
 
+use std::borrow::Cow;
+
 use super::{MAX_DEPTH, MAX_NODES, Node, Style};
 
 /// One line with content: its indentation and where its content starts and ends (comments
@@ -22,7 +24,7 @@ struct Line {
 }
 
 /// Parses `src` when it is in the subset; `None` otherwise.
-pub fn parse(src: &str) -> Option<Node> {
+pub fn parse(src: &str) -> Option<Node<'_>> {
     let bytes = src.as_bytes();
     // Printable ASCII and newlines only (no tab, CR, control characters or DEL, which YAML
     // treats specially or refuses).
@@ -34,23 +36,26 @@ pub fn parse(src: &str) -> Option<Node> {
         return None;
     }
     let mut lines = Vec::with_capacity(src.len() / 24);
-    let mut at = 0;
-    for raw in src.split('\n') {
-        let start = at;
-        at += raw.len() + 1;
-        let indent = raw.bytes().take_while(|&b| b == b' ').count();
+    let mut start = 0;
+    while start < bytes.len() {
+        // memchr (through `str::find`) pays off over a whole line, unlike within tokens.
+        let end = start + src[start..].find('\n').unwrap_or(bytes.len() - start);
+        let raw = &bytes[start..end];
+        let line_start = start;
+        start = end + 1;
+        let indent = raw.iter().take_while(|&&b| b == b' ').count();
         let content = &raw[indent..];
-        if content.is_empty() || content.starts_with('#') {
+        if content.is_empty() || content[0] == b'#' {
             continue;
         }
-        if content.starts_with("---") || content.starts_with("...") || content.starts_with('%') {
+        if content.starts_with(b"---") || content.starts_with(b"...") || content[0] == b'%' {
             return None;
         }
-        let end = start + indent + content.trim_end_matches(' ').len();
+        let trailing = content.iter().rev().take_while(|&&b| b == b' ').count();
         lines.push(Line {
             indent,
-            start: start + indent,
-            end,
+            start: line_start + indent,
+            end: end - trailing,
         });
     }
     let first = *lines.first()?;
@@ -72,7 +77,7 @@ struct Block<'a> {
     nodes: usize,
 }
 
-impl Block<'_> {
+impl<'a> Block<'a> {
     fn line(&self) -> Option<Line> {
         self.lines.get(self.at).copied()
     }
@@ -88,7 +93,7 @@ impl Block<'_> {
     }
 
     /// The block that starts at the current line, indented `indent`.
-    fn block(&mut self, indent: usize, depth: usize) -> Option<Node> {
+    fn block(&mut self, indent: usize, depth: usize) -> Option<Node<'a>> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -103,7 +108,7 @@ impl Block<'_> {
         }
     }
 
-    fn seq(&mut self, indent: usize, depth: usize) -> Option<Node> {
+    fn seq(&mut self, indent: usize, depth: usize) -> Option<Node<'a>> {
         self.count()?;
         let mut items = Vec::new();
         while let Some(l) = self.line() {
@@ -143,7 +148,7 @@ impl Block<'_> {
         Some(Node::Seq(items))
     }
 
-    fn map(&mut self, indent: usize, depth: usize) -> Option<Node> {
+    fn map(&mut self, indent: usize, depth: usize) -> Option<Node<'a>> {
         self.count()?;
         let mut entries = Vec::new();
         while let Some(l) = self.line() {
@@ -184,12 +189,12 @@ impl Block<'_> {
 
     /// A value that is the rest of line `l`: a scalar, `{}` or `[]`. The next line must not
     /// continue it (be more indented than `parent`).
-    fn scalar_line(&mut self, l: Line, parent: usize) -> Option<Node> {
+    fn scalar_line(&mut self, l: Line, parent: usize) -> Option<Node<'a>> {
         self.count()?;
         let text = &self.src[l.start..l.end];
-        let node = match text {
-            "{}" => Node::Map(Vec::new()),
-            "[]" => Node::Seq(Vec::new()),
+        let node = match text.as_bytes() {
+            b"{}" => Node::Map(Vec::new()),
+            b"[]" => Node::Seq(Vec::new()),
             _ => {
                 let (node, end) = self.scalar(l.start, l.end)?;
                 // saphyr-parser's span of a quoted scalar reaches over what follows it on the
@@ -229,24 +234,28 @@ impl Block<'_> {
         let text = &self.src[l.start..l.end];
         match b[l.start] {
             b'\'' | b'"' => {
-                let close = l.start + 1 + text[1..].find(b[l.start] as char)?;
+                let close = l.start + 1 + find_byte(&text[1..], b[l.start])?;
                 (b.get(close + 1) == Some(&b':')
                     && matches!(b.get(close + 2), None | Some(b' ' | b'\n')))
                 .then_some(close + 1)
             }
             _ => {
-                let colon = find_pair(text, b':', b' ')
-                    .or_else(|| text.ends_with(':').then(|| text.len() - 1))?;
-                let key = &text[..colon];
-                find_pair(key, b' ', b'#')
-                    .is_none()
-                    .then_some(l.start + colon)
+                // The first `: ` (or a `:` ending the line), unless a comment starts first.
+                let t = text.as_bytes();
+                for i in 0..t.len() {
+                    match (t[i], t.get(i + 1)) {
+                        (b':', None | Some(b' ')) => return Some(l.start + i),
+                        (b' ', Some(b'#')) => return None,
+                        _ => {}
+                    }
+                }
+                None
             }
         }
     }
 
     /// The key of line `l` and where its value starts.
-    fn key(&mut self, l: Line) -> Option<(Node, usize)> {
+    fn key(&mut self, l: Line) -> Option<(Node<'a>, usize)> {
         self.count()?;
         let colon = self.key_end(l)?;
         let (node, end) = self.scalar(l.start, colon)?;
@@ -256,27 +265,34 @@ impl Block<'_> {
 
     /// A scalar token starting at `start` and ending at or before `end`; its node and where
     /// it ends.
-    fn scalar(&self, start: usize, end: usize) -> Option<(Node, usize)> {
+    fn scalar(&self, start: usize, end: usize) -> Option<(Node<'a>, usize)> {
+        let src: &'a str = self.src;
         let b = self.src.as_bytes();
         match b[start] {
             b'\'' => {
-                let mut value = String::new();
+                let mut value = Cow::Borrowed("");
                 let mut i = start + 1;
                 loop {
-                    let q = i + self.src[i..end].find('\'')?;
-                    value.push_str(&self.src[i..q]);
+                    let q = i + find_byte(&src[i..end], b'\'')?;
                     if b.get(q + 1) == Some(&b'\'') && q + 1 < end {
-                        value.push('\'');
+                        // `''` is one quote: the value is no longer a slice of the source.
+                        let owned = value.to_mut();
+                        owned.push_str(&src[i..q]);
+                        owned.push('\'');
                         i = q + 2;
                     } else {
+                        match &mut value {
+                            Cow::Borrowed(_) => value = Cow::Borrowed(&src[i..q]),
+                            Cow::Owned(v) => v.push_str(&src[i..q]),
+                        }
                         return Some((scalar(value, Style::SingleQuoted, start, q + 1), q + 1));
                     }
                 }
             }
             b'"' => {
-                let q = start + 1 + self.src[start + 1..end].find('"')?;
+                let q = start + 1 + find_byte(&self.src[start + 1..end], b'"')?;
                 let value = &self.src[start + 1..q];
-                if value.contains('\\') {
+                if find_byte(value, b'\\').is_some() {
                     return None;
                 }
                 Some((
@@ -289,10 +305,21 @@ impl Block<'_> {
             | b'@' | b'`' | b'?' | b':' => None,
             b'-' if start + 1 == end || b[start + 1] == b' ' => None,
             _ => {
-                let text = &self.src[start..end];
-                let len = find_pair(text, b' ', b'#').unwrap_or(text.len());
-                let value = text[..len].trim_end_matches(' ');
-                if find_pair(value, b':', b' ').is_some() || value.ends_with(':') {
+                // One pass: the value ends where a comment starts, and holds no `: `.
+                let t = &b[start..end];
+                let mut len = t.len();
+                for i in 0..t.len() {
+                    match (t[i], t.get(i + 1)) {
+                        (b' ', Some(b'#')) => {
+                            len = i;
+                            break;
+                        }
+                        (b':', Some(b' ')) => return None,
+                        _ => {}
+                    }
+                }
+                let value = src[start..start + len].trim_end_matches(' ');
+                if value.ends_with(':') {
                     return None;
                 }
                 let stop = start + value.len();
@@ -302,15 +329,13 @@ impl Block<'_> {
     }
 }
 
-/// Where the two bytes `a` `b` first occur together (a byte loop: the pattern searchers of
-/// `str::find` cost more to set up than these short lines take to scan).
-fn find_pair(text: &str, a: u8, b: u8) -> Option<usize> {
-    text.as_bytes()
-        .windows(2)
-        .position(|w| w[0] == a && w[1] == b)
+/// Where byte `a` first occurs in `text` (a plain loop: lines are short, and memchr's
+/// set-up costs more than it saves there).
+fn find_byte(text: &str, a: u8) -> Option<usize> {
+    text.bytes().position(|b| b == a)
 }
 
-fn scalar(value: String, style: Style, start: usize, end: usize) -> Node {
+fn scalar(value: Cow<'_, str>, style: Style, start: usize, end: usize) -> Node<'_> {
     Node::Scalar {
         value,
         style,

@@ -42,13 +42,13 @@ fn eval_authz(src: &str, authz: &AuthzConfig) -> Vec<Finding> {
 }
 
 fn one<'a>(fs: &'a [Finding], id: &str) -> &'a Finding {
-    let hits: Vec<&Finding> = fs.iter().filter(|f| f.id == id).collect();
+    let hits: Vec<&Finding> = fs.iter().filter(|f| &*f.id == id).collect();
     assert_eq!(hits.len(), 1, "{id}: {hits:?}");
     hits[0]
 }
 
 fn all<'a>(fs: &'a [Finding], id: &str) -> Vec<&'a Finding> {
-    fs.iter().filter(|f| f.id == id).collect()
+    fs.iter().filter(|f| &*f.id == id).collect()
 }
 
 /// A kube-apiserver manifest of a version with extra arguments.
@@ -601,7 +601,7 @@ fn stay_updated() {
     let etcd = eval_src(&component("etcd", "registry.k8s.io/etcd:3.5.6-0", &[]));
     let cves: Vec<String> = all(&etcd, "known-cve")
         .iter()
-        .map(|f| f.title.clone())
+        .map(|f| f.title.to_string())
         .collect();
     assert!(
         cves.iter().any(|t| t.starts_with("CVE-2021-28235")),
@@ -728,7 +728,7 @@ proptest! {
                 }
                 _ => {}
             }
-            prop_assert!(f.status != Status::Fail || f.observed.is_some() || f.id == "apiserver-encryption-providers", "{:?}", f);
+            prop_assert!(f.status != Status::Fail || f.observed.is_some() || &*f.id == "apiserver-encryption-providers", "{:?}", f);
         }
     }
 }
