@@ -34,6 +34,57 @@ pub struct FileReport {
     pub notes: Vec<String>,
     /// Findings.
     pub findings: Vec<Finding>,
+    /// Where each flag is written in a manifest, for outputs that point at lines (SARIF).
+    #[serde(skip)]
+    pub places: Places,
+}
+
+/// Line and column (1-based; columns in characters) of what a finding is about.
+#[derive(Debug, Clone, Default)]
+pub struct Places {
+    /// `--flag` → where its last occurrence (the one in force) is written.
+    pub flags: Vec<(String, (u32, u32))>,
+    /// The component's first argument: where an absent flag would go.
+    pub arguments: Option<(u32, u32)>,
+}
+
+impl Places {
+    /// Where a finding about `flag` points: the flag, else the arguments, else line 1.
+    pub fn of(&self, flag: Option<&str>) -> (u32, u32) {
+        flag.and_then(|f| self.flags.iter().rev().find(|(n, _)| n == f))
+            .map(|(_, at)| *at)
+            .or(self.arguments)
+            .unwrap_or((1, 1))
+    }
+
+    fn find(src: &[u8], cp: &ControlPlane) -> Places {
+        let text = String::from_utf8_lossy(src);
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        let at = |offset: usize| -> (u32, u32) {
+            let line = starts.partition_point(|&s| s <= offset);
+            let start = starts[line - 1];
+            let col = text.get(start..offset).map_or(1, |s| s.chars().count() + 1);
+            (line as u32, col as u32)
+        };
+        let args = &cp.flags.args;
+        Places {
+            flags: cp
+                .flags
+                .uses
+                .iter()
+                .filter_map(|u| {
+                    let span = args[u.arg].span.as_ref()?;
+                    Some((format!("--{}", u.name), at(span.start)))
+                })
+                .collect(),
+            arguments: args
+                .iter()
+                .find_map(|a| a.span.as_ref())
+                .map(|s| at(s.start)),
+        }
+    }
 }
 
 impl FileReport {
@@ -45,6 +96,7 @@ impl FileReport {
             error: None,
             notes: Vec::new(),
             findings: Vec::new(),
+            places: Places::default(),
         }
     }
 }
@@ -344,6 +396,7 @@ pub fn check_manifest_bytes(
     };
     report.component = Some(cp.component.name().to_string());
     report.version = cp.version.map(|v| v.to_string());
+    report.places = Places::find(bytes, &cp);
     let authn = read_authn(&m, &cp);
     let authz = read_authz(&m, &cp);
     report.findings = eval::evaluate_manifest(
@@ -380,43 +433,141 @@ pub enum Scope {
     Paths(Vec<PathBuf>),
 }
 
-/// Runs a check.
+/// Runs a check and returns every entry (tests and callers that want the whole report).
 pub fn run(cfg: &Config, scope: &Scope) -> Report {
-    let cat = &cfg.catalogue;
     let mut files = Vec::new();
-    let mut etcd_data_dir = None;
+    run_each(cfg, scope, &mut |f| {
+        files.push(f);
+        Ok(())
+    })
+    .expect("collecting never fails");
+    Report { files }
+}
+
+/// Files checked at once before their entries are handed on, in order: bounds the memory a
+/// check of a huge directory takes while the cores stay busy.
+const BATCH: usize = 256;
+
+/// Runs a check on every core and hands each entry to `emit` in scan order as soon as it and
+/// those before it are done (manifests first, then the CIS 1.1 file set). Stops at the
+/// first error of `emit` (stdout gone).
+pub fn run_each(
+    cfg: &Config,
+    scope: &Scope,
+    emit: &mut dyn FnMut(FileReport) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let cat = &cfg.catalogue;
     let roots = match scope {
         Scope::Node => vec![cfg.manifests_dir.clone()],
         Scope::Paths(p) => p.clone(),
     };
+    // What to check, in order: a manifest path, or a directory that could not be listed.
+    let mut items: Vec<Result<PathBuf, FileReport>> = Vec::new();
     for root in roots {
         let is_dir = fs::metadata(&root).is_ok_and(|m| m.is_dir());
-        let paths = if is_dir {
-            match list_manifest_dir(&root) {
-                Ok(p) => p,
-                Err(e) => {
-                    let mut r = FileReport::new(&root);
-                    r.error = Some(e);
-                    files.push(r);
-                    continue;
-                }
+        if !is_dir {
+            items.push(Ok(root));
+            continue;
+        }
+        match list_manifest_dir(&root) {
+            Ok(paths) => items.extend(paths.into_iter().map(Ok)),
+            Err(e) => {
+                let mut r = FileReport::new(&root);
+                r.error = Some(e);
+                items.push(Err(r));
             }
-        } else {
-            vec![root]
-        };
-        for path in paths {
-            let (report, parsed) = check_manifest(cat, &path);
-            if let Some((m, cp)) = parsed.filter(|(_, cp)| cp.component == Component::Etcd) {
-                let inner = cp.flags.value("data-dir");
-                etcd_data_dir = inner.and_then(|d| host_path(&m, &cp, &d));
-            }
-            files.push(report);
         }
     }
+    let mut etcd_data_dir = None;
+    in_parallel(
+        items,
+        |item| match item {
+            Ok(path) => {
+                let (report, parsed) = check_manifest(cat, &path);
+                // For etcd: where its data directory is on the host (the last etcd wins).
+                let data_dir = parsed
+                    .filter(|(_, cp)| cp.component == Component::Etcd)
+                    .map(|(m, cp)| {
+                        let inner = cp.flags.value("data-dir");
+                        inner.and_then(|d| host_path(&m, &cp, &d))
+                    });
+                (report, data_dir)
+            }
+            Err(report) => (report, None),
+        },
+        &mut |(report, data_dir)| {
+            if let Some(d) = data_dir {
+                etcd_data_dir = d;
+            }
+            emit(report)
+        },
+    )?;
     if matches!(scope, Scope::Node) {
-        files.extend(file_set(cfg, etcd_data_dir));
+        let members = file_set_members(cfg, etcd_data_dir);
+        in_parallel(
+            members,
+            |m| match m.error {
+                Some(e) => {
+                    let mut r = FileReport::new(&m.path);
+                    r.error = Some(e);
+                    r
+                }
+                None => check_file(cat, &m.path, m.roles),
+            },
+            emit,
+        )?;
     }
-    Report { files }
+    Ok(())
+}
+
+/// `work` on every item, on all cores, with the results handed to `emit` in the items' order.
+fn in_parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    work: impl Fn(T) -> R + Sync,
+    emit: &mut dyn FnMut(R) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let batch: Vec<T> = items.by_ref().take(BATCH).collect();
+        let results: Vec<R> = if cores == 1 || batch.len() == 1 {
+            batch.into_iter().map(&work).collect()
+        } else {
+            let slots: Vec<std::sync::Mutex<Option<T>>> = batch
+                .into_iter()
+                .map(|t| std::sync::Mutex::new(Some(t)))
+                .collect();
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let done: Vec<std::sync::Mutex<Option<R>>> =
+                slots.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            std::thread::scope(|s| {
+                for _ in 0..cores.min(slots.len()) {
+                    s.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(slot) = slots.get(i) else { break };
+                            let item = slot.lock().expect("not poisoned").take();
+                            if let Some(item) = item {
+                                let r = work(item);
+                                *done[i].lock().expect("not poisoned") = Some(r);
+                            }
+                        }
+                    });
+                }
+            });
+            done.into_iter()
+                .map(|d| {
+                    d.into_inner()
+                        .expect("not poisoned")
+                        .expect("every item done")
+                })
+                .collect()
+        };
+        for r in results {
+            emit(r)?;
+        }
+    }
+    Ok(())
 }
 
 /// One member of the node's file set: a path with its roles, or a directory that could not
@@ -500,19 +651,4 @@ pub fn file_set_members(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<Set
         out.extend(paths.into_iter().map(|p| member(p, vec![FileRole::Cni])));
     }
     out
-}
-
-/// Checks the file set.
-fn file_set(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<FileReport> {
-    file_set_members(cfg, etcd_data_dir)
-        .into_iter()
-        .map(|m| match m.error {
-            Some(e) => {
-                let mut r = FileReport::new(&m.path);
-                r.error = Some(e);
-                r
-            }
-            None => check_file(&cfg.catalogue, &m.path, m.roles),
-        })
-        .collect()
 }

@@ -133,6 +133,14 @@ enum Format {
     Table,
     Json,
     KubeBench,
+    /// SARIF 2.1.0 (GitHub code scanning).
+    Sarif,
+    /// JUnit XML, a suite per CIS section.
+    Junit,
+    /// An openreports.io/v1alpha1 ClusterReport for this node.
+    Openreports,
+    /// A wgpolicyk8s.io/v1alpha2 ClusterPolicyReport for this node.
+    Policyreport,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -246,20 +254,7 @@ fn main() -> ExitCode {
             } else {
                 Scope::Paths(paths)
             };
-            let result = check::run(&cfg, &scope);
-            let text = match format {
-                Format::Table => report::table(&result, verbose),
-                Format::Json => report::json(&result),
-                Format::KubeBench => report::kube_bench(&result, &cfg.catalogue),
-            };
-            outln!("{text}");
-            if report::has_error(&result) {
-                ExitCode::from(2)
-            } else if report::has_failure(&result, fail_on) {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
+            check_command(&cfg, &scope, format, fail_on, verbose)
         }
         Command::Rules { format } => {
             let text = match format {
@@ -329,6 +324,70 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// `check`: every file checked on all cores, each written out as soon as the format allows;
+/// 0 when nothing at or above `fail_on` failed, 1 when something did, 2 when a file could
+/// not be checked.
+fn check_command(
+    cfg: &Config,
+    scope: &Scope,
+    format: Format,
+    fail_on: Severity,
+    verbose: bool,
+) -> ExitCode {
+    use lockdown_agent::report::stream::{self, ReportApi, Sink, Whole};
+    let cat = &cfg.catalogue;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut sink: Box<dyn Sink + '_> = match format {
+        Format::Table => Box::new(Whole::new(|r: &check::Report| {
+            lockdown_proto::printable(report::table(r, verbose).trim_end()).into_owned()
+        })),
+        Format::Json => Box::new(stream::Json::default()),
+        Format::KubeBench => Box::new(Whole::new(|r: &check::Report| report::kube_bench(r, cat))),
+        Format::Sarif => Box::new(stream::Sarif::new(cat)),
+        Format::Junit => Box::new(stream::Junit::default()),
+        Format::Openreports => Box::new(stream::PolicyReport::new(
+            cat,
+            ReportApi::OpenReports,
+            &cfg.node_name,
+            now,
+        )),
+        Format::Policyreport => Box::new(stream::PolicyReport::new(
+            cat,
+            ReportApi::PolicyReport,
+            &cfg.node_name,
+            now,
+        )),
+    };
+    let (mut failed, mut unreadable) = (false, false);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = (|| {
+        sink.start(&mut out)?;
+        check::run_each(cfg, scope, &mut |f| {
+            unreadable |= f.error.is_some();
+            failed |= f
+                .findings
+                .iter()
+                .any(|x| x.status == lockdown_agent::rules::Status::Fail && x.severity >= fail_on);
+            sink.file(&mut out, f)
+        })?;
+        sink.finish(&mut out)?;
+        std::io::Write::flush(&mut out)
+    })();
+    if let Err(e) = written {
+        lockdown_proto::stdout_failed(e);
+    }
+    if unreadable {
+        ExitCode::from(2)
+    } else if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

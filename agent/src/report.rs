@@ -1,5 +1,8 @@
-//! Rendering check results: a table for people, JSON (the DESIGN.md contract), and
-//! kube-bench's JSON layout for tools that already read kube-bench results.
+//! Rendering check results: a table for people and kube-bench's JSON layout for tools that
+//! already read kube-bench results; [`stream`] has the formats written as the check runs
+//! (JSON, the DESIGN.md contract; SARIF; JUnit; OpenReports and PolicyReport).
+
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,20 +11,6 @@ use serde_json::{Value, json};
 
 use crate::check::{FileReport, Report};
 use crate::rules::{Finding, Severity, Status};
-
-/// True when some finding at or above `fail_on` failed.
-pub fn has_failure(report: &Report, fail_on: Severity) -> bool {
-    report
-        .files
-        .iter()
-        .flat_map(|f| &f.findings)
-        .any(|f| f.status == Status::Fail && f.severity >= fail_on)
-}
-
-/// True when some file could not be read or parsed.
-pub fn has_error(report: &Report) -> bool {
-    report.files.iter().any(|f| f.error.is_some())
-}
 
 fn order(f: &Finding) -> (Status, std::cmp::Reverse<Severity>) {
     (f.status, std::cmp::Reverse(f.severity))
@@ -119,11 +108,6 @@ pub fn table(report: &Report, verbose: bool) -> String {
         errors
     );
     out
-}
-
-/// The JSON contract: `{"files":[{"path","component","version","error","findings":[...]}]}`.
-pub fn json(report: &Report) -> String {
-    serde_json::to_string_pretty(report).expect("report serialises")
 }
 
 /// kube-bench's `--json` layout: Controls (1 master, 2 etcd) with sections and results.

@@ -1,0 +1,604 @@
+//! Outputs written while the check runs: each file's entry goes to the writer as soon as it
+//! is checked (JSON, SARIF, OpenReports / PolicyReport), or is kept as findings only and
+//! written at the end where the format groups across files (table, kube-bench, JUnit). No
+//! format builds its whole text in memory.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::check::{FileReport, Report};
+use crate::rules::{Catalogue, Finding, Severity, Status};
+
+/// An output format fed one file entry at a time.
+pub trait Sink {
+    /// Before the first entry.
+    fn start(&mut self, out: &mut dyn Write) -> io::Result<()>;
+    /// One file's entry, in scan order.
+    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()>;
+    /// After the last entry.
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// `--format json`: `{"files":[...]}`, one entry at a time.
+#[derive(Default)]
+pub struct Json {
+    first: bool,
+}
+
+impl Sink for Json {
+    fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.first = true;
+        out.write_all(b"{\"files\":[\n")
+    }
+
+    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()> {
+        if !std::mem::take(&mut self.first) {
+            out.write_all(b",\n")?;
+        }
+        serde_json::to_writer_pretty(&mut *out, &f)?;
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(b"\n]}\n")
+    }
+}
+
+/// Formats that need every file before they can write (the table sorts files by how bad
+/// they are; kube-bench groups by CIS section): the entries are kept, then rendered.
+pub struct Whole<F: FnMut(&Report) -> String> {
+    files: Vec<FileReport>,
+    render: F,
+}
+
+impl<F: FnMut(&Report) -> String> Whole<F> {
+    /// Keeps the entries and renders them with `render` at the end.
+    pub fn new(render: F) -> Self {
+        Whole {
+            files: Vec::new(),
+            render,
+        }
+    }
+}
+
+impl<F: FnMut(&Report) -> String> Sink for Whole<F> {
+    fn start(&mut self, _: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn file(&mut self, _: &mut dyn Write, f: FileReport) -> io::Result<()> {
+        self.files.push(f);
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let report = Report {
+            files: std::mem::take(&mut self.files),
+        };
+        let text = (self.render)(&report);
+        out.write_all(text.as_bytes())?;
+        out.write_all(b"\n")
+    }
+}
+
+/// SARIF's `security-severity` (GitHub: 9.0+ critical, 7.0-8.9 high, 4.0-6.9 medium,
+/// 0.1-3.9 low).
+fn security_severity(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "9.5",
+        Severity::High => "8.0",
+        Severity::Medium => "5.5",
+        Severity::Low => "3.0",
+        Severity::Info => "1.0",
+    }
+}
+
+/// A finding's identity that does not move with unrelated lines: rule, file, flag and, for
+/// rules that fail once per flag, plugin or CVE, what was seen.
+fn fingerprint(cat: &Catalogue, path: &str, f: &Finding) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        &*f.id,
+        path,
+        f.flag.as_deref().unwrap_or(""),
+        if cat.multi_instance(&f.id) {
+            f.observed.as_deref().unwrap_or("")
+        } else {
+            ""
+        },
+        if cat.multi_instance(&f.id) {
+            &f.title
+        } else {
+            ""
+        },
+    ] {
+        h.update(part.as_bytes());
+        h.update([0x1f]);
+    }
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file path as a SARIF artifact URI: relative paths stay relative (to the directory the
+/// check ran in, as GitHub code scanning expects), absolute ones become `file://` URIs.
+fn artifact_uri(path: &str) -> String {
+    let mut uri = String::new();
+    if path.starts_with('/') {
+        uri.push_str("file://");
+    }
+    for b in path.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                uri.push(char::from(b));
+            }
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri
+}
+
+/// `--format sarif`: SARIF 2.1.0 as GitHub code scanning reads it: every rule in the tool
+/// driver, a result per failing (error) or warning (warning) finding at the line and
+/// column of its flag, with a fingerprint that does not move with unrelated lines.
+pub struct Sarif<'c> {
+    cat: &'c Catalogue,
+    first: bool,
+}
+
+impl<'c> Sarif<'c> {
+    /// For the rules of `cat`.
+    pub fn new(cat: &'c Catalogue) -> Self {
+        Sarif { cat, first: true }
+    }
+}
+
+impl Sink for Sarif<'_> {
+    fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let rules: Vec<serde_json::Value> = self
+            .cat
+            .rules
+            .iter()
+            .map(|r| {
+                let mut tags = vec!["security".to_string(), "kubernetes".to_string()];
+                if let Some(cis) = &r.cis {
+                    tags.push(format!("CIS-{cis}"));
+                }
+                let full = match &r.cis {
+                    Some(cis) => format!("CIS Kubernetes Benchmark {cis}: {}", r.title),
+                    None => r.title.to_string(),
+                };
+                json!({
+                    "id": r.id,
+                    "name": r.id,
+                    "shortDescription": {"text": r.title},
+                    "fullDescription": {"text": full},
+                    "help": {"text": r.remediation, "markdown": r.remediation},
+                    "defaultConfiguration": {"level": if r.warn_only { "warning" } else { "error" }},
+                    "properties": {
+                        "security-severity": security_severity(r.severity),
+                        "precision": "very-high",
+                        "tags": tags,
+                    },
+                })
+            })
+            .collect();
+        let tool = json!({"driver": {
+            "name": "kube-lockdown",
+            "informationUri": "https://github.com/kube-lockdown/kube-lockdown",
+            "version": env!("CARGO_PKG_VERSION"),
+            "semanticVersion": env!("CARGO_PKG_VERSION"),
+            "rules": rules,
+        }});
+        // Written by hand around the parts so that `results` comes last, open for the entries.
+        write!(
+            out,
+            "{{\"$schema\":\"https://json.schemastore.org/sarif-2.1.0.json\",\"version\":\"2.1.0\",\"runs\":[{{\"tool\":{},\"columnKind\":\"unicodeCodePoints\",\"results\":[",
+            serde_json::to_string(&tool)?
+        )?;
+        out.write_all(b"\n")
+    }
+
+    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()> {
+        for finding in f
+            .findings
+            .iter()
+            .filter(|x| matches!(x.status, Status::Fail | Status::Warn))
+        {
+            let (line, column) = f.places.of(finding.flag.as_deref());
+            let index = self.cat.rules.iter().position(|r| r.id == finding.id);
+            let mut text = finding.title.to_string();
+            if let Some(obs) = &finding.observed {
+                text.push_str(&format!(" (observed {obs}"));
+                if let Some(exp) = &finding.expected {
+                    text.push_str(&format!("; expected {exp}"));
+                }
+                text.push(')');
+            }
+            if let Some(r) = &finding.reason {
+                text.push_str(&format!(". {r}"));
+            }
+            let mut result = json!({
+                "ruleId": finding.id,
+                "level": if finding.status == Status::Fail { "error" } else { "warning" },
+                "message": {"text": text},
+                "locations": [{"physicalLocation": {
+                    "artifactLocation": {"uri": artifact_uri(&f.path)},
+                    "region": {"startLine": line, "startColumn": column},
+                }}],
+                "partialFingerprints": {"kubeLockdown/v1": fingerprint(self.cat, &f.path, finding)},
+                "properties": {"security-severity": security_severity(finding.severity)},
+            });
+            if let Some(i) = index {
+                result["ruleIndex"] = json!(i);
+            }
+            if !std::mem::take(&mut self.first) {
+                out.write_all(b",\n")?;
+            }
+            serde_json::to_writer(&mut *out, &result)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(b"\n]}]}\n")
+    }
+}
+
+/// The CIS section a finding belongs to (`1.2`, `2`), or `None` for the project's own rules.
+pub fn cis_section(cis: Option<&str>) -> Option<&'static str> {
+    const SECTIONS: [&str; 5] = ["1.1", "1.2", "1.3", "1.4", "2"];
+    let cis = cis?;
+    SECTIONS
+        .into_iter()
+        .filter(|s| cis == *s || cis.starts_with(&format!("{s}.")))
+        .max_by_key(|s| s.len())
+}
+
+/// The CIS section titles, as the benchmark names them.
+pub fn section_title(section: Option<&str>) -> &'static str {
+    match section {
+        Some("1.1") => "1.1 Control Plane Node Configuration Files",
+        Some("1.2") => "1.2 API Server",
+        Some("1.3") => "1.3 Controller Manager",
+        Some("1.4") => "1.4 Scheduler",
+        Some("2") => "2 Etcd Node Configuration",
+        _ => "kube-lockdown checks (versions, flags the component refuses, CVEs)",
+    }
+}
+
+fn xml(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => s.push_str("&lt;"),
+            '>' => s.push_str("&gt;"),
+            '&' => s.push_str("&amp;"),
+            '"' => s.push_str("&quot;"),
+            '\'' => s.push_str("&apos;"),
+            // XML 1.0 allows tab, newline and CR among the control characters; the others
+            // cannot be written at all, even escaped.
+            '\t' | '\n' | '\r' => s.push(c),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {
+                s.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// `--format junit`: JUnit XML as kube-bench writes it, with a suite per CIS section (and
+/// one for the project's own checks): a case per check and file, failures carrying the
+/// remediation, warnings and skips skipped, the finding as JSON in `system-out`.
+#[derive(Default)]
+pub struct Junit {
+    /// Section → (file, finding), in scan order.
+    sections: BTreeMap<(u8, &'static str), Vec<(String, Finding)>>,
+    /// Files that could not be checked.
+    errors: Vec<(String, String)>,
+}
+
+impl Sink for Junit {
+    fn start(&mut self, _: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn file(&mut self, _: &mut dyn Write, f: FileReport) -> io::Result<()> {
+        if let Some(e) = f.error {
+            self.errors.push((f.path.clone(), e));
+        }
+        for finding in f.findings {
+            let section = cis_section(finding.cis.as_deref());
+            // CIS sections in order, the project's own checks last.
+            let key = (u8::from(section.is_none()), section.unwrap_or("~"));
+            self.sections
+                .entry(key)
+                .or_default()
+                .push((f.path.clone(), finding));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>")?;
+        let total: usize = self.sections.values().map(Vec::len).sum::<usize>() + self.errors.len();
+        let failures: usize = self
+            .sections
+            .values()
+            .flatten()
+            .filter(|(_, f)| f.status == Status::Fail)
+            .count();
+        writeln!(
+            out,
+            "<testsuites name=\"kube-lockdown\" tests=\"{total}\" failures=\"{failures}\" errors=\"{}\">",
+            self.errors.len()
+        )?;
+        if !self.errors.is_empty() {
+            writeln!(
+                out,
+                "  <testsuite name=\"files\" tests=\"{n}\" failures=\"0\" errors=\"{n}\" skipped=\"0\">",
+                n = self.errors.len()
+            )?;
+            for (path, e) in &self.errors {
+                writeln!(
+                    out,
+                    "    <testcase name=\"{}\" classname=\"files\"><error message=\"{}\"/></testcase>",
+                    xml(&format!("read {path}")),
+                    xml(e)
+                )?;
+            }
+            writeln!(out, "  </testsuite>")?;
+        }
+        for ((_, section), cases) in &self.sections {
+            let title = section_title(Some(*section).filter(|s| *s != "~"));
+            let count = |s: Status| cases.iter().filter(|(_, f)| f.status == s).count();
+            writeln!(
+                out,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\">",
+                xml(title),
+                cases.len(),
+                count(Status::Fail),
+                count(Status::Warn) + count(Status::Skip)
+            )?;
+            for (path, f) in cases {
+                let name = format!("{} {} [{path}]", f.cis.as_deref().unwrap_or(&f.id), f.title);
+                write!(
+                    out,
+                    "    <testcase name=\"{}\" classname=\"{}\" time=\"0\">",
+                    xml(&name),
+                    xml(title)
+                )?;
+                match f.status {
+                    Status::Fail => {
+                        let body = format!(
+                            "{}\nobserved: {}\nexpected: {}",
+                            f.remediation,
+                            f.observed.as_deref().unwrap_or("-"),
+                            f.expected.as_deref().unwrap_or("-")
+                        );
+                        write!(
+                            out,
+                            "<failure message=\"{}\" type=\"{}\">{}</failure>",
+                            xml(&f.remediation),
+                            f.severity.as_str(),
+                            xml(&body)
+                        )?;
+                    }
+                    Status::Warn | Status::Skip => {
+                        let why = f.reason.as_deref().unwrap_or(if f.status == Status::Warn {
+                            "needs a person (CIS Manual)"
+                        } else {
+                            "does not apply"
+                        });
+                        write!(
+                            out,
+                            "<skipped message=\"{}\"/>",
+                            xml(&format!("{}: {why}", f.status.as_str().to_uppercase()))
+                        )?;
+                    }
+                    Status::Pass => {}
+                }
+                let detail = serde_json::to_string(f)?;
+                writeln!(out, "<system-out>{}</system-out></testcase>", xml(&detail))?;
+            }
+            writeln!(out, "  </testsuite>")?;
+        }
+        writeln!(out, "</testsuites>")
+    }
+}
+
+/// Which report resource `--format openreports` / `policyreport` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportApi {
+    /// `openreports.io/v1alpha1` ClusterReport.
+    OpenReports,
+    /// `wgpolicyk8s.io/v1alpha2` ClusterPolicyReport (Policy Reporter and other consumers).
+    PolicyReport,
+}
+
+/// A DNS label (RFC 1123: lower-case letters, digits and `-`, at most 63, starting and ending
+/// with a letter or digit) naming this node's report.
+pub fn report_name(node: &str) -> String {
+    let mut name: String = format!("kube-lockdown-{node}")
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    if name.len() > 63 {
+        // Long node names keep a hash of the whole name, so two nodes do not collide.
+        let digest = Sha256::digest(node.as_bytes());
+        let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        name.truncate(63 - 9);
+        name.push('-');
+        name.push_str(&tag);
+    }
+    name.trim_end_matches('-').to_string()
+}
+
+/// `--format openreports` / `--format policyreport`: one cluster-scoped report for this node,
+/// its scope the Node, as YAML; results are written as the files are checked and the
+/// summary at the end.
+pub struct PolicyReport<'c> {
+    cat: &'c Catalogue,
+    api: ReportApi,
+    node: String,
+    seconds: i64,
+    summary: [usize; 5],
+}
+
+impl<'c> PolicyReport<'c> {
+    /// A report for `node` on the rules of `cat`, results stamped `seconds` since the epoch.
+    pub fn new(cat: &'c Catalogue, api: ReportApi, node: &str, seconds: i64) -> Self {
+        PolicyReport {
+            cat,
+            api,
+            node: node.to_string(),
+            seconds,
+            summary: [0; 5],
+        }
+    }
+
+    fn result(
+        &mut self,
+        out: &mut dyn Write,
+        fields: &[(&str, serde_json::Value)],
+    ) -> io::Result<()> {
+        let mut first = true;
+        for (k, v) in fields {
+            if v.is_null() {
+                continue;
+            }
+            let lead = if std::mem::take(&mut first) {
+                "- "
+            } else {
+                "  "
+            };
+            // JSON scalars and flow maps are YAML: quoting and escapes come out right.
+            writeln!(out, "{lead}{k}: {}", serde_json::to_string(v)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for PolicyReport<'_> {
+    fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let (api_version, kind) = match self.api {
+            ReportApi::OpenReports => ("openreports.io/v1alpha1", "ClusterReport"),
+            ReportApi::PolicyReport => ("wgpolicyk8s.io/v1alpha2", "ClusterPolicyReport"),
+        };
+        writeln!(out, "apiVersion: {api_version}")?;
+        writeln!(out, "kind: {kind}")?;
+        writeln!(out, "metadata:")?;
+        writeln!(out, "  name: {}", report_name(&self.node))?;
+        writeln!(out, "  labels:")?;
+        writeln!(out, "    app.kubernetes.io/managed-by: kube-lockdown")?;
+        writeln!(out, "  annotations:")?;
+        writeln!(
+            out,
+            "    kube-lockdown/node: {}",
+            serde_json::to_string(&self.node)?
+        )?;
+        if self.api == ReportApi::OpenReports {
+            writeln!(out, "source: kube-lockdown")?;
+        }
+        writeln!(out, "scope:")?;
+        writeln!(out, "  apiVersion: v1")?;
+        writeln!(out, "  kind: Node")?;
+        writeln!(out, "  name: {}", serde_json::to_string(&self.node)?)?;
+        writeln!(out, "results:")
+    }
+
+    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()> {
+        let timestamp = json!({"seconds": self.seconds, "nanos": 0});
+        if let Some(e) = &f.error {
+            self.summary[3] += 1;
+            self.result(
+                out,
+                &[
+                    ("source", json!("kube-lockdown")),
+                    ("policy", json!("kube-lockdown")),
+                    ("rule", json!("file-readable")),
+                    ("category", json!("kube-lockdown")),
+                    ("severity", json!("high")),
+                    ("timestamp", timestamp.clone()),
+                    ("result", json!("error")),
+                    ("scored", json!(false)),
+                    ("message", json!(format!("{}: {e}", f.path))),
+                    ("properties", json!({"file": f.path})),
+                ],
+            )?;
+        }
+        for finding in &f.findings {
+            let (result, slot) = match finding.status {
+                Status::Pass => ("pass", 0),
+                Status::Fail => ("fail", 1),
+                Status::Warn => ("warn", 2),
+                Status::Skip => ("skip", 4),
+            };
+            self.summary[slot] += 1;
+            let section = cis_section(finding.cis.as_deref());
+            let mut properties = serde_json::Map::new();
+            properties.insert("file".into(), json!(f.path));
+            for (k, v) in [
+                ("observed", finding.observed.as_deref()),
+                ("expected", finding.expected.as_deref()),
+                ("flag", finding.flag.as_deref()),
+                ("component", f.component.as_deref()),
+                ("version", f.version.as_deref()),
+                ("reason", finding.reason.as_deref()),
+                ("remediation", Some(&*finding.remediation)),
+            ] {
+                if let Some(v) = v {
+                    properties.insert(k.into(), json!(v));
+                }
+            }
+            let category = section_title(section);
+            // CIS scores it, and it was judged (a warn is "not met, not scored").
+            let scored = matches!(finding.status, Status::Pass | Status::Fail)
+                && self
+                    .cat
+                    .rules
+                    .iter()
+                    .find(|r| r.id == finding.id)
+                    .is_none_or(|r| r.scored);
+            self.result(
+                out,
+                &[
+                    ("source", json!("kube-lockdown")),
+                    (
+                        "policy",
+                        json!(finding.cis.as_deref().unwrap_or(&finding.id)),
+                    ),
+                    ("rule", json!(finding.id)),
+                    ("category", json!(category)),
+                    ("severity", json!(finding.severity.as_str())),
+                    ("timestamp", timestamp.clone()),
+                    ("result", json!(result)),
+                    ("scored", json!(scored)),
+                    ("message", json!(finding.title)),
+                    ("properties", serde_json::Value::Object(properties)),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let [pass, fail, warn, error, skip] = self.summary;
+        if pass + fail + warn + error + skip == 0 {
+            // `results:` with nothing under it would be null.
+            writeln!(out, "  []")?;
+        }
+        writeln!(out, "summary:")?;
+        writeln!(out, "  pass: {pass}")?;
+        writeln!(out, "  fail: {fail}")?;
+        writeln!(out, "  warn: {warn}")?;
+        writeln!(out, "  error: {error}")?;
+        writeln!(out, "  skip: {skip}")
+    }
+}
