@@ -2,10 +2,12 @@
 //! facts, evaluates, and returns one report entry per file. One bad file never stops the
 //! others: it becomes an entry with an `error` naming the problem.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -333,14 +335,7 @@ pub fn parse_authn(bytes: &[u8]) -> Result<AuthnConfig, String> {
 /// Stat facts of a file (following symlinks, as `stat -L` would).
 pub fn file_facts(path: &Path, roles: Vec<FileRole>) -> Result<FileFacts, String> {
     let meta = fs::metadata(path).map_err(|e| io_problem(&e))?;
-    let user = nix::unistd::User::from_uid(meta.uid().into())
-        .ok()
-        .flatten()
-        .map(|u| u.name);
-    let group = nix::unistd::Group::from_gid(meta.gid().into())
-        .ok()
-        .flatten()
-        .map(|g| g.name);
+    let (user, group) = owner_names(meta.uid(), meta.gid());
     Ok(FileFacts {
         roles,
         mode: meta.mode() & 0o7777,
@@ -349,6 +344,51 @@ pub fn file_facts(path: &Path, roles: Vec<FileRole>) -> Result<FileFacts, String
         user,
         group,
     })
+}
+
+/// The user and group names of `uid` and `gid`. Looked up once per id and kept while
+/// /etc/passwd and /etc/group stay as they were: a lookup reads the whole file (NSS), and a
+/// check of hundreds of files owned by the same root would read it hundreds of times.
+pub fn owner_names(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
+    type Names = HashMap<u32, Option<String>>;
+    struct Cache {
+        stamp: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+        users: Names,
+        groups: Names,
+    }
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+    let mtime = |p: &str| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stamp = (mtime("/etc/passwd"), mtime("/etc/group"));
+    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = match guard.as_mut() {
+        Some(c) if c.stamp == stamp && stamp.0.is_some() && stamp.1.is_some() => c,
+        _ => guard.insert(Cache {
+            stamp,
+            users: HashMap::new(),
+            groups: HashMap::new(),
+        }),
+    };
+    let user = cache
+        .users
+        .entry(uid)
+        .or_insert_with(|| {
+            nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .clone();
+    let group = cache
+        .groups
+        .entry(gid)
+        .or_insert_with(|| {
+            nix::unistd::Group::from_gid(gid.into())
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
+        .clone();
+    (user, group)
 }
 
 /// Checks one manifest file: parse, evaluate its flags and its own mode and owner.
@@ -368,6 +408,20 @@ pub fn check_manifest(
 
 /// Checks a manifest whose bytes were already read from `path`.
 pub fn check_manifest_bytes(
+    cat: &Catalogue,
+    path: &Path,
+    bytes: &[u8],
+) -> (FileReport, Option<(Manifest, ControlPlane)>) {
+    let (mut report, parsed) = manifest_findings(cat, path, bytes);
+    if let Some((_, cp)) = &parsed {
+        file_findings(cat, path, cp.component, &mut report);
+    }
+    (report, parsed)
+}
+
+/// What a manifest's bytes say (and the files they name), without the file's own mode and
+/// owner.
+fn manifest_findings(
     cat: &Catalogue,
     path: &Path,
     bytes: &[u8],
@@ -407,11 +461,85 @@ pub fn check_manifest_bytes(
             authz: authz.as_ref(),
         },
     );
-    match file_facts(path, vec![FileRole::manifest_of(cp.component)]) {
+    (report, Some((m, cp)))
+}
+
+/// The manifest file's own mode and owner (CIS 1.1.1-1.1.8).
+fn file_findings(cat: &Catalogue, path: &Path, c: Component, report: &mut FileReport) {
+    match file_facts(path, vec![FileRole::manifest_of(c)]) {
         Ok(facts) => report.findings.extend(eval::evaluate_file(cat, &facts)),
         Err(e) => report.notes.push(format!("cannot stat the file: {e}")),
     }
-    (report, Some((m, cp)))
+}
+
+/// Distinct manifest contents remembered during one check.
+const MEMO_ENTRIES: usize = 64;
+
+/// Manifest contents already evaluated in this check, with what they gave: copies of one
+/// manifest (one per cluster or environment in a repository, say) are parsed and evaluated
+/// once. Bounded: past [`MEMO_ENTRIES`] distinct contents, nothing more is kept.
+#[derive(Default)]
+struct Memo {
+    seen: Mutex<HashMap<Vec<u8>, Evaluated>>,
+}
+
+/// A manifest's report without its path and file findings, its component and, for etcd,
+/// where its data directory is on the host.
+#[derive(Clone)]
+struct Evaluated {
+    report: FileReport,
+    component: Option<Component>,
+    etcd_data_dir: Option<Option<PathBuf>>,
+}
+
+impl Memo {
+    fn check(&self, cat: &Catalogue, path: &Path) -> (FileReport, Option<Option<PathBuf>>) {
+        let bytes = match read_bounded(path, MAX_MANIFEST_BYTES) {
+            Ok(b) => b,
+            Err(e) => {
+                let mut report = FileReport::new(path);
+                report.error = Some(e);
+                return (report, None);
+            }
+        };
+        let hit = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&bytes)
+            .cloned();
+        let e = match hit {
+            Some(mut e) => {
+                e.report.path = path.display().to_string();
+                e
+            }
+            None => {
+                let (report, parsed) = manifest_findings(cat, path, &bytes);
+                let component = parsed.as_ref().map(|(_, cp)| cp.component);
+                let etcd_data_dir = parsed
+                    .filter(|(_, cp)| cp.component == Component::Etcd)
+                    .map(|(m, cp)| {
+                        let inner = cp.flags.value("data-dir");
+                        inner.and_then(|d| host_path(&m, &cp, &d))
+                    });
+                let e = Evaluated {
+                    report,
+                    component,
+                    etcd_data_dir,
+                };
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.len() < MEMO_ENTRIES {
+                    seen.insert(bytes, e.clone());
+                }
+                e
+            }
+        };
+        let mut report = e.report;
+        if let Some(c) = e.component {
+            file_findings(cat, path, c, &mut report);
+        }
+        (report, e.etcd_data_dir)
+    }
 }
 
 /// Checks a plain file or directory of the CIS 1.1 file set.
@@ -479,20 +607,12 @@ pub fn run_each(
         }
     }
     let mut etcd_data_dir = None;
+    let memo = Memo::default();
     in_parallel(
         items,
         |item| match item {
-            Ok(path) => {
-                let (report, parsed) = check_manifest(cat, &path);
-                // For etcd: where its data directory is on the host (the last etcd wins).
-                let data_dir = parsed
-                    .filter(|(_, cp)| cp.component == Component::Etcd)
-                    .map(|(m, cp)| {
-                        let inner = cp.flags.value("data-dir");
-                        inner.and_then(|d| host_path(&m, &cp, &d))
-                    });
-                (report, data_dir)
-            }
+            // For etcd also where its data directory is on the host (the last etcd wins).
+            Ok(path) => memo.check(cat, &path),
             Err(report) => (report, None),
         },
         &mut |(report, data_dir)| {

@@ -69,6 +69,7 @@ pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> 
         Some(bytes) if meta.is_file() => bytes.len() as u64,
         _ => meta.len(),
     };
+    let (owner, group) = crate::check::owner_names(meta.uid(), meta.gid());
     Ok(FileMeta {
         kind: kind.into(),
         sha256,
@@ -76,14 +77,8 @@ pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> 
         mode: format!("{:04o}", meta.mode() & 0o7777),
         uid: meta.uid(),
         gid: meta.gid(),
-        owner: nix::unistd::User::from_uid(meta.uid().into())
-            .ok()
-            .flatten()
-            .map(|u| u.name),
-        group: nix::unistd::Group::from_gid(meta.gid().into())
-            .ok()
-            .flatten()
-            .map(|g| g.name),
+        owner,
+        group,
         symlink,
     })
 }

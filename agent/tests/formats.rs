@@ -346,8 +346,8 @@ fn a_large_directory_is_reported_in_order_whatever_the_cores_do() {
         "node-1",
         &["--format", "json", dir.path().to_str().unwrap()],
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let got: Vec<&str> = v["files"]
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<&str> = report["files"]
         .as_array()
         .unwrap()
         .iter()
@@ -355,4 +355,28 @@ fn a_large_directory_is_reported_in_order_whatever_the_cores_do() {
         .collect();
     assert!(want.len() > 256, "more than one batch");
     assert_eq!(got, want);
+    // Copies of one manifest (evaluated once) report exactly what the original does alone.
+    for v in ["v1.24", "v1.28", "v1.31"] {
+        let original = fixtures(v).join("kube-scheduler.yaml");
+        let alone: Value = serde_json::from_slice(
+            &check("node-1", &["--format", "json", original.to_str().unwrap()]).stdout,
+        )
+        .unwrap();
+        let want = &alone["files"][0]["findings"];
+        let copies: Vec<&Value> = report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                f["path"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("-{v}-kube-scheduler.yaml"))
+            })
+            .collect();
+        assert_eq!(copies.len(), 300);
+        for c in copies {
+            assert_eq!(&c["findings"], want, "{}", c["path"]);
+        }
+    }
 }

@@ -38,7 +38,7 @@ impl Sink for Json {
         if !std::mem::take(&mut self.first) {
             out.write_all(b",\n")?;
         }
-        serde_json::to_writer_pretty(&mut *out, &f)?;
+        serde_json::to_writer(&mut *out, &f)?;
         Ok(())
     }
 
