@@ -564,7 +564,7 @@ pub enum Scope {
 /// Runs a check and returns every entry (tests and callers that want the whole report).
 pub fn run(cfg: &Config, scope: &Scope) -> Report {
     let mut files = Vec::new();
-    run_each(cfg, scope, &mut |f| {
+    run_each(cfg, scope, &|f| f, &mut |f| {
         files.push(f);
         Ok(())
     })
@@ -577,12 +577,14 @@ pub fn run(cfg: &Config, scope: &Scope) -> Report {
 const BATCH: usize = 256;
 
 /// Runs a check on every core and hands each entry to `emit` in scan order as soon as it and
-/// those before it are done (manifests first, then the CIS 1.1 file set). Stops at the
-/// first error of `emit` (stdout gone).
-pub fn run_each(
+/// those before it are done (manifests first, then the CIS 1.1 file set). `prepare` runs on
+/// the worker that checked the file (an output format renders the entry there). Stops at
+/// the first error of `emit` (stdout gone).
+pub fn run_each<R: Send>(
     cfg: &Config,
     scope: &Scope,
-    emit: &mut dyn FnMut(FileReport) -> std::io::Result<()>,
+    prepare: &(dyn Fn(FileReport) -> R + Sync),
+    emit: &mut dyn FnMut(R) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let cat = &cfg.catalogue;
     let roots = match scope {
@@ -612,8 +614,11 @@ pub fn run_each(
         items,
         |item| match item {
             // For etcd also where its data directory is on the host (the last etcd wins).
-            Ok(path) => memo.check(cat, &path),
-            Err(report) => (report, None),
+            Ok(path) => {
+                let (report, data_dir) = memo.check(cat, &path);
+                (prepare(report), data_dir)
+            }
+            Err(report) => (prepare(report), None),
         },
         &mut |(report, data_dir)| {
             if let Some(d) = data_dir {
@@ -626,13 +631,15 @@ pub fn run_each(
         let members = file_set_members(cfg, etcd_data_dir);
         in_parallel(
             members,
-            |m| match m.error {
-                Some(e) => {
-                    let mut r = FileReport::new(&m.path);
-                    r.error = Some(e);
-                    r
-                }
-                None => check_file(cat, &m.path, m.roles),
+            |m| {
+                prepare(match m.error {
+                    Some(e) => {
+                        let mut r = FileReport::new(&m.path);
+                        r.error = Some(e);
+                        r
+                    }
+                    None => check_file(cat, &m.path, m.roles),
+                })
             },
             emit,
         )?;

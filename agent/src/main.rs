@@ -342,7 +342,7 @@ fn check_command(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let mut sink: Box<dyn Sink + '_> = match format {
+    let mut sink: Box<dyn Sink<'_> + '_> = match format {
         Format::Table => Box::new(Whole::new(|r: &check::Report| {
             lockdown_proto::printable(report::table(r, verbose).trim_end()).into_owned()
         })),
@@ -366,15 +366,20 @@ fn check_command(
     let (mut failed, mut unreadable) = (false, false);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let render = sink.renderer();
     let written = (|| {
         sink.start(&mut out)?;
-        check::run_each(cfg, scope, &mut |f| {
+        let prepare = |f: check::FileReport| {
+            let rendered = render(&f);
+            (f, rendered)
+        };
+        check::run_each(cfg, scope, &prepare, &mut |(f, rendered)| {
             unreadable |= f.error.is_some();
             failed |= f
                 .findings
                 .iter()
                 .any(|x| x.status == lockdown_agent::rules::Status::Fail && x.severity >= fail_on);
-            sink.file(&mut out, f)
+            sink.file(&mut out, f, rendered?)
         })?;
         sink.finish(&mut out)?;
         std::io::Write::flush(&mut out)

@@ -12,12 +12,25 @@ use sha2::{Digest, Sha256};
 use crate::check::{FileReport, Report};
 use crate::rules::{Catalogue, Finding, Severity, Status};
 
+/// Renders one file's entry on the worker thread that checked it; `None` when the format
+/// renders at the end.
+pub type Renderer<'c> = Box<dyn Fn(&FileReport) -> io::Result<Option<Vec<u8>>> + Sync + 'c>;
+
 /// An output format fed one file entry at a time.
-pub trait Sink {
+pub trait Sink<'c> {
+    /// What renders an entry, off the thread that writes (it borrows nothing of the sink).
+    fn renderer(&self) -> Renderer<'c> {
+        Box::new(|_| Ok(None))
+    }
     /// Before the first entry.
     fn start(&mut self, out: &mut dyn Write) -> io::Result<()>;
-    /// One file's entry, in scan order.
-    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()>;
+    /// One file's entry, in scan order, with what the renderer made of it.
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        f: FileReport,
+        rendered: Option<Vec<u8>>,
+    ) -> io::Result<()>;
     /// After the last entry.
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()>;
 }
@@ -28,18 +41,29 @@ pub struct Json {
     first: bool,
 }
 
-impl Sink for Json {
+impl<'c> Sink<'c> for Json {
     fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
         self.first = true;
         out.write_all(b"{\"files\":[\n")
     }
 
-    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()> {
+    fn renderer(&self) -> Renderer<'c> {
+        Box::new(|f| Ok(Some(serde_json::to_vec(f)?)))
+    }
+
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        f: FileReport,
+        rendered: Option<Vec<u8>>,
+    ) -> io::Result<()> {
         if !std::mem::take(&mut self.first) {
             out.write_all(b",\n")?;
         }
-        serde_json::to_writer(&mut *out, &f)?;
-        Ok(())
+        match rendered {
+            Some(bytes) => out.write_all(&bytes),
+            None => Ok(serde_json::to_writer(&mut *out, &f)?),
+        }
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
@@ -64,12 +88,12 @@ impl<F: FnMut(&Report) -> String> Whole<F> {
     }
 }
 
-impl<F: FnMut(&Report) -> String> Sink for Whole<F> {
+impl<'c, F: FnMut(&Report) -> String> Sink<'c> for Whole<F> {
     fn start(&mut self, _: &mut dyn Write) -> io::Result<()> {
         Ok(())
     }
 
-    fn file(&mut self, _: &mut dyn Write, f: FileReport) -> io::Result<()> {
+    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Option<Vec<u8>>) -> io::Result<()> {
         self.files.push(f);
         Ok(())
     }
@@ -155,7 +179,7 @@ impl<'c> Sarif<'c> {
     }
 }
 
-impl Sink for Sarif<'_> {
+impl<'c> Sink<'c> for Sarif<'c> {
     fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
         let rules: Vec<serde_json::Value> = self
             .cat
@@ -201,50 +225,83 @@ impl Sink for Sarif<'_> {
         out.write_all(b"\n")
     }
 
-    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()> {
-        for finding in f
-            .findings
-            .iter()
-            .filter(|x| matches!(x.status, Status::Fail | Status::Warn))
-        {
-            let (line, column) = f.places.of(finding.flag.as_deref());
-            let index = self.cat.rules.iter().position(|r| r.id == finding.id);
-            let mut text = finding.title.to_string();
-            if let Some(obs) = &finding.observed {
-                text.push_str(&format!(" (observed {obs}"));
-                if let Some(exp) = &finding.expected {
-                    text.push_str(&format!("; expected {exp}"));
-                }
-                text.push(')');
+    fn renderer(&self) -> Renderer<'c> {
+        let cat = self.cat;
+        Box::new(move |f| {
+            let mut bytes = Vec::new();
+            sarif_results(cat, f, &mut bytes)?;
+            Ok(Some(bytes))
+        })
+    }
+
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        f: FileReport,
+        rendered: Option<Vec<u8>>,
+    ) -> io::Result<()> {
+        let bytes = match rendered {
+            Some(b) => b,
+            None => {
+                let mut b = Vec::new();
+                sarif_results(self.cat, &f, &mut b)?;
+                b
             }
-            if let Some(r) = &finding.reason {
-                text.push_str(&format!(". {r}"));
-            }
-            let mut result = json!({
-                "ruleId": finding.id,
-                "level": if finding.status == Status::Fail { "error" } else { "warning" },
-                "message": {"text": text},
-                "locations": [{"physicalLocation": {
-                    "artifactLocation": {"uri": artifact_uri(&f.path)},
-                    "region": {"startLine": line, "startColumn": column},
-                }}],
-                "partialFingerprints": {"kubeLockdown/v1": fingerprint(self.cat, &f.path, finding)},
-                "properties": {"security-severity": security_severity(finding.severity)},
-            });
-            if let Some(i) = index {
-                result["ruleIndex"] = json!(i);
-            }
-            if !std::mem::take(&mut self.first) {
-                out.write_all(b",\n")?;
-            }
-            serde_json::to_writer(&mut *out, &result)?;
+        };
+        if bytes.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        if !std::mem::take(&mut self.first) {
+            out.write_all(b",\n")?;
+        }
+        out.write_all(&bytes)
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
         out.write_all(b"\n]}]}\n")
     }
+}
+
+/// The SARIF results of one file, separated by `,\\n`.
+fn sarif_results(cat: &Catalogue, f: &FileReport, out: &mut Vec<u8>) -> io::Result<()> {
+    for finding in f
+        .findings
+        .iter()
+        .filter(|x| matches!(x.status, Status::Fail | Status::Warn))
+    {
+        let (line, column) = f.places.of(finding.flag.as_deref());
+        let index = cat.rules.iter().position(|r| r.id == finding.id);
+        let mut text = finding.title.to_string();
+        if let Some(obs) = &finding.observed {
+            text.push_str(&format!(" (observed {obs}"));
+            if let Some(exp) = &finding.expected {
+                text.push_str(&format!("; expected {exp}"));
+            }
+            text.push(')');
+        }
+        if let Some(r) = &finding.reason {
+            text.push_str(&format!(". {r}"));
+        }
+        let mut result = json!({
+            "ruleId": finding.id,
+            "level": if finding.status == Status::Fail { "error" } else { "warning" },
+            "message": {"text": text},
+            "locations": [{"physicalLocation": {
+                "artifactLocation": {"uri": artifact_uri(&f.path)},
+                "region": {"startLine": line, "startColumn": column},
+            }}],
+            "partialFingerprints": {"kubeLockdown/v1": fingerprint(cat, &f.path, finding)},
+            "properties": {"security-severity": security_severity(finding.severity)},
+        });
+        if let Some(i) = index {
+            result["ruleIndex"] = json!(i);
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b",\n");
+        }
+        serde_json::to_writer(&mut *out, &result)?;
+    }
+    Ok(())
 }
 
 /// The CIS section a finding belongs to (`1.2`, `2`), or `None` for the project's own rules.
@@ -301,12 +358,12 @@ pub struct Junit {
     errors: Vec<(String, String)>,
 }
 
-impl Sink for Junit {
+impl<'c> Sink<'c> for Junit {
     fn start(&mut self, _: &mut dyn Write) -> io::Result<()> {
         Ok(())
     }
 
-    fn file(&mut self, _: &mut dyn Write, f: FileReport) -> io::Result<()> {
+    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Option<Vec<u8>>) -> io::Result<()> {
         if let Some(e) = f.error {
             self.errors.push((f.path.clone(), e));
         }
@@ -462,30 +519,9 @@ impl<'c> PolicyReport<'c> {
             summary: [0; 5],
         }
     }
-
-    fn result(
-        &mut self,
-        out: &mut dyn Write,
-        fields: &[(&str, serde_json::Value)],
-    ) -> io::Result<()> {
-        let mut first = true;
-        for (k, v) in fields {
-            if v.is_null() {
-                continue;
-            }
-            let lead = if std::mem::take(&mut first) {
-                "- "
-            } else {
-                "  "
-            };
-            // JSON scalars and flow maps are YAML: quoting and escapes come out right.
-            writeln!(out, "{lead}{k}: {}", serde_json::to_string(v)?)?;
-        }
-        Ok(())
-    }
 }
 
-impl Sink for PolicyReport<'_> {
+impl<'c> Sink<'c> for PolicyReport<'c> {
     fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
         let (api_version, kind) = match self.api {
             ReportApi::OpenReports => ("openreports.io/v1alpha1", "ClusterReport"),
@@ -513,79 +549,41 @@ impl Sink for PolicyReport<'_> {
         writeln!(out, "results:")
     }
 
-    fn file(&mut self, out: &mut dyn Write, f: FileReport) -> io::Result<()> {
-        let timestamp = json!({"seconds": self.seconds, "nanos": 0});
-        if let Some(e) = &f.error {
+    fn renderer(&self) -> Renderer<'c> {
+        let (cat, seconds) = (self.cat, self.seconds);
+        Box::new(move |f| {
+            let mut bytes = Vec::new();
+            report_results(cat, seconds, f, &mut bytes)?;
+            Ok(Some(bytes))
+        })
+    }
+
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        f: FileReport,
+        rendered: Option<Vec<u8>>,
+    ) -> io::Result<()> {
+        if f.error.is_some() {
             self.summary[3] += 1;
-            self.result(
-                out,
-                &[
-                    ("source", json!("kube-lockdown")),
-                    ("policy", json!("kube-lockdown")),
-                    ("rule", json!("file-readable")),
-                    ("category", json!("kube-lockdown")),
-                    ("severity", json!("high")),
-                    ("timestamp", timestamp.clone()),
-                    ("result", json!("error")),
-                    ("scored", json!(false)),
-                    ("message", json!(format!("{}: {e}", f.path))),
-                    ("properties", json!({"file": f.path})),
-                ],
-            )?;
         }
         for finding in &f.findings {
-            let (result, slot) = match finding.status {
-                Status::Pass => ("pass", 0),
-                Status::Fail => ("fail", 1),
-                Status::Warn => ("warn", 2),
-                Status::Skip => ("skip", 4),
+            let slot = match finding.status {
+                Status::Pass => 0,
+                Status::Fail => 1,
+                Status::Warn => 2,
+                Status::Skip => 4,
             };
             self.summary[slot] += 1;
-            let section = cis_section(finding.cis.as_deref());
-            let mut properties = serde_json::Map::new();
-            properties.insert("file".into(), json!(f.path));
-            for (k, v) in [
-                ("observed", finding.observed.as_deref()),
-                ("expected", finding.expected.as_deref()),
-                ("flag", finding.flag.as_deref()),
-                ("component", f.component.as_deref()),
-                ("version", f.version.as_deref()),
-                ("reason", finding.reason.as_deref()),
-                ("remediation", Some(&*finding.remediation)),
-            ] {
-                if let Some(v) = v {
-                    properties.insert(k.into(), json!(v));
-                }
-            }
-            let category = section_title(section);
-            // CIS scores it, and it was judged (a warn is "not met, not scored").
-            let scored = matches!(finding.status, Status::Pass | Status::Fail)
-                && self
-                    .cat
-                    .rules
-                    .iter()
-                    .find(|r| r.id == finding.id)
-                    .is_none_or(|r| r.scored);
-            self.result(
-                out,
-                &[
-                    ("source", json!("kube-lockdown")),
-                    (
-                        "policy",
-                        json!(finding.cis.as_deref().unwrap_or(&finding.id)),
-                    ),
-                    ("rule", json!(finding.id)),
-                    ("category", json!(category)),
-                    ("severity", json!(finding.severity.as_str())),
-                    ("timestamp", timestamp.clone()),
-                    ("result", json!(result)),
-                    ("scored", json!(scored)),
-                    ("message", json!(finding.title)),
-                    ("properties", serde_json::Value::Object(properties)),
-                ],
-            )?;
         }
-        Ok(())
+        match rendered {
+            Some(bytes) => out.write_all(&bytes),
+            None => {
+                let mut bytes = Vec::new();
+                report_results(self.cat, self.seconds, &f, &mut bytes)?;
+                out.write_all(&bytes)
+            }
+        }
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
@@ -601,4 +599,95 @@ impl Sink for PolicyReport<'_> {
         writeln!(out, "  error: {error}")?;
         writeln!(out, "  skip: {skip}")
     }
+}
+
+/// The report results of one file, as YAML sequence items.
+fn report_results(
+    cat: &Catalogue,
+    seconds: i64,
+    f: &FileReport,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let timestamp = json!({"seconds": seconds, "nanos": 0});
+    if let Some(e) = &f.error {
+        result_item(
+            out,
+            &[
+                ("source", json!("kube-lockdown")),
+                ("policy", json!("kube-lockdown")),
+                ("rule", json!("file-readable")),
+                ("category", json!("kube-lockdown")),
+                ("severity", json!("high")),
+                ("timestamp", timestamp.clone()),
+                ("result", json!("error")),
+                ("scored", json!(false)),
+                ("message", json!(format!("{}: {e}", f.path))),
+                ("properties", json!({"file": f.path})),
+            ],
+        )?;
+    }
+    for finding in &f.findings {
+        let result = finding.status.as_str();
+        let section = cis_section(finding.cis.as_deref());
+        let mut properties = serde_json::Map::new();
+        properties.insert("file".into(), json!(f.path));
+        for (k, v) in [
+            ("observed", finding.observed.as_deref()),
+            ("expected", finding.expected.as_deref()),
+            ("flag", finding.flag.as_deref()),
+            ("component", f.component.as_deref()),
+            ("version", f.version.as_deref()),
+            ("reason", finding.reason.as_deref()),
+            ("remediation", Some(&*finding.remediation)),
+        ] {
+            if let Some(v) = v {
+                properties.insert(k.into(), json!(v));
+            }
+        }
+        let category = section_title(section);
+        // CIS scores it, and it was judged (a warn is "not met, not scored").
+        let scored = matches!(finding.status, Status::Pass | Status::Fail)
+            && cat
+                .rules
+                .iter()
+                .find(|r| r.id == finding.id)
+                .is_none_or(|r| r.scored);
+        result_item(
+            out,
+            &[
+                ("source", json!("kube-lockdown")),
+                (
+                    "policy",
+                    json!(finding.cis.as_deref().unwrap_or(&finding.id)),
+                ),
+                ("rule", json!(finding.id)),
+                ("category", json!(category)),
+                ("severity", json!(finding.severity.as_str())),
+                ("timestamp", timestamp.clone()),
+                ("result", json!(result)),
+                ("scored", json!(scored)),
+                ("message", json!(finding.title)),
+                ("properties", serde_json::Value::Object(properties)),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// One YAML sequence item of `fields` (null ones left out).
+fn result_item(out: &mut Vec<u8>, fields: &[(&str, serde_json::Value)]) -> io::Result<()> {
+    let mut first = true;
+    for (k, v) in fields {
+        if v.is_null() {
+            continue;
+        }
+        let lead = if std::mem::take(&mut first) {
+            "- "
+        } else {
+            "  "
+        };
+        // JSON scalars and flow maps are YAML: quoting and escapes come out right.
+        writeln!(out, "{lead}{k}: {}", serde_json::to_string(v)?)?;
+    }
+    Ok(())
 }
