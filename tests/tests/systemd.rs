@@ -128,7 +128,10 @@ fn detection_needs_only_cap_dac_read_search() {
     );
     let out = String::from_utf8_lossy(&read.stdout);
     let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(report["files"][0]["component"], "kube-apiserver", "{read:?}");
+    assert_eq!(
+        report["files"][0]["component"], "kube-apiserver",
+        "{read:?}"
+    );
     assert!(!out.contains("permission denied"), "{out}");
 }
 

@@ -12,25 +12,20 @@ use sha2::{Digest, Sha256};
 use crate::check::{FileReport, Report};
 use crate::rules::{Catalogue, Finding, Severity, Status};
 
-/// Renders one file's entry on the worker thread that checked it; `None` when the format
-/// renders at the end.
-pub type Renderer<'c> = Box<dyn Fn(&FileReport) -> io::Result<Option<Vec<u8>>> + Sync + 'c>;
+/// Renders one file's entry on the worker thread that checked it (nothing when the format
+/// renders at the end).
+pub type Renderer<'c> = Box<dyn Fn(&FileReport) -> io::Result<Vec<u8>> + Sync + 'c>;
 
 /// An output format fed one file entry at a time.
 pub trait Sink<'c> {
     /// What renders an entry, off the thread that writes (it borrows nothing of the sink).
     fn renderer(&self) -> Renderer<'c> {
-        Box::new(|_| Ok(None))
+        Box::new(|_| Ok(Vec::new()))
     }
     /// Before the first entry.
     fn start(&mut self, out: &mut dyn Write) -> io::Result<()>;
     /// One file's entry, in scan order, with what the renderer made of it.
-    fn file(
-        &mut self,
-        out: &mut dyn Write,
-        f: FileReport,
-        rendered: Option<Vec<u8>>,
-    ) -> io::Result<()>;
+    fn file(&mut self, out: &mut dyn Write, f: FileReport, rendered: Vec<u8>) -> io::Result<()>;
     /// After the last entry.
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()>;
 }
@@ -48,22 +43,14 @@ impl<'c> Sink<'c> for Json {
     }
 
     fn renderer(&self) -> Renderer<'c> {
-        Box::new(|f| Ok(Some(serde_json::to_vec(f)?)))
+        Box::new(|f| Ok(serde_json::to_vec(f)?))
     }
 
-    fn file(
-        &mut self,
-        out: &mut dyn Write,
-        f: FileReport,
-        rendered: Option<Vec<u8>>,
-    ) -> io::Result<()> {
+    fn file(&mut self, out: &mut dyn Write, _: FileReport, rendered: Vec<u8>) -> io::Result<()> {
         if !std::mem::take(&mut self.first) {
             out.write_all(b",\n")?;
         }
-        match rendered {
-            Some(bytes) => out.write_all(&bytes),
-            None => Ok(serde_json::to_writer(&mut *out, &f)?),
-        }
+        out.write_all(&rendered)
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
@@ -93,7 +80,7 @@ impl<'c, F: FnMut(&Report) -> String> Sink<'c> for Whole<F> {
         Ok(())
     }
 
-    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Option<Vec<u8>>) -> io::Result<()> {
+    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Vec<u8>) -> io::Result<()> {
         self.files.push(f);
         Ok(())
     }
@@ -230,31 +217,18 @@ impl<'c> Sink<'c> for Sarif<'c> {
         Box::new(move |f| {
             let mut bytes = Vec::new();
             sarif_results(cat, f, &mut bytes)?;
-            Ok(Some(bytes))
+            Ok(bytes)
         })
     }
 
-    fn file(
-        &mut self,
-        out: &mut dyn Write,
-        f: FileReport,
-        rendered: Option<Vec<u8>>,
-    ) -> io::Result<()> {
-        let bytes = match rendered {
-            Some(b) => b,
-            None => {
-                let mut b = Vec::new();
-                sarif_results(self.cat, &f, &mut b)?;
-                b
-            }
-        };
-        if bytes.is_empty() {
+    fn file(&mut self, out: &mut dyn Write, _: FileReport, rendered: Vec<u8>) -> io::Result<()> {
+        if rendered.is_empty() {
             return Ok(());
         }
         if !std::mem::take(&mut self.first) {
             out.write_all(b",\n")?;
         }
-        out.write_all(&bytes)
+        out.write_all(&rendered)
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
@@ -363,7 +337,7 @@ impl<'c> Sink<'c> for Junit {
         Ok(())
     }
 
-    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Option<Vec<u8>>) -> io::Result<()> {
+    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Vec<u8>) -> io::Result<()> {
         if let Some(e) = f.error {
             self.errors.push((f.path.clone(), e));
         }
@@ -554,16 +528,11 @@ impl<'c> Sink<'c> for PolicyReport<'c> {
         Box::new(move |f| {
             let mut bytes = Vec::new();
             report_results(cat, seconds, f, &mut bytes)?;
-            Ok(Some(bytes))
+            Ok(bytes)
         })
     }
 
-    fn file(
-        &mut self,
-        out: &mut dyn Write,
-        f: FileReport,
-        rendered: Option<Vec<u8>>,
-    ) -> io::Result<()> {
+    fn file(&mut self, out: &mut dyn Write, f: FileReport, rendered: Vec<u8>) -> io::Result<()> {
         if f.error.is_some() {
             self.summary[3] += 1;
         }
@@ -576,14 +545,7 @@ impl<'c> Sink<'c> for PolicyReport<'c> {
             };
             self.summary[slot] += 1;
         }
-        match rendered {
-            Some(bytes) => out.write_all(&bytes),
-            None => {
-                let mut bytes = Vec::new();
-                report_results(self.cat, self.seconds, &f, &mut bytes)?;
-                out.write_all(&bytes)
-            }
-        }
+        out.write_all(&rendered)
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
