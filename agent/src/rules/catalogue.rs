@@ -540,6 +540,28 @@ pub struct Rule {
     pub safe: bool,
     /// Every flag the test names, in order (see [`referenced_flags`]).
     pub flags: Vec<String>,
+    /// Whether the rule's component accepts each of `flags` on a version, looked up once.
+    pub flag_lifecycle: Vec<Lifecycle>,
+}
+
+/// The versions that accept a flag: from `since` until `removed`, both optional; `known`
+/// is false for a flag the catalogue does not list (accepted by every version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    known: bool,
+    since: Option<Minor>,
+    removed: Option<Minor>,
+}
+
+impl Lifecycle {
+    /// Whether `v` accepts the flag (as [`Catalogue::flag_exists`]).
+    pub fn on(self, v: Option<Version>) -> Existence {
+        if self.known {
+            existence(self.since, self.removed, v)
+        } else {
+            Existence::Accepted
+        }
+    }
 }
 
 /// The support window of a product.
@@ -798,6 +820,7 @@ impl Catalogue {
             remediation: r.remediation.into(),
             fix: r.fix,
             safe: r.safe,
+            flag_lifecycle: flags.iter().map(|f| self.lifecycle(target, f)).collect(),
             flags,
         })
     }
@@ -806,6 +829,19 @@ impl Catalogue {
     pub fn flag(&self, c: Component, name: &str) -> Option<&FlagSpec> {
         let i = *self.flag_index[c as usize].get(name)?;
         self.flags.get(i)
+    }
+
+    /// The lifecycle of a flag a rule names, for the rule's component.
+    fn lifecycle(&self, target: Target, name: &str) -> Lifecycle {
+        let spec = match target {
+            Target::Component(c) => self.flag(c, name),
+            _ => None,
+        };
+        Lifecycle {
+            known: spec.is_some(),
+            since: spec.and_then(|s| s.since),
+            removed: spec.and_then(|s| s.removed),
+        }
     }
 
     /// Whether a flag of any component can carry a secret: marked `sensitive` in the
@@ -822,7 +858,17 @@ impl Catalogue {
 
     /// Whether `v` accepts the flag (flags the catalogue does not know are assumed accepted).
     pub fn flag_exists(&self, c: Component, name: &str, v: Option<Version>) -> Existence {
-        match self.flag(c, name) {
+        Self::exists(self.flag(c, name), c, name, v)
+    }
+
+    /// [`Catalogue::flag_exists`] with the flag's record already looked up.
+    pub fn exists(
+        spec: Option<&FlagSpec>,
+        c: Component,
+        name: &str,
+        v: Option<Version>,
+    ) -> Existence {
+        match spec {
             Some(f) => existence(f.since, f.removed, v),
             // etcd 3.7 removed every --experimental-* flag, also any the table does not list.
             None if c == Component::Etcd && name.starts_with("experimental-") => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::catalogue::{
     ANONYMOUS_CONFIG_SINCE, Builtin, Catalogue, Existence, FileRole, Fix, FlagItem, FlagRef,
-    FlagValue, Minor, Rule, Target, Test, explain,
+    FlagSpec, FlagValue, Minor, Rule, Target, Test, explain,
 };
 use super::{Finding, Severity, Status};
 use crate::manifest::flags::{FlagKind, Flags, parse_go_bool};
@@ -196,6 +196,8 @@ struct Ctx<'a> {
     flags: &'a Flags,
     authn: Option<&'a AuthnConfig>,
     authz: Option<&'a AuthzConfig>,
+    /// The catalogue's record of each flag use, looked up once.
+    specs: Vec<Option<&'a FlagSpec>>,
 }
 
 impl Ctx<'_> {
@@ -264,6 +266,13 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
         flags: &facts.cp.flags,
         authn: facts.authn,
         authz: facts.authz,
+        specs: facts
+            .cp
+            .flags
+            .uses
+            .iter()
+            .map(|u| cat.flag(facts.cp.component, &u.name))
+            .collect(),
     };
     let mut out = Vec::with_capacity(cat.rules.len() + 8);
     for rule in &cat.rules {
@@ -533,8 +542,12 @@ fn not_applicable(rule: &Rule, ctx: &Ctx<'_>) -> Option<String> {
             return Some(format!("does not apply to {}", ctx.version_text()));
         }
     }
-    for flag in &rule.flags {
-        match ctx.cat.flag_exists(ctx.c, flag, ctx.v) {
+    for (i, flag) in rule.flags.iter().enumerate() {
+        let lifecycle = match (rule.target, rule.flag_lifecycle.get(i)) {
+            (Target::Component(_), Some(l)) => l.on(ctx.v),
+            _ => ctx.cat.flag_exists(ctx.c, flag, ctx.v),
+        };
+        match lifecycle {
             Existence::Accepted => {}
             Existence::Unknown if ctx.flags.is_set(flag) => {}
             Existence::Unknown => {
@@ -827,11 +840,11 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Checks {
 fn unsupported_flags(ctx: &Ctx<'_>) -> Vec<Check> {
     let mut seen: Vec<&str> = Vec::new();
     let mut out = Vec::new();
-    for u in &ctx.flags.uses {
+    for (u, spec) in ctx.flags.uses.iter().zip(&ctx.specs) {
         if ctx.flags.args[u.arg].source == crate::manifest::flags::ArgSource::Env {
             continue;
         }
-        let e = ctx.cat.flag_exists(ctx.c, &u.name, ctx.v);
+        let e = Catalogue::exists(*spec, ctx.c, &u.name, ctx.v);
         // (Most flags are accepted: only those that are not are checked for repeats.)
         if matches!(e, Existence::Removed(_) | Existence::NotYet(_))
             && !seen.contains(&u.name.as_str())
@@ -1007,9 +1020,9 @@ fn invalid_values(ctx: &Ctx<'_>) -> Vec<Check> {
             )
         })
         .collect();
-    for u in &ctx.flags.uses {
+    for (u, spec) in ctx.flags.uses.iter().zip(&ctx.specs) {
         let Some(value) = &u.value else { continue };
-        let (ok, what) = match ctx.kind(&u.name) {
+        let (ok, what) = match spec.map(|s| s.kind).unwrap_or_default() {
             FlagKind::Bool => (parse_go_bool(value).is_some(), "true or false"),
             FlagKind::Int => (value.trim().parse::<i64>().is_ok(), "a whole number"),
             _ => continue,
