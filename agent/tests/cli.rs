@@ -398,8 +398,14 @@ fn status_without_a_running_agent_exits_2_and_says_so() {
 fn a_reader_that_goes_away_ends_the_output_quietly() {
     // Issue 11: `check DIR | head -1` panicked on the broken pipe (exit 101). Now it ends with
     // the status of a process killed by SIGPIPE, as a C tool would, and says nothing.
+    let dir = fixtures("v1.31");
+    let dir = dir.to_str().unwrap();
     for args in [
-        vec!["check", fixtures("v1.31").to_str().unwrap()],
+        vec!["check", dir],
+        // The formats written as the check runs, from the worker threads.
+        vec!["check", "--format", "json", dir],
+        vec!["check", "--format", "sarif", dir],
+        vec!["check", "--format", "openreports", dir],
         vec!["rules"],
     ] {
         let mut child = Command::new(BIN)

@@ -136,6 +136,7 @@ fn fingerprint(cat: &Catalogue, path: &str, f: &Finding) -> String {
 /// A file path as a SARIF artifact URI: relative paths stay relative (to the directory the
 /// check ran in, as GitHub code scanning expects), absolute ones become `file://` URIs.
 fn artifact_uri(path: &str) -> String {
+    let path = path.trim_start_matches("./");
     let mut uri = String::new();
     if path.starts_with('/') {
         uri.push_str("file://");
@@ -652,4 +653,35 @@ fn result_item(out: &mut Vec<u8>, fields: &[(&str, serde_json::Value)]) -> io::R
         writeln!(out, "{lead}{k}: {}", serde_json::to_string(v)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_uris_are_relative_or_file_uris_and_escaped() {
+        assert_eq!(artifact_uri("./manifests/a b.yaml"), "manifests/a%20b.yaml");
+        assert_eq!(
+            artifact_uri("/etc/kubernetes/manifests/kube-apiserver.yaml"),
+            "file:///etc/kubernetes/manifests/kube-apiserver.yaml"
+        );
+        assert_eq!(artifact_uri("x#y?z%"), "x%23y%3Fz%25");
+    }
+
+    #[test]
+    fn report_names_are_dns_labels() {
+        assert_eq!(report_name("cp-1"), "kube-lockdown-cp-1");
+        assert_eq!(
+            report_name("cp-1.example.com"),
+            "kube-lockdown-cp-1-example-com"
+        );
+        let long = report_name(&"n".repeat(200));
+        assert!(long.len() <= 63, "{long}");
+        assert_ne!(
+            long,
+            report_name(&"n".repeat(201)),
+            "long names keep a hash"
+        );
+    }
 }
