@@ -112,7 +112,6 @@ pub struct Report {
 
 /// Reads a file of at most `limit` bytes without trusting its reported size.
 pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
-    let link = fs::symlink_metadata(path).map_err(|e| io_problem(&e))?;
     // Stat before open, following symlinks as the kubelet does: a device, socket or FIFO is
     // never opened (opening some devices has effects), only named.
     let meta = match fs::metadata(path) {
@@ -120,7 +119,12 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
             return Err("symlink loop".into());
         }
-        Err(e) if link.file_type().is_symlink() && e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The path itself, or only what a symlink there points to?
+            let link = fs::symlink_metadata(path).map_err(|e| io_problem(&e))?;
+            if !link.file_type().is_symlink() {
+                return Err(io_problem(&e));
+            }
             let target = fs::read_link(path)
                 .map(|t| t.display().to_string())
                 .unwrap_or_default();
@@ -347,27 +351,45 @@ pub fn file_facts(path: &Path, roles: Vec<FileRole>) -> Result<FileFacts, String
 }
 
 /// The user and group names of `uid` and `gid`. Looked up once per id and kept while
-/// /etc/passwd and /etc/group stay as they were: a lookup reads the whole file (NSS), and a
-/// check of hundreds of files owned by the same root would read it hundreds of times.
+/// /etc/passwd and /etc/group stay as they were (checked at most once a second): a lookup
+/// reads the whole file (NSS), and a check of hundreds of files owned by the same root would
+/// read it hundreds of times.
 pub fn owner_names(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
     type Names = HashMap<u32, Option<String>>;
+    type Stamp = (Option<std::time::SystemTime>, Option<std::time::SystemTime>);
     struct Cache {
-        stamp: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+        stamp: Stamp,
+        checked: std::time::Instant,
         users: Names,
         groups: Names,
     }
     static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
-    let mtime = |p: &str| fs::metadata(p).and_then(|m| m.modified()).ok();
-    let stamp = (mtime("/etc/passwd"), mtime("/etc/group"));
-    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    let cache = match guard.as_mut() {
-        Some(c) if c.stamp == stamp && stamp.0.is_some() && stamp.1.is_some() => c,
-        _ => guard.insert(Cache {
-            stamp,
-            users: HashMap::new(),
-            groups: HashMap::new(),
-        }),
+    let stamp = || -> Stamp {
+        let mtime = |p: &str| fs::metadata(p).and_then(|m| m.modified()).ok();
+        (mtime("/etc/passwd"), mtime("/etc/group"))
     };
+    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    let cache = guard.get_or_insert_with(|| Cache {
+        stamp: stamp(),
+        checked: now,
+        users: HashMap::new(),
+        groups: HashMap::new(),
+    });
+    if now.duration_since(cache.checked) >= std::time::Duration::from_secs(1) {
+        let s = stamp();
+        cache.checked = now;
+        if s != cache.stamp {
+            cache.stamp = s;
+            cache.users.clear();
+            cache.groups.clear();
+        }
+    }
+    if cache.stamp.0.is_none() || cache.stamp.1.is_none() {
+        // No files to watch for changes (names from elsewhere): nothing is kept.
+        cache.users.clear();
+        cache.groups.clear();
+    }
     let user = cache
         .users
         .entry(uid)
