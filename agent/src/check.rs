@@ -21,7 +21,7 @@ use crate::rules::{Catalogue, Finding};
 const MAX_AUX_BYTES: usize = 256 * 1024;
 
 /// One file's results. Field names are a contract (DESIGN.md).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FileReport {
     /// The file.
     pub path: String,
@@ -39,6 +39,21 @@ pub struct FileReport {
     /// Where each flag is written in a manifest, for outputs that point at lines (SARIF).
     #[serde(skip)]
     pub places: Places,
+    /// Flags (`--name`) whose value came from the container's env through `$(VAR)` or a
+    /// script's `$NAME`: env values are treated as secrets (as the redactor does), so what
+    /// was seen of these flags does not leave the node.
+    #[serde(skip)]
+    pub from_env: Vec<String>,
+}
+
+impl FileReport {
+    /// Whether what was seen of `flag` may not leave the node: the catalogue calls it
+    /// sensitive, or its value came from the env.
+    pub fn withholds(&self, cat: &Catalogue, flag: Option<&str>) -> bool {
+        flag.is_some_and(|f| {
+            cat.sensitive(f.trim_start_matches('-')) || self.from_env.iter().any(|e| e == f)
+        })
+    }
 }
 
 /// Line and column (1-based; columns in characters) of what a finding is about.
@@ -99,6 +114,7 @@ impl FileReport {
             notes: Vec::new(),
             findings: Vec::new(),
             places: Places::default(),
+            from_env: Vec::new(),
         }
     }
 }
@@ -473,6 +489,14 @@ fn manifest_findings(
     report.component = Some(cp.component.name().to_string());
     report.version = cp.version.map(|v| v.to_string());
     report.places = Places::find(bytes, &cp);
+    let args = &cp.flags.args;
+    report.from_env = cp
+        .flags
+        .uses
+        .iter()
+        .filter(|u| args[u.arg].expanded || u.value_arg.is_some_and(|i| args[i].expanded))
+        .map(|u| format!("--{}", u.name))
+        .collect();
     let authn = read_authn(&m, &cp);
     let authz = read_authz(&m, &cp);
     report.findings = eval::evaluate_manifest(

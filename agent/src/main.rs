@@ -349,7 +349,7 @@ fn check_command(
         Format::Json => Box::new(stream::Json::default()),
         Format::KubeBench => Box::new(Whole::new(|r: &check::Report| report::kube_bench(r, cat))),
         Format::Sarif => Box::new(stream::Sarif::new(cat)),
-        Format::Junit => Box::new(stream::Junit::default()),
+        Format::Junit => Box::new(stream::Junit::new(cat)),
         Format::Openreports => Box::new(stream::PolicyReport::new(
             cat,
             ReportApi::OpenReports,

@@ -17,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::baseline::PathState;
-use crate::check::{self, SetMember};
+use crate::check::{self, FileReport, SetMember};
 use crate::config::Config;
 use crate::event::FindingRecord;
 use crate::integrity;
@@ -267,7 +267,7 @@ impl Scanner {
         PathState {
             meta,
             error: None,
-            findings: records(cat, &report.findings, report.component.as_deref()),
+            findings: records(cat, &report, &report.findings),
             text,
             component: report
                 .component
@@ -290,7 +290,11 @@ fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> Path
                 user: meta.owner.clone(),
                 group: meta.group.clone(),
             };
-            records(cat, &eval::evaluate_file(cat, &facts), None)
+            records(
+                cat,
+                &FileReport::default(),
+                &eval::evaluate_file(cat, &facts),
+            )
         }
         Err(_) => old.map(|o| o.findings.clone()).unwrap_or_default(),
     };
@@ -305,17 +309,14 @@ fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> Path
 
 fn records(
     cat: &Catalogue,
+    file: &FileReport,
     findings: &[crate::rules::Finding],
-    component: Option<&str>,
 ) -> BTreeMap<String, FindingRecord> {
     findings
         .iter()
         .filter_map(|f| {
-            let sensitive = f
-                .flag
-                .as_deref()
-                .is_some_and(|flag| cat.sensitive(flag.trim_start_matches('-')));
-            FindingRecord::open(f, component, sensitive)
+            let withheld = file.withholds(cat, f.flag.as_deref());
+            FindingRecord::open(f, file.component.as_deref(), withheld)
         })
         .map(|r| (finding_key(cat, &r), r))
         .collect()
@@ -377,4 +378,40 @@ pub fn nearest_existing(dir: &Path) -> PathBuf {
         .find(|a| fs::metadata(a).is_ok_and(|m| m.is_dir()))
         .unwrap_or(Path::new("/"))
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_env_value_in_a_flag_is_withheld_from_events() {
+        // Issue 13 made `$(VAR)` expand into what the rules see; env values are secrets to
+        // the redactor, so the event's `observed` is redacted for such a flag.
+        let cat = Catalogue::builtin();
+        let src = include_str!("../../tests/data/kubeadm/v1.31/kube-apiserver.yaml")
+            .replace(
+                "    - --secure-port=6443\n",
+                "    - --secure-port=6443\n    - --tls-cipher-suites=$(SUITES)\n",
+            )
+            .replace(
+                "    name: kube-apiserver\n",
+                "    name: kube-apiserver\n    env:\n    - {name: SUITES, value: S3CRET_SUITE}\n",
+            );
+        let path = std::path::Path::new("/nonexistent/kube-apiserver.yaml");
+        let (report, _) = check::check_manifest_bytes(cat, path, src.as_bytes());
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.observed.as_deref() == Some("S3CRET_SUITE"))
+        );
+        let records = records(cat, &report, &report.findings);
+        let r = records
+            .values()
+            .find(|r| r.rule_id == "apiserver-tls-cipher-suites")
+            .expect("the cipher-suite finding is open");
+        assert_eq!(r.observed.as_deref(), Some(crate::redact::REDACTED));
+        assert!(!serde_json::to_string(&records).unwrap().contains("S3CRET"));
+    }
 }

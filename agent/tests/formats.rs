@@ -380,3 +380,32 @@ fn a_large_directory_is_reported_in_order_whatever_the_cores_do() {
         }
     }
 }
+
+#[test]
+fn values_from_the_env_do_not_leave_the_node_in_the_pipeline_formats() {
+    // A flag whose value comes from the container env through $(VAR): env values are
+    // secrets to the redactor, so SARIF, JUnit and the reports show it redacted; the local
+    // JSON still shows what the component receives.
+    let dir = tempfile::tempdir().unwrap();
+    let src = fs::read_to_string(fixtures("v1.31").join("kube-apiserver.yaml")).unwrap();
+    let src = src
+        .replace(
+            "    - --secure-port=6443\n",
+            "    - --secure-port=6443\n    - --tls-cipher-suites=$(SUITES)\n",
+        )
+        .replace(
+            "    name: kube-apiserver\n",
+            "    name: kube-apiserver\n    env:\n    - {name: SUITES, value: S3CRET_SUITE}\n",
+        );
+    let path = dir.path().join("kube-apiserver.yaml");
+    fs::write(&path, src).unwrap();
+    let p = path.to_str().unwrap();
+    let json = check("node-1", &["--format", "json", p]);
+    assert!(String::from_utf8_lossy(&json.stdout).contains("S3CRET_SUITE"));
+    for format in ["sarif", "junit", "openreports", "policyreport"] {
+        let out = check("node-1", &["--format", format, p]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("tls-cipher-suites"), "{format}");
+        assert!(!text.contains("S3CRET_SUITE"), "{format}: {text}");
+    }
+}

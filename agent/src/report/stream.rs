@@ -3,6 +3,7 @@
 //! written at the end where the format groups across files (table, kube-bench, JUnit). No
 //! format builds its whole text in memory.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
@@ -237,6 +238,19 @@ impl<'c> Sink<'c> for Sarif<'c> {
     }
 }
 
+/// A finding as it may leave the node (these formats go to code scanning, CI and the
+/// cluster): what was seen of a sensitive flag, or of one whose value came from the env, is
+/// redacted, as in the daemon's events.
+fn shareable<'f>(cat: &Catalogue, file: &FileReport, f: &'f Finding) -> Cow<'f, Finding> {
+    if f.observed.is_some() && file.withholds(cat, f.flag.as_deref()) {
+        let mut f = f.clone();
+        f.observed = Some(crate::redact::REDACTED.to_string());
+        Cow::Owned(f)
+    } else {
+        Cow::Borrowed(f)
+    }
+}
+
 /// The SARIF results of one file, separated by `,\\n`.
 fn sarif_results(cat: &Catalogue, f: &FileReport, out: &mut Vec<u8>) -> io::Result<()> {
     for finding in f
@@ -244,6 +258,7 @@ fn sarif_results(cat: &Catalogue, f: &FileReport, out: &mut Vec<u8>) -> io::Resu
         .iter()
         .filter(|x| matches!(x.status, Status::Fail | Status::Warn))
     {
+        let finding = &*shareable(cat, f, finding);
         let (line, column) = f.places.of(finding.flag.as_deref());
         let index = cat.rules.iter().position(|r| r.id == finding.id);
         let mut text = finding.title.to_string();
@@ -325,24 +340,36 @@ fn xml(text: &str) -> String {
 /// `--format junit`: JUnit XML as kube-bench writes it, with a suite per CIS section (and
 /// one for the project's own checks): a case per check and file, failures carrying the
 /// remediation, warnings and skips skipped, the finding as JSON in `system-out`.
-#[derive(Default)]
-pub struct Junit {
+pub struct Junit<'c> {
+    cat: &'c Catalogue,
     /// Section → (file, finding), in scan order.
     sections: BTreeMap<(u8, &'static str), Vec<(String, Finding)>>,
     /// Files that could not be checked.
     errors: Vec<(String, String)>,
 }
 
-impl<'c> Sink<'c> for Junit {
+impl<'c> Junit<'c> {
+    /// For the rules of `cat`.
+    pub fn new(cat: &'c Catalogue) -> Self {
+        Junit {
+            cat,
+            sections: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl<'c> Sink<'c> for Junit<'c> {
     fn start(&mut self, _: &mut dyn Write) -> io::Result<()> {
         Ok(())
     }
 
     fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Vec<u8>) -> io::Result<()> {
-        if let Some(e) = f.error {
-            self.errors.push((f.path.clone(), e));
+        if let Some(e) = &f.error {
+            self.errors.push((f.path.clone(), e.clone()));
         }
-        for finding in f.findings {
+        for finding in &f.findings {
+            let finding = shareable(self.cat, &f, finding).into_owned();
             let section = cis_section(finding.cis.as_deref());
             // CIS sections in order, the project's own checks last.
             let key = (u8::from(section.is_none()), section.unwrap_or("~"));
@@ -590,6 +617,7 @@ fn report_results(
         )?;
     }
     for finding in &f.findings {
+        let finding = &*shareable(cat, f, finding);
         let result = finding.status.as_str();
         let section = cis_section(finding.cis.as_deref());
         let mut properties = serde_json::Map::new();
