@@ -266,28 +266,9 @@ pub fn host_path(m: &Manifest, cp: &ControlPlane, inner: &str) -> Option<PathBuf
         })
 }
 
-/// Reads the anonymous settings from the AuthenticationConfiguration a manifest names.
 /// The host path of the AuthenticationConfiguration a manifest names, if any.
 pub fn authn_host_path(m: &Manifest, cp: &ControlPlane) -> Option<PathBuf> {
     host_path(m, cp, &cp.flags.value("authentication-config")?)
-}
-
-/// Reads the AuthenticationConfiguration a manifest names, if it names one.
-pub fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
-    let inner = cp.flags.value("authentication-config")?;
-    let Some(host) = host_path(m, cp, &inner) else {
-        return Some(AuthnConfig::Unreadable(format!(
-            "{inner} is not on a hostPath mount of the container, so kube-apiserver cannot read it either"
-        )));
-    };
-    let bytes = match read_bounded(&host, MAX_AUX_BYTES) {
-        Ok(b) => b,
-        Err(e) => return Some(AuthnConfig::Unreadable(format!("{}: {e}", host.display()))),
-    };
-    Some(
-        parse_authn(&bytes)
-            .unwrap_or_else(|e| AuthnConfig::Unreadable(format!("{}: {e}", host.display()))),
-    )
 }
 
 /// The host path of the AuthorizationConfiguration a manifest names, if any.
@@ -295,16 +276,38 @@ pub fn authz_host_path(m: &Manifest, cp: &ControlPlane) -> Option<PathBuf> {
     host_path(m, cp, &cp.flags.value("authorization-config")?)
 }
 
-/// Reads the AuthorizationConfiguration a manifest names, if it names one.
-pub fn read_authz(m: &Manifest, cp: &ControlPlane) -> Option<AuthzConfig> {
-    let inner = cp.flags.value("authorization-config")?;
+/// The file `flag` names, read where the pod mounts it and parsed with `parse`: `None` when
+/// the flag is not set, `Err` with the reason when the file cannot be read or parsed.
+fn read_named<T>(
+    m: &Manifest,
+    cp: &ControlPlane,
+    flag: &str,
+    parse: fn(&[u8]) -> Result<T, String>,
+) -> Option<Result<T, String>> {
+    let inner = cp.flags.value(flag)?;
     let Some(host) = host_path(m, cp, &inner) else {
-        return Some(AuthzConfig::Unreadable(format!(
-            "{inner} is not on a hostPath mount of the container, so kube-apiserver cannot read it either"
+        return Some(Err(format!(
+            "{inner} is not on a hostPath mount of the container, so {} cannot read it either",
+            cp.component
         )));
     };
-    let parsed = read_bounded(&host, MAX_AUX_BYTES).and_then(|b| parse_authz(&b));
-    Some(parsed.unwrap_or_else(|e| AuthzConfig::Unreadable(format!("{}: {e}", host.display()))))
+    Some(
+        read_bounded(&host, MAX_AUX_BYTES)
+            .and_then(|b| parse(&b))
+            .map_err(|e| format!("{}: {e}", host.display())),
+    )
+}
+
+/// Reads the AuthenticationConfiguration a manifest names, if it names one.
+pub fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
+    read_named(m, cp, "authentication-config", parse_authn)
+        .map(|r| r.unwrap_or_else(AuthnConfig::Unreadable))
+}
+
+/// Reads the AuthorizationConfiguration a manifest names, if it names one.
+pub fn read_authz(m: &Manifest, cp: &ControlPlane) -> Option<AuthzConfig> {
+    read_named(m, cp, "authorization-config", parse_authz)
+        .map(|r| r.unwrap_or_else(AuthzConfig::Unreadable))
 }
 
 /// The authorizer types of an AuthorizationConfiguration, in order.
