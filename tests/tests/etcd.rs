@@ -47,7 +47,8 @@ fn server_cert(dir: &Path) {
 /// A kubeadm-shaped etcd manifest for this sandbox: its client URL over TLS on loopback,
 /// peers on loopback, its health on the metrics port the probes use (1 s periods), with
 /// `--auto-tls=true` (CIS 2.3 fails), and the serving certificate only when `with_cert`.
-fn manifest(node: &Node, with_cert: bool) -> String {
+/// The manifest, and the port etcd serves `/health` on.
+fn manifest(node: &Node, with_cert: bool) -> (String, u16) {
     let port = || lockdown_e2e::collector::free_addr().port();
     let (client, peer, metrics) = (port(), port(), port());
     let pki = node.root.path().join("etcd-pki");
@@ -62,7 +63,7 @@ fn manifest(node: &Node, with_cert: bool) -> String {
     } else {
         String::new()
     };
-    format!(
+    let text = format!(
         r#"apiVersion: v1
 kind: Pod
 metadata:
@@ -117,7 +118,33 @@ spec:
     name: etcd-data
 "#,
         data = data.display()
-    )
+    );
+    (text, metrics)
+}
+
+/// Waits until etcd answers `/health` with 200: a member restarted before it has committed
+/// its own bootstrap never elects itself, and the tests are about fixing a running etcd.
+fn wait_healthy(port: u16) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        if answer.is_ok_and(|a| a.starts_with("HTTP/1.0 200") || a.starts_with("HTTP/1.1 200")) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd not healthy within 60 s"
+        );
+        // etcd offers nothing to wait on but its endpoint: poll it.
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A node whose only manifest is a real etcd's, with the auto-tls fix enforced by name.
@@ -128,9 +155,10 @@ fn etcd_node(with_cert: bool) -> (Node, Kubelet, String) {
     for e in fs::read_dir(&node.manifests).unwrap() {
         fs::remove_file(e.unwrap().path()).unwrap();
     }
-    let text = manifest(&node, with_cert);
+    let (text, health) = manifest(&node, with_cert);
     write_manifest(&node, ETCD, &text);
     let k = Kubelet::start_real(&node.manifests, &node.root.path().join("etcd.log"));
+    wait_healthy(health);
     (node, k, text)
 }
 
