@@ -4,18 +4,19 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::hash::BuildHasherDefault;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::manifest::{self, Component, ControlPlane, MAX_MANIFEST_BYTES, Manifest};
-use crate::rules::catalogue::FileRole;
+use crate::rules::catalogue::{FileRole, Fx};
 use crate::rules::eval::{self, AuthnConfig, AuthzConfig, FileFacts, ManifestFacts};
-use crate::rules::{Catalogue, Finding};
+use crate::rules::{Catalogue, Finding, Findings};
 
 /// Largest authentication config we read.
 const MAX_AUX_BYTES: usize = 256 * 1024;
@@ -35,10 +36,10 @@ pub struct FileReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     /// Findings.
-    pub findings: Vec<Finding>,
+    pub findings: Findings,
     /// Where each flag is written in a manifest, for outputs that point at lines (SARIF).
     #[serde(skip)]
-    pub places: Places,
+    pub places: Arc<Places>,
     /// Flags (`--name`) whose value came from the container's env through `$(VAR)` or a
     /// script's `$NAME`: env values are treated as secrets (as the redactor does), so what
     /// was seen of these flags does not leave the node.
@@ -75,14 +76,22 @@ impl Places {
     }
 
     fn find(src: &[u8], cp: &ControlPlane) -> Places {
-        let text = String::from_utf8_lossy(src);
         let starts: Vec<usize> = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .chain(
+                src.iter()
+                    .enumerate()
+                    .filter(|&(_, &b)| b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
             .collect();
         let at = |offset: usize| -> (u32, u32) {
             let line = starts.partition_point(|&s| s <= offset);
             let start = starts[line - 1];
-            let col = text.get(start..offset).map_or(1, |s| s.chars().count() + 1);
+            // Characters, not bytes: every byte that does not continue a UTF-8 sequence.
+            let col = src
+                .get(start..offset)
+                .map_or(0, |s| s.iter().filter(|&&b| (b as i8) >= -0x40).count())
+                + 1;
             (line as u32, col as u32)
         };
         let args = &cp.flags.args;
@@ -112,8 +121,8 @@ impl FileReport {
             version: None,
             error: None,
             notes: Vec::new(),
-            findings: Vec::new(),
-            places: Places::default(),
+            findings: Findings::default(),
+            places: Arc::default(),
             from_env: Vec::new(),
         }
     }
@@ -128,6 +137,36 @@ pub struct Report {
 
 /// Reads a file of at most `limit` bytes without trusting its reported size.
 pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    read_bounded_meta(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read_bounded`], with the metadata of the file that was read (its mode and owner, for
+/// the file checks, without another stat).
+pub fn read_bounded_meta(path: &Path, limit: usize) -> Result<(Vec<u8>, fs::Metadata), String> {
+    read_bounded_as(path, limit, false)
+}
+
+/// [`read_bounded_meta`]; `listed_regular` when the directory listing just said the path is a
+/// regular file (not a symlink), which stands for the stat before the open.
+fn read_bounded_as(
+    path: &Path,
+    limit: usize,
+    listed_regular: bool,
+) -> Result<(Vec<u8>, fs::Metadata), String> {
+    if listed_regular {
+        // O_NONBLOCK: if the path was swapped for a FIFO since the listing, opening it must
+        // not hang.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| io_problem(&e))?;
+        let opened = file.metadata().map_err(|e| io_problem(&e))?;
+        if let Some(what) = not_regular(&opened) {
+            return Err(what.into());
+        }
+        return read_opened(file, opened, limit);
+    }
     // Stat before open, following symlinks as the kubelet does: a device, socket or FIFO is
     // never opened (opening some devices has effects), only named.
     let meta = match fs::metadata(path) {
@@ -168,7 +207,23 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
     if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
         return Err("replaced while being read".into());
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
+    read_opened(file, opened, limit)
+}
+
+/// Reads an opened regular file of at most `limit` bytes.
+fn read_opened(
+    file: fs::File,
+    opened: fs::Metadata,
+    limit: usize,
+) -> Result<(Vec<u8>, fs::Metadata), String> {
+    if opened.len() > limit as u64 {
+        return Err(manifest::ManifestError::TooLarge {
+            size: opened.len(),
+            limit,
+        }
+        .to_string());
+    }
+    let mut buf = Vec::with_capacity(opened.len() as usize);
     file.take(limit as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(|e| io_problem(&e))?;
@@ -179,7 +234,7 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
         }
         .to_string());
     }
-    Ok(buf)
+    Ok((buf, opened))
 }
 
 /// An IO error as a short reason that says what to do about it.
@@ -220,23 +275,40 @@ pub fn parse_manifest(cat: &Catalogue, bytes: &[u8]) -> Result<Manifest, manifes
 /// Lists the manifests the kubelet would read in `dir`: every non-dot entry, sorted, not
 /// recursing. Dot files are ignored, as by the kubelet.
 pub fn list_manifest_dir(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    Ok(list_manifests(dir)?.into_iter().map(|(p, _)| p).collect())
+}
+
+/// [`list_manifest_dir`], with whether the listing says each is a regular file (not a
+/// symlink).
+fn list_manifests(dir: &Path) -> Result<Vec<(PathBuf, bool)>, String> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)
         .map_err(|e| format!("cannot list {}: {}", dir.display(), io_problem(&e)))?
     {
         let entry =
             entry.map_err(|e| format!("cannot list {}: {}", dir.display(), io_problem(&e)))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
+        let name = entry.file_name();
+        if name.as_encoded_bytes().starts_with(b".") {
             continue;
         }
-        let path = entry.path();
-        if fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+        // The entry's type comes with the listing; only a symlink (or a file system that
+        // does not say) needs a stat to tell where it leads.
+        let (is_dir, regular) = match entry.file_type() {
+            Ok(t) if t.is_dir() => (true, false),
+            Ok(t) if t.is_file() => (false, true),
+            _ => (fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()), false),
+        };
+        if is_dir {
             continue; // the kubelet does not recurse
         }
-        out.push(path);
+        out.push((name, regular));
     }
-    out.sort();
-    Ok(out)
+    // Names of one directory are unique: byte order, as a sort of the paths would give.
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out
+        .into_iter()
+        .map(|(name, regular)| (dir.join(name), regular))
+        .collect())
 }
 
 /// Maps a path inside the container to the host through the pod's hostPath mounts.
@@ -358,15 +430,20 @@ pub fn parse_authn(bytes: &[u8]) -> Result<AuthnConfig, String> {
 /// Stat facts of a file (following symlinks, as `stat -L` would).
 pub fn file_facts(path: &Path, roles: Vec<FileRole>) -> Result<FileFacts, String> {
     let meta = fs::metadata(path).map_err(|e| io_problem(&e))?;
+    Ok(facts_of(&meta, roles))
+}
+
+/// The facts the file rules look at, from a file's metadata.
+fn facts_of(meta: &fs::Metadata, roles: Vec<FileRole>) -> FileFacts {
     let (user, group) = owner_names(meta.uid(), meta.gid());
-    Ok(FileFacts {
+    FileFacts {
         roles,
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),
         gid: meta.gid(),
         user,
         group,
-    })
+    }
 }
 
 /// The user and group names of `uid` and `gid`. Looked up once per id and kept while
@@ -437,8 +514,14 @@ pub fn check_manifest(
     cat: &Catalogue,
     path: &Path,
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
-    match read_bounded(path, MAX_MANIFEST_BYTES) {
-        Ok(bytes) => check_manifest_bytes(cat, path, &bytes),
+    match read_bounded_meta(path, MAX_MANIFEST_BYTES) {
+        Ok((bytes, meta)) => {
+            let (mut report, parsed) = manifest_findings(cat, path, &bytes);
+            if let Some((_, cp)) = &parsed {
+                file_findings(cat, &meta, cp.component, &mut report);
+            }
+            (report, parsed)
+        }
         Err(e) => {
             let mut report = FileReport::new(path);
             report.error = Some(e);
@@ -455,7 +538,12 @@ pub fn check_manifest_bytes(
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
     let (mut report, parsed) = manifest_findings(cat, path, bytes);
     if let Some((_, cp)) = &parsed {
-        file_findings(cat, path, cp.component, &mut report);
+        match fs::metadata(path) {
+            Ok(meta) => file_findings(cat, &meta, cp.component, &mut report),
+            Err(e) => report
+                .notes
+                .push(format!("cannot stat the file: {}", io_problem(&e))),
+        }
     }
     (report, parsed)
 }
@@ -491,7 +579,7 @@ fn manifest_findings(
     };
     report.component = Some(cp.component.name().to_string());
     report.version = cp.version.map(|v| v.to_string());
-    report.places = Places::find(bytes, &cp);
+    report.places = Arc::new(Places::find(bytes, &cp));
     let args = &cp.flags.args;
     report.from_env = cp
         .flags
@@ -509,16 +597,22 @@ fn manifest_findings(
             authn: authn.as_ref(),
             authz: authz.as_ref(),
         },
-    );
+    )
+    .into();
     (report, Some((m, cp)))
 }
 
-/// The manifest file's own mode and owner (CIS 1.1.1-1.1.8).
-fn file_findings(cat: &Catalogue, path: &Path, c: Component, report: &mut FileReport) {
-    match file_facts(path, vec![FileRole::manifest_of(c)]) {
-        Ok(facts) => report.findings.extend(eval::evaluate_file(cat, &facts)),
-        Err(e) => report.notes.push(format!("cannot stat the file: {e}")),
-    }
+/// The manifest file's own mode and owner (CIS 1.1.1-1.1.8), from the file that was read.
+fn file_findings(cat: &Catalogue, meta: &fs::Metadata, c: Component, report: &mut FileReport) {
+    let facts = facts_of(meta, vec![FileRole::manifest_of(c)]);
+    let manifest = std::mem::take(&mut report.findings).into_vec();
+    report.findings = with_file_findings(manifest, cat, &facts);
+}
+
+/// A manifest's findings followed by those of its file.
+fn with_file_findings(mut manifest: Vec<Finding>, cat: &Catalogue, facts: &FileFacts) -> Findings {
+    manifest.extend(eval::evaluate_file(cat, facts));
+    manifest.into()
 }
 
 /// Distinct manifest contents remembered during one check.
@@ -529,65 +623,144 @@ const MEMO_ENTRIES: usize = 64;
 /// once. Bounded: past [`MEMO_ENTRIES`] distinct contents, nothing more is kept.
 #[derive(Default)]
 struct Memo {
-    seen: Mutex<HashMap<Vec<u8>, Evaluated>>,
+    /// A content is in the map from when a worker starts on it: the others wait for that
+    /// evaluation instead of making their own.
+    seen: RwLock<HashMap<Vec<u8>, Pending, BuildHasherDefault<Fx>>>,
 }
 
-/// A manifest's report without its path and file findings, its component and, for etcd,
-/// where its data directory is on the host.
-#[derive(Clone)]
+/// A content's evaluation, there once the worker that started it is done.
+type Pending = Arc<OnceLock<Arc<Evaluated>>>;
+
+/// A manifest content as first checked: its report without the path, whose findings are the
+/// manifest's followed by the file's for the mode and owner it was first seen with; its
+/// component and, for etcd, where its data directory is on the host.
 struct Evaluated {
     report: FileReport,
+    /// How many of the findings are the manifest's (the rest are the file's).
+    manifest_findings: usize,
+    /// The file's (mode, uid, gid) its file findings are for.
+    stat: (u32, u32, u32),
     component: Option<Component>,
     etcd_data_dir: Option<Option<PathBuf>>,
 }
 
+/// One worker's view of the memo: what it found there, and for each content the whole list
+/// of findings for the last other mode and owner it saw. Kept per worker so that copies cost
+/// no lock and no cache line that other cores write.
+#[derive(Default)]
+struct MemoView {
+    seen: HashMap<Vec<u8>, Viewed, BuildHasherDefault<Fx>>,
+}
+
+/// A content as one worker saw it: its evaluation and the whole list of findings for the
+/// last (mode, uid, gid) that is not the evaluation's own.
+type Viewed = (Arc<Evaluated>, Option<((u32, u32, u32), Findings)>);
+
 impl Memo {
-    fn check(&self, cat: &Catalogue, path: &Path) -> (FileReport, Option<Option<PathBuf>>) {
-        let bytes = match read_bounded(path, MAX_MANIFEST_BYTES) {
-            Ok(b) => b,
+    fn check(
+        &self,
+        view: &mut MemoView,
+        cat: &Catalogue,
+        path: &Path,
+        listed_regular: bool,
+    ) -> (FileReport, Option<Option<PathBuf>>) {
+        let (bytes, meta) = match read_bounded_as(path, MAX_MANIFEST_BYTES, listed_regular) {
+            Ok(read) => read,
             Err(e) => {
                 let mut report = FileReport::new(path);
                 report.error = Some(e);
                 return (report, None);
             }
         };
-        let hit = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&bytes)
-            .cloned();
-        let e = match hit {
-            Some(mut e) => {
-                e.report.path = path.display().to_string();
-                e
-            }
+        let stat = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+        let mut other = None;
+        let (e, other) = match view.seen.get_mut(&bytes) {
+            Some((e, other)) => (e.clone(), other),
             None => {
-                let (report, parsed) = manifest_findings(cat, path, &bytes);
-                let component = parsed.as_ref().map(|(_, cp)| cp.component);
-                let etcd_data_dir = parsed
-                    .filter(|(_, cp)| cp.component == Component::Etcd)
-                    .map(|(m, cp)| {
-                        let inner = cp.flags.value("data-dir");
-                        inner.and_then(|d| host_path(&m, &cp, &d))
-                    });
-                let e = Evaluated {
-                    report,
-                    component,
-                    etcd_data_dir,
-                };
-                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-                if seen.len() < MEMO_ENTRIES {
-                    seen.insert(bytes, e.clone());
+                let e = self.evaluated(cat, path, &bytes, &meta);
+                if view.seen.len() < MEMO_ENTRIES {
+                    let (_, other) = view.seen.entry(bytes).or_insert((e.clone(), None));
+                    (e, other)
+                } else {
+                    (e, &mut other)
                 }
-                e
             }
         };
-        let mut report = e.report;
-        if let Some(c) = e.component {
-            file_findings(cat, path, c, &mut report);
+        let mut report = e.report.clone();
+        report.path = path.display().to_string();
+        if let Some(c) = e.component
+            && e.stat != stat
+        {
+            // A copy with another mode or owner: the manifest's findings and its own.
+            report.findings = match other {
+                Some((seen, list)) if *seen == stat => list.clone(),
+                _ => {
+                    let facts = facts_of(&meta, vec![FileRole::manifest_of(c)]);
+                    let manifest = &e.report.findings[..e.manifest_findings];
+                    let list = with_file_findings(manifest.to_vec(), cat, &facts);
+                    *other = Some((stat, list.clone()));
+                    list
+                }
+            };
         }
-        (report, e.etcd_data_dir)
+        (report, e.etcd_data_dir.clone())
+    }
+
+    /// What `bytes` give, from the shared memo or checked now (and remembered while there is
+    /// room).
+    fn evaluated(
+        &self,
+        cat: &Catalogue,
+        path: &Path,
+        bytes: &[u8],
+        meta: &fs::Metadata,
+    ) -> Arc<Evaluated> {
+        let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+        let cell = match seen.get(bytes) {
+            Some(cell) => Some(cell.clone()),
+            None if seen.len() >= MEMO_ENTRIES => None,
+            None => {
+                drop(seen);
+                let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+                let room = seen.len() < MEMO_ENTRIES;
+                match seen.get(bytes) {
+                    Some(cell) => Some(cell.clone()),
+                    None if room => Some(seen.entry(bytes.to_vec()).or_default().clone()),
+                    None => None,
+                }
+            }
+        };
+        match cell {
+            Some(cell) => cell
+                .get_or_init(|| Arc::new(evaluate(cat, path, bytes, meta)))
+                .clone(),
+            None => Arc::new(evaluate(cat, path, bytes, meta)),
+        }
+    }
+}
+
+/// Checks a manifest's bytes, with the file findings for `meta`.
+fn evaluate(cat: &Catalogue, path: &Path, bytes: &[u8], meta: &fs::Metadata) -> Evaluated {
+    let (mut report, parsed) = manifest_findings(cat, path, bytes);
+    let manifest_findings = report.findings.len();
+    let component = parsed.as_ref().map(|(_, cp)| cp.component);
+    if let Some(c) = component {
+        let facts = facts_of(meta, vec![FileRole::manifest_of(c)]);
+        let manifest = std::mem::take(&mut report.findings).into_vec();
+        report.findings = with_file_findings(manifest, cat, &facts);
+    }
+    let etcd_data_dir = parsed
+        .filter(|(_, cp)| cp.component == Component::Etcd)
+        .map(|(m, cp)| {
+            let inner = cp.flags.value("data-dir");
+            inner.and_then(|d| host_path(&m, &cp, &d))
+        });
+    Evaluated {
+        report,
+        manifest_findings,
+        stat: (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        component,
+        etcd_data_dir,
     }
 }
 
@@ -595,7 +768,7 @@ impl Memo {
 pub fn check_file(cat: &Catalogue, path: &Path, roles: Vec<FileRole>) -> FileReport {
     let mut report = FileReport::new(path);
     match file_facts(path, roles) {
-        Ok(facts) => report.findings = eval::evaluate_file(cat, &facts),
+        Ok(facts) => report.findings = eval::evaluate_file(cat, &facts).into(),
         Err(e) => report.error = Some(e),
     }
     report
@@ -621,9 +794,14 @@ pub fn run(cfg: &Config, scope: &Scope) -> Report {
     Report { files }
 }
 
-/// Files checked at once before their entries are handed on, in order: bounds the memory a
-/// check of a huge directory takes while the cores stay busy.
-const BATCH: usize = 256;
+/// Files checked ahead of the one the writer waits for, per core: bounds the memory a check
+/// of a huge directory takes (and keeps it the same few pages, warm) while the cores stay
+/// busy.
+const AHEAD_PER_CORE: usize = 128;
+
+/// Files a worker takes at once: checking a copy of a known manifest takes a few
+/// microseconds, so one lock per file would cost as much as the file.
+const CHUNK: usize = 4;
 
 /// Runs a check on every core and hands each entry to `emit` in scan order as soon as it and
 /// those before it are done (manifests first, then the CIS 1.1 file set). `prepare` runs on
@@ -641,14 +819,14 @@ pub fn run_each<R: Send>(
         Scope::Paths(p) => p.clone(),
     };
     // What to check, in order: a manifest path, or a directory that could not be listed.
-    let mut items: Vec<Result<PathBuf, FileReport>> = Vec::new();
+    let mut items: Vec<Result<(PathBuf, bool), FileReport>> = Vec::new();
     for root in roots {
         let is_dir = fs::metadata(&root).is_ok_and(|m| m.is_dir());
         if !is_dir {
-            items.push(Ok(root));
+            items.push(Ok((root, false)));
             continue;
         }
-        match list_manifest_dir(&root) {
+        match list_manifests(&root) {
             Ok(paths) => items.extend(paths.into_iter().map(Ok)),
             Err(e) => {
                 let mut r = FileReport::new(&root);
@@ -661,10 +839,10 @@ pub fn run_each<R: Send>(
     let memo = Memo::default();
     in_parallel(
         items,
-        |item| match item {
+        |view: &mut MemoView, item| match item {
             // For etcd also where its data directory is on the host (the last etcd wins).
-            Ok(path) => {
-                let (report, data_dir) = memo.check(cat, &path);
+            Ok((path, listed_regular)) => {
+                let (report, data_dir) = memo.check(view, cat, &path, listed_regular);
                 (prepare(report), data_dir)
             }
             Err(report) => (prepare(report), None),
@@ -680,7 +858,7 @@ pub fn run_each<R: Send>(
         let members = file_set_members(cfg, etcd_data_dir);
         in_parallel(
             members,
-            |m| {
+            |_: &mut (), m| {
                 prepare(match m.error {
                     Some(e) => {
                         let mut r = FileReport::new(&m.path);
@@ -696,54 +874,187 @@ pub fn run_each<R: Send>(
     Ok(())
 }
 
-/// `work` on every item, on all cores, with the results handed to `emit` in the items' order.
-fn in_parallel<T: Send, R: Send>(
+/// `work` on every item, on all cores, with the results handed to `emit` in the items' order
+/// as soon as each and those before it are done. Workers take [`CHUNK`] items at a time,
+/// each with its own state `S`; at most [`AHEAD_PER_CORE`] items per core are in flight or
+/// waiting to be handed on. The calling thread is one of the workers: it hands results on
+/// when the next are done and works items when they are not. Stops at the first error of
+/// `emit`.
+fn in_parallel<T: Send, R: Send, S: Default>(
     items: Vec<T>,
-    work: impl Fn(T) -> R + Sync,
+    work: impl Fn(&mut S, T) -> R + Sync,
     emit: &mut dyn FnMut(R) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        let batch: Vec<T> = items.by_ref().take(BATCH).collect();
-        let results: Vec<R> = if cores == 1 || batch.len() == 1 {
-            batch.into_iter().map(&work).collect()
-        } else {
-            let slots: Vec<std::sync::Mutex<Option<T>>> = batch
-                .into_iter()
-                .map(|t| std::sync::Mutex::new(Some(t)))
-                .collect();
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let done: Vec<std::sync::Mutex<Option<R>>> =
-                slots.iter().map(|_| std::sync::Mutex::new(None)).collect();
-            std::thread::scope(|s| {
-                for _ in 0..cores.min(slots.len()) {
-                    s.spawn(|| {
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(slot) = slots.get(i) else { break };
-                            let item = slot.lock().expect("not poisoned").take();
-                            if let Some(item) = item {
-                                let r = work(item);
-                                *done[i].lock().expect("not poisoned") = Some(r);
-                            }
-                        }
-                    });
-                }
-            });
-            done.into_iter()
-                .map(|d| {
-                    d.into_inner()
-                        .expect("not poisoned")
-                        .expect("every item done")
-                })
-                .collect()
-        };
-        for r in results {
-            emit(r)?;
+    if cores == 1 || items.len() <= CHUNK {
+        let mut state = S::default();
+        return items
+            .into_iter()
+            .try_for_each(|t| emit(work(&mut state, t)));
+    }
+    let mut chunks = Vec::with_capacity(items.len().div_ceil(CHUNK));
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let total = chunks.len();
+    let window = (cores * AHEAD_PER_CORE / CHUNK).max(cores);
+    let work = |state: &mut S, chunk: Vec<T>| -> Vec<R> {
+        chunk.into_iter().map(|t| work(state, t)).collect()
+    };
+    let pool = Pool {
+        state: Mutex::new(PoolState {
+            items: chunks.into_iter().enumerate(),
+            handed_on: 0,
+            done: std::collections::VecDeque::new(),
+            stopped: false,
+            writer_waits: false,
+            workers_waiting: 0,
+        }),
+        room: std::sync::Condvar::new(),
+        ready: std::sync::Condvar::new(),
+    };
+    let mut emit_all = |results: Vec<R>| results.into_iter().try_for_each(&mut *emit);
+    std::thread::scope(|s| {
+        for _ in 1..cores.min(total) {
+            s.spawn(|| pool.work(window, &work));
+        }
+        let result = pool.hand_on(total, window, &work, &mut emit_all);
+        // On an error of `emit` the workers stop at their next chunk.
+        pool.lock().stopped = true;
+        pool.room.notify_all();
+        result
+    })
+}
+
+/// A worker (or the writer) that panics stops the pool rather than leave the others waiting
+/// for it (the panic then surfaces when the scope ends).
+struct StopOnPanic<'p, T, R>(&'p Pool<T, R>);
+
+impl<T, R> Drop for StopOnPanic<'_, T, R> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().stopped = true;
+            self.0.ready.notify_all();
+            self.0.room.notify_all();
         }
     }
-    Ok(())
+}
+
+/// What the workers and the writer of [`in_parallel`] share.
+struct Pool<T, R> {
+    state: Mutex<PoolState<T, R>>,
+    /// An item may start (the writer handed results on).
+    room: std::sync::Condvar,
+    /// The result the writer waits for is there.
+    ready: std::sync::Condvar,
+}
+
+struct PoolState<T, R> {
+    /// Items not started, with their index.
+    items: std::iter::Enumerate<std::vec::IntoIter<T>>,
+    /// Results handed on so far (the index of the next one).
+    handed_on: usize,
+    /// Results from `handed_on` on, in order (`None`: not done yet).
+    done: std::collections::VecDeque<Option<R>>,
+    /// The writer has stopped.
+    stopped: bool,
+    /// The writer waits for the result at `handed_on`.
+    writer_waits: bool,
+    /// Workers waiting for room.
+    workers_waiting: usize,
+}
+
+impl<T, R> Pool<T, R> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState<T, R>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A worker: takes the next item while it is within `window` of the writer, works it and
+    /// puts the result in its place.
+    fn work<S: Default>(&self, window: usize, work: &impl Fn(&mut S, T) -> R) {
+        let _guard = StopOnPanic(self);
+        let mut own = S::default();
+        let mut state = self.lock();
+        loop {
+            while !state.stopped && state.done.len() >= window {
+                state.workers_waiting += 1;
+                state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
+                state.workers_waiting -= 1;
+            }
+            if state.stopped {
+                return;
+            }
+            let Some((i, item)) = state.items.next() else {
+                return;
+            };
+            state.done.push_back(None);
+            drop(state);
+            let r = work(&mut own, item);
+            state = self.lock();
+            let at = i - state.handed_on;
+            state.done[at] = Some(r);
+            // Waking costs a system call: only when the writer sleeps on this one.
+            if at == 0 && state.writer_waits {
+                self.ready.notify_one();
+            }
+        }
+    }
+
+    /// The writer: hands every result on in order, `total` in all.
+    fn hand_on<S: Default>(
+        &self,
+        total: usize,
+        window: usize,
+        work: &impl Fn(&mut S, T) -> R,
+        emit: &mut dyn FnMut(R) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let _guard = StopOnPanic(self);
+        let mut own = S::default();
+        let mut batch = Vec::new();
+        let mut state = self.lock();
+        while state.handed_on < total {
+            while let Some(Some(_)) = state.done.front() {
+                batch.extend(state.done.pop_front().flatten());
+            }
+            if batch.is_empty() {
+                if state.stopped {
+                    return Err(std::io::Error::other("a worker stopped"));
+                }
+                // Nothing to hand on yet: work the next item rather than wait.
+                if state.done.len() < window
+                    && let Some((i, item)) = state.items.next()
+                {
+                    state.done.push_back(None);
+                    drop(state);
+                    let r = work(&mut own, item);
+                    state = self.lock();
+                    let at = i - state.handed_on;
+                    state.done[at] = Some(r);
+                    continue;
+                }
+                state.writer_waits = true;
+                state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                state.writer_waits = false;
+                continue;
+            }
+            state.handed_on += batch.len();
+            let wake = state.workers_waiting > 0;
+            drop(state);
+            if wake {
+                self.room.notify_all();
+            }
+            for r in batch.drain(..) {
+                emit(r)?;
+            }
+            state = self.lock();
+        }
+        Ok(())
+    }
 }
 
 /// One member of the node's file set: a path with its roles, or a directory that could not
@@ -827,4 +1138,146 @@ pub fn file_set_members(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<Set
         out.extend(paths.into_iter().map(|p| member(p, vec![FileRole::Cni])));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Uneven work: some items take far longer than their neighbours.
+    fn uneven(i: usize) -> usize {
+        let mut x = i;
+        for _ in 0..(i % 7) * 2000 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        std::hint::black_box(x);
+        i * 2
+    }
+
+    /// Copies of one manifest are evaluated once (also when another worker checks them) and,
+    /// with one mode and owner, share one list of findings; a copy with another mode has its
+    /// own list, with its own verdict on the mode.
+    #[test]
+    fn copies_are_evaluated_once_and_share_their_findings() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/kubeadm/v1.31/kube-apiserver.yaml");
+        let text = fs::read(src).unwrap();
+        let path = |name: &str| dir.path().join(name);
+        for (name, mode) in [("a", 0o600), ("b", 0o600), ("c", 0o666)] {
+            fs::write(path(name), &text).unwrap();
+            fs::set_permissions(path(name), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let cat = Catalogue::builtin();
+        let memo = Memo::default();
+        let mut view = MemoView::default();
+        let (a, _) = memo.check(&mut view, cat, &path("a"), true);
+        let (b, _) = memo.check(&mut view, cat, &path("b"), false);
+        let (c, _) = memo.check(&mut view, cat, &path("c"), true);
+        assert!(a.findings.shares(&b.findings), "copies share one list");
+        assert!(
+            !a.findings.shares(&c.findings),
+            "another mode, another list"
+        );
+        let mode = |r: &FileReport| {
+            let f = r
+                .findings
+                .iter()
+                .find(|x| x.cis.as_deref() == Some("1.1.1"));
+            f.unwrap().status
+        };
+        assert_eq!(mode(&a), crate::rules::Status::Pass);
+        assert_eq!(mode(&c), crate::rules::Status::Fail);
+        assert_eq!(b.path, path("b").display().to_string());
+        // Another worker finds the evaluation in the memo (the same places, not a copy).
+        let (d, _) = memo.check(&mut MemoView::default(), cat, &path("b"), true);
+        assert!(Arc::ptr_eq(&a.places, &d.places) && Arc::ptr_eq(&a.places, &c.places));
+        assert_eq!(*a.findings, *d.findings);
+        // A file that changed is evaluated again.
+        fs::write(path("a"), String::from_utf8(text).unwrap() + "\n# edited\n").unwrap();
+        let (e, _) = memo.check(&mut view, cat, &path("a"), true);
+        assert!(!Arc::ptr_eq(&a.places, &e.places));
+    }
+
+    /// Lines and columns of flags, in characters (a flag after a non-ASCII argument on its
+    /// line is where an editor shows it).
+    #[test]
+    fn places_count_lines_and_characters() {
+        let src = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers:\n  - name: kube-apiserver\n    image: registry.k8s.io/kube-apiserver:v1.31.4\n    command: [\"kube-apiserver\", \"--audit-log-path=/var/log/été/a.log\", \"--profiling=true\"]\n";
+        let cat = Catalogue::builtin();
+        let m = parse_manifest(cat, src.as_bytes()).unwrap();
+        let places = Places::find(src.as_bytes(), m.control_plane.as_ref().unwrap());
+        // The token, with its quote.
+        let line = src.lines().nth(8).unwrap();
+        let col = line.split("\"--profiling").next().unwrap().chars().count() + 1;
+        assert_ne!(
+            col,
+            line.find("\"--profiling").unwrap() + 1,
+            "the line has non-ASCII"
+        );
+        assert_eq!(places.of(Some("--profiling")), (9, col as u32));
+        assert_eq!(places.of(Some("--audit-log-path")).0, 9);
+        assert_eq!(places.of(Some("--no-such-flag")), places.arguments.unwrap());
+    }
+
+    #[test]
+    fn results_are_handed_on_in_order_whatever_finishes_first() {
+        let mut seen = Vec::new();
+        in_parallel((0..2000).collect(), |_: &mut (), i| uneven(i), &mut |r| {
+            seen.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (0..2000).map(|i| i * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_error_of_emit_stops_the_work() {
+        let worked = AtomicUsize::new(0);
+        let mut handed = 0;
+        let r = in_parallel(
+            (0..5000).collect(),
+            |_: &mut (), i| {
+                worked.fetch_add(1, Ordering::Relaxed);
+                uneven(i)
+            },
+            &mut |_| {
+                handed += 1;
+                if handed == 10 {
+                    Err(std::io::Error::other("stdout gone"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert_eq!(r.unwrap_err().to_string(), "stdout gone");
+        assert_eq!(handed, 10);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The window bounds what runs ahead of the writer (plus a chunk per worker).
+        assert!(
+            worked.load(Ordering::Relaxed) <= CHUNK + cores * AHEAD_PER_CORE + cores * CHUNK,
+            "{} items worked",
+            worked.load(Ordering::Relaxed)
+        );
+    }
+
+    #[test]
+    fn a_panicking_item_ends_the_pool_instead_of_hanging_it() {
+        for bad in [0, 1, 37, 999] {
+            let r = std::panic::catch_unwind(|| {
+                in_parallel(
+                    (0..1000).collect(),
+                    |_: &mut (), i| {
+                        assert_ne!(i, bad, "item {bad}");
+                        uneven(i)
+                    },
+                    &mut |_| Ok(()),
+                )
+            });
+            assert!(r.is_err(), "the panic of item {bad} surfaces");
+        }
+    }
 }

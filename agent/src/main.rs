@@ -364,21 +364,28 @@ fn check_command(
         )),
     };
     let (mut failed, mut unreadable) = (false, false);
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
     let render = sink.renderer();
     let written = (|| {
+        // Straight to the file descriptor through one large buffer: std's stdout would scan
+        // every entry for its last newline (it is line-buffered) and copy it once more.
+        let stdout = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(stdout));
         sink.start(&mut out)?;
+        let keep = sink.keeps_reports();
+        // On the worker: the entry rendered, the verdict taken, and the report dropped
+        // there unless the format keeps it.
         let prepare = |f: check::FileReport| {
             let rendered = render(&f);
-            (f, rendered)
-        };
-        check::run_each(cfg, scope, &prepare, &mut |(f, rendered)| {
-            unreadable |= f.error.is_some();
-            failed |= f
+            let unreadable = f.error.is_some();
+            let failed = f
                 .findings
                 .iter()
                 .any(|x| x.status == lockdown_agent::rules::Status::Fail && x.severity >= fail_on);
+            (keep.then_some(f), rendered, unreadable, failed)
+        };
+        check::run_each(cfg, scope, &prepare, &mut |(f, rendered, bad, fail)| {
+            unreadable |= bad;
+            failed |= fail;
             sink.file(&mut out, f, rendered?)
         })?;
         sink.finish(&mut out)?;

@@ -23,10 +23,22 @@ pub trait Sink<'c> {
     fn renderer(&self) -> Renderer<'c> {
         Box::new(|_| Ok(Vec::new()))
     }
+    /// Whether [`Sink::file`] needs the report itself. When it does not, it gets only what
+    /// the renderer made, and the report is dropped on the worker that made it (freeing
+    /// memory where it was allocated is what keeps the workers from waiting on each other).
+    fn keeps_reports(&self) -> bool {
+        true
+    }
     /// Before the first entry.
     fn start(&mut self, out: &mut dyn Write) -> io::Result<()>;
-    /// One file's entry, in scan order, with what the renderer made of it.
-    fn file(&mut self, out: &mut dyn Write, f: FileReport, rendered: Vec<u8>) -> io::Result<()>;
+    /// One file's entry, in scan order, with what the renderer made of it; the report when
+    /// the sink [keeps reports](Sink::keeps_reports).
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        f: Option<FileReport>,
+        rendered: Vec<u8>,
+    ) -> io::Result<()>;
     /// After the last entry.
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()>;
 }
@@ -44,19 +56,51 @@ impl<'c> Sink<'c> for Json {
     }
 
     fn renderer(&self) -> Renderer<'c> {
-        Box::new(|f| Ok(serde_json::to_vec(f)?))
+        Box::new(json_entry)
     }
 
-    fn file(&mut self, out: &mut dyn Write, _: FileReport, rendered: Vec<u8>) -> io::Result<()> {
+    fn keeps_reports(&self) -> bool {
+        false
+    }
+
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        _: Option<FileReport>,
+        entry: Vec<u8>,
+    ) -> io::Result<()> {
         if !std::mem::take(&mut self.first) {
             out.write_all(b",\n")?;
         }
-        out.write_all(&rendered)
+        out.write_all(&entry)
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
         out.write_all(b"\n]}\n")
     }
+}
+
+/// A file's JSON entry, as `serde_json::to_vec` writes it; the findings' JSON is made once
+/// for every report that shares them (copies of one manifest with one mode and owner).
+fn json_entry(f: &FileReport) -> io::Result<Vec<u8>> {
+    let findings = f.findings.json()?;
+    let mut out = Vec::with_capacity(findings.len() + 256);
+    out.extend_from_slice(b"{\"path\":");
+    serde_json::to_writer(&mut out, &f.path)?;
+    out.extend_from_slice(b",\"component\":");
+    serde_json::to_writer(&mut out, &f.component)?;
+    out.extend_from_slice(b",\"version\":");
+    serde_json::to_writer(&mut out, &f.version)?;
+    out.extend_from_slice(b",\"error\":");
+    serde_json::to_writer(&mut out, &f.error)?;
+    if !f.notes.is_empty() {
+        out.extend_from_slice(b",\"notes\":");
+        serde_json::to_writer(&mut out, &f.notes)?;
+    }
+    out.extend_from_slice(b",\"findings\":[");
+    out.extend_from_slice(findings);
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 /// Formats that need every file before they can write (the table sorts files by how bad
@@ -81,8 +125,8 @@ impl<'c, F: FnMut(&Report) -> String> Sink<'c> for Whole<F> {
         Ok(())
     }
 
-    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Vec<u8>) -> io::Result<()> {
-        self.files.push(f);
+    fn file(&mut self, _: &mut dyn Write, f: Option<FileReport>, _: Vec<u8>) -> io::Result<()> {
+        self.files.extend(f);
         Ok(())
     }
 
@@ -223,7 +267,16 @@ impl<'c> Sink<'c> for Sarif<'c> {
         })
     }
 
-    fn file(&mut self, out: &mut dyn Write, _: FileReport, rendered: Vec<u8>) -> io::Result<()> {
+    fn keeps_reports(&self) -> bool {
+        false
+    }
+
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        _: Option<FileReport>,
+        rendered: Vec<u8>,
+    ) -> io::Result<()> {
         if rendered.is_empty() {
             return Ok(());
         }
@@ -364,7 +417,8 @@ impl<'c> Sink<'c> for Junit<'c> {
         Ok(())
     }
 
-    fn file(&mut self, _: &mut dyn Write, f: FileReport, _: Vec<u8>) -> io::Result<()> {
+    fn file(&mut self, _: &mut dyn Write, f: Option<FileReport>, _: Vec<u8>) -> io::Result<()> {
+        let Some(f) = f else { return Ok(()) };
         if let Some(e) = &f.error {
             self.errors.push((f.path.clone(), e.clone()));
         }
@@ -560,7 +614,13 @@ impl<'c> Sink<'c> for PolicyReport<'c> {
         })
     }
 
-    fn file(&mut self, out: &mut dyn Write, f: FileReport, rendered: Vec<u8>) -> io::Result<()> {
+    fn file(
+        &mut self,
+        out: &mut dyn Write,
+        f: Option<FileReport>,
+        rendered: Vec<u8>,
+    ) -> io::Result<()> {
+        let Some(f) = f else { return Ok(()) };
         if f.error.is_some() {
             self.summary[3] += 1;
         }
@@ -685,7 +745,49 @@ fn result_item(out: &mut Vec<u8>, fields: &[(&str, serde_json::Value)]) -> io::R
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// Every JSON entry is byte for byte what serde_json writes for it (with notes, with
+    /// findings shared between copies or not, for every component and version).
+    #[test]
+    fn json_entries_are_what_serde_writes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/kubeadm");
+        for v in ["v1.24", "v1.28", "v1.31"] {
+            for e in std::fs::read_dir(data.join(v)).unwrap() {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let mut text = std::fs::read(&p).unwrap();
+                for (copy, mode) in [("a", 0o600), ("b", 0o600), ("c", 0o666)] {
+                    let copy = dir.path().join(format!("{copy}-{v}-{name}"));
+                    std::fs::write(&copy, &text).unwrap();
+                    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).unwrap();
+                }
+                // A second document gives the entry notes.
+                text.extend_from_slice(b"\n---\nkind: ConfigMap\n");
+                std::fs::write(dir.path().join(format!("d-{v}-{name}")), &text).unwrap();
+            }
+        }
+        let cfg = crate::config::Config::parse("node_name: n\n", Path::new("agent.yaml")).unwrap();
+        let report = crate::check::run(
+            &cfg,
+            &crate::check::Scope::Paths(vec![dir.path().to_path_buf()]),
+        );
+        assert_eq!(report.files.len(), 48);
+        let render = Json::default().renderer();
+        for f in &report.files {
+            assert_eq!(
+                String::from_utf8(render(f).unwrap()).unwrap(),
+                serde_json::to_string(f).unwrap(),
+                "{}",
+                f.path
+            );
+        }
+        assert!(report.files.iter().any(|f| !f.notes.is_empty()));
+    }
 
     #[test]
     fn artifact_uris_are_relative_or_file_uris_and_escaped() {

@@ -3,11 +3,92 @@
 pub mod catalogue;
 pub mod eval;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 pub use catalogue::{Catalogue, Fix, Severity};
+
+/// A file's findings, in rule order. Cheap to clone: the reports of copies of one manifest
+/// share one list (a check of a directory of copies clones no finding), and its JSON is made
+/// once for all of them.
+#[derive(Clone, Default)]
+pub struct Findings(Arc<FindingList>);
+
+#[derive(Default)]
+struct FindingList {
+    list: Vec<Finding>,
+    /// The findings as JSON array elements, made the first time an output asks.
+    json: OnceLock<Vec<u8>>,
+}
+
+impl Findings {
+    /// The findings as the elements of a JSON array (`{...},{...}`, as serde_json writes
+    /// each), made once for every report that shares the list.
+    pub fn json(&self) -> serde_json::Result<&[u8]> {
+        if let Some(bytes) = self.0.json.get() {
+            return Ok(bytes);
+        }
+        let mut bytes = Vec::with_capacity(self.0.list.len() * 320);
+        for (i, f) in self.0.list.iter().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            serde_json::to_writer(&mut bytes, f)?;
+        }
+        // Another thread may have got there first: the bytes are the same.
+        Ok(self.0.json.get_or_init(|| bytes))
+    }
+
+    /// The list, taken without a copy when no other report shares it.
+    pub fn into_vec(self) -> Vec<Finding> {
+        match Arc::try_unwrap(self.0) {
+            Ok(list) => list.list,
+            Err(shared) => shared.list.clone(),
+        }
+    }
+
+    /// Whether `other` is the same list (not a copy of it).
+    pub fn shares(&self, other: &Findings) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl From<Vec<Finding>> for Findings {
+    fn from(list: Vec<Finding>) -> Self {
+        Findings(Arc::new(FindingList {
+            list,
+            json: OnceLock::new(),
+        }))
+    }
+}
+
+impl std::ops::Deref for Findings {
+    type Target = [Finding];
+    fn deref(&self) -> &[Finding] {
+        &self.0.list
+    }
+}
+
+impl<'a> IntoIterator for &'a Findings {
+    type Item = &'a Finding;
+    type IntoIter = std::slice::Iter<'a, Finding>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.list.iter()
+    }
+}
+
+impl std::fmt::Debug for Findings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.list.fmt(f)
+    }
+}
+
+impl Serialize for Findings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.list.serialize(s)
+    }
+}
 
 /// The result of one rule on one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
