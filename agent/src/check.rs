@@ -1202,6 +1202,30 @@ mod tests {
         assert!(!Arc::ptr_eq(&a.places, &e.places));
     }
 
+    /// A file with more than its stat says (procfs says 0) is read to its end, and the limit
+    /// still holds.
+    #[test]
+    fn a_file_longer_than_its_stat_is_read_whole_and_bounded() {
+        let path = Path::new("/proc/self/status");
+        assert_eq!(fs::metadata(path).unwrap().len(), 0);
+        let text = String::from_utf8(read_bounded(path, 1 << 20).unwrap()).unwrap();
+        assert!(
+            text.starts_with("Name:") && text.contains("\nPid:"),
+            "{text}"
+        );
+        let err = read_bounded(path, 16).unwrap_err();
+        assert!(err.contains("16"), "{err}");
+        // And a plain file is read exactly.
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0, 1, 4095, 4096, 4097] {
+            let p = dir.path().join(format!("f{len}"));
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            fs::write(&p, &bytes).unwrap();
+            assert_eq!(read_bounded(&p, 1 << 20).unwrap(), bytes);
+            assert_eq!(read_bounded_as(&p, 1 << 20, true).unwrap().0, bytes);
+        }
+    }
+
     /// Lines and columns of flags, in characters (a flag after a non-ASCII argument on its
     /// line is where an editor shows it).
     #[test]

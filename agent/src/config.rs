@@ -343,7 +343,7 @@ impl Config {
                 })
             }
         };
-        let mut catalogue = Catalogue::builtin().clone();
+        let mut catalogue = Catalogue::builtin_owned();
         let rules_err = |source| ConfigError::Rules {
             path: path.to_path_buf(),
             source,

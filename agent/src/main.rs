@@ -366,10 +366,11 @@ fn check_command(
     let (mut failed, mut unreadable) = (false, false);
     let render = sink.renderer();
     let written = (|| {
-        // Straight to the file descriptor through one large buffer: std's stdout would scan
-        // every entry for its last newline (it is line-buffered) and copy it once more.
+        // Straight to the file descriptor: std's stdout is line-buffered, and would scan every
+        // entry for its last newline and copy it once more. Entries larger than the buffer
+        // (a manifest's JSON is 5-20 KB) are written without a copy.
         let stdout = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(stdout));
+        let mut out = std::io::BufWriter::new(std::fs::File::from(stdout));
         sink.start(&mut out)?;
         let keep = sink.keeps_reports();
         // On the worker: the entry rendered, the verdict taken, and the report dropped

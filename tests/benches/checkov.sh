@@ -7,7 +7,7 @@
 set -eu
 BIN=${1:-target/release/lockdown-agent}
 CHECKOV=${2:-$HOME/.cache/checkov/venv/bin/checkov}
-RUNS=${3:-20}
+RUNS=${3:-40}
 D=$(mktemp -d); trap 'rm -rf "$D"' EXIT
 mkdir "$D/manifests"
 for i in $(seq -w 1 34); do
@@ -21,20 +21,22 @@ for i in $(seq -w 1 34); do
 done
 echo "manifests: $(ls "$D/manifests" | wc -l); cores: $(nproc); $("$CHECKOV" --version 2>/dev/null | tail -1 | sed 's/^/checkov /')"
 printf 'node_name: bench\n' > "$D/agent.yaml"
-ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+# Each run timed on its own; the ratio is of medians (a 5 ms run is easily doubled by one
+# scheduler hiccup on a shared VM, a 5 s run is not), the means are printed too.
+runs() { # N command...: prints one wall time per run, in microseconds
+  local n=$1; shift
+  for _ in $(seq "$n"); do
+    local t=${EPOCHREALTIME/./}  # bash's own clock, in microseconds: no process to start
+    "$@" > /dev/null 2>&1 || true
+    echo $(( ${EPOCHREALTIME/./} - t ))
+  done
+}
+stats() { sort -n | awk '{v[NR]=$1; s+=$1} END {m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2; printf "%d %d\n", m, s/NR}'; }
 # Warm the page cache and both programs once.
 "$BIN" check --config "$D/agent.yaml" --format json "$D/manifests" > /dev/null || true
-t=$(date +%s%N)
-for _ in $(seq "$RUNS"); do
-  "$BIN" check --config "$D/agent.yaml" --format json "$D/manifests" > /dev/null || true
-done
-ours=$(ms "$t")
-echo "lockdown-agent check --format json: $((ours / RUNS)) ms/run over $RUNS runs ($(( ours * 1000 / RUNS )) us)"
+read -r ours ours_mean < <(runs "$RUNS" "$BIN" check --config "$D/agent.yaml" --format json "$D/manifests" | stats)
+echo "lockdown-agent check --format json: median $ours us, mean $ours_mean us over $RUNS runs"
 CK_RUNS=${CK_RUNS:-3}
-t=$(date +%s%N)
-for _ in $(seq "$CK_RUNS"); do
-  "$CHECKOV" -d "$D/manifests" --framework kubernetes --quiet --compact -o json > /dev/null 2>&1 || true
-done
-theirs=$(ms "$t")
-echo "checkov -d --framework kubernetes -o json: $((theirs / CK_RUNS)) ms/run over $CK_RUNS runs"
-echo "ratio checkov / lockdown-agent: $(( theirs * RUNS / CK_RUNS / (ours > 0 ? ours : 1) ))x"
+read -r theirs theirs_mean < <(runs "$CK_RUNS" "$CHECKOV" -d "$D/manifests" --framework kubernetes --quiet --compact -o json | stats)
+echo "checkov -d --framework kubernetes -o json: median $((theirs / 1000)) ms, mean $((theirs_mean / 1000)) ms over $CK_RUNS runs"
+echo "ratio checkov / lockdown-agent (medians): $(( theirs / (ours > 0 ? ours : 1) ))x (means: $(( theirs_mean / (ours_mean > 0 ? ours_mean : 1) ))x)"

@@ -697,16 +697,20 @@ impl Catalogue {
     /// The catalogue built into the binary.
     pub fn builtin() -> &'static Catalogue {
         static BUILTIN: OnceLock<Catalogue> = OnceLock::new();
-        BUILTIN.get_or_init(|| {
-            let parsed = (|| {
-                Catalogue::load(
-                    parse_json("built-in flags.yaml", FLAGS_JSON)?,
-                    parse_json("built-in versions.yaml", VERSIONS_JSON)?,
-                    parse_json("built-in rules.yaml", RULES_JSON)?,
-                )
-            })();
-            parsed.expect("the built-in catalogue is valid (checked by its unit tests)")
-        })
+        BUILTIN.get_or_init(Catalogue::builtin_owned)
+    }
+
+    /// A catalogue of its own, as built into the binary (to extend or trim: read afresh,
+    /// which is cheaper than a copy of [`Catalogue::builtin`]).
+    pub fn builtin_owned() -> Catalogue {
+        let parsed = (|| {
+            Catalogue::load(
+                parse_json("built-in flags.yaml", FLAGS_JSON)?,
+                parse_json("built-in versions.yaml", VERSIONS_JSON)?,
+                parse_json("built-in rules.yaml", RULES_JSON)?,
+            )
+        })();
+        parsed.expect("the built-in catalogue is valid (checked by its unit tests)")
     }
 
     fn load(
