@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::config::TlsConfig;
 use crate::manifest::{self, Component, ControlPlane, MAX_MANIFEST_BYTES, Manifest};
 use crate::rules::catalogue::{FileRole, Fx};
-use crate::rules::eval::{self, AuthnConfig, AuthzConfig, FileFacts, ManifestFacts};
+use crate::rules::eval::{self, AuthnConfig, AuthzConfig, FileFacts, ManifestFacts, TlsFacts};
 use crate::rules::{Catalogue, Finding, Findings};
 
 /// Largest authentication config we read.
@@ -443,6 +444,7 @@ fn facts_of(meta: &fs::Metadata, roles: Vec<FileRole>) -> FileFacts {
         gid: meta.gid(),
         user,
         group,
+        tls: None,
     }
 }
 
@@ -626,6 +628,8 @@ struct Memo {
     /// A content is in the map from when a worker starts on it: the others wait for that
     /// evaluation instead of making their own.
     seen: RwLock<HashMap<Vec<u8>, Pending, BuildHasherDefault<Fx>>>,
+    /// Thresholds for certificate files named on the command line.
+    tls: TlsConfig,
 }
 
 /// A content's evaluation, there once the worker that started it is done.
@@ -672,6 +676,12 @@ impl Memo {
                 return (report, None);
             }
         };
+        if crate::tls::has_pem_certificate(&bytes) {
+            return (
+                certificate_report(cat, path, &bytes, &meta, &self.tls),
+                None,
+            );
+        }
         let stat = (meta.mode() & 0o7777, meta.uid(), meta.gid());
         let mut other = None;
         let (e, other) = match view.seen.get_mut(&bytes) {
@@ -764,11 +774,75 @@ fn evaluate(cat: &Catalogue, path: &Path, bytes: &[u8], meta: &fs::Metadata) -> 
     }
 }
 
+/// What the certificate checks need of a certificate file: its certificates, the key of
+/// the same name beside it (kubeadm's pairs) and whether kubeadm's naming makes it a CA.
+fn tls_facts(path: &Path, bytes: Result<&[u8], &str>, cfg: &TlsConfig) -> TlsFacts {
+    let key_path = path.with_extension("key");
+    let key = match fs::symlink_metadata(&key_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        _ => Some(
+            read_bounded(&key_path, MAX_AUX_BYTES)
+                .and_then(|pem| crate::tls::public_key_of(&pem))
+                .map_err(|e| format!("{}: {e}", key_path.display())),
+        ),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    TlsFacts {
+        certs: bytes
+            .map_err(str::to_string)
+            .and_then(crate::tls::certs_from_pem),
+        key,
+        meant_ca: Some(name == "ca.crt" || name.ends_with("-ca.crt")),
+        now,
+        expiry_high_days: cfg.expiry_high_days,
+        expiry_medium_days: cfg.expiry_medium_days,
+    }
+}
+
+/// A PEM certificate file named on the command line: its mode and the certificate checks.
+/// Whether it should be a CA is not known from a name chosen by someone else.
+fn certificate_report(
+    cat: &Catalogue,
+    path: &Path,
+    bytes: &[u8],
+    meta: &fs::Metadata,
+    cfg: &TlsConfig,
+) -> FileReport {
+    let mut report = FileReport::new(path);
+    let mut facts = facts_of(meta, vec![FileRole::PkiCert]);
+    let mut tls = tls_facts(path, Ok(bytes), cfg);
+    tls.meant_ca = None;
+    facts.tls = Some(tls);
+    report.findings = eval::evaluate_file(cat, &facts).into();
+    report
+}
+
 /// Checks a plain file or directory of the CIS 1.1 file set.
-pub fn check_file(cat: &Catalogue, path: &Path, roles: Vec<FileRole>) -> FileReport {
+pub fn check_file(
+    cat: &Catalogue,
+    path: &Path,
+    roles: Vec<FileRole>,
+    tls: &TlsConfig,
+) -> FileReport {
     let mut report = FileReport::new(path);
     match file_facts(path, roles) {
-        Ok(facts) => report.findings = eval::evaluate_file(cat, &facts).into(),
+        Ok(mut facts) => {
+            if facts.roles.contains(&FileRole::PkiCert) {
+                let bytes = read_bounded(path, MAX_AUX_BYTES);
+                facts.tls = Some(tls_facts(
+                    path,
+                    bytes.as_deref().map_err(String::as_str),
+                    tls,
+                ));
+            }
+            report.findings = eval::evaluate_file(cat, &facts).into();
+        }
         Err(e) => report.error = Some(e),
     }
     report
@@ -836,7 +910,10 @@ pub fn run_each<R: Send>(
         }
     }
     let mut etcd_data_dir = None;
-    let memo = Memo::default();
+    let memo = Memo {
+        tls: cfg.tls,
+        ..Memo::default()
+    };
     in_parallel(
         items,
         |view: &mut MemoView, item| match item {
@@ -865,7 +942,7 @@ pub fn run_each<R: Send>(
                         r.error = Some(e);
                         r
                     }
-                    None => check_file(cat, &m.path, m.roles),
+                    None => check_file(cat, &m.path, m.roles, &cfg.tls),
                 })
             },
             emit,

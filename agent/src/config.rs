@@ -71,6 +71,39 @@ pub struct RawConfig {
     /// Automatic fixing of manifests. Off unless turned on here.
     #[serde(default)]
     pub fix: RawFixConfig,
+    /// Certificate checks.
+    #[serde(default)]
+    pub tls: RawTlsConfig,
+}
+
+/// `tls:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsConfig {
+    /// Days left under which a certificate's expiry is high. Default: 7.
+    #[serde(default)]
+    pub expiry_high_days: Option<u32>,
+    /// Days left under which a certificate's expiry is medium. Default: 30.
+    #[serde(default)]
+    pub expiry_medium_days: Option<u32>,
+}
+
+/// Certificate check thresholds (expired is always critical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Under this many days left, high.
+    pub expiry_high_days: u32,
+    /// Under this many days left, medium.
+    pub expiry_medium_days: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            expiry_high_days: 7,
+            expiry_medium_days: 30,
+        }
+    }
 }
 
 /// `fix:` in the config file.
@@ -224,6 +257,8 @@ pub struct Config {
     pub collector: Option<crate::ship::ShipConfig>,
     /// Automatic fixing.
     pub fix: crate::fix::FixConfig,
+    /// Certificate check thresholds.
+    pub tls: TlsConfig,
 }
 
 /// Command-line and environment values that take precedence over the file, kept so that a
@@ -477,8 +512,30 @@ impl Config {
             fight_window: raw.fix.fight_window.unwrap_or(Duration::from_secs(600)),
             keep_cluster_info: raw.fix.keep_cluster_info,
         };
+        let defaults = TlsConfig::default();
+        let tls = TlsConfig {
+            expiry_high_days: raw
+                .tls
+                .expiry_high_days
+                .unwrap_or(defaults.expiry_high_days),
+            expiry_medium_days: raw
+                .tls
+                .expiry_medium_days
+                .unwrap_or(defaults.expiry_medium_days),
+        };
+        if tls.expiry_high_days > tls.expiry_medium_days {
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                field: "tls.expiry_high_days",
+                message: format!(
+                    "{} is more than tls.expiry_medium_days ({}): the high threshold is the nearer one",
+                    tls.expiry_high_days, tls.expiry_medium_days
+                ),
+            });
+        }
         Ok(Config {
             fix,
+            tls,
             collector,
             node_name,
             state_dir: abs("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,

@@ -19,4 +19,5 @@ pub mod rules;
 pub mod scan;
 pub mod ship;
 pub mod spool;
+pub mod tls;
 pub mod watch;

@@ -289,6 +289,7 @@ fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> Path
                 gid: meta.gid,
                 user: meta.owner.clone(),
                 group: meta.group.clone(),
+                tls: None,
             };
             records(
                 cat,

@@ -415,6 +415,36 @@ pub enum Builtin {
     AdmissionFlagsMixed,
     /// `--authorization-config` with `--authorization-mode` or `--authorization-webhook-*`.
     AuthorizationFlagsMixed,
+    /// A certificate in the file has expired.
+    CertExpired,
+    /// A certificate expires within the high threshold (`tls.expiry_high_days`).
+    CertExpiring,
+    /// A certificate expires within the medium threshold (`tls.expiry_medium_days`).
+    CertExpiringSoon,
+    /// An RSA key under 2048 bits or a curve under 256 bits.
+    CertWeakKey,
+    /// A signature with MD2, MD4, MD5 or SHA-1.
+    CertWeakSignature,
+    /// A serving or client certificate that is itself a CA.
+    CertLeafIsCa,
+    /// The private key next to the certificate is not its key.
+    CertKeyMismatch,
+}
+
+impl Builtin {
+    /// Whether the check reads certificate files (the others read manifests).
+    pub fn on_certificates(self) -> bool {
+        matches!(
+            self,
+            Builtin::CertExpired
+                | Builtin::CertExpiring
+                | Builtin::CertExpiringSoon
+                | Builtin::CertWeakKey
+                | Builtin::CertWeakSignature
+                | Builtin::CertLeafIsCa
+                | Builtin::CertKeyMismatch
+        )
+    }
 }
 
 /// A fix, as data.

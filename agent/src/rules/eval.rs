@@ -75,6 +75,27 @@ pub struct FileFacts {
     pub user: Option<String>,
     /// Group name, when the gid has one.
     pub group: Option<String>,
+    /// What a certificate file holds, when it was read (`check`; not the daemon yet).
+    pub tls: Option<TlsFacts>,
+}
+
+/// What the certificate checks know of a certificate file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// The certificates in the file, in order, or why it holds none that can be read.
+    pub certs: Result<Vec<crate::tls::Cert>, String>,
+    /// The public key of the private key that goes with it (kubeadm's pair: the same name
+    /// ending in `.key`), or why that key cannot be read; `None` when there is no such file.
+    pub key: Option<Result<Vec<u8>, String>>,
+    /// Whether the file is meant to hold a CA (kubeadm names its CAs `ca.crt` and
+    /// `*-ca.crt`), `None` when that is not known.
+    pub meant_ca: Option<bool>,
+    /// When the check runs, Unix seconds: expiry is judged against it.
+    pub now: i64,
+    /// Under this many days left, an expiry is high.
+    pub expiry_high_days: u32,
+    /// Under this many days left, an expiry is medium.
+    pub expiry_medium_days: u32,
 }
 
 enum Verdict {
@@ -350,6 +371,19 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
         let check = match &rule.test {
             Test::ModeAtMost(max) => mode_check(file.mode, max),
             Test::Owner(want) => owner_check(file, want),
+            Test::Builtin(b) if b.on_certificates() => {
+                match file.tls.as_ref().map(|t| certificate_check(*b, t)) {
+                    Some(Ok(check)) => check,
+                    Some(Err(why)) => {
+                        out.push(skipped(rule, why));
+                        continue;
+                    }
+                    None => {
+                        out.push(skipped(rule, "the certificate was not read".into()));
+                        continue;
+                    }
+                }
+            }
             _ => Check::new(
                 Verdict::Unknown("only mode_at_most and owner apply to files".into()),
                 None,
@@ -382,6 +416,196 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
 }
 
 /// A failed CIS "Manual" check is a warn; an undecidable one is a warn with its reason.
+/// A finding for a rule that does not apply to this file.
+fn skipped(rule: &Rule, reason: String) -> Finding {
+    Finding {
+        id: rule.id.clone(),
+        cis: rule.cis.clone(),
+        title: rule.title.clone(),
+        severity: rule.severity,
+        status: Status::Skip,
+        flag: None,
+        observed: None,
+        expected: None,
+        remediation: rule.remediation.clone(),
+        autofix: false,
+        fix: None,
+        reason: Some(reason),
+        reference: None,
+    }
+}
+
+/// A date for a message: `2027-01-31T12:00:00Z`.
+fn date(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0).unsigned_abs());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// One certificate check of a certificate file; `Err` when it does not apply, with why.
+fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
+    let certs = match &t.certs {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Check::new(
+                Verdict::Unknown(format!("cannot read the certificate: {e}")),
+                None,
+                None,
+                None,
+            ));
+        }
+    };
+    let days_left = |c: &crate::tls::Cert| (c.not_after - t.now).div_euclid(86_400);
+    let soonest = certs
+        .iter()
+        .min_by_key(|c| c.not_after)
+        .ok_or("no certificate")?;
+    let left = soonest.not_after - t.now;
+    let expiry = |within_days: Option<u32>, beyond_days: u32, what: &str| {
+        let beyond = i64::from(beyond_days) * 86_400;
+        let fails = left > beyond && within_days.is_none_or(|d| left <= i64::from(d) * 86_400);
+        let observed = if left <= 0 {
+            format!("{} expired {}", soonest.subject, date(soonest.not_after))
+        } else {
+            format!(
+                "{} expires {} ({} days left)",
+                soonest.subject,
+                date(soonest.not_after),
+                days_left(soonest)
+            )
+        };
+        Check::new(
+            if fails { Verdict::Fail } else { Verdict::Pass },
+            None,
+            Some(observed),
+            Some(what.to_string()),
+        )
+    };
+    Ok(match b {
+        Builtin::CertExpired => {
+            let fails = left <= 0;
+            let observed = if fails {
+                format!("{} expired {}", soonest.subject, date(soonest.not_after))
+            } else {
+                format!("valid until {}", date(soonest.not_after))
+            };
+            Check::new(
+                if fails { Verdict::Fail } else { Verdict::Pass },
+                None,
+                Some(observed),
+                Some("not expired".into()),
+            )
+        }
+        Builtin::CertExpiring => expiry(
+            Some(t.expiry_high_days),
+            0,
+            &format!("more than {} days left", t.expiry_high_days),
+        ),
+        Builtin::CertExpiringSoon => expiry(
+            Some(t.expiry_medium_days),
+            t.expiry_high_days,
+            &format!("more than {} days left", t.expiry_medium_days),
+        ),
+        Builtin::CertWeakKey => {
+            let weak: Vec<String> = certs
+                .iter()
+                .filter_map(|c| c.key.weakness().map(|w| format!("{}: {w}", c.subject)))
+                .collect();
+            let keys: Vec<String> = certs.iter().map(|c| c.key.to_string()).collect();
+            Check::new(
+                if weak.is_empty() {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                },
+                None,
+                Some(if weak.is_empty() {
+                    keys.join(", ")
+                } else {
+                    weak.join("; ")
+                }),
+                Some("RSA 2048 bits or more, or EC P-256 or larger".into()),
+            )
+        }
+        Builtin::CertWeakSignature => {
+            let weak: Vec<String> = certs
+                .iter()
+                .filter(|c| c.weak_signature)
+                .map(|c| format!("{}: {}", c.subject, c.signature))
+                .collect();
+            let sigs: Vec<String> = certs.iter().map(|c| c.signature.clone()).collect();
+            Check::new(
+                if weak.is_empty() {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                },
+                None,
+                Some(if weak.is_empty() {
+                    sigs.join(", ")
+                } else {
+                    weak.join("; ")
+                }),
+                Some("a SHA-256 or stronger signature".into()),
+            )
+        }
+        Builtin::CertLeafIsCa => {
+            let meant_ca = t
+                .meant_ca
+                .ok_or("whether the file is meant to hold a CA is not known (kubeadm names CAs ca.crt and *-ca.crt)")?;
+            if meant_ca {
+                return Err("the file is meant to hold a CA".into());
+            }
+            let leaf = &certs[0];
+            Check::new(
+                if leaf.is_ca {
+                    Verdict::Fail
+                } else {
+                    Verdict::Pass
+                },
+                None,
+                Some(format!(
+                    "{}: {}",
+                    leaf.subject,
+                    if leaf.is_ca { "CA:TRUE" } else { "not a CA" }
+                )),
+                Some("a serving or client certificate that is not a CA".into()),
+            )
+        }
+        Builtin::CertKeyMismatch => {
+            let key = t
+                .key
+                .as_ref()
+                .ok_or("no private key file next to the certificate")?;
+            match key {
+                Err(e) => Check::new(
+                    Verdict::Unknown(format!("cannot read the private key: {e}")),
+                    None,
+                    None,
+                    None,
+                ),
+                Ok(public) => {
+                    let matches = *public == certs[0].public_key;
+                    Check::new(
+                        if matches {
+                            Verdict::Pass
+                        } else {
+                            Verdict::Fail
+                        },
+                        None,
+                        Some(if matches {
+                            "the key is the certificate's".into()
+                        } else {
+                            "the key is another key than the certificate's".into()
+                        }),
+                        Some("the private key of the certificate".into()),
+                    )
+                }
+            }
+        }
+        _ => return Err("not a certificate check".into()),
+    })
+}
+
 fn status_of(rule: &Rule, verdict: &Verdict) -> Status {
     match verdict {
         Verdict::Pass => Status::Pass,
@@ -830,6 +1054,13 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Checks {
         Builtin::AnonymousRestricted => vec![anonymous_restricted(ctx)],
         Builtin::AdmissionFlagsMixed => admission_flags_mixed(ctx),
         Builtin::AuthorizationFlagsMixed => authorization_flags_mixed(ctx),
+        b if b.on_certificates() => vec![Check::new(
+            Verdict::Unknown("a check of certificate files, not of manifests".into()),
+            None,
+            None,
+            None,
+        )],
+        _ => Vec::new(),
     };
     if out.is_empty() {
         return Checks::One(Check::pass());

@@ -637,6 +637,7 @@ fn file_modes_and_owners() {
         gid: 0,
         user: Some("root".into()),
         group: Some("root".into()),
+        tls: None,
     };
     let fs = evaluate_file(cat, &facts);
     // CIS 1.1.21 is Manual in CIS 1.12 (kube-bench scored: false): a warning (issue 13).
@@ -649,6 +650,7 @@ fn file_modes_and_owners() {
         gid: 0,
         user: Some("root".into()),
         group: Some("root".into()),
+        tls: None,
     };
     let fs = evaluate_file(cat, &facts);
     assert_eq!(one(&fs, "file-etcd-data-dir-mode").status, Status::Pass);
@@ -660,6 +662,7 @@ fn file_modes_and_owners() {
         gid: 1000,
         user: None,
         group: None,
+        tls: None,
     };
     let fs = evaluate_file(cat, &facts);
     assert_eq!(
@@ -1083,4 +1086,143 @@ fn a_sh_c_script_gets_its_parameters_from_the_container_env() {
         "{:?}",
         m.notes
     );
+}
+
+/// A certificate as the checks see it.
+fn cert(not_after_days: i64) -> crate::tls::Cert {
+    crate::tls::Cert {
+        subject: "CN=kube-apiserver".into(),
+        not_before: 0,
+        not_after: NOW + not_after_days * 86_400,
+        is_ca: false,
+        key: crate::tls::KeyInfo::Rsa { bits: 2048 },
+        signature: "sha256WithRSAEncryption".into(),
+        weak_signature: false,
+        dns_names: vec!["kubernetes".into()],
+        ips: Vec::new(),
+        public_key: vec![1, 2, 3],
+        sha256: "00".into(),
+    }
+}
+
+const NOW: i64 = 1_796_000_000;
+
+fn cert_findings(
+    certs: Vec<crate::tls::Cert>,
+    key: Option<Result<Vec<u8>, String>>,
+    meant_ca: Option<bool>,
+) -> Vec<Finding> {
+    let facts = FileFacts {
+        roles: vec![FileRole::PkiCert],
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        user: Some("root".into()),
+        group: Some("root".into()),
+        tls: Some(TlsFacts {
+            certs: Ok(certs),
+            key,
+            meant_ca,
+            now: NOW,
+            expiry_high_days: 7,
+            expiry_medium_days: 30,
+        }),
+    };
+    evaluate_file(Catalogue::builtin(), &facts)
+}
+
+#[test]
+fn certificates_are_judged_by_expiry_key_signature_role_and_key_pair() {
+    let status = |fs: &[Finding], id: &str| one(fs, id).status;
+    // A year left, a matching key, a leaf that is not a CA: everything passes.
+    let fs = cert_findings(vec![cert(365)], Some(Ok(vec![1, 2, 3])), Some(false));
+    for id in [
+        "cert-expired",
+        "cert-expiring",
+        "cert-expiring-soon",
+        "cert-weak-key",
+        "cert-weak-signature",
+        "cert-leaf-is-ca",
+        "cert-key-mismatch",
+    ] {
+        assert_eq!(status(&fs, id), Status::Pass, "{id}: {:?}", one(&fs, id));
+    }
+    // Each threshold raises exactly one rule.
+    for (days, failing) in [
+        (-1, "cert-expired"),
+        (3, "cert-expiring"),
+        (20, "cert-expiring-soon"),
+    ] {
+        let fs = cert_findings(vec![cert(days)], None, None);
+        for id in ["cert-expired", "cert-expiring", "cert-expiring-soon"] {
+            let want = if id == failing {
+                Status::Fail
+            } else {
+                Status::Pass
+            };
+            assert_eq!(
+                status(&fs, id),
+                want,
+                "{days} days, {id}: {:?}",
+                one(&fs, id)
+            );
+        }
+    }
+    let expired = cert_findings(vec![cert(-1)], None, None);
+    assert!(
+        one(&expired, "cert-expired")
+            .observed
+            .as_deref()
+            .unwrap()
+            .contains("expired 20")
+    );
+    assert_eq!(one(&expired, "cert-expired").severity, Severity::Critical);
+    // The soonest of a bundle counts.
+    let fs = cert_findings(vec![cert(365), cert(2)], None, None);
+    assert_eq!(status(&fs, "cert-expiring"), Status::Fail);
+    // Weak key, weak signature, a leaf that is a CA, a key that is another.
+    let mut weak = cert(365);
+    weak.key = crate::tls::KeyInfo::Rsa { bits: 1024 };
+    weak.weak_signature = true;
+    weak.signature = "sha1WithRSAEncryption".into();
+    weak.is_ca = true;
+    let fs = cert_findings(vec![weak], Some(Ok(vec![9])), Some(false));
+    for id in [
+        "cert-weak-key",
+        "cert-weak-signature",
+        "cert-leaf-is-ca",
+        "cert-key-mismatch",
+    ] {
+        assert_eq!(status(&fs, id), Status::Fail, "{id}: {:?}", one(&fs, id));
+    }
+    assert!(
+        one(&fs, "cert-weak-key")
+            .observed
+            .as_deref()
+            .unwrap()
+            .contains("1024")
+    );
+    // What does not apply is a skip with its reason; a key that cannot be read is a warn.
+    let fs = cert_findings(vec![cert(365)], None, None);
+    assert_eq!(status(&fs, "cert-leaf-is-ca"), Status::Skip);
+    assert_eq!(status(&fs, "cert-key-mismatch"), Status::Skip);
+    let fs = cert_findings(vec![cert(365)], Some(Err("garbled".into())), Some(true));
+    assert_eq!(status(&fs, "cert-key-mismatch"), Status::Warn);
+    assert_eq!(
+        status(&fs, "cert-leaf-is-ca"),
+        Status::Skip,
+        "a CA file may be a CA"
+    );
+    // Not read at all (the daemon does not read certificates yet): skipped, not passed.
+    let facts = FileFacts {
+        roles: vec![FileRole::PkiCert],
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        tls: None,
+    };
+    let fs = evaluate_file(Catalogue::builtin(), &facts);
+    assert_eq!(status(&fs, "cert-expired"), Status::Skip);
 }

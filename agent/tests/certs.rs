@@ -1,0 +1,182 @@
+//! `lockdown-agent check` on certificate files, as a user runs it: certificates made by the
+//! test (rcgen; openssl for what ring refuses to make: a 1024-bit RSA key, a SHA-1
+//! signature), real files, the real process, its JSON.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lockdown-agent");
+
+/// An EC P-256 certificate valid from a day ago until `days` from now (negative: expired),
+/// self-signed, a CA when `ca`: (certificate PEM, key PEM).
+fn cert(name: &str, days: i64, ca: bool) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(400);
+    params.not_after = now + time::Duration::days(days);
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `check --format json` with `config`: the entry of each file by its name.
+fn check(config: &str, args: &[&Path]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    fs::write(&cfg, config).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .args(["--format", "json", "--config"])
+        .arg(&cfg)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["files"].as_array().unwrap().clone()
+}
+
+fn status<'a>(entry: &'a Value, id: &str) -> &'a str {
+    entry["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {entry}"))["status"]
+        .as_str()
+        .unwrap()
+}
+
+fn entry<'a>(files: &'a [Value], name: &str) -> &'a Value {
+    files
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with(name))
+        .unwrap_or_else(|| panic!("no {name} in {files:?}"))
+}
+
+#[test]
+fn a_pem_named_on_the_command_line_is_checked_as_a_certificate_whatever_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, key) = cert("kubernetes", 3, false);
+    let path = dir.path().join("serving.pem");
+    fs::write(&path, &pem).unwrap();
+    fs::write(dir.path().join("serving.key"), &key).unwrap();
+    let files = check("", &[&path]);
+    let e = entry(&files, "serving.pem");
+    assert!(e["error"].is_null(), "{e}");
+    assert_eq!(status(e, "cert-expired"), "pass");
+    assert_eq!(status(e, "cert-expiring"), "fail", "3 days left is under 7");
+    assert_eq!(status(e, "cert-expiring-soon"), "pass");
+    assert_eq!(status(e, "cert-weak-key"), "pass");
+    assert_eq!(status(e, "cert-key-mismatch"), "pass");
+    // Whether a file named by the user should be a CA is not known.
+    assert_eq!(status(e, "cert-leaf-is-ca"), "skip");
+    // The thresholds come from the config.
+    let files = check(
+        "tls:\n  expiry_high_days: 2\n  expiry_medium_days: 10\n",
+        &[&path],
+    );
+    let e = entry(&files, "serving.pem");
+    assert_eq!(status(e, "cert-expiring"), "pass");
+    assert_eq!(status(e, "cert-expiring-soon"), "fail");
+}
+
+#[test]
+fn the_node_pki_is_read_expired_mismatched_and_ca_leaves_found() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("pki");
+    fs::create_dir_all(pki.join("etcd")).unwrap();
+    let (ca, ca_key) = cert("kubernetes-ca", 3650, true);
+    fs::write(pki.join("ca.crt"), ca).unwrap();
+    fs::write(pki.join("ca.key"), ca_key).unwrap();
+    // apiserver.crt is a CA and its key file holds another key.
+    let (leaf, _) = cert("kube-apiserver", 300, true);
+    let (_, other_key) = cert("other", 300, false);
+    fs::write(pki.join("apiserver.crt"), leaf).unwrap();
+    fs::write(pki.join("apiserver.key"), other_key).unwrap();
+    // etcd's server certificate expired yesterday.
+    let (old, old_key) = cert("etcd-server", -1, false);
+    fs::write(pki.join("etcd/server.crt"), old).unwrap();
+    fs::write(pki.join("etcd/server.key"), old_key).unwrap();
+    let manifests = root.path().join("manifests");
+    fs::create_dir_all(&manifests).unwrap();
+    let config = format!(
+        "manifests_dir: {}\nkubernetes_dir: {}\npki_dir: {}\netcd_data_dir: {}\ncni_dirs: []\n",
+        manifests.display(),
+        root.path().display(),
+        pki.display(),
+        root.path().join("etcd-data").display()
+    );
+    let files = check(&config, &[]);
+    let ca = entry(&files, "/pki/ca.crt");
+    assert_eq!(
+        status(ca, "cert-leaf-is-ca"),
+        "skip",
+        "a CA file may hold a CA"
+    );
+    assert_eq!(status(ca, "cert-key-mismatch"), "pass");
+    let apiserver = entry(&files, "/pki/apiserver.crt");
+    assert_eq!(status(apiserver, "cert-leaf-is-ca"), "fail");
+    assert_eq!(status(apiserver, "cert-key-mismatch"), "fail");
+    let etcd = entry(&files, "/pki/etcd/server.crt");
+    assert_eq!(status(etcd, "cert-expired"), "fail");
+    assert_eq!(status(etcd, "cert-key-mismatch"), "pass");
+    // Keys are not certificates: only their mode is checked.
+    let key = entry(&files, "/pki/apiserver.key");
+    assert!(
+        key["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f["id"].as_str().unwrap().starts_with("cert-")),
+        "{key}"
+    );
+}
+
+#[test]
+fn weak_keys_and_sha1_signatures_made_by_openssl_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("weak.crt"), dir.path().join("weak.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:1024", "-sha1", "-nodes", "-days", "90",
+        ])
+        .args(["-subj", "/CN=weak"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl (CI installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = check("", &[&crt]);
+    let e = entry(&files, "weak.crt");
+    assert_eq!(status(e, "cert-weak-key"), "fail");
+    assert_eq!(status(e, "cert-weak-signature"), "fail");
+    let finding = e["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "cert-weak-key")
+        .unwrap();
+    assert!(
+        finding["observed"].as_str().unwrap().contains("1024"),
+        "{finding}"
+    );
+    // ring refuses a 1024-bit key: whether it matches cannot be told, and says so.
+    assert_eq!(status(e, "cert-key-mismatch"), "warn");
+}
