@@ -676,16 +676,15 @@ impl Memo {
                 return (report, None);
             }
         };
-        if crate::tls::has_pem_certificate(&bytes) {
-            return (
-                certificate_report(cat, path, &bytes, &meta, &self.tls),
-                None,
-            );
-        }
         let stat = (meta.mode() & 0o7777, meta.uid(), meta.gid());
         let mut other = None;
         let (e, other) = match view.seen.get_mut(&bytes) {
             Some((e, other)) => (e.clone(), other),
+            // A certificate named on the command line (never in the memo: not a manifest).
+            None if crate::tls::has_pem_certificate(&bytes) => {
+                let report = certificate_report(cat, path, &bytes, &meta, &self.tls);
+                return (report, None);
+            }
             None => {
                 let e = self.evaluated(cat, path, &bytes, &meta);
                 if view.seen.len() < MEMO_ENTRIES {

@@ -94,13 +94,13 @@ impl std::fmt::Display for KeyInfo {
     }
 }
 
-/// Whether `bytes` look like PEM with a certificate in it.
+/// Whether `bytes` hold a PEM certificate: a line that starts with its boundary (text may
+/// come before it, as in openssl's output).
 pub fn has_pem_certificate(bytes: &[u8]) -> bool {
-    contains(bytes, b"-----BEGIN CERTIFICATE-----")
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    bytes.split(|&b| b == b'\n').any(|line| {
+        line.trim_ascii_start()
+            .starts_with(b"-----BEGIN CERTIFICATE-----")
+    })
 }
 
 /// Every certificate in PEM text, in order. An error names the certificate that cannot be
@@ -292,6 +292,14 @@ mod tests {
         assert!(both[0].is_ca && !both[1].is_ca);
         assert_ne!(both[0].sha256, both[1].sha256);
         assert!(has_pem_certificate(a.as_bytes()) && !has_pem_certificate(b"apiVersion: v1"));
+        // openssl x509 -text puts text first; a manifest naming the boundary in a value is
+        // not a certificate.
+        assert!(has_pem_certificate(
+            format!("Certificate:\n    Data:\n{a}").as_bytes()
+        ));
+        assert!(!has_pem_certificate(
+            b"spec:\n  containers:\n  - command:\n    - echo -----BEGIN CERTIFICATE-----\n"
+        ));
         let err = certs_from_pem(b"no pem here").unwrap_err();
         assert!(err.contains("no PEM certificate"), "{err}");
         let broken = a.replace("MII", "MIX");
