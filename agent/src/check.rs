@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::config::TlsConfig;
 use crate::manifest::{self, Component, ControlPlane, MAX_MANIFEST_BYTES, Manifest};
 use crate::rules::catalogue::{FileRole, Fx};
-use crate::rules::eval::{self, AuthnConfig, AuthzConfig, FileFacts, ManifestFacts, TlsFacts};
+use crate::rules::eval::{
+    self, AuthnConfig, AuthzConfig, FileFacts, KubeconfigFacts, ManifestFacts, TlsFacts,
+};
 use crate::rules::{Catalogue, Finding, Findings};
 
 /// Largest authentication config we read.
@@ -445,6 +447,7 @@ fn facts_of(meta: &fs::Metadata, roles: Vec<FileRole>) -> FileFacts {
         user,
         group,
         tls: None,
+        kubeconfig: None,
     }
 }
 
@@ -685,6 +688,14 @@ impl Memo {
                 let report = certificate_report(cat, path, &bytes, &meta, &self.tls);
                 return (report, None);
             }
+            // A kubeconfig named on the command line (a workstation's ~/.kube/config).
+            None if crate::kubeconfig::looks_like_kubeconfig(&bytes) => {
+                let mut report = FileReport::new(path);
+                let mut facts = facts_of(&meta, vec![FileRole::Kubeconfig]);
+                facts.kubeconfig = Some(kubeconfig_facts(path, Ok(&bytes), None));
+                report.findings = eval::evaluate_file(cat, &facts).into();
+                return (report, None);
+            }
             None => {
                 let e = self.evaluated(cat, path, &bytes, &meta);
                 if view.seen.len() < MEMO_ENTRIES {
@@ -804,6 +815,56 @@ fn tls_facts(path: &Path, bytes: Result<&[u8], &str>, cfg: &TlsConfig) -> TlsFac
     }
 }
 
+/// What the kubeconfig checks need: the kubeconfig, and the certificates of each cluster's
+/// CA (a relative `certificate-authority` is relative to the kubeconfig's directory).
+fn kubeconfig_facts(
+    path: &Path,
+    bytes: Result<&[u8], &str>,
+    node_ca: Option<&[String]>,
+) -> KubeconfigFacts {
+    use crate::kubeconfig::Ca;
+    let config = bytes
+        .map_err(str::to_string)
+        .and_then(crate::kubeconfig::parse);
+    let hashes = |pem: &[u8]| -> Result<Vec<String>, String> {
+        Ok(crate::tls::certs_from_pem(pem)?
+            .into_iter()
+            .map(|c| c.sha256)
+            .collect())
+    };
+    let cluster_cas = config
+        .as_ref()
+        .map(|k| {
+            k.clusters
+                .iter()
+                .map(|c| match &c.ca {
+                    Ca::Data(pem) => hashes(pem),
+                    Ca::File(file) => {
+                        let file = path.parent().unwrap_or(Path::new("/")).join(file);
+                        read_bounded(&file, MAX_AUX_BYTES)
+                            .and_then(|pem| hashes(&pem))
+                            .map_err(|e| format!("{}: {e}", file.display()))
+                    }
+                    Ca::Undecodable | Ca::None => Ok(Vec::new()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    KubeconfigFacts {
+        config,
+        cluster_cas,
+        node_ca: node_ca.map(<[String]>::to_vec),
+    }
+}
+
+/// The cluster CA's certificates (`ca.crt` in the PKI directory), by sha256, when it can be
+/// read: what the node's kubeconfigs must trust.
+fn node_cluster_ca(cfg: &Config) -> Option<Vec<String>> {
+    let pem = read_bounded(&cfg.pki_dir.join("ca.crt"), MAX_AUX_BYTES).ok()?;
+    let certs = crate::tls::certs_from_pem(&pem).ok()?;
+    Some(certs.into_iter().map(|c| c.sha256).collect())
+}
+
 /// A PEM certificate file named on the command line: its mode and the certificate checks.
 /// Whether it should be a CA is not known from a name chosen by someone else.
 fn certificate_report(
@@ -828,17 +889,20 @@ pub fn check_file(
     path: &Path,
     roles: Vec<FileRole>,
     tls: &TlsConfig,
+    node_ca: Option<&[String]>,
 ) -> FileReport {
     let mut report = FileReport::new(path);
     match file_facts(path, roles) {
         Ok(mut facts) => {
             if facts.roles.contains(&FileRole::PkiCert) {
                 let bytes = read_bounded(path, MAX_AUX_BYTES);
-                facts.tls = Some(tls_facts(
-                    path,
-                    bytes.as_deref().map_err(String::as_str),
-                    tls,
-                ));
+                let bytes = bytes.as_deref().map_err(String::as_str);
+                facts.tls = Some(tls_facts(path, bytes, tls));
+            }
+            if facts.roles.contains(&FileRole::Kubeconfig) {
+                let bytes = read_bounded(path, MAX_AUX_BYTES);
+                let bytes = bytes.as_deref().map_err(String::as_str);
+                facts.kubeconfig = Some(kubeconfig_facts(path, bytes, node_ca));
             }
             report.findings = eval::evaluate_file(cat, &facts).into();
         }
@@ -932,6 +996,7 @@ pub fn run_each<R: Send>(
     )?;
     if matches!(scope, Scope::Node) {
         let members = file_set_members(cfg, etcd_data_dir);
+        let node_ca = node_cluster_ca(cfg);
         in_parallel(
             members,
             |_: &mut (), m| {
@@ -941,7 +1006,7 @@ pub fn run_each<R: Send>(
                         r.error = Some(e);
                         r
                     }
-                    None => check_file(cat, &m.path, m.roles, &cfg.tls),
+                    None => check_file(cat, &m.path, m.roles, &cfg.tls, node_ca.as_deref()),
                 })
             },
             emit,
@@ -1166,7 +1231,7 @@ pub fn file_set_members(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<Set
     ] {
         let p = k.join(name);
         if fs::symlink_metadata(&p).is_ok() {
-            out.push(member(p, vec![role]));
+            out.push(member(p, vec![role, FileRole::Kubeconfig]));
         }
     }
     if fs::symlink_metadata(&cfg.pki_dir).is_ok() {

@@ -12,6 +12,7 @@ pub mod event;
 pub mod exercise;
 pub mod fix;
 pub mod integrity;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod redact;
 pub mod report;

@@ -290,6 +290,7 @@ fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> Path
                 user: meta.owner.clone(),
                 group: meta.group.clone(),
                 tls: None,
+                kubeconfig: None,
             };
             records(
                 cat,

@@ -180,3 +180,111 @@ fn weak_keys_and_sha1_signatures_made_by_openssl_are_found() {
     // ring refuses a 1024-bit key: whether it matches cannot be told, and says so.
     assert_eq!(status(e, "cert-key-mismatch"), "warn");
 }
+
+fn kubeconfig(server: &str, ca_pem: Option<&str>, extra_cluster: &str, user: &str) -> String {
+    use base64::Engine as _;
+    let ca = ca_pem.map_or(String::new(), |p| {
+        format!(
+            "    certificate-authority-data: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(p)
+        )
+    });
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: {server}\n{ca}{extra_cluster}contexts: []\nusers:\n- name: u\n  user:\n{user}"
+    )
+}
+
+#[test]
+fn kubeconfigs_on_the_node_and_on_a_workstation_are_judged_without_leaking_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("pki");
+    fs::create_dir_all(&pki).unwrap();
+    let (ca, ca_key) = cert("kubernetes-ca", 3650, true);
+    fs::write(pki.join("ca.crt"), &ca).unwrap();
+    fs::write(pki.join("ca.key"), ca_key).unwrap();
+    let (other_ca, _) = cert("another-ca", 3650, true);
+    let client = "    client-certificate-data: LS0t\n    client-key-data: LS0t\n";
+    // admin.conf as kubeadm writes it; scheduler.conf trusts another CA; controller-manager.conf
+    // is everything a kubeconfig should not be.
+    fs::write(
+        root.path().join("admin.conf"),
+        kubeconfig("https://10.0.0.10:6443", Some(&ca), "", client),
+    )
+    .unwrap();
+    fs::write(
+        root.path().join("scheduler.conf"),
+        kubeconfig("https://10.0.0.10:6443", Some(&other_ca), "", client),
+    )
+    .unwrap();
+    fs::write(
+        root.path().join("controller-manager.conf"),
+        kubeconfig(
+            "http://10.0.0.10:8080",
+            None,
+            "    insecure-skip-tls-verify: true\n",
+            "    username: admin\n    password: hunter2-secret\n",
+        ),
+    )
+    .unwrap();
+    let manifests = root.path().join("manifests");
+    fs::create_dir_all(&manifests).unwrap();
+    let config = format!(
+        "manifests_dir: {}\nkubernetes_dir: {}\npki_dir: {}\netcd_data_dir: {}\ncni_dirs: []\n",
+        manifests.display(),
+        root.path().display(),
+        pki.display(),
+        root.path().join("etcd-data").display()
+    );
+    let files = check(&config, &[]);
+    let admin = entry(&files, "/admin.conf");
+    for id in [
+        "kubeconfig-https",
+        "kubeconfig-ca",
+        "kubeconfig-verifies-server",
+        "kubeconfig-cluster-ca",
+        "kubeconfig-no-basic-auth",
+        "kubeconfig-no-static-token",
+    ] {
+        assert_eq!(status(admin, id), "pass", "{id}: {admin}");
+    }
+    let scheduler = entry(&files, "/scheduler.conf");
+    assert_eq!(status(scheduler, "kubeconfig-cluster-ca"), "fail");
+    assert_eq!(status(scheduler, "kubeconfig-ca"), "pass");
+    let cm = entry(&files, "/controller-manager.conf");
+    for id in [
+        "kubeconfig-https",
+        "kubeconfig-ca",
+        "kubeconfig-verifies-server",
+        "kubeconfig-no-basic-auth",
+    ] {
+        assert_eq!(status(cm, id), "fail", "{id}: {cm}");
+    }
+    let all = serde_json::to_string(&files).unwrap();
+    assert!(!all.contains("hunter2"), "a password left the node");
+
+    // A workstation's kubeconfig, named `config`: recognised by its content; no node CA to
+    // compare with; a static token is a warning, and its value is not shown.
+    let home = tempfile::tempdir().unwrap();
+    let path = home.path().join("config");
+    fs::write(
+        &path,
+        kubeconfig(
+            "https://k8s.example.com",
+            Some(&ca),
+            "",
+            "    token: abc.secret-token\n",
+        ),
+    )
+    .unwrap();
+    let files = check("", &[&path]);
+    let e = entry(&files, "/config");
+    assert!(e["error"].is_null(), "{e}");
+    assert_eq!(status(e, "kubeconfig-no-static-token"), "warn");
+    assert_eq!(status(e, "kubeconfig-cluster-ca"), "skip");
+    assert_eq!(status(e, "kubeconfig-https"), "pass");
+    assert!(
+        !serde_json::to_string(&files)
+            .unwrap()
+            .contains("secret-token")
+    );
+}

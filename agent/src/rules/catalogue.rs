@@ -272,6 +272,8 @@ pub enum FileRole {
     PkiCert,
     /// `*.key` under the PKI directory.
     PkiKey,
+    /// Any kubeconfig: the node's five, and one named on the command line.
+    Kubeconfig,
 }
 
 impl FileRole {
@@ -429,6 +431,18 @@ pub enum Builtin {
     CertLeafIsCa,
     /// The private key next to the certificate is not its key.
     CertKeyMismatch,
+    /// A kubeconfig cluster's server is not `https://`.
+    KubeconfigHttps,
+    /// A kubeconfig cluster names no CA.
+    KubeconfigCaNamed,
+    /// A kubeconfig cluster has `insecure-skip-tls-verify: true`.
+    KubeconfigVerifies,
+    /// On a node, a kubeconfig cluster trusts another CA than the cluster's.
+    KubeconfigClusterCa,
+    /// A kubeconfig user has a username or password.
+    KubeconfigNoBasicAuth,
+    /// A kubeconfig user has a static token.
+    KubeconfigNoStaticToken,
 }
 
 impl Builtin {
@@ -443,6 +457,19 @@ impl Builtin {
                 | Builtin::CertWeakSignature
                 | Builtin::CertLeafIsCa
                 | Builtin::CertKeyMismatch
+        )
+    }
+
+    /// Whether the check reads kubeconfigs.
+    pub fn on_kubeconfigs(self) -> bool {
+        matches!(
+            self,
+            Builtin::KubeconfigHttps
+                | Builtin::KubeconfigCaNamed
+                | Builtin::KubeconfigVerifies
+                | Builtin::KubeconfigClusterCa
+                | Builtin::KubeconfigNoBasicAuth
+                | Builtin::KubeconfigNoStaticToken
         )
     }
 }

@@ -77,6 +77,21 @@ pub struct FileFacts {
     pub group: Option<String>,
     /// What a certificate file holds, when it was read (`check`; not the daemon yet).
     pub tls: Option<TlsFacts>,
+    /// What a kubeconfig says, when it was read (`check`; not the daemon yet).
+    pub kubeconfig: Option<KubeconfigFacts>,
+}
+
+/// What the kubeconfig checks know of a kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeconfigFacts {
+    /// The kubeconfig, or why it cannot be read.
+    pub config: Result<crate::kubeconfig::Kubeconfig, String>,
+    /// For each cluster, in order: the sha256 of each certificate its CA holds, or why
+    /// they cannot be read (`Ok` and empty when it names no CA).
+    pub cluster_cas: Vec<Result<Vec<String>, String>>,
+    /// On a node: the sha256 of the cluster CA's certificates (`ca.crt` in the PKI
+    /// directory). `None` elsewhere.
+    pub node_ca: Option<Vec<String>>,
 }
 
 /// What the certificate checks know of a certificate file.
@@ -371,6 +386,19 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
         let check = match &rule.test {
             Test::ModeAtMost(max) => mode_check(file.mode, max),
             Test::Owner(want) => owner_check(file, want),
+            Test::Builtin(b) if b.on_kubeconfigs() => {
+                match file.kubeconfig.as_ref().map(|k| kubeconfig_check(*b, k)) {
+                    Some(Ok(check)) => check,
+                    Some(Err(why)) => {
+                        out.push(skipped(rule, why));
+                        continue;
+                    }
+                    None => {
+                        out.push(skipped(rule, "the kubeconfig was not read".into()));
+                        continue;
+                    }
+                }
+            }
             Test::Builtin(b) if b.on_certificates() => {
                 match file.tls.as_ref().map(|t| certificate_check(*b, t)) {
                     Some(Ok(check)) => check,
@@ -603,6 +631,118 @@ fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
             }
         }
         _ => return Err("not a certificate check".into()),
+    })
+}
+
+/// One kubeconfig check; `Err` when it does not apply, with why.
+fn kubeconfig_check(b: Builtin, k: &KubeconfigFacts) -> Result<Check, String> {
+    use crate::kubeconfig::Ca;
+    let config = match &k.config {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Check::new(
+                Verdict::Unknown(format!("cannot read the kubeconfig: {e}")),
+                None,
+                None,
+                None,
+            ));
+        }
+    };
+    // The names of the entries that break the rule: fail when there are any.
+    let judge = |bad: Vec<String>, ok: &str, expected: &str| {
+        Check::new(
+            if bad.is_empty() {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            },
+            None,
+            Some(if bad.is_empty() {
+                ok.to_string()
+            } else {
+                bad.join("; ")
+            }),
+            Some(expected.to_string()),
+        )
+    };
+    let clusters = &config.clusters;
+    Ok(match b {
+        Builtin::KubeconfigHttps => judge(
+            clusters
+                .iter()
+                .filter(|c| !c.server.starts_with("https://"))
+                .map(|c| format!("cluster {}: server {}", c.name, c.server))
+                .collect(),
+            "every server is https://",
+            "https:// servers only",
+        ),
+        Builtin::KubeconfigCaNamed => judge(
+            clusters
+                .iter()
+                .filter(|c| matches!(c.ca, Ca::None | Ca::Undecodable))
+                .map(|c| match c.ca {
+                    Ca::Undecodable => {
+                        format!(
+                            "cluster {}: certificate-authority-data is not base64",
+                            c.name
+                        )
+                    }
+                    _ => format!("cluster {}: no certificate-authority", c.name),
+                })
+                .collect(),
+            "every cluster names its CA",
+            "certificate-authority or certificate-authority-data on every cluster",
+        ),
+        Builtin::KubeconfigVerifies => judge(
+            clusters
+                .iter()
+                .filter(|c| c.insecure_skip_verify)
+                .map(|c| format!("cluster {}: insecure-skip-tls-verify: true", c.name))
+                .collect(),
+            "every cluster verifies the server",
+            "no insecure-skip-tls-verify",
+        ),
+        Builtin::KubeconfigClusterCa => {
+            let node = k.node_ca.as_ref().ok_or("not a kubeconfig of this node")?;
+            let mut bad = Vec::new();
+            for (c, cas) in clusters.iter().zip(&k.cluster_cas) {
+                match cas {
+                    Err(e) => bad.push(format!("cluster {}: {e}", c.name)),
+                    Ok(cas) if cas.is_empty() => {}
+                    Ok(cas) if cas.iter().any(|h| node.contains(h)) => {}
+                    Ok(_) => bad.push(format!(
+                        "cluster {}: trusts a CA that is not the cluster's (ca.crt)",
+                        c.name
+                    )),
+                }
+            }
+            judge(
+                bad,
+                "every cluster trusts the cluster CA",
+                "the cluster CA (ca.crt)",
+            )
+        }
+        Builtin::KubeconfigNoBasicAuth => judge(
+            config
+                .users
+                .iter()
+                .filter(|u| u.basic_auth)
+                .map(|u| format!("user {}: username/password", u.name))
+                .collect(),
+            "no user has a username or password",
+            "no username or password",
+        ),
+        Builtin::KubeconfigNoStaticToken => judge(
+            config
+                .users
+                .iter()
+                .filter(|u| u.static_token)
+                .map(|u| format!("user {}: a static token", u.name))
+                .collect(),
+            "no user has a static token",
+            "client certificates or short-lived credentials (exec), not a static token",
+        ),
+        _ => return Err("not a kubeconfig check".into()),
     })
 }
 
@@ -1054,8 +1194,10 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Checks {
         Builtin::AnonymousRestricted => vec![anonymous_restricted(ctx)],
         Builtin::AdmissionFlagsMixed => admission_flags_mixed(ctx),
         Builtin::AuthorizationFlagsMixed => authorization_flags_mixed(ctx),
-        b if b.on_certificates() => vec![Check::new(
-            Verdict::Unknown("a check of certificate files, not of manifests".into()),
+        b if b.on_certificates() || b.on_kubeconfigs() => vec![Check::new(
+            Verdict::Unknown(
+                "a check of certificate files or kubeconfigs, not of manifests".into(),
+            ),
             None,
             None,
             None,

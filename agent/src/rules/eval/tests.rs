@@ -638,6 +638,7 @@ fn file_modes_and_owners() {
         user: Some("root".into()),
         group: Some("root".into()),
         tls: None,
+        kubeconfig: None,
     };
     let fs = evaluate_file(cat, &facts);
     // CIS 1.1.21 is Manual in CIS 1.12 (kube-bench scored: false): a warning (issue 13).
@@ -651,6 +652,7 @@ fn file_modes_and_owners() {
         user: Some("root".into()),
         group: Some("root".into()),
         tls: None,
+        kubeconfig: None,
     };
     let fs = evaluate_file(cat, &facts);
     assert_eq!(one(&fs, "file-etcd-data-dir-mode").status, Status::Pass);
@@ -663,6 +665,7 @@ fn file_modes_and_owners() {
         user: None,
         group: None,
         tls: None,
+        kubeconfig: None,
     };
     let fs = evaluate_file(cat, &facts);
     assert_eq!(
@@ -1127,6 +1130,7 @@ fn cert_findings(
             expiry_high_days: 7,
             expiry_medium_days: 30,
         }),
+        kubeconfig: None,
     };
     evaluate_file(Catalogue::builtin(), &facts)
 }
@@ -1222,6 +1226,7 @@ fn certificates_are_judged_by_expiry_key_signature_role_and_key_pair() {
         user: None,
         group: None,
         tls: None,
+        kubeconfig: None,
     };
     let fs = evaluate_file(Catalogue::builtin(), &facts);
     assert_eq!(status(&fs, "cert-expired"), Status::Skip);

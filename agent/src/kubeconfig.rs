@@ -1,0 +1,240 @@
+//! What a kubeconfig says about how its clients reach and trust the API server: each
+//! cluster's server, the CA it trusts and whether it verifies at all, and how each user
+//! authenticates. Secrets (tokens, passwords, keys) are noted as present, never kept.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// A kubeconfig, as the checks need it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Kubeconfig {
+    /// Its clusters.
+    pub clusters: Vec<Cluster>,
+    /// Its users.
+    pub users: Vec<User>,
+}
+
+/// One cluster entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Its name.
+    pub name: String,
+    /// The server URL.
+    pub server: String,
+    /// The CA it trusts.
+    pub ca: Ca,
+    /// `insecure-skip-tls-verify: true`.
+    pub insecure_skip_verify: bool,
+}
+
+/// Where a cluster's CA comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ca {
+    /// `certificate-authority-data`, decoded (PEM).
+    Data(Vec<u8>),
+    /// `certificate-authority`, a file (relative paths are relative to the kubeconfig).
+    File(PathBuf),
+    /// `certificate-authority-data` that is not base64.
+    Undecodable,
+    /// None: the system's roots are trusted.
+    None,
+}
+
+/// One user entry: how it authenticates (which secrets are set, not their values).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct User {
+    /// Its name.
+    pub name: String,
+    /// `username` or `password` is set (basic authentication, which kube-apiserver no
+    /// longer accepts since 1.19 and which puts a password in a file).
+    pub basic_auth: bool,
+    /// `token` or `tokenFile` is set (a static bearer token).
+    pub static_token: bool,
+    /// A client certificate is named (`client-certificate` or `-data`).
+    pub client_certificate: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Raw {
+    kind: Option<String>,
+    clusters: Vec<RawNamedCluster>,
+    users: Vec<RawNamedUser>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNamedCluster {
+    name: String,
+    cluster: RawCluster,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "kebab-case")]
+struct RawCluster {
+    server: String,
+    certificate_authority: Option<String>,
+    certificate_authority_data: Option<String>,
+    insecure_skip_tls_verify: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawNamedUser {
+    name: String,
+    user: RawUser,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "kebab-case")]
+struct RawUser {
+    username: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    #[serde(rename = "tokenFile")]
+    token_file: Option<String>,
+    client_certificate: Option<String>,
+    client_certificate_data: Option<String>,
+}
+
+/// Whether `bytes` look like a kubeconfig: a `kind: Config` line and a `clusters:` line.
+pub fn looks_like_kubeconfig(bytes: &[u8]) -> bool {
+    let mut kind = false;
+    let mut clusters = false;
+    for line in bytes.split(|&b| b == b'\n') {
+        let line = line.trim_ascii_end();
+        kind |= matches!(
+            line,
+            b"kind: Config" | b"kind: \"Config\"" | b"kind: 'Config'"
+        );
+        clusters |= line.starts_with(b"clusters:");
+    }
+    kind && clusters
+}
+
+/// Parses a kubeconfig.
+pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let raw: Raw = serde_saphyr::from_str(text).map_err(|e| format!("not a kubeconfig: {e}"))?;
+    if raw.kind.as_deref().is_some_and(|k| k != "Config") {
+        return Err(format!(
+            "kind is {:?}, not Config",
+            raw.kind.unwrap_or_default()
+        ));
+    }
+    let clusters = raw
+        .clusters
+        .into_iter()
+        .map(|c| Cluster {
+            name: c.name,
+            server: c.cluster.server,
+            ca: match (
+                c.cluster.certificate_authority_data,
+                c.cluster.certificate_authority,
+            ) {
+                (Some(data), _) => base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map_or(Ca::Undecodable, Ca::Data),
+                (None, Some(file)) => Ca::File(PathBuf::from(file)),
+                (None, None) => Ca::None,
+            },
+            insecure_skip_verify: c.cluster.insecure_skip_tls_verify,
+        })
+        .collect();
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    let users = raw
+        .users
+        .into_iter()
+        .map(|u| User {
+            basic_auth: set(&u.user.username) || set(&u.user.password),
+            static_token: set(&u.user.token) || set(&u.user.token_file),
+            client_certificate: set(&u.user.client_certificate)
+                || set(&u.user.client_certificate_data),
+            name: u.name,
+        })
+        .collect();
+    Ok(Kubeconfig { clusters, users })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADMIN: &str = "apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==
+    server: https://10.0.0.10:6443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: kubernetes-admin
+  name: kubernetes-admin@kubernetes
+current-context: kubernetes-admin@kubernetes
+kind: Config
+preferences: {}
+users:
+- name: kubernetes-admin
+  user:
+    client-certificate-data: LS0t
+    client-key-data: LS0t
+";
+
+    #[test]
+    fn a_kubeadm_kubeconfig_is_read() {
+        assert!(looks_like_kubeconfig(ADMIN.as_bytes()));
+        let k = parse(ADMIN.as_bytes()).unwrap();
+        assert_eq!(k.clusters.len(), 1);
+        let c = &k.clusters[0];
+        assert_eq!(c.server, "https://10.0.0.10:6443");
+        assert_eq!(c.ca, Ca::Data(b"-----BEGIN CERTIFICATE-----\n".to_vec()));
+        assert!(!c.insecure_skip_verify);
+        assert_eq!(
+            k.users,
+            [User {
+                name: "kubernetes-admin".into(),
+                basic_auth: false,
+                static_token: false,
+                client_certificate: true,
+            }]
+        );
+    }
+
+    #[test]
+    fn insecure_forms_are_read_and_secrets_not_kept() {
+        let text = "kind: Config
+clusters:
+- name: a
+  cluster:
+    server: http://127.0.0.1:8080
+- name: b
+  cluster:
+    server: https://b
+    insecure-skip-tls-verify: true
+    certificate-authority: ca.crt
+- name: c
+  cluster:
+    server: https://c
+    certificate-authority-data: '%%%'
+users:
+- name: basic
+  user: {username: admin, password: hunter2}
+- name: tok
+  user: {token: abc.def}
+";
+        let k = parse(text.as_bytes()).unwrap();
+        assert_eq!(k.clusters[0].ca, Ca::None);
+        assert_eq!(k.clusters[1].ca, Ca::File("ca.crt".into()));
+        assert!(k.clusters[1].insecure_skip_verify);
+        assert_eq!(k.clusters[2].ca, Ca::Undecodable);
+        assert!(k.users[0].basic_auth && !k.users[0].static_token);
+        assert!(k.users[1].static_token);
+        assert!(!format!("{k:?}").contains("hunter2") && !format!("{k:?}").contains("abc.def"));
+        assert!(!looks_like_kubeconfig(b"apiVersion: v1\nkind: Pod\n"));
+        assert!(parse(b"kind: Pod\nclusters: []\n").is_err());
+        assert!(parse(b"clusters: [unclosed").is_err());
+    }
+}
