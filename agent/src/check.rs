@@ -157,14 +157,7 @@ fn read_bounded_as(
     listed_regular: bool,
 ) -> Result<(Vec<u8>, fs::Metadata), String> {
     if listed_regular {
-        // O_NONBLOCK: if the path was swapped for a FIFO since the listing, opening it must
-        // not hang.
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| io_problem(&e))?;
-        let opened = file.metadata().map_err(|e| io_problem(&e))?;
+        let (file, opened) = open_nonblocking(path)?;
         if let Some(what) = not_regular(&opened) {
             return Err(what.into());
         }
@@ -200,17 +193,23 @@ fn read_bounded_as(
         }
         .to_string());
     }
-    // O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening it must not hang.
+    let (file, opened) = open_nonblocking(path)?;
+    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+        return Err("replaced while being read".into());
+    }
+    read_opened(file, opened, limit)
+}
+
+/// Opens for reading, with the opened file's metadata. O_NONBLOCK: if the path was swapped
+/// for a FIFO since it was listed or stat'ed, opening it must not hang.
+fn open_nonblocking(path: &Path) -> Result<(fs::File, fs::Metadata), String> {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| io_problem(&e))?;
     let opened = file.metadata().map_err(|e| io_problem(&e))?;
-    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
-        return Err("replaced while being read".into());
-    }
-    read_opened(file, opened, limit)
+    Ok((file, opened))
 }
 
 /// Reads an opened regular file of at most `limit` bytes.

@@ -46,6 +46,19 @@ fn check(config: &str, args: &[&Path]) -> Vec<Value> {
     v["files"].as_array().unwrap().clone()
 }
 
+/// A config for a node laid out under `root` (kubeconfigs in it, `pki/`, no manifests).
+fn node_config(root: &Path) -> String {
+    let manifests = root.join("manifests");
+    fs::create_dir_all(&manifests).unwrap();
+    format!(
+        "manifests_dir: {}\nkubernetes_dir: {}\npki_dir: {}\netcd_data_dir: {}\ncni_dirs: []\n",
+        manifests.display(),
+        root.display(),
+        root.join("pki").display(),
+        root.join("etcd-data").display()
+    )
+}
+
 fn status<'a>(entry: &'a Value, id: &str) -> &'a str {
     entry["findings"]
         .as_array()
@@ -108,15 +121,7 @@ fn the_node_pki_is_read_expired_mismatched_and_ca_leaves_found() {
     let (old, old_key) = cert("etcd-server", -1, false);
     fs::write(pki.join("etcd/server.crt"), old).unwrap();
     fs::write(pki.join("etcd/server.key"), old_key).unwrap();
-    let manifests = root.path().join("manifests");
-    fs::create_dir_all(&manifests).unwrap();
-    let config = format!(
-        "manifests_dir: {}\nkubernetes_dir: {}\npki_dir: {}\netcd_data_dir: {}\ncni_dirs: []\n",
-        manifests.display(),
-        root.path().display(),
-        pki.display(),
-        root.path().join("etcd-data").display()
-    );
+    let config = node_config(root.path());
     let files = check(&config, &[]);
     let ca = entry(&files, "/pki/ca.crt");
     assert_eq!(
@@ -226,15 +231,7 @@ fn kubeconfigs_on_the_node_and_on_a_workstation_are_judged_without_leaking_secre
         ),
     )
     .unwrap();
-    let manifests = root.path().join("manifests");
-    fs::create_dir_all(&manifests).unwrap();
-    let config = format!(
-        "manifests_dir: {}\nkubernetes_dir: {}\npki_dir: {}\netcd_data_dir: {}\ncni_dirs: []\n",
-        manifests.display(),
-        root.path().display(),
-        pki.display(),
-        root.path().join("etcd-data").display()
-    );
+    let config = node_config(root.path());
     let files = check(&config, &[]);
     let admin = entry(&files, "/admin.conf");
     for id in [

@@ -533,49 +533,31 @@ fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
             t.expiry_high_days,
             &format!("more than {} days left", t.expiry_medium_days),
         ),
-        Builtin::CertWeakKey => {
-            let weak: Vec<String> = certs
+        Builtin::CertWeakKey => judge(
+            certs
                 .iter()
                 .filter_map(|c| c.key.weakness().map(|w| format!("{}: {w}", c.subject)))
-                .collect();
-            let keys: Vec<String> = certs.iter().map(|c| c.key.to_string()).collect();
-            Check::new(
-                if weak.is_empty() {
-                    Verdict::Pass
-                } else {
-                    Verdict::Fail
-                },
-                None,
-                Some(if weak.is_empty() {
-                    keys.join(", ")
-                } else {
-                    weak.join("; ")
-                }),
-                Some("RSA 2048 bits or more, or EC P-256 or larger".into()),
-            )
-        }
-        Builtin::CertWeakSignature => {
-            let weak: Vec<String> = certs
+                .collect(),
+            &certs
+                .iter()
+                .map(|c| c.key.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            "RSA 2048 bits or more, or EC P-256 or larger",
+        ),
+        Builtin::CertWeakSignature => judge(
+            certs
                 .iter()
                 .filter(|c| c.weak_signature)
                 .map(|c| format!("{}: {}", c.subject, c.signature))
-                .collect();
-            let sigs: Vec<String> = certs.iter().map(|c| c.signature.clone()).collect();
-            Check::new(
-                if weak.is_empty() {
-                    Verdict::Pass
-                } else {
-                    Verdict::Fail
-                },
-                None,
-                Some(if weak.is_empty() {
-                    sigs.join(", ")
-                } else {
-                    weak.join("; ")
-                }),
-                Some("a SHA-256 or stronger signature".into()),
-            )
-        }
+                .collect(),
+            &certs
+                .iter()
+                .map(|c| c.signature.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            "a SHA-256 or stronger signature",
+        ),
         Builtin::CertLeafIsCa => {
             let meant_ca = t
                 .meant_ca
@@ -634,6 +616,24 @@ fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
     })
 }
 
+/// A check that fails on each of `bad` (what breaks the rule, named), or passes saying `ok`.
+fn judge(bad: Vec<String>, ok: &str, expected: &str) -> Check {
+    Check::new(
+        if bad.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        None,
+        Some(if bad.is_empty() {
+            ok.to_string()
+        } else {
+            bad.join("; ")
+        }),
+        Some(expected.to_string()),
+    )
+}
+
 /// One kubeconfig check; `Err` when it does not apply, with why.
 fn kubeconfig_check(b: Builtin, k: &KubeconfigFacts) -> Result<Check, String> {
     use crate::kubeconfig::Ca;
@@ -647,23 +647,6 @@ fn kubeconfig_check(b: Builtin, k: &KubeconfigFacts) -> Result<Check, String> {
                 None,
             ));
         }
-    };
-    // The names of the entries that break the rule: fail when there are any.
-    let judge = |bad: Vec<String>, ok: &str, expected: &str| {
-        Check::new(
-            if bad.is_empty() {
-                Verdict::Pass
-            } else {
-                Verdict::Fail
-            },
-            None,
-            Some(if bad.is_empty() {
-                ok.to_string()
-            } else {
-                bad.join("; ")
-            }),
-            Some(expected.to_string()),
-        )
     };
     let clusters = &config.clusters;
     Ok(match b {
