@@ -632,6 +632,9 @@ struct Memo {
     seen: RwLock<HashMap<Vec<u8>, Pending, BuildHasherDefault<Fx>>>,
     /// Thresholds for certificate files named on the command line.
     tls: TlsConfig,
+    /// Files named on the command line may be certificates or kubeconfigs too (in the
+    /// manifests directory every file is what the kubelet reads: a manifest, or an error).
+    any_kind: bool,
 }
 
 /// A content's evaluation, there once the worker that started it is done.
@@ -683,12 +686,12 @@ impl Memo {
         let (e, other) = match view.seen.get_mut(&bytes) {
             Some((e, other)) => (e.clone(), other),
             // A certificate named on the command line (never in the memo: not a manifest).
-            None if crate::tls::has_pem_certificate(&bytes) => {
+            None if self.any_kind && crate::tls::has_pem_certificate(&bytes) => {
                 let report = certificate_report(cat, path, &bytes, &meta, &self.tls);
                 return (report, None);
             }
             // A kubeconfig named on the command line (a workstation's ~/.kube/config).
-            None if crate::kubeconfig::looks_like_kubeconfig(&bytes) => {
+            None if self.any_kind && crate::kubeconfig::looks_like_kubeconfig(&bytes) => {
                 let mut report = FileReport::new(path);
                 let mut facts = facts_of(&meta, vec![FileRole::Kubeconfig]);
                 facts.kubeconfig = Some(kubeconfig_facts(path, Ok(&bytes), None));
@@ -974,6 +977,7 @@ pub fn run_each<R: Send>(
     let mut etcd_data_dir = None;
     let memo = Memo {
         tls: cfg.tls,
+        any_kind: matches!(scope, Scope::Paths(_)),
         ..Memo::default()
     };
     in_parallel(
