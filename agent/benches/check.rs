@@ -32,6 +32,7 @@ fn main() {
                 cp,
                 authn: None,
                 authz: None,
+                certs: None,
             },
         ));
     }

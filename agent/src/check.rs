@@ -17,7 +17,8 @@ use crate::config::TlsConfig;
 use crate::manifest::{self, Component, ControlPlane, MAX_MANIFEST_BYTES, Manifest};
 use crate::rules::catalogue::{FileRole, Fx};
 use crate::rules::eval::{
-    self, AuthnConfig, AuthzConfig, FileFacts, KubeconfigFacts, ManifestFacts, TlsFacts,
+    self, AuthnConfig, AuthzConfig, FileFacts, KubeconfigFacts, ManifestCerts, ManifestFacts,
+    TlsFacts,
 };
 use crate::rules::{Catalogue, Finding, Findings};
 
@@ -520,7 +521,7 @@ pub fn check_manifest(
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
     match read_bounded_meta(path, MAX_MANIFEST_BYTES) {
         Ok((bytes, meta)) => {
-            let (mut report, parsed) = manifest_findings(cat, path, &bytes);
+            let (mut report, parsed) = manifest_findings(cat, path, &bytes, None);
             if let Some((_, cp)) = &parsed {
                 file_findings(cat, &meta, cp.component, &mut report);
             }
@@ -540,7 +541,7 @@ pub fn check_manifest_bytes(
     path: &Path,
     bytes: &[u8],
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
-    let (mut report, parsed) = manifest_findings(cat, path, bytes);
+    let (mut report, parsed) = manifest_findings(cat, path, bytes, None);
     if let Some((_, cp)) = &parsed {
         match fs::metadata(path) {
             Ok(meta) => file_findings(cat, &meta, cp.component, &mut report),
@@ -558,6 +559,7 @@ fn manifest_findings(
     cat: &Catalogue,
     path: &Path,
     bytes: &[u8],
+    node: Option<&NodeCa>,
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
     let mut report = FileReport::new(path);
     let m = match parse_manifest(cat, bytes) {
@@ -594,12 +596,26 @@ fn manifest_findings(
         .collect();
     let authn = read_authn(&m, &cp);
     let authz = read_authz(&m, &cp);
+    // On a node, the certificates the manifest names, where the pod mounts them.
+    let certs = node.map(|node| {
+        let certs = |b: &[u8]| crate::tls::certs_from_pem(b);
+        ManifestCerts {
+            serving: (cp.component == Component::KubeApiserver)
+                .then(|| read_named(&m, &cp, "tls-cert-file", certs))
+                .flatten(),
+            trusted_ca: (cp.component == Component::Etcd)
+                .then(|| read_named(&m, &cp, "trusted-ca-file", certs))
+                .flatten(),
+            cluster_ca: node.0.clone(),
+        }
+    });
     report.findings = eval::evaluate_manifest(
         cat,
         ManifestFacts {
             cp: &cp,
             authn: authn.as_ref(),
             authz: authz.as_ref(),
+            certs: certs.as_ref(),
         },
     )
     .into();
@@ -635,7 +651,13 @@ struct Memo {
     /// Files named on the command line may be certificates or kubeconfigs too (in the
     /// manifests directory every file is what the kubelet reads: a manifest, or an error).
     any_kind: bool,
+    /// Checking the node: the certificates manifests name are read, and the cluster CA.
+    node: Option<NodeCa>,
 }
+
+/// On a node: the cluster CA (the PKI directory's `ca.crt`) by sha256, when it can be read.
+#[derive(Debug, Clone, Default)]
+struct NodeCa(Option<Vec<String>>);
 
 /// A content's evaluation, there once the worker that started it is done.
 type Pending = Arc<OnceLock<Arc<Evaluated>>>;
@@ -754,16 +776,22 @@ impl Memo {
         };
         match cell {
             Some(cell) => cell
-                .get_or_init(|| Arc::new(evaluate(cat, path, bytes, meta)))
+                .get_or_init(|| Arc::new(evaluate(cat, path, bytes, meta, self.node.as_ref())))
                 .clone(),
-            None => Arc::new(evaluate(cat, path, bytes, meta)),
+            None => Arc::new(evaluate(cat, path, bytes, meta, self.node.as_ref())),
         }
     }
 }
 
 /// Checks a manifest's bytes, with the file findings for `meta`.
-fn evaluate(cat: &Catalogue, path: &Path, bytes: &[u8], meta: &fs::Metadata) -> Evaluated {
-    let (mut report, parsed) = manifest_findings(cat, path, bytes);
+fn evaluate(
+    cat: &Catalogue,
+    path: &Path,
+    bytes: &[u8],
+    meta: &fs::Metadata,
+    node: Option<&NodeCa>,
+) -> Evaluated {
+    let (mut report, parsed) = manifest_findings(cat, path, bytes, node);
     let manifest_findings = report.findings.len();
     let component = parsed.as_ref().map(|(_, cp)| cp.component);
     if let Some(c) = component {
@@ -975,9 +1003,11 @@ pub fn run_each<R: Send>(
         }
     }
     let mut etcd_data_dir = None;
+    let on_node = matches!(scope, Scope::Node);
     let memo = Memo {
         tls: cfg.tls,
-        any_kind: matches!(scope, Scope::Paths(_)),
+        any_kind: !on_node,
+        node: on_node.then(|| NodeCa(node_cluster_ca(cfg))),
         ..Memo::default()
     };
     in_parallel(

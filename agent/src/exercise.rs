@@ -44,6 +44,7 @@ pub fn manifest_bytes(cat: &Catalogue, bytes: &[u8]) -> Outcome {
             cp,
             authn: (cp.component == Component::KubeApiserver).then_some(&authn),
             authz: None,
+            certs: None,
         };
         out.findings = eval::evaluate_manifest(cat, facts).len();
     }

@@ -292,3 +292,93 @@ fn kubeconfigs_on_the_node_and_on_a_workstation_are_judged_without_leaking_secre
             .contains("secret-token")
     );
 }
+
+/// A certificate for `names` signed by nobody (self-signed), as a file pair under `pki`.
+fn write_pair(pki: &Path, name: &str, names: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    fs::write(pki.join(format!("{name}.crt")), cert.pem()).unwrap();
+    fs::write(pki.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    cert.pem()
+}
+
+#[test]
+fn the_serving_certificate_names_and_etcds_own_ca_are_read_where_the_pods_mount_them() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("pki");
+    fs::create_dir_all(pki.join("etcd")).unwrap();
+    let config = node_config(root.path());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/kubeadm/v1.31");
+    for name in ["kube-apiserver.yaml", "etcd.yaml"] {
+        let text = fs::read_to_string(fixtures.join(name))
+            .unwrap()
+            .replace("/etc/kubernetes/pki", pki.to_str().unwrap());
+        fs::write(root.path().join("manifests").join(name), text).unwrap();
+    }
+    let (ca, ca_key) = cert("kubernetes-ca", 3650, true);
+    fs::write(pki.join("ca.crt"), &ca).unwrap();
+    fs::write(pki.join("ca.key"), ca_key).unwrap();
+    let status_of =
+        |files: &[Value], file: &str, id: &str| status(entry(files, file), id).to_string();
+
+    // The serving certificate lacks kubernetes.default.svc; etcd trusts the cluster CA.
+    write_pair(
+        &pki,
+        "apiserver",
+        &["kubernetes", "kubernetes.default", "10.0.0.10"],
+    );
+    fs::write(pki.join("etcd/ca.crt"), &ca).unwrap();
+    let files = check(&config, &[]);
+    assert_eq!(
+        status_of(&files, "kube-apiserver.yaml", "apiserver-cert-names"),
+        "fail"
+    );
+    let names = entry(&files, "kube-apiserver.yaml")["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "apiserver-cert-names")
+        .unwrap()["observed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        names.contains("does not cover kubernetes.default.svc"),
+        "{names}"
+    );
+    // CIS 2.7 is Manual (warn): the same certificate as ca.crt is a warn, not a pass.
+    assert_eq!(status_of(&files, "etcd.yaml", "etcd-unique-ca"), "warn");
+
+    // Fixed: every name and the advertise address; etcd has a CA of its own.
+    write_pair(
+        &pki,
+        "apiserver",
+        &[
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "10.0.0.10",
+        ],
+    );
+    let (etcd_ca, _) = cert("etcd-ca", 3650, true);
+    fs::write(pki.join("etcd/ca.crt"), etcd_ca).unwrap();
+    let files = check(&config, &[]);
+    assert_eq!(
+        status_of(&files, "kube-apiserver.yaml", "apiserver-cert-names"),
+        "pass"
+    );
+    assert_eq!(status_of(&files, "etcd.yaml", "etcd-unique-ca"), "pass");
+
+    // Off the node (files named on the command line) the certificates are not read: the
+    // names rule is skipped, and CIS 2.7 judges the flag alone.
+    let manifests = root.path().join("manifests");
+    let files = check("", &[&manifests]);
+    assert_eq!(
+        status_of(&files, "kube-apiserver.yaml", "apiserver-cert-names"),
+        "skip"
+    );
+    assert_eq!(status_of(&files, "etcd.yaml", "etcd-unique-ca"), "pass");
+}

@@ -237,6 +237,7 @@ fn evaluate(cat: &Catalogue, cp: &ControlPlane, authn: Option<&AuthnConfig>) -> 
             cp,
             authn,
             authz: None,
+            certs: None,
         },
     )
 }

@@ -427,6 +427,7 @@ proptest! {
                 cp: &cp,
                 authn: None,
                 authz: None,
+ certs: None,
             },
         );
         for step in &p.steps {

@@ -443,6 +443,10 @@ pub enum Builtin {
     KubeconfigNoBasicAuth,
     /// A kubeconfig user has a static token.
     KubeconfigNoStaticToken,
+    /// kube-apiserver's serving certificate does not cover the names clients use.
+    ApiserverCertNames,
+    /// etcd's `--trusted-ca-file` is the cluster CA (CIS 2.7).
+    EtcdCaDistinct,
 }
 
 impl Builtin {

@@ -58,6 +58,19 @@ pub struct ManifestFacts<'a> {
     pub authn: Option<&'a AuthnConfig>,
     /// The authorization config, when the manifest names one and it was looked at.
     pub authz: Option<&'a AuthzConfig>,
+    /// The certificates the manifest names, when they were read (on a node).
+    pub certs: Option<&'a ManifestCerts>,
+}
+
+/// The certificates a manifest names, read where the pod mounts them, and the cluster CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManifestCerts {
+    /// kube-apiserver `--tls-cert-file`: its certificates, or why they cannot be read.
+    pub serving: Option<Result<Vec<crate::tls::Cert>, String>>,
+    /// etcd `--trusted-ca-file`: its certificates, or why they cannot be read.
+    pub trusted_ca: Option<Result<Vec<crate::tls::Cert>, String>>,
+    /// The cluster CA (the PKI directory's `ca.crt`), by sha256, when it can be read.
+    pub cluster_ca: Option<Vec<String>>,
 }
 
 /// What the evaluator knows about one file.
@@ -232,6 +245,7 @@ struct Ctx<'a> {
     flags: &'a Flags,
     authn: Option<&'a AuthnConfig>,
     authz: Option<&'a AuthzConfig>,
+    certs: Option<&'a ManifestCerts>,
     /// The catalogue's record of each flag use, looked up once.
     specs: Vec<Option<&'a FlagSpec>>,
 }
@@ -302,6 +316,7 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
         flags: &facts.cp.flags,
         authn: facts.authn,
         authz: facts.authz,
+        certs: facts.certs,
         specs: facts
             .cp
             .flags
@@ -616,6 +631,107 @@ fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
     })
 }
 
+/// The names in-cluster clients use for the API server: the `kubernetes` Service's.
+const APISERVER_NAMES: [&str; 3] = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
+
+/// kube-apiserver's serving certificate covers the names clients use and the advertise
+/// address.
+fn apiserver_cert_names(ctx: &Ctx<'_>) -> Check {
+    let unknown =
+        |why: String| Check::new(Verdict::Unknown(why), Some("tls-cert-file"), None, None);
+    let Some(serving) = ctx.certs.and_then(|c| c.serving.as_ref()) else {
+        return unknown(
+            "no --tls-cert-file: kube-apiserver serves a certificate it makes itself".into(),
+        );
+    };
+    let leaf = match serving {
+        Ok(certs) => &certs[0],
+        Err(e) => return unknown(format!("cannot read the serving certificate: {e}")),
+    };
+    let mut wanted: Vec<String> = APISERVER_NAMES.iter().map(|n| n.to_string()).collect();
+    if let Some(a) = ctx.flags.value("advertise-address") {
+        wanted.push(a);
+    }
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| match w.parse::<std::net::IpAddr>() {
+            Ok(ip) => !leaf.ips.contains(&ip),
+            Err(_) => !leaf.dns_names.iter().any(|d| d.eq_ignore_ascii_case(w)),
+        })
+        .collect();
+    let mut covered: Vec<String> = leaf.dns_names.clone();
+    covered.extend(leaf.ips.iter().map(|i| i.to_string()));
+    Check::new(
+        if missing.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        Some("tls-cert-file"),
+        Some(if missing.is_empty() {
+            format!("covers {}", covered.join(", "))
+        } else {
+            format!(
+                "does not cover {} (covers {})",
+                missing
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                covered.join(", ")
+            )
+        }),
+        Some(wanted.join(", ")),
+    )
+}
+
+/// CIS 2.7: etcd trusts a CA of its own, not the cluster CA: compared by certificate where
+/// both can be read, else only that `--trusted-ca-file` is set.
+fn etcd_ca_distinct(ctx: &Ctx<'_>) -> Check {
+    let flag = Some("trusted-ca-file");
+    if ctx.flags.value("trusted-ca-file").is_none() {
+        return Check::new(
+            Verdict::Fail,
+            flag,
+            Some("absent".into()),
+            Some("a CA of etcd's own".into()),
+        );
+    }
+    let read = ctx
+        .certs
+        .and_then(|c| Some((c.trusted_ca.as_ref()?, c.cluster_ca.as_ref()?)));
+    let Some((trusted, cluster)) = read else {
+        // Off the node (or without the files) only the flag can be judged.
+        return Check::new(
+            Verdict::Pass,
+            flag,
+            Some("set".into()),
+            Some("a CA of etcd's own".into()),
+        );
+    };
+    match trusted {
+        Err(e) => Check::new(
+            Verdict::Unknown(format!("cannot read etcd's CA: {e}")),
+            flag,
+            None,
+            None,
+        ),
+        Ok(certs) => {
+            let shared = certs.iter().any(|c| cluster.contains(&c.sha256));
+            Check::new(
+                if shared { Verdict::Fail } else { Verdict::Pass },
+                flag,
+                Some(if shared {
+                    "the cluster CA (the same certificate as ca.crt)".into()
+                } else {
+                    "a CA other than the cluster's".into()
+                }),
+                Some("a CA of etcd's own".into()),
+            )
+        }
+    }
+}
+
 /// A check that fails on each of `bad` (what breaks the rule, named), or passes saying `ok`.
 fn judge(bad: Vec<String>, ok: &str, expected: &str) -> Check {
     Check::new(
@@ -876,6 +992,9 @@ fn guard(fix: &Fix, ctx: &Ctx<'_>) -> Result<(), String> {
 
 /// Why a rule does not apply to this version, if it does not.
 fn not_applicable(rule: &Rule, ctx: &Ctx<'_>) -> Option<String> {
+    if matches!(rule.test, Test::Builtin(Builtin::ApiserverCertNames)) && ctx.certs.is_none() {
+        return Some("the certificate is read by `check` on a node (without paths)".into());
+    }
     if rule.since.is_some() || rule.until.is_some() {
         let Some(v) = ctx.v else {
             return Some("applies only to some versions, and the version is unknown".into());
@@ -1177,6 +1296,8 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Checks {
         Builtin::AnonymousRestricted => vec![anonymous_restricted(ctx)],
         Builtin::AdmissionFlagsMixed => admission_flags_mixed(ctx),
         Builtin::AuthorizationFlagsMixed => authorization_flags_mixed(ctx),
+        Builtin::ApiserverCertNames => vec![apiserver_cert_names(ctx)],
+        Builtin::EtcdCaDistinct => vec![etcd_ca_distinct(ctx)],
         b if b.on_certificates() || b.on_kubeconfigs() => vec![Check::new(
             Verdict::Unknown(
                 "a check of certificate files or kubeconfigs, not of manifests".into(),

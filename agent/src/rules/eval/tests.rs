@@ -24,6 +24,7 @@ fn eval_with(src: &str, authn: Option<&AuthnConfig>) -> Vec<Finding> {
             cp: &cp,
             authn,
             authz: None,
+            certs: None,
         },
     )
 }
@@ -37,6 +38,7 @@ fn eval_authz(src: &str, authz: &AuthzConfig) -> Vec<Finding> {
             cp: &cp,
             authn: None,
             authz: Some(authz),
+            certs: None,
         },
     )
 }
