@@ -395,7 +395,13 @@ async fn session(
     // When the collector last said anything; only matters while events are in flight.
     let mut heard = tokio::time::Instant::now();
     loop {
-        let can_send = next <= *last_seq.borrow() && next - 1 - *acked < WINDOW;
+        // After a refusal, events go one at a time, each acknowledged before the next: a
+        // refusal then names its batch (the collector cannot say which message it could not
+        // decode, and blaming the oldest in flight could withhold an event it had taken).
+        let one_by_one = next <= recovery.one_by_one_until;
+        let can_send = next <= *last_seq.borrow()
+            && next - 1 - *acked < WINDOW
+            && (!one_by_one || in_flight.is_empty());
         let pending = next - 1 > *acked;
         tokio::select! {
             () = tokio::time::sleep_until(heard + cfg.ack_timeout), if pending => {

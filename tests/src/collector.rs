@@ -294,6 +294,14 @@ impl Drop for Collector {
     }
 }
 
+/// Whether `keys` are exactly `node`'s 1..=n for some n of at least `last`: everything up to
+/// `last` stored once and in order, and whatever the agent spooled after a test read `last`
+/// (a write's events may land in two scans under load) does not make the wait fail.
+pub fn holds_through(keys: &[(String, u64)], node: &str, last: u64) -> bool {
+    let n = keys.len() as u64;
+    n >= last && keys == range(node, n).as_slice()
+}
+
 /// The exact keys `1..=last` of `node`.
 pub fn range(node: &str, last: u64) -> Vec<(String, u64)> {
     (1..=last).map(|s| (node.to_string(), s)).collect()

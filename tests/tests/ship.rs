@@ -5,7 +5,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use lockdown_collector::store::{Filter, Store};
-use lockdown_e2e::collector::{Collector, Pki, range};
+use lockdown_e2e::collector::{Collector, Pki, holds_through, range};
 use lockdown_e2e::node::{Agent, Node, WAIT};
 
 fn scheduler_with(node: &Node, i: usize) -> String {
@@ -72,21 +72,22 @@ fn events_arrive_in_order_over_mtls_and_the_spool_is_trimmed() {
         change(&node, &agent, i);
     }
     let last = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", last));
+    col.wait_for(|k| holds_through(k, "cp-1", last));
     wait_status(&agent, "spool trimmed after the acks", |s| {
         s.spool.events == 0
             && s.collector
                 .as_ref()
-                .is_some_and(|c| c.connected && c.acked == last)
+                .is_some_and(|c| c.connected && c.acked >= last)
     });
     let stored = Store::open(&col.db)
         .unwrap()
         .list(&Filter::default(), 0, 10_000)
         .unwrap();
     let seqs: Vec<u64> = stored.iter().map(|s| s.event.seq).collect();
+    assert!(seqs.len() as u64 >= last, "{seqs:?}");
     assert_eq!(
         seqs,
-        (1..=last).collect::<Vec<_>>(),
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
         "stored in sequence order"
     );
 
@@ -911,8 +912,8 @@ fn an_event_too_large_for_the_collector_goes_as_a_placeholder_and_the_rest_follo
     fs::write(&path, &big).unwrap();
     change(&node, &agent, 1);
     let last = agent.last_seq();
-    col.wait_for(|k| k == range("cp-1", last));
-    wait_status(&agent, "acked to the end", |s| s.spool.acked == last);
+    col.wait_for(|k| holds_through(k, "cp-1", last));
+    wait_status(&agent, "acked to the end", |s| s.spool.acked >= last);
     let withheld = stored_of_kind(&col, "event_withheld");
     assert_eq!(withheld.len(), 1, "{withheld:?}");
     let body = &withheld[0];
