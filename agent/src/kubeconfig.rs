@@ -114,6 +114,20 @@ pub fn looks_like_kubeconfig(bytes: &[u8]) -> bool {
     kind && clusters
 }
 
+/// A server URL with any `user:password@` withheld: the URL goes into findings, which leave
+/// the node, and a password can be written there.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}(userinfo withheld)@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Parses a kubeconfig.
 pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
@@ -129,7 +143,7 @@ pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
         .into_iter()
         .map(|c| Cluster {
             name: c.name,
-            server: c.cluster.server,
+            server: without_userinfo(&c.cluster.server),
             ca: match (
                 c.cluster.certificate_authority_data,
                 c.cluster.certificate_authority,
@@ -209,7 +223,7 @@ users:
 clusters:
 - name: a
   cluster:
-    server: http://127.0.0.1:8080
+    server: http://admin:pw-in-url@127.0.0.1:8080/api
 - name: b
   cluster:
     server: https://b
@@ -227,12 +241,27 @@ users:
 ";
         let k = parse(text.as_bytes()).unwrap();
         assert_eq!(k.clusters[0].ca, Ca::None);
+        assert_eq!(
+            k.clusters[0].server,
+            "http://(userinfo withheld)@127.0.0.1:8080/api"
+        );
+        assert_eq!(
+            without_userinfo("https://10.0.0.1:6443"),
+            "https://10.0.0.1:6443"
+        );
+        assert_eq!(
+            without_userinfo("https://h/p?q=a@b"),
+            "https://h/p?q=a@b",
+            "an @ after the host is not userinfo"
+        );
         assert_eq!(k.clusters[1].ca, Ca::File("ca.crt".into()));
         assert!(k.clusters[1].insecure_skip_verify);
         assert_eq!(k.clusters[2].ca, Ca::Undecodable);
         assert!(k.users[0].basic_auth && !k.users[0].static_token);
         assert!(k.users[1].static_token);
-        assert!(!format!("{k:?}").contains("hunter2") && !format!("{k:?}").contains("abc.def"));
+        for secret in ["hunter2", "abc.def", "pw-in-url"] {
+            assert!(!format!("{k:?}").contains(secret), "{secret}");
+        }
         assert!(!looks_like_kubeconfig(b"apiVersion: v1\nkind: Pod\n"));
         assert!(parse(b"kind: Pod\nclusters: []\n").is_err());
         assert!(parse(b"clusters: [unclosed").is_err());
