@@ -141,16 +141,11 @@ pub struct Report {
 
 /// Reads a file of at most `limit` bytes without trusting its reported size.
 pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
-    read_bounded_meta(path, limit).map(|(bytes, _)| bytes)
+    read_bounded_as(path, limit, false).map(|(bytes, _)| bytes)
 }
 
 /// [`read_bounded`], with the metadata of the file that was read (its mode and owner, for
-/// the file checks, without another stat).
-pub fn read_bounded_meta(path: &Path, limit: usize) -> Result<(Vec<u8>, fs::Metadata), String> {
-    read_bounded_as(path, limit, false)
-}
-
-/// [`read_bounded_meta`]; `listed_regular` when the directory listing just said the path is a
+/// the file checks, without another stat); `listed_regular` when the directory listing just said the path is a
 /// regular file (not a symlink), which stands for the stat before the open.
 fn read_bounded_as(
     path: &Path,
@@ -512,27 +507,6 @@ pub fn owner_names(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
         })
         .clone();
     (user, group)
-}
-
-/// Checks one manifest file: parse, evaluate its flags and its own mode and owner.
-pub fn check_manifest(
-    cat: &Catalogue,
-    path: &Path,
-) -> (FileReport, Option<(Manifest, ControlPlane)>) {
-    match read_bounded_meta(path, MAX_MANIFEST_BYTES) {
-        Ok((bytes, meta)) => {
-            let (mut report, parsed) = manifest_findings(cat, path, &bytes, None);
-            if let Some((_, cp)) = &parsed {
-                file_findings(cat, &meta, cp.component, &mut report);
-            }
-            (report, parsed)
-        }
-        Err(e) => {
-            let mut report = FileReport::new(path);
-            report.error = Some(e);
-            (report, None)
-        }
-    }
 }
 
 /// Checks a manifest whose bytes were already read from `path`.
@@ -1004,10 +978,12 @@ pub fn run_each<R: Send>(
     }
     let mut etcd_data_dir = None;
     let on_node = matches!(scope, Scope::Node);
+    // The cluster CA, read once: the manifests' certificates and the kubeconfigs compare with it.
+    let node_ca = if on_node { node_cluster_ca(cfg) } else { None };
     let memo = Memo {
         tls: cfg.tls,
         any_kind: !on_node,
-        node: on_node.then(|| NodeCa(node_cluster_ca(cfg))),
+        node: on_node.then(|| NodeCa(node_ca.clone())),
         ..Memo::default()
     };
     in_parallel(
@@ -1029,7 +1005,6 @@ pub fn run_each<R: Send>(
     )?;
     if matches!(scope, Scope::Node) {
         let members = file_set_members(cfg, etcd_data_dir);
-        let node_ca = node_cluster_ca(cfg);
         in_parallel(
             members,
             |_: &mut (), m| {
@@ -1148,6 +1123,24 @@ impl<T, R> Pool<T, R> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Works item `i` without the lock and puts its result in its place: the lock again,
+    /// and where the result went (0: the one the writer hands on next).
+    fn work_one<'p, S>(
+        &'p self,
+        mut state: std::sync::MutexGuard<'p, PoolState<T, R>>,
+        (i, item): (usize, T),
+        own: &mut S,
+        work: &impl Fn(&mut S, T) -> R,
+    ) -> (std::sync::MutexGuard<'p, PoolState<T, R>>, usize) {
+        state.done.push_back(None);
+        drop(state);
+        let r = work(own, item);
+        let mut state = self.lock();
+        let at = i - state.handed_on;
+        state.done[at] = Some(r);
+        (state, at)
+    }
+
     /// A worker: takes the next item while it is within `window` of the writer, works it and
     /// puts the result in its place.
     fn work<S: Default>(&self, window: usize, work: &impl Fn(&mut S, T) -> R) {
@@ -1163,15 +1156,11 @@ impl<T, R> Pool<T, R> {
             if state.stopped {
                 return;
             }
-            let Some((i, item)) = state.items.next() else {
+            let Some(next) = state.items.next() else {
                 return;
             };
-            state.done.push_back(None);
-            drop(state);
-            let r = work(&mut own, item);
-            state = self.lock();
-            let at = i - state.handed_on;
-            state.done[at] = Some(r);
+            let at;
+            (state, at) = self.work_one(state, next, &mut own, work);
             // Waking costs a system call: only when the writer sleeps on this one.
             if at == 0 && state.writer_waits {
                 self.ready.notify_one();
@@ -1201,14 +1190,9 @@ impl<T, R> Pool<T, R> {
                 }
                 // Nothing to hand on yet: work the next item rather than wait.
                 if state.done.len() < window
-                    && let Some((i, item)) = state.items.next()
+                    && let Some(next) = state.items.next()
                 {
-                    state.done.push_back(None);
-                    drop(state);
-                    let r = work(&mut own, item);
-                    state = self.lock();
-                    let at = i - state.handed_on;
-                    state.done[at] = Some(r);
+                    (state, _) = self.work_one(state, next, &mut own, work);
                     continue;
                 }
                 state.writer_waits = true;

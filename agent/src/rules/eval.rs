@@ -401,28 +401,18 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
         let check = match &rule.test {
             Test::ModeAtMost(max) => mode_check(file.mode, max),
             Test::Owner(want) => owner_check(file, want),
-            Test::Builtin(b) if b.on_kubeconfigs() => {
-                match file.kubeconfig.as_ref().map(|k| kubeconfig_check(*b, k)) {
-                    Some(Ok(check)) => check,
-                    Some(Err(why)) => {
+            Test::Builtin(b) if b.on_kubeconfigs() || b.on_certificates() => {
+                let (checked, what) = if b.on_kubeconfigs() {
+                    let k = file.kubeconfig.as_ref();
+                    (k.map(|k| kubeconfig_check(*b, k)), "kubeconfig")
+                } else {
+                    let t = file.tls.as_ref();
+                    (t.map(|t| certificate_check(*b, t)), "certificate")
+                };
+                match checked.unwrap_or_else(|| Err(format!("the {what} was not read"))) {
+                    Ok(check) => check,
+                    Err(why) => {
                         out.push(skipped(rule, why));
-                        continue;
-                    }
-                    None => {
-                        out.push(skipped(rule, "the kubeconfig was not read".into()));
-                        continue;
-                    }
-                }
-            }
-            Test::Builtin(b) if b.on_certificates() => {
-                match file.tls.as_ref().map(|t| certificate_check(*b, t)) {
-                    Some(Ok(check)) => check,
-                    Some(Err(why)) => {
-                        out.push(skipped(rule, why));
-                        continue;
-                    }
-                    None => {
-                        out.push(skipped(rule, "the certificate was not read".into()));
                         continue;
                     }
                 }
@@ -503,51 +493,43 @@ fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
         .min_by_key(|c| c.not_after)
         .ok_or("no certificate")?;
     let left = soonest.not_after - t.now;
-    let expiry = |within_days: Option<u32>, beyond_days: u32, what: &str| {
-        let beyond = i64::from(beyond_days) * 86_400;
-        let fails = left > beyond && within_days.is_none_or(|d| left <= i64::from(d) * 86_400);
-        let observed = if left <= 0 {
-            format!("{} expired {}", soonest.subject, date(soonest.not_after))
-        } else {
-            format!(
-                "{} expires {} ({} days left)",
-                soonest.subject,
-                date(soonest.not_after),
-                days_left(soonest)
-            )
-        };
+    let when = if left <= 0 {
+        format!("{} expired {}", soonest.subject, date(soonest.not_after))
+    } else {
+        format!(
+            "{} expires {} ({} days left)",
+            soonest.subject,
+            date(soonest.not_after),
+            days_left(soonest)
+        )
+    };
+    // Fails with more than `beyond_days` left and at most `within_days`.
+    let expiry = |within_days: u32, beyond_days: u32| {
+        let fails =
+            left > i64::from(beyond_days) * 86_400 && left <= i64::from(within_days) * 86_400;
         Check::new(
             if fails { Verdict::Fail } else { Verdict::Pass },
             None,
-            Some(observed),
-            Some(what.to_string()),
+            Some(when.clone()),
+            Some(format!("more than {within_days} days left")),
         )
     };
     Ok(match b {
         Builtin::CertExpired => {
             let fails = left <= 0;
-            let observed = if fails {
-                format!("{} expired {}", soonest.subject, date(soonest.not_after))
-            } else {
-                format!("valid until {}", date(soonest.not_after))
-            };
             Check::new(
                 if fails { Verdict::Fail } else { Verdict::Pass },
                 None,
-                Some(observed),
+                Some(if fails {
+                    when.clone()
+                } else {
+                    format!("valid until {}", date(soonest.not_after))
+                }),
                 Some("not expired".into()),
             )
         }
-        Builtin::CertExpiring => expiry(
-            Some(t.expiry_high_days),
-            0,
-            &format!("more than {} days left", t.expiry_high_days),
-        ),
-        Builtin::CertExpiringSoon => expiry(
-            Some(t.expiry_medium_days),
-            t.expiry_high_days,
-            &format!("more than {} days left", t.expiry_medium_days),
-        ),
+        Builtin::CertExpiring => expiry(t.expiry_high_days, 0),
+        Builtin::CertExpiringSoon => expiry(t.expiry_medium_days, t.expiry_high_days),
         Builtin::CertWeakKey => judge(
             certs
                 .iter()
@@ -1298,7 +1280,8 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Checks {
         Builtin::AuthorizationFlagsMixed => authorization_flags_mixed(ctx),
         Builtin::ApiserverCertNames => vec![apiserver_cert_names(ctx)],
         Builtin::EtcdCaDistinct => vec![etcd_ca_distinct(ctx)],
-        b if b.on_certificates() || b.on_kubeconfigs() => vec![Check::new(
+        // The certificate and kubeconfig checks: of files, never of manifests.
+        _ => vec![Check::new(
             Verdict::Unknown(
                 "a check of certificate files or kubeconfigs, not of manifests".into(),
             ),
@@ -1306,7 +1289,6 @@ fn builtin(b: Builtin, ctx: &Ctx<'_>) -> Checks {
             None,
             None,
         )],
-        _ => Vec::new(),
     };
     if out.is_empty() {
         return Checks::One(Check::pass());
