@@ -368,6 +368,15 @@ fn read_named<T>(
     )
 }
 
+/// Where on the host the certificate files the manifest's rules read are (kube-apiserver's
+/// `--tls-cert-file`, etcd's `--trusted-ca-file`).
+pub fn cert_host_paths(m: &Manifest, cp: &ControlPlane) -> Vec<PathBuf> {
+    ["tls-cert-file", "trusted-ca-file"]
+        .iter()
+        .filter_map(|f| host_path(m, cp, &cp.flags.value(f)?))
+        .collect()
+}
+
 /// Reads the AuthenticationConfiguration a manifest names, if it names one.
 pub fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
     read_named(m, cp, "authentication-config", parse_authn)
@@ -441,7 +450,7 @@ fn facts_of(meta: &fs::Metadata, roles: Vec<FileRole>) -> FileFacts {
         gid: meta.gid(),
         user,
         group,
-        tls: None,
+        tls: Vec::new(),
         kubeconfig: None,
     }
 }
@@ -509,13 +518,15 @@ pub fn owner_names(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
     (user, group)
 }
 
-/// Checks a manifest whose bytes were already read from `path`.
+/// Checks a manifest whose bytes were already read from `path`; on a node (`node`), with the
+/// certificates it names.
 pub fn check_manifest_bytes(
     cat: &Catalogue,
     path: &Path,
     bytes: &[u8],
+    node: Option<&NodeCa>,
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
-    let (mut report, parsed) = manifest_findings(cat, path, bytes, None);
+    let (mut report, parsed) = manifest_findings(cat, path, bytes, node);
     if let Some((_, cp)) = &parsed {
         match fs::metadata(path) {
             Ok(meta) => file_findings(cat, &meta, cp.component, &mut report),
@@ -631,7 +642,7 @@ struct Memo {
 
 /// On a node: the cluster CA (the PKI directory's `ca.crt`) by sha256, when it can be read.
 #[derive(Debug, Clone, Default)]
-struct NodeCa(Option<Vec<String>>);
+pub struct NodeCa(pub Option<Vec<String>>);
 
 /// A content's evaluation, there once the worker that started it is done.
 type Pending = Arc<OnceLock<Arc<Evaluated>>>;
@@ -689,9 +700,9 @@ impl Memo {
             // A kubeconfig named on the command line (a workstation's ~/.kube/config).
             None if self.any_kind && crate::kubeconfig::looks_like_kubeconfig(&bytes) => {
                 let mut report = FileReport::new(path);
-                let mut facts = facts_of(&meta, vec![FileRole::Kubeconfig]);
-                facts.kubeconfig = Some(kubeconfig_facts(path, Ok(&bytes), None));
-                report.findings = eval::evaluate_file(cat, &facts).into();
+                let facts = facts_of(&meta, vec![FileRole::Kubeconfig]);
+                let (tls, deps) = (&self.tls, &mut Vec::new());
+                report.findings = judge_file(cat, path, facts, Some(Ok(&bytes)), tls, None, deps);
                 return (report, None);
             }
             None => {
@@ -788,82 +799,169 @@ fn evaluate(
     }
 }
 
+/// Now, in Unix seconds: certificate expiry is judged against it.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// What the certificate checks need of a certificate file: its certificates, the key of
 /// the same name beside it (kubeadm's pairs) and whether kubeadm's naming makes it a CA.
-fn tls_facts(path: &Path, bytes: Result<&[u8], &str>, cfg: &TlsConfig) -> TlsFacts {
+/// The key file goes into `deps`.
+fn tls_facts(
+    path: &Path,
+    bytes: Result<&[u8], &str>,
+    cfg: &TlsConfig,
+    deps: &mut Vec<PathBuf>,
+) -> TlsFacts {
     let key_path = path.with_extension("key");
     let key = match fs::symlink_metadata(&key_path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        _ => Some(
-            read_bounded(&key_path, MAX_AUX_BYTES)
-                .and_then(|pem| crate::tls::public_key_of(&pem))
-                .map_err(|e| format!("{}: {e}", key_path.display())),
-        ),
+        _ => Some(read_key(&key_path)),
     };
+    deps.push(key_path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     TlsFacts {
+        label: None,
         certs: bytes
             .map_err(str::to_string)
             .and_then(crate::tls::certs_from_pem),
         key,
         meant_ca: Some(name == "ca.crt" || name.ends_with("-ca.crt")),
-        now,
+        now: now_unix(),
         expiry_high_days: cfg.expiry_high_days,
         expiry_medium_days: cfg.expiry_medium_days,
     }
 }
 
-/// What the kubeconfig checks need: the kubeconfig, and the certificates of each cluster's
-/// CA (a relative `certificate-authority` is relative to the kubeconfig's directory).
+/// The public key of the private key in a file (the private key is dropped at once).
+fn read_key(path: &Path) -> Result<Vec<u8>, String> {
+    read_bounded(path, MAX_AUX_BYTES)
+        .and_then(|pem| crate::tls::public_key_of(&pem))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The certificates in a kubeconfig's `Pem` (a relative file is relative to `dir`, the
+/// kubeconfig's directory); a file read goes into `deps`.
+fn pem_certs(
+    dir: &Path,
+    pem: &crate::kubeconfig::Pem,
+    what: &str,
+    deps: &mut Vec<PathBuf>,
+) -> Option<Result<Vec<crate::tls::Cert>, String>> {
+    use crate::kubeconfig::Pem;
+    Some(match pem {
+        Pem::None => return None,
+        Pem::Data(pem) => crate::tls::certs_from_pem(pem),
+        Pem::Undecodable => Err(format!("{what}-data is not base64")),
+        Pem::File(file) => {
+            let file = dir.join(file);
+            let read = read_bounded(&file, MAX_AUX_BYTES)
+                .and_then(|pem| crate::tls::certs_from_pem(&pem))
+                .map_err(|e| format!("{}: {e}", file.display()));
+            deps.push(file);
+            read
+        }
+    })
+}
+
+/// What the kubeconfig checks need: the kubeconfig, the certificates of each cluster's CA,
+/// each user's client certificate with its key, and the modes of the key files. The files
+/// it names go into `deps`.
 fn kubeconfig_facts(
     path: &Path,
     bytes: Result<&[u8], &str>,
     node_ca: Option<&[String]>,
-) -> KubeconfigFacts {
-    use crate::kubeconfig::Ca;
+    cfg: &TlsConfig,
+    deps: &mut Vec<PathBuf>,
+) -> (KubeconfigFacts, Vec<TlsFacts>) {
+    use crate::kubeconfig::ClientKey;
     let config = bytes
         .map_err(str::to_string)
         .and_then(crate::kubeconfig::parse);
-    let hashes = |pem: &[u8]| -> Result<Vec<String>, String> {
-        Ok(crate::tls::certs_from_pem(pem)?
-            .into_iter()
-            .map(|c| c.sha256)
-            .collect())
-    };
-    let cluster_cas = config
-        .as_ref()
-        .map(|k| {
-            k.clusters
-                .iter()
-                .map(|c| match &c.ca {
-                    Ca::Data(pem) => hashes(pem),
-                    Ca::File(file) => {
-                        let file = path.parent().unwrap_or(Path::new("/")).join(file);
-                        read_bounded(&file, MAX_AUX_BYTES)
-                            .and_then(|pem| hashes(&pem))
-                            .map_err(|e| format!("{}: {e}", file.display()))
-                    }
-                    Ca::Undecodable | Ca::None => Ok(Vec::new()),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    KubeconfigFacts {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut cluster_cas = Vec::new();
+    let mut client_certs = Vec::new();
+    let mut key_files = Vec::new();
+    if let Ok(k) = &config {
+        for c in &k.clusters {
+            let certs = pem_certs(dir, &c.ca, "certificate-authority", deps);
+            let hashes =
+                certs.map(|r| r.map(|certs| certs.into_iter().map(|c| c.sha256).collect()));
+            cluster_cas.push(hashes.unwrap_or(Ok(Vec::new())));
+        }
+        for u in &k.users {
+            let Some(certs) = pem_certs(dir, &u.client_certificate, "client-certificate", deps)
+            else {
+                continue;
+            };
+            let key = match &u.client_key {
+                ClientKey::None => None,
+                ClientKey::Public(public) => Some(public.clone()),
+                ClientKey::File(file) => {
+                    let file = dir.join(file);
+                    let mode = fs::metadata(&file)
+                        .map(|m| m.mode() & 0o7777)
+                        .map_err(|e| io_problem(&e));
+                    key_files.push((u.name.clone(), file.clone(), mode));
+                    let key = read_key(&file);
+                    deps.push(file);
+                    Some(key)
+                }
+            };
+            client_certs.push(TlsFacts {
+                label: Some(format!("user {}", u.name)),
+                certs,
+                key,
+                meant_ca: Some(false),
+                now: now_unix(),
+                expiry_high_days: cfg.expiry_high_days,
+                expiry_medium_days: cfg.expiry_medium_days,
+            });
+        }
+    }
+    let facts = KubeconfigFacts {
         config,
         cluster_cas,
         node_ca: node_ca.map(<[String]>::to_vec),
+        key_files,
+    };
+    (facts, client_certs)
+}
+
+/// A file's findings: its mode and owner, and what it holds when it is a certificate file or
+/// a kubeconfig (`bytes`, when it was read). The files they depend on go into `deps`.
+fn judge_file(
+    cat: &Catalogue,
+    path: &Path,
+    mut facts: FileFacts,
+    bytes: Option<Result<&[u8], &str>>,
+    tls: &TlsConfig,
+    node_ca: Option<&[String]>,
+    deps: &mut Vec<PathBuf>,
+) -> Findings {
+    if let Some(bytes) = bytes {
+        if facts.roles.contains(&FileRole::Kubeconfig) {
+            let (k, client_certs) = kubeconfig_facts(path, bytes, node_ca, tls, deps);
+            if !client_certs.is_empty() {
+                facts.roles.push(FileRole::Certificate);
+            }
+            facts.tls = client_certs;
+            facts.kubeconfig = Some(k);
+        } else if facts.roles.contains(&FileRole::Certificate) {
+            facts.tls = vec![tls_facts(path, bytes, tls, deps)];
+        }
     }
+    eval::evaluate_file(cat, &facts).into()
 }
 
 /// The cluster CA's certificates (`ca.crt` in the PKI directory), by sha256, when it can be
 /// read: what the node's kubeconfigs must trust.
-fn node_cluster_ca(cfg: &Config) -> Option<Vec<String>> {
+pub fn node_cluster_ca(cfg: &Config) -> Option<Vec<String>> {
     let pem = read_bounded(&cfg.pki_dir.join("ca.crt"), MAX_AUX_BYTES).ok()?;
     let certs = crate::tls::certs_from_pem(&pem).ok()?;
     Some(certs.into_iter().map(|c| c.sha256).collect())
@@ -879,40 +977,37 @@ fn certificate_report(
     cfg: &TlsConfig,
 ) -> FileReport {
     let mut report = FileReport::new(path);
-    let mut facts = facts_of(meta, vec![FileRole::PkiCert]);
-    let mut tls = tls_facts(path, Ok(bytes), cfg);
+    let mut facts = facts_of(meta, vec![FileRole::PkiCert, FileRole::Certificate]);
+    let mut tls = tls_facts(path, Ok(bytes), cfg, &mut Vec::new());
     tls.meant_ca = None;
-    facts.tls = Some(tls);
+    facts.tls = vec![tls];
     report.findings = eval::evaluate_file(cat, &facts).into();
     report
 }
 
-/// Checks a plain file or directory of the CIS 1.1 file set.
+/// Checks a plain file or directory of the CIS 1.1 file set (or a kubeconfig named on the
+/// command line), and returns the other files its findings depend on: the key beside a
+/// certificate, the files a kubeconfig names.
 pub fn check_file(
     cat: &Catalogue,
     path: &Path,
     roles: Vec<FileRole>,
     tls: &TlsConfig,
     node_ca: Option<&[String]>,
-) -> FileReport {
+) -> (FileReport, Vec<PathBuf>) {
     let mut report = FileReport::new(path);
+    let mut deps = Vec::new();
     match file_facts(path, roles) {
-        Ok(mut facts) => {
-            if facts.roles.contains(&FileRole::PkiCert) {
-                let bytes = read_bounded(path, MAX_AUX_BYTES);
-                let bytes = bytes.as_deref().map_err(String::as_str);
-                facts.tls = Some(tls_facts(path, bytes, tls));
-            }
-            if facts.roles.contains(&FileRole::Kubeconfig) {
-                let bytes = read_bounded(path, MAX_AUX_BYTES);
-                let bytes = bytes.as_deref().map_err(String::as_str);
-                facts.kubeconfig = Some(kubeconfig_facts(path, bytes, node_ca));
-            }
-            report.findings = eval::evaluate_file(cat, &facts).into();
+        Ok(facts) => {
+            let reads = facts.roles.contains(&FileRole::Certificate)
+                || facts.roles.contains(&FileRole::Kubeconfig);
+            let bytes = reads.then(|| read_bounded(path, MAX_AUX_BYTES));
+            let bytes = bytes.as_ref().map(|b| b.as_deref().map_err(String::as_str));
+            report.findings = judge_file(cat, path, facts, bytes, tls, node_ca, &mut deps);
         }
         Err(e) => report.error = Some(e),
     }
-    report
+    (report, deps)
 }
 
 /// What to scan.
@@ -1014,7 +1109,7 @@ pub fn run_each<R: Send>(
                         r.error = Some(e);
                         r
                     }
-                    None => check_file(cat, &m.path, m.roles, &cfg.tls, node_ca.as_deref()),
+                    None => check_file(cat, &m.path, m.roles, &cfg.tls, node_ca.as_deref()).0,
                 })
             },
             emit,
@@ -1274,7 +1369,7 @@ pub fn file_set_members(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<Set
                 } else {
                     let mut roles = vec![FileRole::Pki];
                     match p.extension().and_then(|e| e.to_str()) {
-                        Some("crt") => roles.push(FileRole::PkiCert),
+                        Some("crt") => roles.extend([FileRole::PkiCert, FileRole::Certificate]),
                         Some("key") => roles.push(FileRole::PkiKey),
                         _ => {}
                     }

@@ -86,6 +86,9 @@ pub struct RawTlsConfig {
     /// Days left under which a certificate's expiry is medium. Default: 30.
     #[serde(default)]
     pub expiry_medium_days: Option<u32>,
+    /// How often the daemon judges certificate expiry again when no file changed. Default: 1h.
+    #[serde(default, deserialize_with = "duration")]
+    pub recheck_interval: Option<Duration>,
 }
 
 /// Certificate check thresholds (expired is always critical).
@@ -95,6 +98,8 @@ pub struct TlsConfig {
     pub expiry_high_days: u32,
     /// Under this many days left, medium.
     pub expiry_medium_days: u32,
+    /// How often the daemon judges expiry again without a file change.
+    pub recheck_interval: Duration,
 }
 
 impl Default for TlsConfig {
@@ -102,6 +107,7 @@ impl Default for TlsConfig {
         TlsConfig {
             expiry_high_days: 7,
             expiry_medium_days: 30,
+            recheck_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -522,7 +528,21 @@ impl Config {
                 .tls
                 .expiry_medium_days
                 .unwrap_or(defaults.expiry_medium_days),
+            recheck_interval: raw
+                .tls
+                .recheck_interval
+                .unwrap_or(defaults.recheck_interval),
         };
+        if tls.recheck_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                field: "tls.recheck_interval",
+                message: format!(
+                    "{} is under 1s (expiry must be judged again as time passes)",
+                    humantime::format_duration(tls.recheck_interval)
+                ),
+            });
+        }
         if tls.expiry_high_days > tls.expiry_medium_days {
             return Err(ConfigError::Value {
                 path: path.to_path_buf(),
@@ -771,5 +791,24 @@ mod example_tests {
                 .rule_ids()
                 .any(|id| id == "site-audit-policy-file")
         );
+    }
+
+    #[test]
+    fn certificate_thresholds_and_recheck_are_checked() {
+        let cfg = Config::parse("tls: {recheck_interval: 10m}\n", Path::new("a.yaml")).unwrap();
+        assert_eq!(cfg.tls.recheck_interval, Duration::from_secs(600));
+        assert_eq!(cfg.tls.expiry_high_days, 7);
+        for (text, field) in [
+            ("tls: {recheck_interval: 0s}\n", "tls.recheck_interval"),
+            (
+                "tls: {expiry_high_days: 40, expiry_medium_days: 30}\n",
+                "tls.expiry_high_days",
+            ),
+        ] {
+            let e = Config::parse(text, Path::new("a.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("a.yaml"), "{e}");
+        }
     }
 }

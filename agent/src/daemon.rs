@@ -306,6 +306,7 @@ pub async fn run(
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut rescan = agent.rescan_timer();
+    let mut clock = agent.clock_timer();
     loop {
         let retry = agent.retry_at;
         tokio::select! {
@@ -322,9 +323,13 @@ pub async fn run(
                 tracing::debug!(paths = pending.paths.len(), rescan = ?pending.rescan, "file events");
                 let dirty = match &pending.rescan {
                     Some(_) => Dirty::all(),
-                    None => Dirty { all: false, paths: pending.paths },
+                    None => Dirty { paths: pending.paths, ..Dirty::default() },
                 };
                 agent.process(&dirty, pending.rescan.as_deref(), true);
+            }
+            _ = clock.tick() => {
+                // Certificates expire without a file change.
+                agent.process(&Dirty::clock(), None, false);
             }
             _ = rescan.tick() => {
                 agent.process(&Dirty::all(), Some("periodic rescan found changes inotify did not report"), false);
@@ -359,6 +364,7 @@ pub async fn run(
                 agent.reload();
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 rescan = agent.rescan_timer();
+                clock = agent.clock_timer();
             }
             _ = sigterm.recv() => {
                 agent.finish_fixes(&fix_stop, &mut fix_events, &fixer_thread).await;
@@ -446,6 +452,14 @@ impl Agent {
             .cfg
             .rescan_interval
             .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+
+    /// Ticks when certificate expiry is to be judged again.
+    fn clock_timer(&self) -> tokio::time::Interval {
+        let period = self.cfg.tls.recheck_interval;
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t

@@ -23,27 +23,38 @@ pub struct Cluster {
     pub name: String,
     /// The server URL.
     pub server: String,
-    /// The CA it trusts.
-    pub ca: Ca,
+    /// The CA it trusts (PEM).
+    pub ca: Pem,
     /// `insecure-skip-tls-verify: true`.
     pub insecure_skip_verify: bool,
 }
 
-/// Where a cluster's CA comes from.
+/// Where certificates come from: a cluster's CA, a user's client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ca {
-    /// `certificate-authority-data`, decoded (PEM).
+pub enum Pem {
+    /// `*-data`, decoded (PEM).
     Data(Vec<u8>),
-    /// `certificate-authority`, a file (relative paths are relative to the kubeconfig).
+    /// A file (relative paths are relative to the kubeconfig).
     File(PathBuf),
-    /// `certificate-authority-data` that is not base64.
+    /// `*-data` that is not base64.
     Undecodable,
-    /// None: the system's roots are trusted.
+    /// None (for a CA: the system's roots are trusted).
+    None,
+}
+
+/// Where a user's client key is. The key itself is never kept: only its public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    /// `client-key-data`: the public key of the key it holds, or why it cannot be read.
+    Public(Result<Vec<u8>, String>),
+    /// `client-key`, a file (relative paths are relative to the kubeconfig).
+    File(PathBuf),
+    /// None.
     None,
 }
 
 /// One user entry: how it authenticates (which secrets are set, not their values).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// Its name.
     pub name: String,
@@ -52,8 +63,10 @@ pub struct User {
     pub basic_auth: bool,
     /// `token` or `tokenFile` is set (a static bearer token).
     pub static_token: bool,
-    /// A client certificate is named (`client-certificate` or `-data`).
-    pub client_certificate: bool,
+    /// The client certificate (`client-certificate` or `-data`).
+    pub client_certificate: Pem,
+    /// The client key (`client-key` or `-data`).
+    pub client_key: ClientKey,
 }
 
 #[derive(Deserialize, Default)]
@@ -97,6 +110,8 @@ struct RawUser {
     token_file: Option<String>,
     client_certificate: Option<String>,
     client_certificate_data: Option<String>,
+    client_key: Option<String>,
+    client_key_data: Option<String>,
 }
 
 /// Whether `bytes` look like a kubeconfig: a `kind: Config` line and a `clusters:` line.
@@ -128,6 +143,20 @@ fn without_userinfo(url: &str) -> String {
     }
 }
 
+/// Certificates given as `*-data` (base64 of PEM, which wins, as in client-go) or as a file.
+fn pem(data: Option<String>, file: Option<String>) -> Pem {
+    match (
+        data.filter(|d| !d.is_empty()),
+        file.filter(|f| !f.is_empty()),
+    ) {
+        (Some(data), _) => base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_or(Pem::Undecodable, Pem::Data),
+        (None, Some(file)) => Pem::File(PathBuf::from(file)),
+        (None, None) => Pem::None,
+    }
+}
+
 /// Parses a kubeconfig.
 pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
@@ -144,16 +173,10 @@ pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
         .map(|c| Cluster {
             name: c.name,
             server: without_userinfo(&c.cluster.server),
-            ca: match (
+            ca: pem(
                 c.cluster.certificate_authority_data,
                 c.cluster.certificate_authority,
-            ) {
-                (Some(data), _) => base64::engine::general_purpose::STANDARD
-                    .decode(data.trim())
-                    .map_or(Ca::Undecodable, Ca::Data),
-                (None, Some(file)) => Ca::File(PathBuf::from(file)),
-                (None, None) => Ca::None,
-            },
+            ),
             insecure_skip_verify: c.cluster.insecure_skip_tls_verify,
         })
         .collect();
@@ -164,8 +187,17 @@ pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
         .map(|u| User {
             basic_auth: set(&u.user.username) || set(&u.user.password),
             static_token: set(&u.user.token) || set(&u.user.token_file),
-            client_certificate: set(&u.user.client_certificate)
-                || set(&u.user.client_certificate_data),
+            client_certificate: pem(u.user.client_certificate_data, u.user.client_certificate),
+            client_key: match (u.user.client_key_data, u.user.client_key) {
+                (Some(data), _) if !data.is_empty() => ClientKey::Public(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data.trim())
+                        .map_err(|_| "client-key-data is not base64".to_string())
+                        .and_then(|key| crate::tls::public_key_of(&key)),
+                ),
+                (_, Some(file)) if !file.is_empty() => ClientKey::File(PathBuf::from(file)),
+                _ => ClientKey::None,
+            },
             name: u.name,
         })
         .collect();
@@ -204,16 +236,18 @@ users:
         assert_eq!(k.clusters.len(), 1);
         let c = &k.clusters[0];
         assert_eq!(c.server, "https://10.0.0.10:6443");
-        assert_eq!(c.ca, Ca::Data(b"-----BEGIN CERTIFICATE-----\n".to_vec()));
+        assert_eq!(c.ca, Pem::Data(b"-----BEGIN CERTIFICATE-----\n".to_vec()));
         assert!(!c.insecure_skip_verify);
-        assert_eq!(
-            k.users,
-            [User {
-                name: "kubernetes-admin".into(),
-                basic_auth: false,
-                static_token: false,
-                client_certificate: true,
-            }]
+        let [u] = &k.users[..] else {
+            panic!("one user: {:?}", k.users)
+        };
+        assert_eq!(u.name, "kubernetes-admin");
+        assert!(!u.basic_auth && !u.static_token);
+        assert_eq!(u.client_certificate, Pem::Data(b"---".to_vec()));
+        assert!(
+            matches!(&u.client_key, ClientKey::Public(Err(e)) if e.contains("no private key")),
+            "{:?}",
+            u.client_key
         );
     }
 
@@ -240,7 +274,7 @@ users:
   user: {token: abc.def}
 ";
         let k = parse(text.as_bytes()).unwrap();
-        assert_eq!(k.clusters[0].ca, Ca::None);
+        assert_eq!(k.clusters[0].ca, Pem::None);
         assert_eq!(
             k.clusters[0].server,
             "http://(userinfo withheld)@127.0.0.1:8080/api"
@@ -254,9 +288,9 @@ users:
             "https://h/p?q=a@b",
             "an @ after the host is not userinfo"
         );
-        assert_eq!(k.clusters[1].ca, Ca::File("ca.crt".into()));
+        assert_eq!(k.clusters[1].ca, Pem::File("ca.crt".into()));
         assert!(k.clusters[1].insecure_skip_verify);
-        assert_eq!(k.clusters[2].ca, Ca::Undecodable);
+        assert_eq!(k.clusters[2].ca, Pem::Undecodable);
         assert!(k.users[0].basic_auth && !k.users[0].static_token);
         assert!(k.users[1].static_token);
         for secret in ["hunter2", "abc.def", "pw-in-url"] {

@@ -33,13 +33,16 @@ pub const MAX_MANIFESTS: usize = 256;
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 use crate::redact;
 use crate::rules::Catalogue;
-use crate::rules::eval::{self, FileFacts};
+use crate::rules::catalogue::FileRole;
 
 /// What may have changed since the last scan.
 #[derive(Debug, Clone, Default)]
 pub struct Dirty {
     /// Everything: read every tracked path again.
     pub all: bool,
+    /// Time has passed: read again the files whose findings depend on the time (certificates
+    /// and kubeconfigs, for expiry).
+    pub clock: bool,
     /// These paths, and everything under them when they are directories.
     pub paths: HashSet<PathBuf>,
 }
@@ -49,7 +52,15 @@ impl Dirty {
     pub fn all() -> Self {
         Dirty {
             all: true,
-            paths: HashSet::new(),
+            ..Dirty::default()
+        }
+    }
+
+    /// The files whose findings depend on the time.
+    pub fn clock() -> Self {
+        Dirty {
+            clock: true,
+            ..Dirty::default()
         }
     }
 
@@ -60,15 +71,18 @@ impl Dirty {
 
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
-        !self.all && self.paths.is_empty()
+        !self.all && !self.clock && self.paths.is_empty()
     }
 }
 
 /// What a manifest's last evaluation depended on.
 #[derive(Debug, Clone, Default)]
 struct ManifestMemo {
-    /// Files it reads (the authentication config).
+    /// Files it reads that are tracked with it (the authentication config).
     deps: Vec<PathBuf>,
+    /// Files it reads that are not tracked for it (the certificates it names, the cluster
+    /// CA): a change there only evaluates the manifest again.
+    inputs: Vec<PathBuf>,
     /// Where its etcd keeps data, for the etcd manifest.
     etcd_data_dir: Option<PathBuf>,
 }
@@ -83,10 +97,13 @@ pub struct Snapshot {
     pub watch: BTreeSet<PathBuf>,
 }
 
-/// Scans with memory of what manifests depended on.
+/// Scans with memory of what manifests and files depended on.
 #[derive(Debug, Default)]
 pub struct Scanner {
     memo: HashMap<PathBuf, ManifestMemo>,
+    /// For the other tracked files: the files their findings read besides themselves (the
+    /// key beside a certificate, what a kubeconfig names, the cluster CA).
+    file_deps: HashMap<PathBuf, Vec<PathBuf>>,
 }
 
 impl Scanner {
@@ -105,6 +122,10 @@ impl Scanner {
     ) -> Snapshot {
         let cat = &cfg.catalogue;
         let mut snap = Snapshot::default();
+        // The cluster CA, read when something compares with it.
+        let node_ca = std::cell::OnceCell::new();
+        let node_ca = || node_ca.get_or_init(|| check::NodeCa(check::node_cluster_ca(cfg)));
+        let cluster_ca = cfg.pki_dir.join("ca.crt");
         let mut watch_dirs: BTreeSet<PathBuf> = [
             cfg.manifests_dir.clone(),
             cfg.kubernetes_dir.clone(),
@@ -142,10 +163,10 @@ impl Scanner {
             let memo_dirty = self
                 .memo
                 .get(path)
-                .is_none_or(|m| m.deps.iter().any(|d| dirty.touches(d)));
+                .is_none_or(|m| m.deps.iter().chain(&m.inputs).any(|d| dirty.touches(d)));
             let state = match old {
                 Some(s) if !touched(dirty, path, s) && !memo_dirty => s.clone(),
-                _ => self.observe_manifest(cat, path, old),
+                _ => self.observe_manifest(cat, path, old, node_ca(), &cluster_ca),
             };
             if state.meta.is_none() && fs::symlink_metadata(path).is_err() {
                 // Gone between the listing and the read (a temp file renamed away): not a
@@ -177,16 +198,35 @@ impl Scanner {
             roles: Vec::new(),
             error: None,
         }));
+        let mut file_deps = HashMap::new();
         for m in members {
             let k = key(&m.path);
             if snap.states.contains_key(&k) {
                 continue; // a dependency that is also in the file set
             }
             let old = current.get(&k);
-            let state = match old {
-                Some(s) if !touched(dirty, &m.path, s) => s.clone(),
-                _ => observe_file(cat, &m, old),
+            let deps = self.file_deps.remove(&m.path);
+            let deps_dirty = deps
+                .as_ref()
+                .is_none_or(|d| d.iter().any(|d| dirty.touches(d)));
+            let timed = dirty.clock
+                && (m.roles.contains(&FileRole::Certificate)
+                    || m.roles.contains(&FileRole::Kubeconfig));
+            let (state, deps) = match (old, deps) {
+                (Some(s), Some(deps)) if !touched(dirty, &m.path, s) && !deps_dirty && !timed => {
+                    (s.clone(), deps)
+                }
+                _ => {
+                    let ca = m.roles.contains(&FileRole::Kubeconfig).then(node_ca);
+                    let ca = ca.and_then(|c| c.0.as_deref());
+                    let (state, mut deps) = observe_file(cfg, &m, old, ca);
+                    if ca.is_some() {
+                        deps.push(cluster_ca.clone());
+                    }
+                    (state, deps)
+                }
             };
+            file_deps.insert(m.path.clone(), deps);
             if state
                 .meta
                 .as_ref()
@@ -207,6 +247,7 @@ impl Scanner {
             .filter_map(|d| d.parent().map(Path::to_path_buf))
             .collect();
         watch_dirs.extend(parents);
+        self.file_deps = file_deps;
         snap.watch = watch_dirs.iter().map(|d| nearest_existing(d)).collect();
         snap
     }
@@ -216,6 +257,8 @@ impl Scanner {
         cat: &Catalogue,
         path: &Path,
         old: Option<&PathState>,
+        node_ca: &check::NodeCa,
+        cluster_ca: &Path,
     ) -> PathState {
         let bytes = match check::read_bounded(path, MAX_MANIFEST_BYTES) {
             Ok(b) => b,
@@ -238,7 +281,7 @@ impl Scanner {
             .ok()
             .filter(|src| src.len() <= MAX_TEXT_BYTES)
             .and_then(|src| redact::manifest_text(src, &|f| cat.sensitive(f)).ok());
-        let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes);
+        let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes, Some(node_ca));
         if let Some(mut error) = report.error {
             if is_sed_temp(path) {
                 error.push_str(" (a temporary file of `sed -i`, which renames it over the file it edits; the kubelet reads it too while it exists)");
@@ -256,6 +299,8 @@ impl Scanner {
         if let Some((m, cp)) = &parsed {
             memo.deps.extend(check::authn_host_path(m, cp));
             memo.deps.extend(check::authz_host_path(m, cp));
+            memo.inputs.extend(check::cert_host_paths(m, cp));
+            memo.inputs.push(cluster_ca.to_path_buf());
             if cp.component == Component::Etcd {
                 memo.etcd_data_dir = cp
                     .flags
@@ -277,36 +322,43 @@ impl Scanner {
     }
 }
 
-fn observe_file(cat: &Catalogue, m: &SetMember, old: Option<&PathState>) -> PathState {
+/// A file of the set: its integrity facts and findings, and the files those read besides it.
+fn observe_file(
+    cfg: &Config,
+    m: &SetMember,
+    old: Option<&PathState>,
+    node_ca: Option<&[String]>,
+) -> (PathState, Vec<PathBuf>) {
+    let cat = &cfg.catalogue;
     let meta = integrity::observe(&m.path, None);
-    let error = m.error.clone().or_else(|| meta.as_ref().err().cloned());
+    let mut error = m.error.clone().or_else(|| meta.as_ref().err().cloned());
+    let mut deps = Vec::new();
+    let keep_old = || old.map(|o| o.findings.clone()).unwrap_or_default();
     let findings = match &meta {
-        Ok(meta) => {
-            let facts = FileFacts {
-                roles: m.roles.clone(),
-                mode: u32::from_str_radix(&meta.mode, 8).expect("observe writes octal"),
-                uid: meta.uid,
-                gid: meta.gid,
-                user: meta.owner.clone(),
-                group: meta.group.clone(),
-                tls: None,
-                kubeconfig: None,
-            };
-            records(
-                cat,
-                &FileReport::default(),
-                &eval::evaluate_file(cat, &facts),
-            )
+        Ok(_) => {
+            let (report, d) = check::check_file(cat, &m.path, m.roles.clone(), &cfg.tls, node_ca);
+            deps = d;
+            match report.error {
+                // Gone or replaced between the two looks: what was known stays.
+                Some(e) => {
+                    error = error.or(Some(e));
+                    keep_old()
+                }
+                None => records(cat, &FileReport::default(), &report.findings),
+            }
         }
-        Err(_) => old.map(|o| o.findings.clone()).unwrap_or_default(),
+        Err(_) => keep_old(),
     };
-    PathState {
-        meta: meta.ok(),
-        error,
-        findings,
-        text: None,
-        component: None,
-    }
+    (
+        PathState {
+            meta: meta.ok(),
+            error,
+            findings,
+            text: None,
+            component: None,
+        },
+        deps,
+    )
 }
 
 fn records(
@@ -401,7 +453,7 @@ mod tests {
                 "    name: kube-apiserver\n    env:\n    - {name: SUITES, value: S3CRET_SUITE}\n",
             );
         let path = std::path::Path::new("/nonexistent/kube-apiserver.yaml");
-        let (report, _) = check::check_manifest_bytes(cat, path, src.as_bytes());
+        let (report, _) = check::check_manifest_bytes(cat, path, src.as_bytes(), None);
         assert!(
             report
                 .findings

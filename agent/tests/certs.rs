@@ -215,17 +215,32 @@ fn kubeconfigs_on_the_node_and_on_a_workstation_are_judged_without_leaking_secre
     fs::write(pki.join("ca.crt"), &ca).unwrap();
     fs::write(pki.join("ca.key"), ca_key).unwrap();
     let (other_ca, _) = cert("another-ca", 3650, true);
-    let client = "    client-certificate-data: LS0t\n    client-key-data: LS0t\n";
+    // admin.conf embeds its client certificate and key; scheduler.conf names files, an
+    // expired certificate and a key that others can read.
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (admin_cert, admin_key) = cert("kubernetes-admin", 300, false);
+    let client = format!(
+        "    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(&admin_cert),
+        b64(&admin_key)
+    );
+    let (old_cert, old_key) = cert("system:kube-scheduler", -2, false);
+    fs::write(root.path().join("scheduler.crt"), old_cert).unwrap();
+    fs::write(root.path().join("scheduler-client.key"), old_key).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    fs::set_permissions(root.path().join("scheduler-client.key"), mode).unwrap();
+    let by_file = "    client-certificate: scheduler.crt\n    client-key: scheduler-client.key\n";
     // admin.conf as kubeadm writes it; scheduler.conf trusts another CA; controller-manager.conf
     // is everything a kubeconfig should not be.
     fs::write(
         root.path().join("admin.conf"),
-        kubeconfig("https://10.0.0.10:6443", Some(&ca), "", client),
+        kubeconfig("https://10.0.0.10:6443", Some(&ca), "", &client),
     )
     .unwrap();
     fs::write(
         root.path().join("scheduler.conf"),
-        kubeconfig("https://10.0.0.10:6443", Some(&other_ca), "", client),
+        kubeconfig("https://10.0.0.10:6443", Some(&other_ca), "", by_file),
     )
     .unwrap();
     fs::write(
@@ -248,12 +263,37 @@ fn kubeconfigs_on_the_node_and_on_a_workstation_are_judged_without_leaking_secre
         "kubeconfig-cluster-ca",
         "kubeconfig-no-basic-auth",
         "kubeconfig-no-static-token",
+        "cert-expired",
+        "cert-key-mismatch",
+        "cert-leaf-is-ca",
     ] {
         assert_eq!(status(admin, id), "pass", "{id}: {admin}");
     }
+    // Embedded: no key file to judge.
+    assert_eq!(status(admin, "kubeconfig-client-key-mode"), "skip");
     let scheduler = entry(&files, "/scheduler.conf");
     assert_eq!(status(scheduler, "kubeconfig-cluster-ca"), "fail");
     assert_eq!(status(scheduler, "kubeconfig-ca"), "pass");
+    assert_eq!(status(scheduler, "kubeconfig-client-key-mode"), "fail");
+    assert_eq!(status(scheduler, "cert-expired"), "fail");
+    assert_eq!(status(scheduler, "cert-key-mismatch"), "pass");
+    let finding = |e: &Value, id: &str| {
+        e["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap()["observed"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let observed = finding(scheduler, "cert-expired");
+    assert!(
+        observed.starts_with("user u: ") && observed.contains(" expired "),
+        "{observed}"
+    );
+    assert!(finding(scheduler, "kubeconfig-client-key-mode").contains("0644"));
     let cm = entry(&files, "/controller-manager.conf");
     for id in [
         "kubeconfig-https",
@@ -265,6 +305,7 @@ fn kubeconfigs_on_the_node_and_on_a_workstation_are_judged_without_leaking_secre
     }
     let all = serde_json::to_string(&files).unwrap();
     assert!(!all.contains("hunter2"), "a password left the node");
+    assert!(!all.contains("PRIVATE KEY") && !all.contains(&b64(&admin_key)[..40]));
 
     // A workstation's kubeconfig, named `config`: recognised by its content; no node CA to
     // compare with; a static token is a warning, and its value is not shown.

@@ -4,6 +4,7 @@ pub mod collector;
 pub mod kubelet;
 pub mod measure;
 pub mod node;
+pub mod pki;
 pub mod proxy;
 
 use std::path::PathBuf;

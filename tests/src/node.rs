@@ -19,6 +19,20 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::bin;
+use crate::pki::{self, Ca};
+
+/// Writes `text` to `path` with kubeadm's mode for it: 0644 for certificates and public
+/// keys, 0600 for the rest (keys, kubeconfigs).
+fn write_mode(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    let name = path.to_string_lossy();
+    let mode = if name.ends_with(".crt") || name.ends_with(".pub") {
+        0o644
+    } else {
+        0o600
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
 
 /// Longest a test waits for something the agent should do in milliseconds. Generous, so
 /// that a loaded CI machine does not fail a correct agent; a missing feature still fails.
@@ -39,6 +53,8 @@ pub struct Node {
     pub state: PathBuf,
     /// The agent's config file.
     pub config: PathBuf,
+    /// The cluster CA (`pki/ca.crt`), to issue more certificates.
+    pub ca: Ca,
 }
 
 impl Node {
@@ -63,23 +79,41 @@ impl Node {
             let to = manifests.join(e.file_name());
             // etcd's data directory inside the sandbox, never the host's /var/lib/etcd (which
             // the etcd-server package creates): the tests must not depend on this machine.
-            let text = fs::read_to_string(e.path()).unwrap().replace(
+            // So are the PKI and the kubeconfigs the pods mount.
+            let mut text = fs::read_to_string(e.path()).unwrap().replace(
                 "      path: /var/lib/etcd\n",
                 &format!("      path: {}/var/lib/etcd\n", r.display()),
             );
+            for mounted in [
+                "pki\n",
+                "pki/etcd\n",
+                "scheduler.conf\n",
+                "controller-manager.conf\n",
+            ] {
+                text = text.replace(
+                    &format!("      path: /etc/kubernetes/{mounted}"),
+                    &format!("      path: {}/{mounted}", kubernetes.display()),
+                );
+            }
             fs::write(&to, text).unwrap();
             fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
         }
-        for (name, mode) in [
-            ("admin.conf", 0o600),
-            ("scheduler.conf", 0o600),
-            ("controller-manager.conf", 0o600),
-            ("pki/ca.crt", 0o644),
-            ("pki/ca.key", 0o600),
+        let ca = Ca::new("kubernetes");
+        let kubeconfig = |user: &str| {
+            let client = ca.issue(user, &[]);
+            pki::kubeconfig("https://10.0.0.10:6443", &ca, user, &client)
+        };
+        for (name, text) in [
+            ("admin.conf", kubeconfig("kubernetes-admin")),
+            ("scheduler.conf", kubeconfig("system:kube-scheduler")),
+            (
+                "controller-manager.conf",
+                kubeconfig("system:kube-controller-manager"),
+            ),
+            ("pki/ca.crt", ca.pem.clone()),
+            ("pki/ca.key", ca.key_pem.clone()),
         ] {
-            let p = kubernetes.join(name);
-            fs::write(&p, format!("{name}\n")).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            write_mode(&kubernetes.join(name), &text);
         }
         let state = r.join("state");
         let config = r.join("agent.yaml");
@@ -102,6 +136,7 @@ impl Node {
             pki,
             state,
             config,
+            ca,
         }
     }
 
@@ -109,39 +144,81 @@ impl Node {
     /// kubeconfigs, and an etcd data directory that the etcd manifest's hostPath points at.
     pub fn kubeadm_full(extra: &str) -> Node {
         let node = Node::new(extra);
-        for name in [
-            "super-admin.conf",
-            "kubelet.conf",
-            "pki/apiserver.crt",
-            "pki/apiserver.key",
-            "pki/apiserver-etcd-client.crt",
-            "pki/apiserver-etcd-client.key",
-            "pki/apiserver-kubelet-client.crt",
-            "pki/apiserver-kubelet-client.key",
-            "pki/front-proxy-ca.crt",
-            "pki/front-proxy-ca.key",
-            "pki/front-proxy-client.crt",
-            "pki/front-proxy-client.key",
-            "pki/sa.key",
-            "pki/sa.pub",
-            "pki/etcd/ca.crt",
-            "pki/etcd/ca.key",
-            "pki/etcd/healthcheck-client.crt",
-            "pki/etcd/healthcheck-client.key",
-            "pki/etcd/peer.crt",
-            "pki/etcd/peer.key",
-            "pki/etcd/server.crt",
-            "pki/etcd/server.key",
+        let ca = &node.ca;
+        let etcd_ca = Ca::new("etcd-ca");
+        let front_proxy_ca = Ca::new("front-proxy-ca");
+        let kubeconfig = |user: &str| {
+            let client = ca.issue(user, &[]);
+            pki::kubeconfig("https://10.0.0.10:6443", ca, user, &client)
+        };
+        let mut files = vec![
+            (
+                "super-admin.conf".to_string(),
+                kubeconfig("kubernetes-super-admin"),
+            ),
+            ("kubelet.conf".to_string(), kubeconfig("system:node:cp-1")),
+            ("pki/etcd/ca.crt".to_string(), etcd_ca.pem.clone()),
+            ("pki/etcd/ca.key".to_string(), etcd_ca.key_pem.clone()),
+            (
+                "pki/front-proxy-ca.crt".to_string(),
+                front_proxy_ca.pem.clone(),
+            ),
+            (
+                "pki/front-proxy-ca.key".to_string(),
+                front_proxy_ca.key_pem.clone(),
+            ),
+        ];
+        let serving = [
+            "cp-1",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "10.96.0.1",
+            "10.0.0.10",
+        ];
+        let etcd_names = ["cp-1", "localhost", "10.0.0.10", "127.0.0.1", "::1"];
+        for (name, signer, cn, names) in [
+            ("apiserver", ca, "kube-apiserver", &serving[..]),
+            (
+                "apiserver-kubelet-client",
+                ca,
+                "kube-apiserver-kubelet-client",
+                &[][..],
+            ),
+            (
+                "apiserver-etcd-client",
+                &etcd_ca,
+                "kube-apiserver-etcd-client",
+                &[][..],
+            ),
+            (
+                "front-proxy-client",
+                &front_proxy_ca,
+                "front-proxy-client",
+                &[][..],
+            ),
+            ("etcd/server", &etcd_ca, "cp-1", &etcd_names[..]),
+            ("etcd/peer", &etcd_ca, "cp-1", &etcd_names[..]),
+            (
+                "etcd/healthcheck-client",
+                &etcd_ca,
+                "kube-etcd-healthcheck-client",
+                &[][..],
+            ),
         ] {
+            let pair = signer.issue(cn, names);
+            files.push((format!("pki/{name}.crt"), pair.cert));
+            files.push((format!("pki/{name}.key"), pair.key));
+        }
+        // The service-account signing key pair.
+        let sa = rcgen::KeyPair::generate().expect("key");
+        files.push(("pki/sa.key".into(), sa.serialize_pem()));
+        files.push(("pki/sa.pub".into(), sa.public_key_pem()));
+        for (name, text) in &files {
             let p = node.kubernetes.join(name);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, format!("{name}\n")).unwrap();
-            let mode = if name.ends_with(".crt") || name.ends_with(".pub") {
-                0o644
-            } else {
-                0o600
-            };
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            write_mode(&p, text);
         }
         // Not the config's etcd_data_dir: the agent must find it through the manifest.
         let data = node.root.path().join("data/etcd");

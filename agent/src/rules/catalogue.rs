@@ -274,6 +274,9 @@ pub enum FileRole {
     PkiKey,
     /// Any kubeconfig: the node's five, and one named on the command line.
     Kubeconfig,
+    /// A file that holds certificates: a `*.crt` under the PKI directory, a PEM file named
+    /// on the command line, a kubeconfig with client certificates.
+    Certificate,
 }
 
 impl FileRole {
@@ -443,6 +446,8 @@ pub enum Builtin {
     KubeconfigNoBasicAuth,
     /// A kubeconfig user has a static token.
     KubeconfigNoStaticToken,
+    /// A kubeconfig user's client key file is readable by others than its owner.
+    KubeconfigClientKeyMode,
     /// kube-apiserver's serving certificate does not cover the names clients use.
     ApiserverCertNames,
     /// etcd's `--trusted-ca-file` is the cluster CA (CIS 2.7).
@@ -474,6 +479,7 @@ impl Builtin {
                 | Builtin::KubeconfigClusterCa
                 | Builtin::KubeconfigNoBasicAuth
                 | Builtin::KubeconfigNoStaticToken
+                | Builtin::KubeconfigClientKeyMode
         )
     }
 }

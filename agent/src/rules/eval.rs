@@ -88,9 +88,10 @@ pub struct FileFacts {
     pub user: Option<String>,
     /// Group name, when the gid has one.
     pub group: Option<String>,
-    /// What a certificate file holds, when it was read (`check`; not the daemon yet).
-    pub tls: Option<TlsFacts>,
-    /// What a kubeconfig says, when it was read (`check`; not the daemon yet).
+    /// The certificates the file holds, when it was read: one set for a certificate file,
+    /// one per user with a client certificate for a kubeconfig.
+    pub tls: Vec<TlsFacts>,
+    /// What a kubeconfig says, when it was read.
     pub kubeconfig: Option<KubeconfigFacts>,
 }
 
@@ -105,11 +106,17 @@ pub struct KubeconfigFacts {
     /// On a node: the sha256 of the cluster CA's certificates (`ca.crt` in the PKI
     /// directory). `None` elsewhere.
     pub node_ca: Option<Vec<String>>,
+    /// The client key files users name: the user, the file, and its mode (or why it cannot
+    /// be read).
+    pub key_files: Vec<(String, std::path::PathBuf, Result<u32, String>)>,
 }
 
 /// What the certificate checks know of a certificate file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFacts {
+    /// Whose certificates these are, when the file holds several sets (a kubeconfig's user:
+    /// `user admin`).
+    pub label: Option<String>,
     /// The certificates in the file, in order, or why it holds none that can be read.
     pub certs: Result<Vec<crate::tls::Cert>, String>,
     /// The public key of the private key that goes with it (kubeadm's pair: the same name
@@ -406,8 +413,8 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
                     let k = file.kubeconfig.as_ref();
                     (k.map(|k| kubeconfig_check(*b, k)), "kubeconfig")
                 } else {
-                    let t = file.tls.as_ref();
-                    (t.map(|t| certificate_check(*b, t)), "certificate")
+                    let t = (!file.tls.is_empty()).then_some(&file.tls[..]);
+                    (t.map(|t| certificate_checks(*b, t)), "certificate")
                 };
                 match checked.unwrap_or_else(|| Err(format!("the {what} was not read"))) {
                     Ok(check) => check,
@@ -474,7 +481,56 @@ fn date(unix: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// One certificate check of a certificate file; `Err` when it does not apply, with why.
+/// One certificate check of every set of certificates in a file, as one: it fails when one
+/// fails (naming whose), is unknown when one is unknown, and does not apply when it applies to
+/// none of them.
+fn certificate_checks(b: Builtin, sets: &[TlsFacts]) -> Result<Check, String> {
+    if let [one] = sets
+        && one.label.is_none()
+    {
+        return certificate_check(b, one);
+    }
+    let mut checked = Vec::new();
+    let mut why = None;
+    for t in sets {
+        match certificate_check(b, t) {
+            Ok(c) => checked.push((t.label.as_deref().unwrap_or("certificate"), c)),
+            Err(e) => why = why.or(Some(e)),
+        }
+    }
+    let Some((_, first)) = checked.first() else {
+        return Err(why.unwrap_or_else(|| "no certificate".into()));
+    };
+    let expected = first.expected.clone();
+    let failed = |c: &Check| matches!(c.verdict, Verdict::Fail);
+    let unknown = checked.iter().find_map(|(l, c)| match &c.verdict {
+        Verdict::Unknown(r) => Some(format!("{l}: {r}")),
+        _ => None,
+    });
+    let verdict = if checked.iter().any(|(_, c)| failed(c)) {
+        Verdict::Fail
+    } else if let Some(r) = unknown {
+        Verdict::Unknown(r)
+    } else {
+        Verdict::Pass
+    };
+    // The failing sets when some fail, else every set.
+    let any_failed = matches!(verdict, Verdict::Fail);
+    let observed = checked
+        .iter()
+        .filter(|(_, c)| !any_failed || failed(c))
+        .filter_map(|(l, c)| c.observed.as_ref().map(|o| format!("{l}: {o}")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(Check::new(
+        verdict,
+        None,
+        (!observed.is_empty()).then_some(observed),
+        expected,
+    ))
+}
+
+/// One certificate check of a set of certificates; `Err` when it does not apply, with why.
 fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
     let certs = match &t.certs {
         Ok(c) => c,
@@ -487,22 +543,19 @@ fn certificate_check(b: Builtin, t: &TlsFacts) -> Result<Check, String> {
             ));
         }
     };
-    let days_left = |c: &crate::tls::Cert| (c.not_after - t.now).div_euclid(86_400);
     let soonest = certs
         .iter()
         .min_by_key(|c| c.not_after)
         .ok_or("no certificate")?;
     let left = soonest.not_after - t.now;
-    let when = if left <= 0 {
-        format!("{} expired {}", soonest.subject, date(soonest.not_after))
-    } else {
-        format!(
-            "{} expires {} ({} days left)",
-            soonest.subject,
-            date(soonest.not_after),
-            days_left(soonest)
-        )
-    };
+    // The date, not the days left: an open finding's evidence stays the same from one day
+    // to the next (the daemon records a change of evidence as a change of the file's state).
+    let when = format!(
+        "{} {} {}",
+        soonest.subject,
+        if left <= 0 { "expired" } else { "expires" },
+        date(soonest.not_after)
+    );
     // Fails with more than `beyond_days` left and at most `within_days`.
     let expiry = |within_days: u32, beyond_days: u32| {
         let fails =
@@ -734,7 +787,7 @@ fn judge(bad: Vec<String>, ok: &str, expected: &str) -> Check {
 
 /// One kubeconfig check; `Err` when it does not apply, with why.
 fn kubeconfig_check(b: Builtin, k: &KubeconfigFacts) -> Result<Check, String> {
-    use crate::kubeconfig::Ca;
+    use crate::kubeconfig::Pem;
     let config = match &k.config {
         Ok(c) => c,
         Err(e) => {
@@ -760,9 +813,9 @@ fn kubeconfig_check(b: Builtin, k: &KubeconfigFacts) -> Result<Check, String> {
         Builtin::KubeconfigCaNamed => judge(
             clusters
                 .iter()
-                .filter(|c| matches!(c.ca, Ca::None | Ca::Undecodable))
+                .filter(|c| matches!(c.ca, Pem::None | Pem::Undecodable))
                 .map(|c| match c.ca {
-                    Ca::Undecodable => {
+                    Pem::Undecodable => {
                         format!(
                             "cluster {}: certificate-authority-data is not base64",
                             c.name
@@ -823,6 +876,29 @@ fn kubeconfig_check(b: Builtin, k: &KubeconfigFacts) -> Result<Check, String> {
             "no user has a static token",
             "client certificates or short-lived credentials (exec), not a static token",
         ),
+        Builtin::KubeconfigClientKeyMode => {
+            if k.key_files.is_empty() {
+                return Err("names no client key file".into());
+            }
+            let mut bad = Vec::new();
+            let mut unread = Vec::new();
+            for (user, file, mode) in &k.key_files {
+                match mode {
+                    Ok(m) if m & 0o177 == 0 => {}
+                    Ok(m) => bad.push(format!("user {user}: {} is {m:04o}", file.display())),
+                    Err(e) => unread.push(format!("user {user}: {}: {e}", file.display())),
+                }
+            }
+            if bad.is_empty() && !unread.is_empty() {
+                let why = format!("cannot stat {}", unread.join("; "));
+                return Ok(Check::new(Verdict::Unknown(why), None, None, None));
+            }
+            judge(
+                bad,
+                "every client key file is 0600 or stricter",
+                "0600 or stricter",
+            )
+        }
         _ => return Err("not a kubeconfig check".into()),
     })
 }
@@ -975,7 +1051,9 @@ fn guard(fix: &Fix, ctx: &Ctx<'_>) -> Result<(), String> {
 /// Why a rule does not apply to this version, if it does not.
 fn not_applicable(rule: &Rule, ctx: &Ctx<'_>) -> Option<String> {
     if matches!(rule.test, Test::Builtin(Builtin::ApiserverCertNames)) && ctx.certs.is_none() {
-        return Some("the certificate is read by `check` on a node (without paths)".into());
+        return Some(
+            "the certificate is read on a node (by the daemon, or `check` without paths)".into(),
+        );
     }
     if rule.since.is_some() || rule.until.is_some() {
         let Some(v) = ctx.v else {

@@ -639,7 +639,7 @@ fn file_modes_and_owners() {
         gid: 0,
         user: Some("root".into()),
         group: Some("root".into()),
-        tls: None,
+        tls: Vec::new(),
         kubeconfig: None,
     };
     let fs = evaluate_file(cat, &facts);
@@ -653,7 +653,7 @@ fn file_modes_and_owners() {
         gid: 0,
         user: Some("root".into()),
         group: Some("root".into()),
-        tls: None,
+        tls: Vec::new(),
         kubeconfig: None,
     };
     let fs = evaluate_file(cat, &facts);
@@ -666,7 +666,7 @@ fn file_modes_and_owners() {
         gid: 1000,
         user: None,
         group: None,
-        tls: None,
+        tls: Vec::new(),
         kubeconfig: None,
     };
     let fs = evaluate_file(cat, &facts);
@@ -1112,29 +1112,96 @@ fn cert(not_after_days: i64) -> crate::tls::Cert {
 
 const NOW: i64 = 1_796_000_000;
 
-fn cert_findings(
+fn tls_facts(
+    label: Option<&str>,
     certs: Vec<crate::tls::Cert>,
     key: Option<Result<Vec<u8>, String>>,
     meant_ca: Option<bool>,
-) -> Vec<Finding> {
+) -> TlsFacts {
+    TlsFacts {
+        label: label.map(str::to_string),
+        certs: Ok(certs),
+        key,
+        meant_ca,
+        now: NOW,
+        expiry_high_days: 7,
+        expiry_medium_days: 30,
+    }
+}
+
+fn cert_file_findings(roles: Vec<FileRole>, tls: Vec<TlsFacts>) -> Vec<Finding> {
     let facts = FileFacts {
-        roles: vec![FileRole::PkiCert],
+        roles,
         mode: 0o644,
         uid: 0,
         gid: 0,
         user: Some("root".into()),
         group: Some("root".into()),
-        tls: Some(TlsFacts {
-            certs: Ok(certs),
-            key,
-            meant_ca,
-            now: NOW,
-            expiry_high_days: 7,
-            expiry_medium_days: 30,
-        }),
+        tls,
         kubeconfig: None,
     };
     evaluate_file(Catalogue::builtin(), &facts)
+}
+
+fn cert_findings(
+    certs: Vec<crate::tls::Cert>,
+    key: Option<Result<Vec<u8>, String>>,
+    meant_ca: Option<bool>,
+) -> Vec<Finding> {
+    let roles = vec![FileRole::PkiCert, FileRole::Certificate];
+    cert_file_findings(roles, vec![tls_facts(None, certs, key, meant_ca)])
+}
+
+#[test]
+fn a_kubeconfigs_client_certificates_are_judged_together_naming_the_failing_user() {
+    let fs = cert_file_findings(
+        vec![FileRole::Kubeconfig, FileRole::Certificate],
+        vec![
+            tls_facts(
+                Some("user a"),
+                vec![cert(365)],
+                Some(Ok(vec![1, 2, 3])),
+                Some(false),
+            ),
+            tls_facts(
+                Some("user b"),
+                vec![cert(-1)],
+                Some(Ok(vec![7])),
+                Some(false),
+            ),
+        ],
+    );
+    let expired = one(&fs, "cert-expired");
+    assert_eq!(expired.status, Status::Fail);
+    let observed = expired.observed.as_deref().unwrap();
+    assert!(
+        observed.starts_with("user b: ") && !observed.contains("user a"),
+        "{observed}"
+    );
+    assert_eq!(one(&fs, "cert-key-mismatch").status, Status::Fail);
+    assert_eq!(one(&fs, "cert-expiring-soon").status, Status::Pass);
+    // One user without a key: the key check is judged on the other.
+    let fs = cert_file_findings(
+        vec![FileRole::Kubeconfig, FileRole::Certificate],
+        vec![
+            tls_facts(Some("user a"), vec![cert(365)], None, Some(false)),
+            tls_facts(
+                Some("user b"),
+                vec![cert(365)],
+                Some(Ok(vec![1, 2, 3])),
+                Some(false),
+            ),
+        ],
+    );
+    assert_eq!(one(&fs, "cert-key-mismatch").status, Status::Pass);
+    // The evidence of an open expiry finding is the date: the same from one day to the next.
+    let day = |now: i64| {
+        let mut t = tls_facts(None, vec![cert(20)], None, None);
+        t.now = now;
+        let fs = cert_file_findings(vec![FileRole::Certificate], vec![t]);
+        one(&fs, "cert-expiring-soon").clone()
+    };
+    assert_eq!(day(NOW), day(NOW + 86_400));
 }
 
 #[test]
@@ -1219,15 +1286,15 @@ fn certificates_are_judged_by_expiry_key_signature_role_and_key_pair() {
         Status::Skip,
         "a CA file may be a CA"
     );
-    // Not read at all (the daemon does not read certificates yet): skipped, not passed.
+    // Not read at all: skipped, not passed.
     let facts = FileFacts {
-        roles: vec![FileRole::PkiCert],
+        roles: vec![FileRole::PkiCert, FileRole::Certificate],
         mode: 0o644,
         uid: 0,
         gid: 0,
         user: None,
         group: None,
-        tls: None,
+        tls: Vec::new(),
         kubeconfig: None,
     };
     let fs = evaluate_file(Catalogue::builtin(), &facts);
