@@ -22,8 +22,9 @@ use crate::rules::eval::{
 };
 use crate::rules::{Catalogue, Finding, Findings};
 
-/// Largest authentication config we read.
-const MAX_AUX_BYTES: usize = 256 * 1024;
+/// Largest file read besides manifests (a certificate, a kubeconfig, a config a manifest
+/// names).
+pub const MAX_AUX_BYTES: usize = 256 * 1024;
 
 /// One file's results. Field names are a contract (DESIGN.md).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -377,6 +378,25 @@ pub fn cert_host_paths(m: &Manifest, cp: &ControlPlane) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where and what to probe of the kube-apiserver a manifest runs, or why it is not probed.
+pub fn live_target(
+    cat: &Catalogue,
+    m: &Manifest,
+    facts: &ManifestFacts<'_>,
+    cluster_ca: PathBuf,
+    addressing: &crate::live::Addressing,
+) -> Result<crate::live::Target, String> {
+    let cp = facts.cp;
+    crate::live::Target::of(
+        &|flag| cp.flags.value(flag),
+        cp.version,
+        &|inner| host_path(m, cp, inner),
+        eval::anonymous_off(cat, facts),
+        cluster_ca,
+        addressing,
+    )
+}
+
 /// Reads the AuthenticationConfiguration a manifest names, if it names one.
 pub fn read_authn(m: &Manifest, cp: &ControlPlane) -> Option<AuthnConfig> {
     read_named(m, cp, "authentication-config", parse_authn)
@@ -524,7 +544,7 @@ pub fn check_manifest_bytes(
     cat: &Catalogue,
     path: &Path,
     bytes: &[u8],
-    node: Option<&NodeCa>,
+    node: Option<&OnNode>,
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
     let (mut report, parsed) = manifest_findings(cat, path, bytes, node);
     if let Some((_, cp)) = &parsed {
@@ -544,7 +564,7 @@ fn manifest_findings(
     cat: &Catalogue,
     path: &Path,
     bytes: &[u8],
-    node: Option<&NodeCa>,
+    node: Option<&OnNode>,
 ) -> (FileReport, Option<(Manifest, ControlPlane)>) {
     let mut report = FileReport::new(path);
     let m = match parse_manifest(cat, bytes) {
@@ -591,19 +611,27 @@ fn manifest_findings(
             trusted_ca: (cp.component == Component::Etcd)
                 .then(|| read_named(&m, &cp, "trusted-ca-file", certs))
                 .flatten(),
-            cluster_ca: node.0.clone(),
+            cluster_ca: node.ca.clone(),
         }
     });
-    report.findings = eval::evaluate_manifest(
-        cat,
-        ManifestFacts {
-            cp: &cp,
-            authn: authn.as_ref(),
-            authz: authz.as_ref(),
-            certs: certs.as_ref(),
-        },
-    )
-    .into();
+    let facts = ManifestFacts {
+        cp: &cp,
+        authn: authn.as_ref(),
+        authz: authz.as_ref(),
+        certs: certs.as_ref(),
+    };
+    let mut findings = eval::evaluate_manifest(cat, facts);
+    if let Some((ca, live)) = node.and_then(|n| n.live.as_ref())
+        && cp.component == Component::KubeApiserver
+    {
+        let target = live_target(cat, &m, &facts, ca.clone(), &live.addressing);
+        let seen = target.map(|t| crate::live::probe(&t, live.timeout));
+        findings.extend(eval::evaluate_live(
+            cat,
+            seen.as_ref().map_err(String::as_str),
+        ));
+    }
+    report.findings = findings.into();
     (report, Some((m, cp)))
 }
 
@@ -637,12 +665,18 @@ struct Memo {
     /// manifests directory every file is what the kubelet reads: a manifest, or an error).
     any_kind: bool,
     /// Checking the node: the certificates manifests name are read, and the cluster CA.
-    node: Option<NodeCa>,
+    node: Option<OnNode>,
 }
 
-/// On a node: the cluster CA (the PKI directory's `ca.crt`) by sha256, when it can be read.
+/// Checking on a node: what the manifests' certificates are compared with, and whether
+/// kube-apiserver is probed.
 #[derive(Debug, Clone, Default)]
-pub struct NodeCa(pub Option<Vec<String>>);
+pub struct OnNode {
+    /// The cluster CA (the PKI directory's `ca.crt`) by sha256, when it can be read.
+    pub ca: Option<Vec<String>>,
+    /// Probe kube-apiserver (`check --live`): the cluster CA's file, and how.
+    pub live: Option<(PathBuf, crate::config::LiveConfig)>,
+}
 
 /// A content's evaluation, there once the worker that started it is done.
 type Pending = Arc<OnceLock<Arc<Evaluated>>>;
@@ -774,7 +808,7 @@ fn evaluate(
     path: &Path,
     bytes: &[u8],
     meta: &fs::Metadata,
-    node: Option<&NodeCa>,
+    node: Option<&OnNode>,
 ) -> Evaluated {
     let (mut report, parsed) = manifest_findings(cat, path, bytes, node);
     let manifest_findings = report.findings.len();
@@ -1013,8 +1047,12 @@ pub fn check_file(
 /// What to scan.
 #[derive(Debug, Clone)]
 pub enum Scope {
-    /// The configured manifests directory and the CIS 1.1 file set.
-    Node,
+    /// The configured manifests directory and the CIS 1.1 file set; with `live`, probe
+    /// kube-apiserver too.
+    Node {
+        /// Probe what kube-apiserver serves (`check --live`).
+        live: bool,
+    },
     /// These files or directories only (manifests).
     Paths(Vec<PathBuf>),
 }
@@ -1051,7 +1089,7 @@ pub fn run_each<R: Send>(
 ) -> std::io::Result<()> {
     let cat = &cfg.catalogue;
     let roots = match scope {
-        Scope::Node => vec![cfg.manifests_dir.clone()],
+        Scope::Node { .. } => vec![cfg.manifests_dir.clone()],
         Scope::Paths(p) => p.clone(),
     };
     // What to check, in order: a manifest path, or a directory that could not be listed.
@@ -1072,13 +1110,17 @@ pub fn run_each<R: Send>(
         }
     }
     let mut etcd_data_dir = None;
-    let on_node = matches!(scope, Scope::Node);
+    let on_node = matches!(scope, Scope::Node { .. });
+    let live = matches!(scope, Scope::Node { live: true });
     // The cluster CA, read once: the manifests' certificates and the kubeconfigs compare with it.
     let node_ca = if on_node { node_cluster_ca(cfg) } else { None };
     let memo = Memo {
         tls: cfg.tls,
         any_kind: !on_node,
-        node: on_node.then(|| NodeCa(node_ca.clone())),
+        node: on_node.then(|| OnNode {
+            ca: node_ca.clone(),
+            live: live.then(|| (cfg.pki_dir.join("ca.crt"), cfg.live.clone())),
+        }),
         ..Memo::default()
     };
     in_parallel(
@@ -1098,7 +1140,7 @@ pub fn run_each<R: Send>(
             emit(report)
         },
     )?;
-    if matches!(scope, Scope::Node) {
+    if on_node {
         let members = file_set_members(cfg, etcd_data_dir);
         in_parallel(
             members,

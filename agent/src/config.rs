@@ -74,6 +74,47 @@ pub struct RawConfig {
     /// Certificate checks.
     #[serde(default)]
     pub tls: RawTlsConfig,
+    /// Probes of what the API server really serves.
+    #[serde(default)]
+    pub live: RawLiveConfig,
+}
+
+/// `live:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLiveConfig {
+    /// Whether the daemon probes. Default: true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// How often the daemon probes. Default: 5m.
+    #[serde(default, deserialize_with = "duration")]
+    pub interval: Option<Duration>,
+    /// How long after a kube-apiserver manifest changes the daemon probes (the kubelet
+    /// restarts the pod meanwhile). Default: 60s.
+    #[serde(default, deserialize_with = "duration")]
+    pub after_change: Option<Duration>,
+    /// The most each step of a probe waits. Default: 3s.
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    /// Where to probe instead of loopback (needed when --bind-address is one non-loopback
+    /// address).
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// Probes of what the API server serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// Whether the daemon probes.
+    pub enabled: bool,
+    /// How often the daemon probes.
+    pub interval: Duration,
+    /// How long after a kube-apiserver manifest changes the daemon probes.
+    pub after_change: Duration,
+    /// The most each step of a probe waits.
+    pub timeout: Duration,
+    /// Where to probe instead of loopback.
+    pub addressing: crate::live::Addressing,
 }
 
 /// `tls:` in the config file.
@@ -265,6 +306,8 @@ pub struct Config {
     pub fix: crate::fix::FixConfig,
     /// Certificate check thresholds.
     pub tls: TlsConfig,
+    /// Probes of what the API server serves.
+    pub live: LiveConfig,
 }
 
 /// Command-line and environment values that take precedence over the file, kept so that a
@@ -553,9 +596,35 @@ impl Config {
                 ),
             });
         }
+        let live_field = |field: &'static str, d: Option<Duration>, default: u64| match d {
+            Some(d) if d < Duration::from_secs(1) => Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                field,
+                message: format!("{} is under 1s", humantime::format_duration(d)),
+            }),
+            Some(d) => Ok(d),
+            None => Ok(Duration::from_secs(default)),
+        };
+        let live = LiveConfig {
+            enabled: raw.live.enabled.unwrap_or(true),
+            interval: live_field("live.interval", raw.live.interval, 300)?,
+            after_change: raw.live.after_change.unwrap_or(Duration::from_secs(60)),
+            timeout: live_field("live.timeout", raw.live.timeout, 3)?,
+            addressing: crate::live::Addressing {
+                address: match raw.live.address {
+                    None => None,
+                    Some(a) => Some(a.parse().map_err(|_| ConfigError::Value {
+                        path: path.to_path_buf(),
+                        field: "live.address",
+                        message: format!("{a:?} is not an IP address"),
+                    })?),
+                },
+            },
+        };
         Ok(Config {
             fix,
             tls,
+            live,
             collector,
             node_name,
             state_dir: abs("state_dir", raw.state_dir, DEFAULT_STATE_DIR)?,

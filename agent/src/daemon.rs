@@ -196,7 +196,14 @@ struct Agent {
     fix_requests: mpsc::UnboundedSender<PathBuf>,
     /// The config, for the fixer.
     fix_config: watch::Sender<Config>,
+    /// When kube-apiserver is probed next.
+    live: crate::live::Schedule,
+    /// Where probe rounds send what they saw.
+    live_results: mpsc::UnboundedSender<LiveRound>,
 }
+
+/// What one probe round saw, by kube-apiserver manifest (`Err`: why it was not probed).
+type LiveRound = Vec<(PathBuf, Result<crate::live::Observed, String>)>;
 
 struct Shipper {
     cfg: crate::ship::ShipConfig,
@@ -242,6 +249,7 @@ pub async fn run(
     let (fix_config, fix_config_rx) = watch::channel(cfg.clone());
     let (fix_committed, fix_committed_rx) = watch::channel(0u64);
     let fixer = crate::fix::fixer::Fixer::new(cfg.clone(), Arc::clone(&own));
+    let (live_results, mut live_rounds) = mpsc::unbounded_channel();
     let mut agent = Agent {
         cfg,
         source,
@@ -265,6 +273,8 @@ pub async fn run(
         own,
         fix_requests,
         fix_config,
+        live: Default::default(),
+        live_results,
     };
     agent.start();
     agent.start_shipper();
@@ -334,6 +344,8 @@ pub async fn run(
             _ = rescan.tick() => {
                 agent.process(&Dirty::all(), Some("periodic rescan found changes inotify did not report"), false);
             }
+            () = sleep_until_opt(agent.live_due()) => agent.start_probes(),
+            Some(round) = live_rounds.recv() => agent.probed(round),
             () = sleep_until_opt(retry) => {
                 agent.retry_at = None;
                 agent.process(&Dirty::all(), Some("retry after the spool refused a commit"), false);
@@ -455,6 +467,40 @@ impl Agent {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
+    }
+
+    /// When the next probe round is due (never with probes off).
+    fn live_due(&self) -> Option<Instant> {
+        self.cfg.live.enabled.then(|| self.live.due()).flatten()
+    }
+
+    /// Starts a probe round of the kube-apiserver manifests the last scan found, off the
+    /// loop (a probe waits on the network).
+    fn start_probes(&mut self) {
+        let targets = self.scanner.live_targets();
+        self.live.start(targets.clone());
+        let (tx, timeout) = (self.live_results.clone(), self.cfg.live.timeout);
+        tokio::task::spawn_blocking(move || {
+            let round: LiveRound = targets
+                .into_iter()
+                .map(|(path, t)| (path, t.map(|t| crate::live::probe(&t, timeout))))
+                .collect();
+            let _ = tx.send(round);
+        });
+    }
+
+    /// A probe round ended: its findings go into the manifests' state, and out as events.
+    fn probed(&mut self, round: LiveRound) {
+        self.live.finished(self.cfg.live.interval, Instant::now());
+        let cat = &self.cfg.catalogue;
+        let mut dirty = Dirty::default();
+        for (path, seen) in round {
+            let seen = seen.as_ref().map_err(String::as_str);
+            let findings = crate::rules::eval::evaluate_live(cat, seen);
+            self.scanner.set_live(cat, &path, &findings);
+            dirty.paths.insert(path);
+        }
+        self.process(&dirty, None, false);
     }
 
     /// Ticks when certificate expiry is to be judged again.
@@ -614,6 +660,9 @@ impl Agent {
         }
         bodies.extend(changes);
         let diffed = t0.elapsed();
+        let targets = self.scanner.live_targets();
+        self.live
+            .saw(&targets, self.cfg.live.after_change, Instant::now());
         let changed: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
         self.request_fixes(&snap.states, if dirty.all { None } else { Some(&changed) });
         self.commit(bodies, writes);

@@ -13,6 +13,7 @@ pub mod exercise;
 pub mod fix;
 pub mod integrity;
 pub mod kubeconfig;
+pub mod live;
 pub mod manifest;
 pub mod redact;
 pub mod report;

@@ -41,6 +41,11 @@ enum Command {
         /// Also list passed and skipped checks in the table.
         #[arg(long, short)]
         verbose: bool,
+        /// Also probe what kube-apiserver serves on this node (TLS versions, the certificate
+        /// served, plaintext, anonymous access): read-only, unauthenticated, loopback unless
+        /// live.address is set. Only without paths.
+        #[arg(long)]
+        live: bool,
     },
     /// List the rule catalogue in force.
     Rules {
@@ -248,9 +253,15 @@ fn main() -> ExitCode {
             format,
             fail_on,
             verbose,
+            live,
         } => {
             let scope = if paths.is_empty() {
-                Scope::Node
+                Scope::Node { live }
+            } else if live {
+                eprintln!(
+                    "lockdown-agent: --live probes this node's kube-apiserver, found in the manifests directory: it takes no paths"
+                );
+                return ExitCode::from(2);
             } else {
                 Scope::Paths(paths)
             };

@@ -83,6 +83,8 @@ struct ManifestMemo {
     /// Files it reads that are not tracked for it (the certificates it names, the cluster
     /// CA): a change there only evaluates the manifest again.
     inputs: Vec<PathBuf>,
+    /// kube-apiserver: where and what to probe (or why not), when probes are on.
+    live: Option<Result<crate::live::Target, String>>,
     /// Where its etcd keeps data, for the etcd manifest.
     etcd_data_dir: Option<PathBuf>,
 }
@@ -104,6 +106,8 @@ pub struct Scanner {
     /// For the other tracked files: the files their findings read besides themselves (the
     /// key beside a certificate, what a kubeconfig names, the cluster CA).
     file_deps: HashMap<PathBuf, Vec<PathBuf>>,
+    /// The last probe's findings of each kube-apiserver manifest, merged into its state.
+    live: HashMap<PathBuf, BTreeMap<String, FindingRecord>>,
 }
 
 impl Scanner {
@@ -124,7 +128,12 @@ impl Scanner {
         let mut snap = Snapshot::default();
         // The cluster CA, read when something compares with it.
         let node_ca = std::cell::OnceCell::new();
-        let node_ca = || node_ca.get_or_init(|| check::NodeCa(check::node_cluster_ca(cfg)));
+        let node_ca = || {
+            node_ca.get_or_init(|| check::OnNode {
+                ca: check::node_cluster_ca(cfg),
+                live: None,
+            })
+        };
         let cluster_ca = cfg.pki_dir.join("ca.crt");
         let mut watch_dirs: BTreeSet<PathBuf> = [
             cfg.manifests_dir.clone(),
@@ -155,6 +164,7 @@ impl Scanner {
             manifests.truncate(MAX_MANIFESTS);
         }
         self.memo.retain(|p, _| manifests.contains(p));
+        self.live.retain(|p, _| manifests.contains(p));
         let mut etcd_data_dir = None;
         let mut deps = BTreeSet::new();
         for path in &manifests {
@@ -166,8 +176,9 @@ impl Scanner {
                 .is_none_or(|m| m.deps.iter().chain(&m.inputs).any(|d| dirty.touches(d)));
             let state = match old {
                 Some(s) if !touched(dirty, path, s) && !memo_dirty => s.clone(),
-                _ => self.observe_manifest(cat, path, old, node_ca(), &cluster_ca),
+                _ => self.observe_manifest(cfg, path, old, node_ca(), &cluster_ca),
             };
+            let state = self.with_live(cat, path, state, old);
             if state.meta.is_none() && fs::symlink_metadata(path).is_err() {
                 // Gone between the listing and the read (a temp file renamed away): not a
                 // file of this scan, so not "invalid"; the next scan sees what replaced it.
@@ -218,7 +229,7 @@ impl Scanner {
                 }
                 _ => {
                     let ca = m.roles.contains(&FileRole::Kubeconfig).then(node_ca);
-                    let ca = ca.and_then(|c| c.0.as_deref());
+                    let ca = ca.and_then(|c| c.ca.as_deref());
                     let (state, mut deps) = observe_file(cfg, &m, old, ca);
                     if ca.is_some() {
                         deps.push(cluster_ca.clone());
@@ -252,14 +263,68 @@ impl Scanner {
         snap
     }
 
-    fn observe_manifest(
-        &mut self,
+    /// The kube-apiserver manifests to probe: where and what (or why not).
+    pub fn live_targets(&self) -> Vec<(PathBuf, Result<crate::live::Target, String>)> {
+        let mut out: Vec<_> = self
+            .memo
+            .iter()
+            .filter_map(|(p, m)| Some((p.clone(), m.live.clone()?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Keeps a probe's findings for the manifest at `path`: the next scan merges them into its
+    /// state (and they stay until the next probe).
+    pub fn set_live(&mut self, cat: &Catalogue, path: &Path, findings: &[crate::rules::Finding]) {
+        let component = Some(Component::KubeApiserver.name().to_string());
+        let file = FileReport {
+            component,
+            ..FileReport::default()
+        };
+        self.live
+            .insert(path.to_path_buf(), records(cat, &file, findings));
+    }
+
+    /// `state` with the last probe's findings in place of those it had; before this process
+    /// has probed, those `old` had (a restart is not a resolution).
+    fn with_live(
+        &self,
         cat: &Catalogue,
         path: &Path,
+        mut state: PathState,
         old: Option<&PathState>,
-        node_ca: &check::NodeCa,
+    ) -> PathState {
+        let probed = self
+            .memo
+            .get(path)
+            .is_some_and(|m| matches!(m.live, Some(Ok(_))));
+        let live = |s: &PathState| -> Vec<(String, FindingRecord)> {
+            s.findings
+                .iter()
+                .filter(|(_, f)| cat.is_live(&f.rule_id))
+                .map(|(k, f)| (k.clone(), f.clone()))
+                .collect()
+        };
+        let kept = match self.live.get(path) {
+            _ if !probed => Vec::new(),
+            Some(last) => last.iter().map(|(k, f)| (k.clone(), f.clone())).collect(),
+            None => old.map(live).unwrap_or_default(),
+        };
+        state.findings.retain(|_, f| !cat.is_live(&f.rule_id));
+        state.findings.extend(kept);
+        state
+    }
+
+    fn observe_manifest(
+        &mut self,
+        cfg: &Config,
+        path: &Path,
+        old: Option<&PathState>,
+        node_ca: &check::OnNode,
         cluster_ca: &Path,
     ) -> PathState {
+        let cat = &cfg.catalogue;
         let bytes = match check::read_bounded(path, MAX_MANIFEST_BYTES) {
             Ok(b) => b,
             Err(error) => {
@@ -301,6 +366,19 @@ impl Scanner {
             memo.deps.extend(check::authz_host_path(m, cp));
             memo.inputs.extend(check::cert_host_paths(m, cp));
             memo.inputs.push(cluster_ca.to_path_buf());
+            if cfg.live.enabled && cp.component == Component::KubeApiserver {
+                let authn = check::read_authn(m, cp);
+                let facts = crate::rules::eval::ManifestFacts {
+                    cp,
+                    authn: authn.as_ref(),
+                    authz: None,
+                    certs: None,
+                };
+                let addressing = &cfg.live.addressing;
+                let target =
+                    check::live_target(cat, m, &facts, cluster_ca.to_path_buf(), addressing);
+                memo.live = Some(target);
+            }
             if cp.component == Component::Etcd {
                 memo.etcd_data_dir = cp
                     .flags

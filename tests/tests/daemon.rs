@@ -440,8 +440,23 @@ fn changes_made_while_the_agent_was_stopped_are_reported_on_start() {
 
 #[test]
 fn a_restart_with_nothing_changed_reports_nothing_but_the_restart() {
-    let node = Node::new("");
-    assert!(node.start().stop().success());
+    // Probes on, and no API server where the manifest says: its probe finding is open, and a
+    // restart keeps it open (it is not resolved until a probe says so).
+    let node = Node::new("live:\n  timeout: 1s");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = node.manifest("kube-apiserver.yaml");
+    let text = fs::read_to_string(&api).unwrap().replace(
+        "    - --secure-port=6443\n",
+        &format!("    - --secure-port={port}\n"),
+    );
+    fs::write(&api, text).unwrap();
+    let agent = node.start();
+    agent.wait_for(0, |ev| raised(ev, "live-apiserver-answers"));
+    assert!(agent.stop().success());
     let seq = node.events().last().unwrap().seq;
     let agent = node.start();
     let events = agent.wait_for(seq, |ev| !ev.is_empty());

@@ -452,6 +452,19 @@ pub enum Builtin {
     ApiserverCertNames,
     /// etcd's `--trusted-ca-file` is the cluster CA (CIS 2.7).
     EtcdCaDistinct,
+    /// Live: the API server does not answer on its secure port.
+    LiveAnswers,
+    /// Live: the secure port accepts TLS 1.0 or 1.1.
+    LiveTlsVersion,
+    /// Live: the served chain does not verify against the cluster CA.
+    LiveChainVerifies,
+    /// Live: the served certificate is not the one in `--tls-cert-file`.
+    LiveServesCertFile,
+    /// Live: the Kubernetes API answers in plaintext.
+    LiveNoPlaintext,
+    /// Live: an unauthenticated `/api` is not refused though the manifest turns anonymous
+    /// access off.
+    LiveAnonymousRefused,
 }
 
 impl Builtin {
@@ -466,6 +479,19 @@ impl Builtin {
                 | Builtin::CertWeakSignature
                 | Builtin::CertLeafIsCa
                 | Builtin::CertKeyMismatch
+        )
+    }
+
+    /// Whether the check looks at what the running API server serves (a probe, not a file).
+    pub fn on_live(self) -> bool {
+        matches!(
+            self,
+            Builtin::LiveAnswers
+                | Builtin::LiveTlsVersion
+                | Builtin::LiveChainVerifies
+                | Builtin::LiveServesCertFile
+                | Builtin::LiveNoPlaintext
+                | Builtin::LiveAnonymousRefused
         )
     }
 
@@ -1019,6 +1045,13 @@ impl Catalogue {
     /// The ids of the rules in force, in catalogue order.
     pub fn rule_ids(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|r| &*r.id)
+    }
+
+    /// Whether a rule judges what a probe saw (not a file).
+    pub fn is_live(&self, rule_id: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| &*r.id == rule_id && matches!(r.test, Test::Builtin(b) if b.on_live()))
     }
 
     /// Whether a rule can fail more than once in one file (one finding per unsupported flag,

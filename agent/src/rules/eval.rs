@@ -316,22 +316,41 @@ impl Ctx<'_> {
 
 /// Evaluates every component rule that targets this manifest's component.
 pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Finding> {
-    let ctx = Ctx {
-        cat,
-        c: facts.cp.component,
-        v: facts.cp.version,
-        flags: &facts.cp.flags,
-        authn: facts.authn,
-        authz: facts.authz,
-        certs: facts.certs,
-        specs: facts
-            .cp
-            .flags
-            .uses
-            .iter()
-            .map(|u| cat.flag(facts.cp.component, &u.name))
-            .collect(),
-    };
+    let ctx = Ctx::new(cat, &facts);
+    evaluate_ctx(&ctx)
+}
+
+/// Whether the manifest turns anonymous access off, or limits it to the health endpoints
+/// (what `apiserver-anonymous-auth` passes): then `/api` must refuse a request without
+/// credentials.
+pub fn anonymous_off(cat: &Catalogue, facts: &ManifestFacts<'_>) -> bool {
+    let ctx = Ctx::new(cat, facts);
+    matches!(anonymous_restricted(&ctx).verdict, Verdict::Pass)
+}
+
+impl<'a> Ctx<'a> {
+    fn new(cat: &'a Catalogue, facts: &ManifestFacts<'a>) -> Self {
+        Ctx {
+            cat,
+            c: facts.cp.component,
+            v: facts.cp.version,
+            flags: &facts.cp.flags,
+            authn: facts.authn,
+            authz: facts.authz,
+            certs: facts.certs,
+            specs: facts
+                .cp
+                .flags
+                .uses
+                .iter()
+                .map(|u| cat.flag(facts.cp.component, &u.name))
+                .collect(),
+        }
+    }
+}
+
+fn evaluate_ctx(ctx: &Ctx<'_>) -> Vec<Finding> {
+    let cat = ctx.cat;
     let mut out = Vec::with_capacity(cat.rules.len() + 8);
     for rule in &cat.rules {
         match rule.target {
@@ -339,13 +358,16 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
             Target::AnyComponent => {}
             _ => continue,
         }
-        if let Some(reason) = not_applicable(rule, &ctx) {
+        if matches!(rule.test, Test::Builtin(b) if b.on_live()) {
+            continue; // judged on what a probe saw (evaluate_live), not on the manifest
+        }
+        if let Some(reason) = not_applicable(rule, ctx) {
             out.push(finding(
                 rule,
                 Check::new(Verdict::Pass, None, None, None),
                 Status::Skip,
                 Some(reason),
-                &ctx,
+                ctx,
             ));
             continue;
         }
@@ -364,13 +386,13 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
             let check = Check::new(Verdict::Unknown(why), Some(flag), Some(file), None);
             // A flag edit changes nothing there (etcd ignores flags with --config-file), or
             // stops the component (--authorization-mode beside --authorization-config).
-            let mut f = finding(rule, check, Status::Warn, None, &ctx);
+            let mut f = finding(rule, check, Status::Warn, None, ctx);
             f.fix = None;
             f.autofix = false;
             out.push(f);
             continue;
         }
-        for mut check in run(&rule.test, &ctx) {
+        for mut check in run(&rule.test, ctx) {
             let status = status_of(rule, &check.verdict);
             let mut reason = None;
             if from_file {
@@ -383,7 +405,7 @@ pub fn evaluate_manifest(cat: &Catalogue, facts: ManifestFacts<'_>) -> Vec<Findi
                     ));
                 }
             }
-            let mut f = finding(rule, check, status, None, &ctx);
+            let mut f = finding(rule, check, status, None, ctx);
             if from_file {
                 f.fix = None;
                 f.autofix = false;
@@ -431,28 +453,192 @@ pub fn evaluate_file(cat: &Catalogue, file: &FileFacts) -> Vec<Finding> {
                 None,
             ),
         };
-        let status = status_of(rule, &check.verdict);
-        let reason = match &check.verdict {
-            Verdict::Unknown(r) => Some(r.clone()),
-            _ => None,
-        };
-        out.push(Finding {
-            id: rule.id.clone(),
-            cis: rule.cis.clone(),
-            title: rule.title.clone(),
-            severity: rule.severity,
-            status,
-            flag: None,
-            observed: check.observed,
-            expected: check.expected,
-            remediation: rule.remediation.clone(),
-            autofix: false,
-            fix: None,
-            reason,
-            reference: None,
-        });
+        out.push(plain_finding(rule, check));
     }
     out
+}
+
+/// A finding of a rule that offers no fix (files, probes).
+fn plain_finding(rule: &Rule, check: Check) -> Finding {
+    let status = status_of(rule, &check.verdict);
+    let reason = match &check.verdict {
+        Verdict::Unknown(r) => Some(r.clone()),
+        _ => None,
+    };
+    Finding {
+        id: rule.id.clone(),
+        cis: rule.cis.clone(),
+        title: rule.title.clone(),
+        severity: rule.severity,
+        status,
+        flag: check.flag,
+        observed: check.observed,
+        expected: check.expected,
+        remediation: rule.remediation.clone(),
+        autofix: false,
+        fix: None,
+        reason,
+        reference: None,
+    }
+}
+
+/// Evaluates the live rules on what a probe of kube-apiserver saw. A server that is down
+/// fails `live-apiserver-answers` only: the others are skipped, since down is not insecure.
+/// `Err`: why nothing was probed (each live rule is skipped with it).
+pub fn evaluate_live(cat: &Catalogue, seen: Result<&crate::live::Observed, &str>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for rule in &cat.rules {
+        let Test::Builtin(b) = rule.test else {
+            continue;
+        };
+        if !b.on_live() || !matches!(rule.target, Target::Component(Component::KubeApiserver)) {
+            continue;
+        }
+        match seen
+            .map_err(str::to_string)
+            .and_then(|seen| live_check(b, seen))
+        {
+            Ok(check) => out.push(plain_finding(rule, check)),
+            Err(why) => out.push(skipped(rule, why)),
+        }
+    }
+    out
+}
+
+/// One live check; `Err` when it does not apply, with why.
+fn live_check(b: Builtin, seen: &crate::live::Observed) -> Result<Check, String> {
+    use crate::live::clip;
+    let t = &seen.target;
+    let at = format!("{}", t.secure);
+    if let Some(down) = &seen.down {
+        if b == Builtin::LiveAnswers {
+            return Ok(Check::new(
+                Verdict::Fail,
+                None,
+                Some(format!("nothing answers: {down}")),
+                Some(format!("kube-apiserver on {at}")),
+            ));
+        }
+        return Err(format!("kube-apiserver is down ({down})"));
+    }
+    let pass_fail = |fails: bool| if fails { Verdict::Fail } else { Verdict::Pass };
+    let handshake = seen.handshake.as_ref();
+    Ok(match b {
+        Builtin::LiveAnswers => {
+            let livez = match &seen.livez {
+                Ok(code) => format!("/livez answered {code}"),
+                Err(e) => e.clone(),
+            };
+            Check::new(
+                pass_fail(seen.livez.is_err()),
+                None,
+                Some(livez),
+                Some("an HTTP answer to /livez".into()),
+            )
+        }
+        Builtin::LiveTlsVersion => match &seen.legacy {
+            Err(e) => Check::new(Verdict::Unknown(e.clone()), None, None, None),
+            Ok(accepted) => Check::new(
+                pass_fail(accepted.is_some()),
+                Some("tls-min-version"),
+                Some(match (accepted, handshake) {
+                    (Some(v), _) => format!("{v} accepted on {at}"),
+                    (None, Ok(h)) => format!("TLS 1.1 refused; {} negotiated", h.version),
+                    (None, Err(_)) => "TLS 1.1 refused".into(),
+                }),
+                Some("TLS 1.2 or later only".into()),
+            ),
+        },
+        Builtin::LiveChainVerifies => {
+            let h = handshake.map_err(|e| format!("no TLS 1.2/1.3 handshake: {e}"))?;
+            Check::new(
+                pass_fail(h.verified.is_err()),
+                Some("tls-cert-file"),
+                Some(match &h.verified {
+                    Ok(()) => format!("{} verifies for {}", clip(&h.leaf.subject), t.server_name),
+                    Err(e) => format!("{}: {e}", clip(&h.leaf.subject)),
+                }),
+                Some(format!(
+                    "a chain to the cluster CA ({}) valid for {}",
+                    t.cluster_ca.display(),
+                    t.server_name
+                )),
+            )
+        }
+        Builtin::LiveServesCertFile => {
+            let file = seen
+                .cert_file
+                .as_ref()
+                .ok_or("no --tls-cert-file: kube-apiserver serves a certificate it makes")?;
+            let h = handshake.map_err(|e| format!("no TLS 1.2/1.3 handshake: {e}"))?;
+            match file {
+                Err(e) => Check::new(
+                    Verdict::Unknown(format!("cannot read --tls-cert-file: {e}")),
+                    Some("tls-cert-file"),
+                    None,
+                    None,
+                ),
+                Ok(certs) => {
+                    let same = certs[0].sha256 == h.leaf.sha256;
+                    let describe = |c: &crate::tls::Cert| {
+                        format!(
+                            "{} (sha256 {}, valid until {})",
+                            clip(&c.subject),
+                            &c.sha256[..16],
+                            date(c.not_after)
+                        )
+                    };
+                    Check::new(
+                        pass_fail(!same),
+                        Some("tls-cert-file"),
+                        Some(format!("serves {}", describe(&h.leaf))),
+                        Some(format!("the file's {}", describe(&certs[0]))),
+                    )
+                }
+            }
+        }
+        Builtin::LiveNoPlaintext => {
+            let mut bad = Vec::new();
+            let mut unknown = Vec::new();
+            for (addr, answer) in &seen.plaintext {
+                match answer {
+                    Ok(Some(line)) => {
+                        bad.push(format!("{addr} answered GET /api in plaintext: {line}"))
+                    }
+                    Ok(None) => {}
+                    Err(e) => unknown.push(format!("{addr}: {e}")),
+                }
+            }
+            let probed: Vec<String> = seen.plaintext.iter().map(|(a, _)| a.to_string()).collect();
+            if bad.is_empty() && !unknown.is_empty() {
+                Check::new(Verdict::Unknown(unknown.join("; ")), None, None, None)
+            } else {
+                judge(
+                    bad,
+                    &format!("no plaintext Kubernetes API on {}", probed.join(", ")),
+                    "TLS only",
+                )
+            }
+        }
+        Builtin::LiveAnonymousRefused => {
+            if !t.anonymous_off {
+                return Err(
+                    "the manifest allows anonymous requests (apiserver-anonymous-auth reports it)"
+                        .into(),
+                );
+            }
+            match &seen.api {
+                Err(e) => Check::new(Verdict::Unknown(e.clone()), None, None, None),
+                Ok(code) => Check::new(
+                    pass_fail(!matches!(code, 401 | 403)),
+                    Some("anonymous-auth"),
+                    Some(format!("GET /api without credentials answered {code}")),
+                    Some("401 or 403".into()),
+                ),
+            }
+        }
+        _ => return Err("not a live check".into()),
+    })
 }
 
 /// A failed CIS "Manual" check is a warn; an undecidable one is a warn with its reason.

@@ -8,9 +8,10 @@
 //! - it also refuses the argv words a test names in `FAKE_REFUSE` (a fix the test wants to
 //!   fail);
 //! - it serves its probe paths (`FAKE_SERVE`: `scheme:port` entries, `FAKE_PATHS`) on
-//!   127.0.0.1, over TLS with a throwaway certificate for `https`, answering 200, or 401
-//!   to every request when `--anonymous-auth=false` (the kubelet's probes send no
-//!   credentials).
+//!   127.0.0.1, over TLS for `https` (with the certificate and key in `FAKE_CERT` and
+//!   `FAKE_KEY`, else a throwaway one), answering 200, or 401 to every request when
+//!   `--anonymous-auth=false` (the kubelet's probes send no credentials); `/api` answers as
+//!   kube-apiserver does, with its JSON (`APIVersions`, or a 401 `Status`).
 //!
 //! Usage: `FAKE_COMPONENT=kube-scheduler FAKE_VERSION=1.31.4 FAKE_SERVE=https:10259
 //! FAKE_PATHS=/healthz fake-component --flag=value ...`
@@ -65,7 +66,7 @@ fn main() {
                 eprintln!("{component}: cannot listen on {port}: {e}");
                 std::process::exit(1)
             });
-        let tls = (scheme == "https").then(tls_config);
+        let tls = (scheme == "https").then(|| tls_config(&env("FAKE_CERT"), &env("FAKE_KEY")));
         let paths = Arc::clone(&paths);
         threads.push(std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
@@ -357,12 +358,21 @@ fn answer<S: Read + Write>(stream: S, paths: &[String], unauthorized: bool) {
     }
     let (code, text) = if unauthorized {
         (401, "Unauthorized")
-    } else if paths.iter().any(|p| p == path) {
+    } else if paths.iter().any(|p| p == path) || path == "/api" {
         (200, "OK")
     } else {
         (404, "Not Found")
     };
-    let body = format!("{text}\n");
+    let body = match (path, code) {
+        ("/api", 200) => {
+            "{\"kind\":\"APIVersions\",\"versions\":[\"v1\"],\"serverAddressByClientCIDRs\":[]}\n"
+                .to_string()
+        }
+        ("/api", _) => format!(
+            "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"{text}\",\"code\":{code}}}\n"
+        ),
+        _ => format!("{text}\n"),
+    };
     let mut stream = reader.into_inner();
     let _ = write!(
         stream,
@@ -372,21 +382,31 @@ fn answer<S: Read + Write>(stream: S, paths: &[String], unauthorized: bool) {
     let _ = stream.flush();
 }
 
-fn tls_config() -> Arc<rustls::ServerConfig> {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("self-signed");
+/// The certificate chain and key in these PEM files, or a throwaway pair when not given.
+fn tls_config(cert_file: &str, key_file: &str) -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let (chain, key) = if cert_file.is_empty() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed");
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![cert.der().clone()], key)
+    } else {
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert_file)
+            .expect("FAKE_CERT")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("FAKE_CERT");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key_file).expect("FAKE_KEY");
+        (chain, key)
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocols")
         .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        .with_single_cert(chain, key)
         .expect("server config");
     Arc::new(cfg)
 }
