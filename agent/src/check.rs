@@ -369,6 +369,63 @@ fn read_named<T>(
     )
 }
 
+/// Certificate files each component's flags name.
+const CERT_FLAGS: [(Component, &[&str]); 4] = [
+    (
+        Component::KubeApiserver,
+        &[
+            "tls-cert-file",
+            "client-ca-file",
+            "kubelet-client-certificate",
+            "kubelet-certificate-authority",
+            "etcd-certfile",
+            "etcd-cafile",
+            "proxy-client-cert-file",
+            "requestheader-client-ca-file",
+        ],
+    ),
+    (
+        Component::KubeControllerManager,
+        &[
+            "tls-cert-file",
+            "client-ca-file",
+            "cluster-signing-cert-file",
+            "root-ca-file",
+            "requestheader-client-ca-file",
+        ],
+    ),
+    (
+        Component::KubeScheduler,
+        &[
+            "tls-cert-file",
+            "client-ca-file",
+            "requestheader-client-ca-file",
+        ],
+    ),
+    (
+        Component::Etcd,
+        &[
+            "cert-file",
+            "peer-cert-file",
+            "trusted-ca-file",
+            "peer-trusted-ca-file",
+        ],
+    ),
+];
+
+/// Where on the host the certificate files the manifest's flags name are, as the pod mounts
+/// them: on a node they are judged like the PKI directory's.
+pub fn named_cert_paths(m: &Manifest, cp: &ControlPlane) -> Vec<PathBuf> {
+    let flags = CERT_FLAGS
+        .iter()
+        .find(|(c, _)| *c == cp.component)
+        .map_or(&[][..], |(_, f)| f);
+    flags
+        .iter()
+        .filter_map(|f| host_path(m, cp, &cp.flags.value(f)?))
+        .collect()
+}
+
 /// Where on the host the certificate files the manifest's rules read are (kube-apiserver's
 /// `--tls-cert-file`, etcd's `--trusted-ca-file`).
 pub fn cert_host_paths(m: &Manifest, cp: &ControlPlane) -> Vec<PathBuf> {
@@ -692,6 +749,8 @@ struct Evaluated {
     stat: (u32, u32, u32),
     component: Option<Component>,
     etcd_data_dir: Option<Option<PathBuf>>,
+    /// On a node: the certificate files its flags name.
+    certs: Vec<PathBuf>,
 }
 
 /// One worker's view of the memo: what it found there, and for each content the whole list
@@ -713,13 +772,13 @@ impl Memo {
         cat: &Catalogue,
         path: &Path,
         listed_regular: bool,
-    ) -> (FileReport, Option<Option<PathBuf>>) {
+    ) -> (FileReport, Option<Option<PathBuf>>, Vec<PathBuf>) {
         let (bytes, meta) = match read_bounded_as(path, MAX_MANIFEST_BYTES, listed_regular) {
             Ok(read) => read,
             Err(e) => {
                 let mut report = FileReport::new(path);
                 report.error = Some(e);
-                return (report, None);
+                return (report, None, Vec::new());
             }
         };
         let stat = (meta.mode() & 0o7777, meta.uid(), meta.gid());
@@ -729,7 +788,7 @@ impl Memo {
             // A certificate named on the command line (never in the memo: not a manifest).
             None if self.any_kind && crate::tls::has_pem_certificate(&bytes) => {
                 let report = certificate_report(cat, path, &bytes, &meta, &self.tls);
-                return (report, None);
+                return (report, None, Vec::new());
             }
             // A kubeconfig named on the command line (a workstation's ~/.kube/config).
             None if self.any_kind && crate::kubeconfig::looks_like_kubeconfig(&bytes) => {
@@ -737,7 +796,7 @@ impl Memo {
                 let facts = facts_of(&meta, vec![FileRole::Kubeconfig]);
                 let (tls, deps) = (&self.tls, &mut Vec::new());
                 report.findings = judge_file(cat, path, facts, Some(Ok(&bytes)), tls, None, deps);
-                return (report, None);
+                return (report, None, Vec::new());
             }
             None => {
                 let e = self.evaluated(cat, path, &bytes, &meta);
@@ -766,7 +825,7 @@ impl Memo {
                 }
             };
         }
-        (report, e.etcd_data_dir.clone())
+        (report, e.etcd_data_dir.clone(), e.certs.clone())
     }
 
     /// What `bytes` give, from the shared memo or checked now (and remembered while there is
@@ -818,6 +877,10 @@ fn evaluate(
         let manifest = std::mem::take(&mut report.findings).into_vec();
         report.findings = with_file_findings(manifest, cat, &facts);
     }
+    let certs = match (&parsed, node) {
+        (Some((m, cp)), Some(_)) => named_cert_paths(m, cp),
+        _ => Vec::new(),
+    };
     let etcd_data_dir = parsed
         .filter(|(_, cp)| cp.component == Component::Etcd)
         .map(|(m, cp)| {
@@ -830,6 +893,7 @@ fn evaluate(
         stat: (meta.mode() & 0o7777, meta.uid(), meta.gid()),
         component,
         etcd_data_dir,
+        certs,
     }
 }
 
@@ -1110,6 +1174,7 @@ pub fn run_each<R: Send>(
         }
     }
     let mut etcd_data_dir = None;
+    let mut named_certs = Vec::new();
     let on_node = matches!(scope, Scope::Node { .. });
     let live = matches!(scope, Scope::Node { live: true });
     // The cluster CA, read once: the manifests' certificates and the kubeconfigs compare with it.
@@ -1128,20 +1193,21 @@ pub fn run_each<R: Send>(
         |view: &mut MemoView, item| match item {
             // For etcd also where its data directory is on the host (the last etcd wins).
             Ok((path, listed_regular)) => {
-                let (report, data_dir) = memo.check(view, cat, &path, listed_regular);
-                (prepare(report), data_dir)
+                let (report, data_dir, certs) = memo.check(view, cat, &path, listed_regular);
+                (prepare(report), data_dir, certs)
             }
-            Err(report) => (prepare(report), None),
+            Err(report) => (prepare(report), None, Vec::new()),
         },
-        &mut |(report, data_dir)| {
+        &mut |(report, data_dir, certs)| {
             if let Some(d) = data_dir {
                 etcd_data_dir = d;
             }
+            named_certs.extend(certs);
             emit(report)
         },
     )?;
     if on_node {
-        let members = file_set_members(cfg, etcd_data_dir);
+        let members = file_set_members(cfg, etcd_data_dir, named_certs);
         in_parallel(
             members,
             |_: &mut (), m| {
@@ -1364,8 +1430,13 @@ pub struct SetMember {
     pub error: Option<String>,
 }
 
-/// The CIS 1.1 file set that exists on this node (and kubelet.conf, CIS 4.1.5-4.1.6).
-pub fn file_set_members(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<SetMember> {
+/// The CIS 1.1 file set that exists on this node (and kubelet.conf, CIS 4.1.5-4.1.6), and
+/// the certificate files the manifests name outside the PKI directory (`named_certs`).
+pub fn file_set_members(
+    cfg: &Config,
+    etcd_data_dir: Option<PathBuf>,
+    named_certs: Vec<PathBuf>,
+) -> Vec<SetMember> {
     let member = |path: PathBuf, roles: Vec<FileRole>| SetMember {
         path,
         roles,
@@ -1422,6 +1493,14 @@ pub fn file_set_members(cfg: &Config, etcd_data_dir: Option<PathBuf>) -> Vec<Set
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         out.extend(entries);
     }
+    let mut named_certs = named_certs;
+    named_certs.sort();
+    named_certs.dedup();
+    for p in named_certs {
+        if !p.starts_with(&cfg.pki_dir) && fs::symlink_metadata(&p).is_ok() {
+            out.push(member(p, vec![FileRole::Certificate]));
+        }
+    }
     let data_dir = etcd_data_dir.unwrap_or_else(|| cfg.etcd_data_dir.clone());
     if fs::symlink_metadata(&data_dir).is_ok() {
         out.push(member(data_dir, vec![FileRole::EtcdDataDir]));
@@ -1469,9 +1548,9 @@ mod tests {
         let cat = Catalogue::builtin();
         let memo = Memo::default();
         let mut view = MemoView::default();
-        let (a, _) = memo.check(&mut view, cat, &path("a"), true);
-        let (b, _) = memo.check(&mut view, cat, &path("b"), false);
-        let (c, _) = memo.check(&mut view, cat, &path("c"), true);
+        let (a, _, _) = memo.check(&mut view, cat, &path("a"), true);
+        let (b, _, _) = memo.check(&mut view, cat, &path("b"), false);
+        let (c, _, _) = memo.check(&mut view, cat, &path("c"), true);
         assert!(a.findings.shares(&b.findings), "copies share one list");
         assert!(
             !a.findings.shares(&c.findings),
@@ -1488,12 +1567,12 @@ mod tests {
         assert_eq!(mode(&c), crate::rules::Status::Fail);
         assert_eq!(b.path, path("b").display().to_string());
         // Another worker finds the evaluation in the memo (the same places, not a copy).
-        let (d, _) = memo.check(&mut MemoView::default(), cat, &path("b"), true);
+        let (d, _, _) = memo.check(&mut MemoView::default(), cat, &path("b"), true);
         assert!(Arc::ptr_eq(&a.places, &d.places) && Arc::ptr_eq(&a.places, &c.places));
         assert_eq!(*a.findings, *d.findings);
         // A file that changed is evaluated again.
         fs::write(path("a"), String::from_utf8(text).unwrap() + "\n# edited\n").unwrap();
-        let (e, _) = memo.check(&mut view, cat, &path("a"), true);
+        let (e, _, _) = memo.check(&mut view, cat, &path("a"), true);
         assert!(!Arc::ptr_eq(&a.places, &e.places));
     }
 

@@ -651,7 +651,10 @@ mod tests {
         let long = format!("HTTP/1.1 200 OK\u{1b}[2J{}", "x".repeat(1000));
         let c = clip(&long);
         assert_eq!(c.chars().count(), 120);
-        assert!(c.starts_with("HTTP/1.1 200 OK[2J") && !c.contains('\u{1b}'), "{c}");
+        assert!(
+            c.starts_with("HTTP/1.1 200 OK[2J") && !c.contains('\u{1b}'),
+            "{c}"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - the CIS 1.1 file set and kubelet.conf ([`check::file_set_members`]), with the etcd data
 //!   directory taken from the etcd manifest;
 //! - files a manifest depends on (the AuthenticationConfiguration named by
-//!   `--authentication-config`): a change there re-evaluates the manifest.
+//!   `--authentication-config`): a change there re-evaluates the manifest;
+//! - the certificate files the manifests name outside the PKI directory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -83,6 +84,8 @@ struct ManifestMemo {
     /// Files it reads that are not tracked for it (the certificates it names, the cluster
     /// CA): a change there only evaluates the manifest again.
     inputs: Vec<PathBuf>,
+    /// The certificate files its flags name (tracked with the file set).
+    certs: Vec<PathBuf>,
     /// kube-apiserver: where and what to probe (or why not), when probes are on.
     live: Option<Result<crate::live::Target, String>>,
     /// Where its etcd keeps data, for the etcd manifest.
@@ -167,6 +170,7 @@ impl Scanner {
         self.live.retain(|p, _| manifests.contains(p));
         let mut etcd_data_dir = None;
         let mut deps = BTreeSet::new();
+        let mut named_certs = Vec::new();
         for path in &manifests {
             let k = key(path);
             let old = current.get(&k);
@@ -187,6 +191,7 @@ impl Scanner {
             }
             if let Some(m) = self.memo.get(path) {
                 deps.extend(m.deps.iter().cloned());
+                named_certs.extend(m.certs.iter().cloned());
                 if m.etcd_data_dir.is_some() {
                     etcd_data_dir.clone_from(&m.etcd_data_dir);
                 }
@@ -203,7 +208,7 @@ impl Scanner {
                 error: list_error,
             });
         }
-        members.extend(check::file_set_members(cfg, etcd_data_dir));
+        members.extend(check::file_set_members(cfg, etcd_data_dir, named_certs));
         members.extend(deps.into_iter().map(|path| SetMember {
             path,
             roles: Vec::new(),
@@ -365,6 +370,7 @@ impl Scanner {
             memo.deps.extend(check::authn_host_path(m, cp));
             memo.deps.extend(check::authz_host_path(m, cp));
             memo.inputs.extend(check::cert_host_paths(m, cp));
+            memo.certs = check::named_cert_paths(m, cp);
             memo.inputs.push(cluster_ca.to_path_buf());
             if cfg.live.enabled && cp.component == Component::KubeApiserver {
                 let authn = check::read_authn(m, cp);

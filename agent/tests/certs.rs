@@ -423,3 +423,41 @@ fn the_serving_certificate_names_and_etcds_own_ca_are_read_where_the_pods_mount_
     );
     assert_eq!(status_of(&files, "etcd.yaml", "etcd-unique-ca"), "pass");
 }
+
+#[test]
+fn certificates_the_manifests_name_outside_the_pki_directory_are_judged_too() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("pki");
+    let elsewhere = root.path().join("etcd-tls");
+    fs::create_dir_all(&pki).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    let config = node_config(root.path());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/kubeadm/v1.31");
+    // etcd's certificates live in a directory of their own, mounted into its pod.
+    let text = fs::read_to_string(fixtures.join("etcd.yaml"))
+        .unwrap()
+        .replace("/etc/kubernetes/pki/etcd", elsewhere.to_str().unwrap());
+    fs::write(root.path().join("manifests/etcd.yaml"), text).unwrap();
+    let (old, old_key) = cert("etcd-server", -3, false);
+    fs::write(elsewhere.join("server.crt"), old).unwrap();
+    fs::write(elsewhere.join("server.key"), old_key).unwrap();
+    let files = check(&config, &[]);
+    let server = entry(&files, "/etcd-tls/server.crt");
+    assert_eq!(status(server, "cert-expired"), "fail", "{server}");
+    assert_eq!(status(server, "cert-key-mismatch"), "pass");
+    // Only the PKI directory's files get the CIS 1.1 PKI mode rules.
+    assert!(
+        !server["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "file-pki-cert-mode"),
+        "{server}"
+    );
+    // Named, but not there: nothing to judge, and no entry.
+    assert!(
+        !files
+            .iter()
+            .any(|f| f["path"].as_str().unwrap().ends_with("/etcd-tls/peer.crt"))
+    );
+}

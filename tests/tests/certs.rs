@@ -119,3 +119,39 @@ fn a_key_beside_a_certificate_and_the_cluster_ca_are_dependencies() {
     });
     assert!(agent.stop().success());
 }
+
+#[test]
+fn a_certificate_a_manifest_names_outside_the_pki_is_tracked_and_its_directory_watched() {
+    let node = Node::new("");
+    let elsewhere = node.root.path().join("etcd-tls");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let etcd = node.manifest("etcd.yaml");
+    let text = fs::read_to_string(&etcd).unwrap().replace(
+        &format!("      path: {}/pki/etcd\n", node.kubernetes.display()),
+        &format!("      path: {}\n", elsewhere.display()),
+    );
+    assert!(text.contains(elsewhere.to_str().unwrap()), "{text}");
+    fs::write(&etcd, text).unwrap();
+    let server = elsewhere.join("server.crt");
+    let soon = node.ca.issue_until(
+        "cp-1",
+        &["cp-1"],
+        OffsetDateTime::now_utc() + Duration::days(3),
+    );
+    write(&server, &soon.cert, 0o644);
+    write(&elsewhere.join("server.key"), &soon.key, 0o600);
+    let agent = node.start();
+    let events = agent.wait_for(0, |ev| raised_on(ev, "cert-expiring", &server));
+    let seq = events.last().unwrap().seq;
+    // Renewed: heard through the watch on its directory.
+    let renewed = node.ca.issue("cp-1", &["cp-1"]);
+    write(&elsewhere.join("server.key"), &renewed.key, 0o600);
+    write(&server, &renewed.cert, 0o644);
+    agent.wait_for(seq, |ev| {
+        about(ev, "finding_resolved", &server).iter().any(|e| {
+            matches!(&e.body, EventBody::FindingResolved { finding, .. }
+                if finding.rule_id == "cert-expiring")
+        })
+    });
+    assert!(agent.stop().success());
+}
