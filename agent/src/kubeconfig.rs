@@ -129,18 +129,22 @@ pub fn looks_like_kubeconfig(bytes: &[u8]) -> bool {
     kind && clusters
 }
 
-/// A server URL with any `user:password@` withheld: the URL goes into findings, which leave
-/// the node, and a password can be written there.
+/// A server URL with any `user:password@`, query and fragment withheld: the URL goes into
+/// findings, which leave the node, and a password or token can be written there.
 fn without_userinfo(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let sep = if scheme.is_empty() { "" } else { "://" };
-            format!("{scheme}{sep}(userinfo withheld)@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("(userinfo withheld)@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let path = match tail.find(['?', '#']) {
+        Some(q) => format!("{}?(query withheld)", &tail[..q]),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{sep}{host}{path}")
 }
 
 /// Certificates given as `*-data` (base64 of PEM, which wins, as in client-go) or as a file.
@@ -284,9 +288,9 @@ users:
             "https://10.0.0.1:6443"
         );
         assert_eq!(
-            without_userinfo("https://h/p?q=a@b"),
-            "https://h/p?q=a@b",
-            "an @ after the host is not userinfo"
+            without_userinfo("https://h/p?token=a@b#frag"),
+            "https://h/p?(query withheld)",
+            "an @ after the host is not userinfo, and the query is withheld"
         );
         assert_eq!(k.clusters[1].ca, Pem::File("ca.crt".into()));
         assert!(k.clusters[1].insecure_skip_verify);

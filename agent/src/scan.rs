@@ -300,6 +300,9 @@ impl Scanner {
         mut state: PathState,
         old: Option<&PathState>,
     ) -> PathState {
+        if state.error.is_some() {
+            return state; // an unreadable manifest keeps what was known, probes included
+        }
         let probed = self
             .memo
             .get(path)

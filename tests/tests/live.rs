@@ -64,7 +64,12 @@ fn fake(port: u16, scheme: &str, cert: Option<(&Path, &Path)>, flags: &[&str]) -
 
 /// A kubeadm node whose kube-apiserver manifest serves on `port`, with `extra` flags.
 fn node(port: u16, extra: &str) -> Node {
-    let node = Node::kubeadm_full("live:\n  timeout: 2s");
+    node_with(port, extra, "live:\n  timeout: 2s")
+}
+
+/// [`node`] with an agent config whose `live:` section is `live`.
+fn node_with(port: u16, extra: &str, live: &str) -> Node {
+    let node = Node::kubeadm_full(live);
     let path = node.manifest("kube-apiserver.yaml");
     let text = fs::read_to_string(&path).unwrap().replace(
         "    - --secure-port=6443\n",
@@ -119,6 +124,14 @@ fn live(node: &Node) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The sandbox's serving certificate and key.
+fn pair(node: &Node) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        node.pki.join("apiserver.crt"),
+        node.pki.join("apiserver.key"),
+    )
+}
+
 fn status<'a>(found: &'a [(String, String, String)], id: &str) -> (&'a str, &'a str) {
     let f = found
         .iter()
@@ -131,10 +144,7 @@ fn status<'a>(found: &'a [(String, String, String)], id: &str) -> (&'a str, &'a 
 fn the_certificate_in_the_file_served_over_modern_tls_passes_everything() {
     let port = free_port();
     let node = node(port, "    - --anonymous-auth=false\n");
-    let (crt, key) = (
-        node.pki.join("apiserver.crt"),
-        node.pki.join("apiserver.key"),
-    );
+    let (crt, key) = pair(&node);
     let _server = fake(
         port,
         "https",
@@ -206,10 +216,7 @@ fn another_certificate_served_is_found_and_a_self_signed_one_does_not_verify() {
 fn anonymous_access_the_manifest_turns_off_but_the_process_allows_is_found() {
     let port = free_port();
     let node = node(port, "    - --anonymous-auth=false\n");
-    let (crt, key) = (
-        node.pki.join("apiserver.crt"),
-        node.pki.join("apiserver.key"),
-    );
+    let (crt, key) = pair(&node);
     // The process still runs without the flag: it predates the manifest.
     let _server = fake(port, "https", Some((&crt, &key)), &[]);
     let found = live(&node);
@@ -222,10 +229,7 @@ fn anonymous_access_the_manifest_turns_off_but_the_process_allows_is_found() {
 fn tls_11_only_is_found() {
     let port = free_port();
     let node = node(port, "");
-    let (crt, key) = (
-        node.pki.join("apiserver.crt"),
-        node.pki.join("apiserver.key"),
-    );
+    let (crt, key) = pair(&node);
     let server = Command::new("openssl")
         .args(["s_server", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
@@ -300,17 +304,11 @@ fn raised(events: &[lockdown_agent::event::Event], rule: &str) -> bool {
 #[test]
 fn the_daemon_probes_on_its_interval_and_after_a_manifest_change() {
     let port = free_port();
-    let node = Node::kubeadm_full("live:\n  interval: 1s\n  after_change: 1s\n  timeout: 2s");
+    let live = "live:\n  interval: 1s\n  after_change: 1s\n  timeout: 2s";
+    let node = node_with(port, "", live);
     let path = node.manifest("kube-apiserver.yaml");
-    let text = fs::read_to_string(&path).unwrap().replace(
-        "    - --secure-port=6443\n",
-        &format!("    - --secure-port={port}\n"),
-    );
-    fs::write(&path, &text).unwrap();
-    let (crt, key) = (
-        node.pki.join("apiserver.crt"),
-        node.pki.join("apiserver.key"),
-    );
+    let text = fs::read_to_string(&path).unwrap();
+    let (crt, key) = pair(&node);
     let server = fake(port, "https", Some((&crt, &key)), &[]);
     let agent = node.start();
     let started = agent.last_seq();
