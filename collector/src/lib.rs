@@ -1,6 +1,7 @@
 //! kube-lockdown collector: stores the fleet's events (SQLite by default) and serves them to
 //! readers over gRPC (lockdown.v1), with mTLS.
 
+pub mod ack;
 pub mod admit;
 pub mod certs;
 pub mod config;

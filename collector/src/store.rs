@@ -470,12 +470,8 @@ fn insert_batch(tx: &rusqlite::Transaction<'_>, b: &Batch<'_>) -> rusqlite::Resu
                         r.get::<_, i64>(0).map(|s| s as u64)
                     })?
                     .collect::<Result<_, _>>()?;
-                let mut at = from;
-                for p in present.into_iter().chain(std::iter::once(seq)) {
-                    if p > at {
-                        gap.execute(params![node, epoch as i64, at as i64, (p - 1) as i64])?;
-                    }
-                    at = p + 1;
+                for (first, last) in crate::ack::missing(from, seq, present) {
+                    gap.execute(params![node, epoch as i64, first as i64, last as i64])?;
                 }
             }
             from = from.max(seq + 1);
@@ -490,34 +486,29 @@ fn insert_batch(tx: &rusqlite::Transaction<'_>, b: &Batch<'_>) -> rusqlite::Resu
 }
 
 /// The highest sequence number reachable from `acked` through stored or explained events:
-/// the contiguous-ack rule (invariant 3).
+/// the contiguous-ack rule ([`crate::ack::advance`]) over this database.
 fn advance(
     tx: &rusqlite::Transaction<'_>,
     node: &str,
     epoch: u64,
-    mut acked: u64,
+    acked: u64,
 ) -> rusqlite::Result<u64> {
     let mut has =
         tx.prepare_cached("SELECT 1 FROM events WHERE node = ?1 AND epoch = ?2 AND seq = ?3")?;
     let mut explained = tx.prepare_cached(
         "SELECT MAX(last_seq) FROM gaps WHERE node = ?1 AND epoch = ?2 AND first_seq <= ?3 AND last_seq >= ?3",
     )?;
-    loop {
-        let next = acked + 1;
-        if has.exists(params![node, epoch as i64, next as i64])? {
-            acked = next;
-            continue;
-        }
-        let last: Option<i64> = explained
-            .query_row(params![node, epoch as i64, next as i64], |r| r.get(0))
-            .optional()?
-            .flatten();
-        match last {
-            Some(last) => acked = last as u64,
-            None => break,
-        }
-    }
-    Ok(acked)
+    crate::ack::advance(
+        acked,
+        |seq| has.exists(params![node, epoch as i64, seq as i64]),
+        |seq| {
+            let last: Option<i64> = explained
+                .query_row(params![node, epoch as i64, seq as i64], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(last.map(|l| l as u64))
+        },
+    )
 }
 
 /// [`Store::settle`] inside a transaction.
@@ -546,15 +537,7 @@ fn settle(
                 r.get::<_, i64>(0).map(|s| s as u64)
             })?
             .collect::<Result<_, _>>()?;
-        let mut missing = Vec::new();
-        let mut next = acked + 1;
-        for seq in stored.into_iter().chain(std::iter::once(below + 1)) {
-            if seq > next {
-                missing.push((next, seq - 1));
-            }
-            next = seq + 1;
-        }
-        for (first, last) in missing {
+        for (first, last) in crate::ack::missing(acked + 1, below + 1, stored) {
             let body = serde_json::json!({
                 "kind": "acked_by_earlier_store",
                 "node": node,
