@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admit;
 use crate::config::Config;
-use crate::store::{Batch, Filter, NodeInfo, Store, StoreError};
+use crate::store::{Batch, EventStore, Filter, NodeInfo, Store, StoreError};
 
 pub use crate::admit::MAX_BATCH_EVENTS;
 /// How long a new stream may take to send its Hello.
@@ -59,7 +59,7 @@ enum Job {
 struct Shared {
     cfg: Config,
     writer: mpsc::Sender<Job>,
-    reader: Arc<Mutex<Store>>,
+    reader: Arc<Mutex<Box<dyn EventStore>>>,
     /// Bumped after every commit, for WatchEvents.
     committed: watch::Sender<u64>,
     /// Set once when the collector starts to stop: no new streams, open ones end.
@@ -143,6 +143,11 @@ pub enum ServeError {
     },
 }
 
+/// The configured store: one instance for the writer, one for the readers.
+fn open_store(cfg: &Config) -> Result<Box<dyn EventStore>, ServeError> {
+    Ok(Box::new(Store::open(&cfg.database)?))
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     cfg: Config,
@@ -151,8 +156,8 @@ pub async fn serve(
     if let Some(dir) = cfg.database.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let mut store = Store::open(&cfg.database)?;
-    let reader = Store::open(&cfg.database)?;
+    let mut store = open_store(&cfg)?;
+    let reader = open_store(&cfg)?;
     let (writer, mut jobs) = mpsc::channel::<Job>(WRITER_QUEUE);
     let (committed, _) = watch::channel(0u64);
     let committed_tx = committed.clone();
@@ -163,7 +168,7 @@ pub async fn serve(
         .name("store-writer".into())
         .spawn(move || {
             let _gone = DropSignal(Some(writer_gone_tx));
-            writer_loop(&mut store, &mut jobs, &committed_tx);
+            writer_loop(store.as_mut(), &mut jobs, &committed_tx);
         })
         .expect("spawn the store writer");
 
@@ -313,7 +318,11 @@ impl Drop for DropSignal {
 }
 
 /// Commits queued jobs, many at a time.
-fn writer_loop(store: &mut Store, jobs: &mut mpsc::Receiver<Job>, committed: &watch::Sender<u64>) {
+fn writer_loop(
+    store: &mut dyn EventStore,
+    jobs: &mut mpsc::Receiver<Job>,
+    committed: &watch::Sender<u64>,
+) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < 256 {
@@ -661,10 +670,10 @@ impl Queries {
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn EventStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
         let shared = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || f(&shared.reader.lock().expect("lock")))
+        tokio::task::spawn_blocking(move || f(shared.reader.lock().expect("lock").as_ref()))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::unavailable(e.to_string()))

@@ -42,6 +42,7 @@ fn latency() {
     let agent = node.start();
     let target = node.manifest("kube-scheduler.yaml");
     let base = fs::read_to_string(&target).unwrap();
+    use lockdown_collector::store::EventStore as _;
     let store = lockdown_collector::store::Store::open(&col.db).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while store.acked("cp-1").unwrap() < agent.last_seq() {

@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use lockdown_collector::store::{Filter, Store};
+use lockdown_collector::store::{EventStore, Filter, Store};
 use lockdown_e2e::collector::{Collector, Pki, holds_through, range};
 use lockdown_e2e::node::{Agent, Node, WAIT};
 
