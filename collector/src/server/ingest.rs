@@ -1,0 +1,221 @@
+//! The agents' service: a Report stream opens with a Hello, is authorized, settles what the
+//! agent says was acknowledged before, then stores each batch through the writer and acks
+//! it, with a per-node rate limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockdown_proto::v1::agent_service_server::AgentService;
+use lockdown_proto::v1::{
+    Ack, AgentMessage, CollectorMessage, SlowDown, agent_message, collector_message,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::writer::Job;
+use super::{HELLO_TIMEOUT, Shared, auth, now};
+use crate::admit;
+use crate::store::NodeInfo;
+
+/// The agents' service.
+pub struct Agents(pub(super) Arc<Shared>);
+
+#[tonic::async_trait]
+impl AgentService for Agents {
+    type ReportStream = ReceiverStream<Result<CollectorMessage, Status>>;
+
+    async fn report(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let shared = Arc::clone(&self.0);
+        if *shared.stopping.borrow() {
+            return Err(Status::unavailable(
+                "the collector is stopping; retry later",
+            ));
+        }
+        let certs = req.peer_certs();
+        let remote = req.remote_addr();
+        let permit = Arc::clone(&shared.streams)
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("too many agent streams; retry later"))?;
+        let mut inbound = req.into_inner();
+        // A stream that never says hello must not hold a stream slot.
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??;
+        let hello = match first {
+            Some(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a Report stream opens with a Hello",
+                ));
+            }
+        };
+        let node = hello.node.clone();
+        let epoch = hello.spool_epoch;
+        admit::hello(&hello)?;
+        let certs = certs.as_deref().map(Vec::as_slice);
+        auth::agent(&shared.cfg, shared.split_cas.as_ref(), certs, &node, remote)?;
+        tracing::info!(
+            node,
+            agent_version = hello.agent_version,
+            first_unacked = hello.first_unacked_seq,
+            "agent connected"
+        );
+        let _ = shared
+            .writer
+            .send(Job::Touch(NodeInfo {
+                node: node.clone(),
+                cluster: hello.cluster.clone(),
+                agent_version: hello.agent_version.clone(),
+                component_versions: hello.component_versions.clone().into_iter().collect(),
+                open_findings: hello.open_findings.clone().into_iter().collect(),
+                last_seen: now(),
+                acked: 0,
+            }))
+            .await;
+        *shared
+            .connected
+            .lock()
+            .expect("lock")
+            .entry(node.clone())
+            .or_default() += 1;
+
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = stream_loop(
+                &shared,
+                &node,
+                epoch,
+                hello.first_unacked_seq,
+                &mut inbound,
+                &tx,
+            )
+            .await;
+            if let Err(status) = result {
+                tracing::info!(node, code = ?status.code(), message = status.message(), "agent stream ended with an error");
+                let _ = tx.send(Err(status)).await;
+            }
+            let mut c = shared.connected.lock().expect("lock");
+            if let Some(n) = c.get_mut(&node) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&node);
+                }
+            }
+            tracing::info!(node, "agent disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn stream_loop(
+    shared: &Shared,
+    node: &str,
+    epoch: u64,
+    first_unacked: u64,
+    inbound: &mut Streaming<AgentMessage>,
+    tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
+) -> Result<(), Status> {
+    let ack = |seq| CollectorMessage {
+        msg: Some(collector_message::Msg::Ack(Ack { seq })),
+    };
+    // What is already stored, or was acknowledged by an earlier store (the agent says it
+    // trimmed everything below its first unacknowledged event): the agent may trim it now.
+    let stored = {
+        let (reply, answer) = oneshot::channel();
+        shared
+            .writer
+            .send(Job::Settle {
+                node: node.to_string(),
+                epoch,
+                first_unacked,
+                reply,
+            })
+            .await
+            .map_err(|_| Status::unavailable("store writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| Status::unavailable("store writer stopped"))?
+            .map_err(Status::unavailable)?
+    };
+    if tx.send(Ok(ack(stored))).await.is_err() {
+        return Ok(());
+    }
+    let rate = f64::from(shared.cfg.max_events_per_second_per_node.max(1));
+    let mut budget = rate;
+    let mut refilled = Instant::now();
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                return Err(Status::unavailable("the collector is stopping; reconnect later"));
+            }
+            msg = inbound.message() => msg?,
+        };
+        let Some(msg) = msg else { break };
+        match msg.msg {
+            Some(agent_message::Msg::Events(batch)) => {
+                admit::events(node, &batch.events)?;
+                let n = batch.events.len() as f64;
+                let (reply, answer) = oneshot::channel();
+                shared
+                    .writer
+                    .send(Job::Insert {
+                        node: node.to_string(),
+                        epoch,
+                        covers_from: batch.covers_from,
+                        events: batch.events,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| Status::unavailable("store writer stopped"))?;
+                let acked = answer
+                    .await
+                    .map_err(|_| Status::unavailable("store writer stopped"))?
+                    .map_err(Status::unavailable)?;
+                if tx.send(Ok(ack(acked))).await.is_err() {
+                    return Ok(());
+                }
+                // Token bucket: over the rate, say so and read this stream more slowly.
+                budget = (budget + refilled.elapsed().as_secs_f64() * rate).min(rate) - n;
+                refilled = Instant::now();
+                if budget < 0.0 {
+                    let pause = Duration::from_secs_f64(-budget / rate);
+                    let _ = tx
+                        .send(Ok(CollectorMessage {
+                            msg: Some(collector_message::Msg::SlowDown(SlowDown {
+                                pause_ms: pause.as_millis() as u32,
+                                max_events_per_second: rate as u32,
+                            })),
+                        }))
+                        .await;
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            Some(agent_message::Msg::Heartbeat(h)) => {
+                let _ = shared
+                    .writer
+                    .send(Job::Touch(NodeInfo {
+                        node: node.to_string(),
+                        component_versions: h.component_versions.into_iter().collect(),
+                        open_findings: h.open_findings.into_iter().collect(),
+                        last_seen: now(),
+                        ..NodeInfo::default()
+                    }))
+                    .await;
+            }
+            Some(agent_message::Msg::Hello(_)) => {
+                return Err(Status::invalid_argument("a second Hello on one stream"));
+            }
+            None => return Err(Status::invalid_argument("an empty message")),
+        }
+    }
+    Ok(())
+}
