@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod admit;
 pub mod certs;
+pub mod client;
 pub mod config;
 pub mod server;
 pub mod store;

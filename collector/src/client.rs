@@ -1,0 +1,235 @@
+//! The collector's command-line client (`lockdown-collector events`, `nodes`): a reader of
+//! the query API over mTLS, printing tables or the events' JSON.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use lockdown_proto::ClientTls;
+use lockdown_proto::outln;
+use lockdown_proto::v1::query_service_client::QueryServiceClient;
+use lockdown_proto::v1::{EventFilter, ListEventsRequest, ListNodesRequest, WatchEventsRequest};
+
+/// How a client reaches the collector.
+#[derive(Args)]
+pub struct Conn {
+    /// Collector address.
+    #[arg(
+        long,
+        env = "LOCKDOWN_COLLECTOR",
+        default_value = "https://localhost:7443"
+    )]
+    pub addr: String,
+    /// CA bundle of the collector's certificate.
+    #[arg(long, env = "LOCKDOWN_CA")]
+    pub ca: Option<PathBuf>,
+    /// Reader certificate.
+    #[arg(long, env = "LOCKDOWN_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Reader key.
+    #[arg(long, env = "LOCKDOWN_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+/// How a client prints.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// One line per event or node.
+    Table,
+    /// Each event's JSON body, one per line; nodes as a JSON array.
+    Json,
+}
+
+async fn client(conn: &Conn) -> Result<QueryServiceClient<tonic::transport::Channel>, String> {
+    let tls = match (&conn.ca, &conn.cert, &conn.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            server_name: None,
+        }),
+        (None, None, None) => None,
+        _ => return Err("--ca, --cert and --key go together".into()),
+    };
+    let channel = lockdown_proto::endpoint(&conn.addr, tls.as_ref())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", conn.addr))?;
+    Ok(QueryServiceClient::new(channel).max_decoding_message_size(16 << 20))
+}
+
+/// A status's message with the errors under it, so that "transport error" says what failed
+/// (a certificate refused, a name that does not match, a connection refused).
+fn status_text(s: &tonic::Status) -> String {
+    let mut text = s.message().to_string();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn print_event(e: &lockdown_proto::v1::StoredEvent, format: Format) {
+    let Some(ev) = &e.event else { return };
+    match format {
+        Format::Json => outln!("{}", String::from_utf8_lossy(&ev.body)),
+        Format::Table => outln!(
+            "{:<24} {:<16} {:>6} {:<18} {:<8} {} {}",
+            ev.time,
+            ev.node,
+            ev.seq,
+            ev.kind,
+            ev.severity,
+            ev.rule_id,
+            ev.path
+        ),
+    }
+}
+
+/// Lists (and with `follow`, watches) events that match `filter`.
+pub async fn events(
+    conn: Conn,
+    filter: EventFilter,
+    follow: bool,
+    format: Format,
+) -> Result<(), String> {
+    let mut c = client(&conn).await?;
+    let mut token = String::new();
+    let mut last_cursor = 0;
+    loop {
+        let page = c
+            .list_events(ListEventsRequest {
+                filter: Some(filter.clone()),
+                page_size: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(|s| format!("{}: {}", conn.addr, status_text(&s)))?
+            .into_inner();
+        for e in &page.events {
+            last_cursor = e.cursor;
+            print_event(e, format);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if !follow {
+        return Ok(());
+    }
+    // Follow until interrupted: when the collector restarts or the network breaks, reconnect
+    // and resume after the last event printed, so nothing is skipped or printed twice.
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let watched = async {
+            let mut stream = c
+                .watch_events(WatchEventsRequest {
+                    filter: Some(filter.clone()),
+                    // Nothing printed yet: from the first event, which may be stored meanwhile.
+                    after_cursor: last_cursor,
+                    from_start: last_cursor == 0,
+                })
+                .await?
+                .into_inner();
+            while let Some(e) = stream.message().await? {
+                last_cursor = e.cursor;
+                print_event(&e, format);
+            }
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        match watched {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                return Err(format!("{}: {}", conn.addr, status_text(&s)));
+            }
+            Err(s) => eprintln!(
+                "lockdown-collector: {}: {}; resuming after cursor {last_cursor}",
+                conn.addr,
+                status_text(&s)
+            ),
+            Ok(()) => eprintln!(
+                "lockdown-collector: {}: the stream ended; resuming after cursor {last_cursor}",
+                conn.addr
+            ),
+        }
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            match client(&conn).await {
+                Ok(new) => {
+                    c = new;
+                    backoff = std::time::Duration::from_millis(200);
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// Open findings by severity, most severe first: `critical=1 high=3` (`none` for none).
+fn by_severity(counts: &std::collections::HashMap<String, u32>) -> String {
+    const ORDER: [&str; 5] = ["critical", "high", "medium", "low", "info"];
+    let mut parts: Vec<String> = ORDER
+        .iter()
+        .filter_map(|s| {
+            counts
+                .get(*s)
+                .filter(|n| **n > 0)
+                .map(|n| format!("{s}={n}"))
+        })
+        .collect();
+    let mut other: Vec<_> = counts
+        .iter()
+        .filter(|(s, n)| !ORDER.contains(&s.as_str()) && **n > 0)
+        .collect();
+    other.sort();
+    parts.extend(other.into_iter().map(|(s, n)| format!("{s}={n}")));
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Lists the nodes with their state.
+pub async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
+    let mut c = client(&conn).await?;
+    let nodes = c
+        .list_nodes(ListNodesRequest {})
+        .await
+        .map_err(|s| format!("{}: {}", conn.addr, status_text(&s)))?
+        .into_inner()
+        .nodes;
+    for n in nodes {
+        match format {
+            Format::Json => outln!(
+                "{}",
+                serde_json::json!({
+                    "node": n.node, "cluster": n.cluster, "agent_version": n.agent_version,
+                    "component_versions": n.component_versions, "last_seen": n.last_seen,
+                    "connected": n.connected, "open_findings": n.open_findings, "last_seq": n.last_seq,
+                })
+            ),
+            Format::Table => outln!(
+                "{:<24} {:<10} {:<12} last seen {:<24} seq {:>8} findings {}",
+                n.node,
+                if n.connected { "connected" } else { "away" },
+                n.agent_version,
+                n.last_seen,
+                n.last_seq,
+                by_severity(&n.open_findings)
+            ),
+        }
+    }
+    Ok(())
+}
