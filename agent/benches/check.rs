@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lockdown_agent::check::parse_manifest;
+use lockdown_agent::node::parse_manifest;
 use lockdown_agent::rules::Catalogue;
 use lockdown_agent::rules::eval::{ManifestFacts, evaluate_manifest};
 

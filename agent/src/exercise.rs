@@ -4,7 +4,6 @@
 //! (`fuzz/`) and the no-panic property tests (`agent/tests/no_panic.rs`) drive it, so that
 //! "no input panics" is checked on the same code the daemon and `check` run.
 
-use crate::check;
 use crate::fix::plan::{self, Choice};
 use crate::manifest::Component;
 use crate::redact;
@@ -31,12 +30,12 @@ pub fn manifest_bytes(cat: &Catalogue, bytes: &[u8]) -> Outcome {
     {
         panic!("the YAML fast path disagrees with the full parser:\n{diff}\non {src:?}");
     }
-    if let Ok(m) = check::parse_manifest(cat, bytes)
+    if let Ok(m) = crate::node::parse_manifest(cat, bytes)
         && let Some(cp) = &m.control_plane
     {
         for flag in ["authentication-config", "data-dir", "tls-cert-file"] {
             if let Some(v) = cp.flags.value(flag) {
-                let _ = check::host_path(&m, cp, &v);
+                let _ = crate::manifest::mounts::host_path(&m, cp, &v);
             }
         }
         let authn = AuthnConfig::Unreadable("not read".into());
@@ -61,6 +60,6 @@ pub fn manifest_bytes(cat: &Catalogue, bytes: &[u8]) -> Outcome {
     out.text = std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| redact::manifest_text(s, &|f| cat.sensitive(f)).ok());
-    let _ = check::parse_authn(bytes);
+    let _ = crate::node::parse_authn(bytes);
     out
 }

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::check::io_problem;
 use crate::event::FileMeta;
+use crate::io::io_problem;
 
 /// Files larger than this are not hashed (their size, type, mode and owner are still
 /// compared): the tracked files are manifests, kubeconfigs and keys, all small, and a huge
@@ -69,7 +69,7 @@ pub fn observe(path: &Path, content: Option<&[u8]>) -> Result<FileMeta, String> 
         Some(bytes) if meta.is_file() => bytes.len() as u64,
         _ => meta.len(),
     };
-    let (owner, group) = crate::check::owner_names(meta.uid(), meta.gid());
+    let (owner, group) = crate::io::owner_names(meta.uid(), meta.gid());
     Ok(FileMeta {
         kind: kind.into(),
         sha256,

@@ -159,7 +159,7 @@ pub struct Handshake {
 /// Probes `target`, each step within `timeout`.
 pub fn probe(target: &Target, timeout: Duration) -> Observed {
     let cert_file = target.cert_file.as_ref().map(|f| {
-        crate::check::read_bounded(f, crate::check::MAX_AUX_BYTES)
+        crate::io::read_bounded(f, crate::io::MAX_AUX_BYTES)
             .and_then(|pem| crate::tls::certs_from_pem(&pem))
             .map_err(|e| format!("{}: {e}", f.display()))
     });
@@ -171,7 +171,7 @@ pub fn probe(target: &Target, timeout: Duration) -> Observed {
         .collect();
     let down = TcpStream::connect_timeout(&target.secure, timeout)
         .err()
-        .map(|e| format!("{}: {}", target.secure, crate::check::io_problem(&e)));
+        .map(|e| format!("{}: {}", target.secure, crate::io::io_problem(&e)));
     let handshake = handshake(target, timeout);
     Observed {
         target: target.clone(),
@@ -266,7 +266,7 @@ fn connect(
     let name = server_name(&target.server_name)?;
     let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect_timeout(&target.secure, timeout)
-        .map_err(|e| format!("{}: {}", target.secure, crate::check::io_problem(&e)))?;
+        .map_err(|e| format!("{}: {}", target.secure, crate::io::io_problem(&e)))?;
     tcp.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(timeout))
@@ -311,14 +311,13 @@ fn handshake(target: &Target, timeout: Duration) -> Result<Handshake, String> {
 
 /// Whether `chain` verifies against the cluster CA for the target's server name.
 fn verify(target: &Target, chain: &[CertificateDer<'static>]) -> Result<(), String> {
-    let pem = crate::check::read_bounded(&target.cluster_ca, crate::check::MAX_AUX_BYTES).map_err(
-        |e| {
+    let pem =
+        crate::io::read_bounded(&target.cluster_ca, crate::io::MAX_AUX_BYTES).map_err(|e| {
             format!(
                 "cannot read the cluster CA {}: {e}",
                 target.cluster_ca.display()
             )
-        },
-    )?;
+        })?;
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for der in CertificateDer::pem_slice_iter(&pem) {
@@ -411,7 +410,7 @@ pub fn clip(text: &str) -> String {
 /// refuses.
 fn legacy_hello(addr: SocketAddr, timeout: Duration) -> Result<Option<String>, String> {
     let mut tcp = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("{addr}: {}", crate::check::io_problem(&e)))?;
+        .map_err(|e| format!("{addr}: {}", crate::io::io_problem(&e)))?;
     tcp.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(timeout))

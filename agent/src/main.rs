@@ -445,7 +445,7 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            match check::list_manifest_dir(&p) {
+            match lockdown_agent::io::list_manifest_dir(&p) {
                 Ok(list) => files.extend(list),
                 Err(e) => {
                     eprintln!("lockdown-agent: {e}");

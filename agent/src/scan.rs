@@ -7,7 +7,7 @@
 //!
 //! Tracked paths:
 //! - the manifests directory itself and every manifest the kubelet would read in it;
-//! - the CIS 1.1 file set and kubelet.conf ([`check::file_set_members`]), with the etcd data
+//! - the CIS 1.1 file set and kubelet.conf ([`crate::node::file_set_members`]), with the etcd data
 //!   directory taken from the etcd manifest;
 //! - files a manifest depends on (the AuthenticationConfiguration named by
 //!   `--authentication-config`): a change there re-evaluates the manifest;
@@ -18,11 +18,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::baseline::PathState;
-use crate::check::{self, FileReport, SetMember};
+use crate::check::FileReport;
 use crate::config::Config;
 use crate::event::FindingRecord;
 use crate::integrity;
 use crate::manifest::{Component, MAX_MANIFEST_BYTES};
+use crate::node::SetMember;
 
 /// Most manifests the daemon tracks (a control-plane node has four or five). Past this the
 /// rest are not read, and the manifests directory says so: a directory filled by mistake or
@@ -132,8 +133,8 @@ impl Scanner {
         // The cluster CA, read when something compares with it.
         let node_ca = std::cell::OnceCell::new();
         let node_ca = || {
-            node_ca.get_or_init(|| check::OnNode {
-                ca: check::node_cluster_ca(cfg),
+            node_ca.get_or_init(|| crate::node::OnNode {
+                ca: crate::node::node_cluster_ca(cfg),
                 live: None,
             })
         };
@@ -148,7 +149,7 @@ impl Scanner {
         .collect();
 
         let mdir = &cfg.manifests_dir;
-        let (mut manifests, mut list_error) = match check::list_manifest_dir(mdir) {
+        let (mut manifests, mut list_error) = match crate::io::list_manifest_dir(mdir) {
             Ok(m) => (m, None),
             Err(e) => (Vec::new(), Some(e)),
         };
@@ -208,7 +209,11 @@ impl Scanner {
                 error: list_error,
             });
         }
-        members.extend(check::file_set_members(cfg, etcd_data_dir, named_certs));
+        members.extend(crate::node::file_set_members(
+            cfg,
+            etcd_data_dir,
+            named_certs,
+        ));
         members.extend(deps.into_iter().map(|path| SetMember {
             path,
             roles: Vec::new(),
@@ -329,11 +334,11 @@ impl Scanner {
         cfg: &Config,
         path: &Path,
         old: Option<&PathState>,
-        node_ca: &check::OnNode,
+        node_ca: &crate::node::OnNode,
         cluster_ca: &Path,
     ) -> PathState {
         let cat = &cfg.catalogue;
-        let bytes = match check::read_bounded(path, MAX_MANIFEST_BYTES) {
+        let bytes = match crate::io::read_bounded(path, MAX_MANIFEST_BYTES) {
             Ok(b) => b,
             Err(error) => {
                 // Keep what the last good parse found (the etcd data directory, the files it
@@ -354,7 +359,7 @@ impl Scanner {
             .ok()
             .filter(|src| src.len() <= MAX_TEXT_BYTES)
             .and_then(|src| redact::manifest_text(src, &|f| cat.sensitive(f)).ok());
-        let (report, parsed) = check::check_manifest_bytes(cat, path, &bytes, Some(node_ca));
+        let (report, parsed) = crate::node::check_manifest_bytes(cat, path, &bytes, Some(node_ca));
         if let Some(mut error) = report.error {
             if is_sed_temp(path) {
                 error.push_str(" (a temporary file of `sed -i`, which renames it over the file it edits; the kubelet reads it too while it exists)");
@@ -370,13 +375,16 @@ impl Scanner {
         }
         let mut memo = ManifestMemo::default();
         if let Some((m, cp)) = &parsed {
-            memo.deps.extend(check::authn_host_path(m, cp));
-            memo.deps.extend(check::authz_host_path(m, cp));
-            memo.inputs.extend(check::cert_host_paths(m, cp));
-            memo.certs = check::named_cert_paths(m, cp);
+            memo.deps
+                .extend(crate::manifest::mounts::authn_host_path(m, cp));
+            memo.deps
+                .extend(crate::manifest::mounts::authz_host_path(m, cp));
+            memo.inputs
+                .extend(crate::manifest::mounts::cert_host_paths(m, cp));
+            memo.certs = crate::manifest::mounts::named_cert_paths(m, cp);
             memo.inputs.push(cluster_ca.to_path_buf());
             if cfg.live.enabled && cp.component == Component::KubeApiserver {
-                let authn = check::read_authn(m, cp);
+                let authn = crate::node::read_authn(m, cp);
                 let facts = crate::rules::eval::ManifestFacts {
                     cp,
                     authn: authn.as_ref(),
@@ -385,14 +393,14 @@ impl Scanner {
                 };
                 let addressing = &cfg.live.addressing;
                 let target =
-                    check::live_target(cat, m, &facts, cluster_ca.to_path_buf(), addressing);
+                    crate::node::live_target(cat, m, &facts, cluster_ca.to_path_buf(), addressing);
                 memo.live = Some(target);
             }
             if cp.component == Component::Etcd {
                 memo.etcd_data_dir = cp
                     .flags
                     .value("data-dir")
-                    .and_then(|d| check::host_path(m, cp, &d));
+                    .and_then(|d| crate::manifest::mounts::host_path(m, cp, &d));
             }
         }
         self.memo.insert(path.to_path_buf(), memo);
@@ -423,7 +431,8 @@ fn observe_file(
     let keep_old = || old.map(|o| o.findings.clone()).unwrap_or_default();
     let findings = match &meta {
         Ok(_) => {
-            let (report, d) = check::check_file(cat, &m.path, m.roles.clone(), &cfg.tls, node_ca);
+            let (report, d) =
+                crate::node::check_file(cat, &m.path, m.roles.clone(), &cfg.tls, node_ca);
             deps = d;
             match report.error {
                 // Gone or replaced between the two looks: what was known stays.
@@ -540,7 +549,7 @@ mod tests {
                 "    name: kube-apiserver\n    env:\n    - {name: SUITES, value: S3CRET_SUITE}\n",
             );
         let path = std::path::Path::new("/nonexistent/kube-apiserver.yaml");
-        let (report, _) = check::check_manifest_bytes(cat, path, src.as_bytes(), None);
+        let (report, _) = crate::node::check_manifest_bytes(cat, path, src.as_bytes(), None);
         assert!(
             report
                 .findings

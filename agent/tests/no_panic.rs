@@ -172,7 +172,7 @@ proptest! {
 #[test]
 fn a_data_dir_with_trailing_slashes_does_not_crash() {
     // Issue 11 (3): `mountPath: /var/lib/etcd//` with `--data-dir=/var/lib/etcd/` panicked in
-    // check::host_path (slice out of range); this test aborted on the commit before the fix.
+    // lockdown_agent::manifest::mounts::host_path (slice out of range); this test aborted on the commit before the fix.
     let src = FIXTURES[0]
         .replace("mountPath: /var/lib/etcd", "mountPath: /var/lib/etcd//")
         .replace("--data-dir=/var/lib/etcd", "--data-dir=/var/lib/etcd/");
@@ -180,22 +180,22 @@ fn a_data_dir_with_trailing_slashes_does_not_crash() {
     let out = exercise::manifest_bytes(Catalogue::builtin(), src.as_bytes());
     assert!(out.findings > 0);
     let cat = Catalogue::builtin();
-    let m = lockdown_agent::check::parse_manifest(cat, src.as_bytes()).unwrap();
+    let m = lockdown_agent::node::parse_manifest(cat, src.as_bytes()).unwrap();
     let cp = m.control_plane.as_ref().unwrap();
     assert_eq!(
-        lockdown_agent::check::host_path(&m, cp, "/var/lib/etcd/"),
+        lockdown_agent::manifest::mounts::host_path(&m, cp, "/var/lib/etcd/"),
         Some("/var/lib/etcd".into())
     );
     assert_eq!(
-        lockdown_agent::check::host_path(&m, cp, "/var/lib/etcd//member/"),
+        lockdown_agent::manifest::mounts::host_path(&m, cp, "/var/lib/etcd//member/"),
         Some("/var/lib/etcd/member".into())
     );
     assert_eq!(
-        lockdown_agent::check::host_path(&m, cp, "/var/lib/etcdx"),
+        lockdown_agent::manifest::mounts::host_path(&m, cp, "/var/lib/etcdx"),
         None
     );
     assert_eq!(
-        lockdown_agent::check::host_path(&m, cp, "/var/lib/etcd/../x"),
+        lockdown_agent::manifest::mounts::host_path(&m, cp, "/var/lib/etcd/../x"),
         None
     );
 }

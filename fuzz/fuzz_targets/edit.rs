@@ -2,18 +2,18 @@
 //! manifests; a successful edit must still parse.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use lockdown_agent::{check, fix::edit, rules::Catalogue};
+use lockdown_agent::{fix::edit, node, rules::Catalogue};
 
 fuzz_target!(|data: &[u8]| {
     let cat = Catalogue::builtin();
     let Ok(src) = std::str::from_utf8(data) else { return };
-    let Ok(m) = check::parse_manifest(cat, data) else { return };
+    let Ok(m) = node::parse_manifest(cat, data) else { return };
     let Some(cp) = &m.control_plane else { return };
     for rule in &cat.rules {
         if let Some(fix) = &rule.fix
             && let Ok(edited) = edit::apply(src, cp, cat, fix)
         {
-            let _ = check::parse_manifest(cat, edited.text.as_bytes());
+            let _ = node::parse_manifest(cat, edited.text.as_bytes());
         }
     }
 });

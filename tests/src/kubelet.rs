@@ -20,11 +20,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockdown_agent::check::parse_manifest;
 use lockdown_agent::fix::health;
 use lockdown_agent::integrity::sha256_hex;
 use lockdown_agent::manifest::expand::Expanded;
 use lockdown_agent::manifest::flags::ArgSource;
+use lockdown_agent::node::parse_manifest;
 use lockdown_agent::rules::Catalogue;
 use notify::Watcher;
 

@@ -27,11 +27,11 @@ use super::health::{self, Attempt};
 use super::plan::{self, Plan};
 use super::write::{self, Journal, WriteError};
 use super::{FixConfig, Mode};
-use crate::check::{self, parse_manifest};
 use crate::config::Config;
 use crate::event::EventBody;
 use crate::integrity::sha256_hex;
 use crate::manifest::MAX_MANIFEST_BYTES;
+use crate::node::parse_manifest;
 use crate::redact;
 use crate::rules::Catalogue;
 use crate::scan::key;
@@ -328,16 +328,16 @@ impl Fixer {
         path: &Path,
         choose: &dyn Fn(&crate::rules::Finding) -> plan::Choice,
     ) -> Result<(Vec<u8>, Plan), String> {
-        let meta = std::fs::symlink_metadata(path).map_err(|e| check::io_problem(&e))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|e| crate::io::io_problem(&e))?;
         if meta.file_type().is_symlink() {
             return Err(SYMLINK.into());
         }
-        let bytes = check::read_bounded(path, MAX_MANIFEST_BYTES)?;
+        let bytes = crate::io::read_bounded(path, MAX_MANIFEST_BYTES)?;
         let m = parse_manifest(self.cat(), &bytes).map_err(|e| e.to_string())?;
         let authn = m
             .control_plane
             .as_ref()
-            .and_then(|cp| check::read_authn(&m, cp));
+            .and_then(|cp| crate::node::read_authn(&m, cp));
         let plan =
             plan::plan(self.cat(), &bytes, authn.as_ref(), choose).map_err(|e| e.to_string())?;
         Ok((bytes, plan))

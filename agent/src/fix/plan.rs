@@ -20,10 +20,11 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::edit::{self, Edited};
-use crate::check::{host_path, parse_authn, parse_manifest};
+use crate::manifest::mounts::host_path;
 use crate::manifest::pod::Pod;
 use crate::manifest::version::Version;
 use crate::manifest::{Component, ControlPlane, Manifest};
+use crate::node::{parse_authn, parse_manifest};
 use crate::rules::catalogue::{ANONYMOUS_CONFIG_SINCE, FlagItem, FlagValue};
 use crate::rules::eval::{self, AuthnConfig, ManifestFacts};
 use crate::rules::{Catalogue, Finding, Fix, Status};

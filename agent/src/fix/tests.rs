@@ -212,7 +212,7 @@ fn anonymous_auth_on_1_32_becomes_an_authentication_config() {
             .contains("apiserver.config.k8s.io/v1beta1")
     );
     // Planning the result with that file in place finds nothing more to do for the rule.
-    let authn = crate::check::parse_authn(p.files[0].contents.as_bytes()).unwrap();
+    let authn = crate::node::parse_authn(p.files[0].contents.as_bytes()).unwrap();
     assert!(matches!(
         authn,
         AuthnConfig::Anonymous { enabled: true, .. }
@@ -409,7 +409,7 @@ proptest! {
     fn fixes_touch_only_their_arguments_parse_and_are_idempotent(src in manifest()) {
         let p = safe(&src);
         // It parses, to a control-plane component.
-        let m = crate::check::parse_manifest(Catalogue::builtin(), p.text.as_bytes()).unwrap();
+        let m = crate::node::parse_manifest(Catalogue::builtin(), p.text.as_bytes()).unwrap();
         prop_assert!(m.control_plane.is_some());
         // Only argument lines changed: every removed or added line is a `- <word>` item of the
         // component's command, and the rest of the file is byte for byte the same.
@@ -548,7 +548,7 @@ fn the_anonymous_auth_fix_has_a_form_that_keeps_kubeadm_join_discovery() {
         .find(|s| s.rule_id == "apiserver-anonymous-auth")
         .unwrap_or_else(|| panic!("{:?}", p.skipped));
     assert_eq!(step.fix, Fix::AnonymousHealthAndDiscovery);
-    let authn = crate::check::parse_authn(p.files[0].contents.as_bytes()).unwrap();
+    let authn = crate::node::parse_authn(p.files[0].contents.as_bytes()).unwrap();
     let AuthnConfig::Anonymous { enabled, paths } = &authn else {
         panic!("{authn:?}")
     };

@@ -9,6 +9,7 @@
 
 pub mod expand;
 pub mod flags;
+pub mod mounts;
 pub mod pod;
 pub mod shell;
 pub mod version;

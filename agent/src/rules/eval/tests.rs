@@ -991,12 +991,12 @@ fn etcd_advisories_of_2026_are_known() {
 fn an_authorization_configuration_is_read_for_its_authorizer_types() {
     let cfg = "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthorizationConfiguration\nauthorizers:\n- type: Node\n  name: node\n- {type: RBAC, name: rbac}\n";
     assert_eq!(
-        crate::check::parse_authz(cfg.as_bytes()),
+        crate::node::parse_authz(cfg.as_bytes()),
         Ok(AuthzConfig::Authorizers(vec!["Node".into(), "RBAC".into()]))
     );
-    assert!(crate::check::parse_authz(b"kind: AuthenticationConfiguration\n").is_err());
+    assert!(crate::node::parse_authz(b"kind: AuthenticationConfiguration\n").is_err());
     assert!(
-        crate::check::parse_authz(b"kind: AuthorizationConfiguration\nauthorizers:\n- name: x\n")
+        crate::node::parse_authz(b"kind: AuthorizationConfiguration\nauthorizers:\n- name: x\n")
             .is_err()
     );
 }
