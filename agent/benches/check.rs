@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lockdown_agent::node::parse_manifest;
 use lockdown_agent::rules::Catalogue;
 use lockdown_agent::rules::eval::{ManifestFacts, evaluate_manifest};
+use lockdown_agent::rules::parse_manifest;
 
 fn per_iter(total: Duration, n: u32) -> f64 {
     total.as_secs_f64() * 1e6 / f64::from(n)

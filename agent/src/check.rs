@@ -5,129 +5,19 @@
 //! becomes an entry with an `error` naming the problem.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::io::list_manifests;
-use crate::manifest::ControlPlane;
-use crate::node::{OnNode, check_file, file_set_members, node_cluster_ca};
-use crate::rules::{Catalogue, Findings};
+use crate::node::{FileReport, OnNode, check_file, file_set_members, node_cluster_ca};
 
 mod memo;
 mod pool;
 
 use memo::{Memo, MemoView};
 use pool::in_parallel;
-
-/// One file's results. Field names are a contract (DESIGN.md).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FileReport {
-    /// The file.
-    pub path: String,
-    /// Control-plane component it runs, if any.
-    pub component: Option<String>,
-    /// Component version, if known.
-    pub version: Option<String>,
-    /// Why the file could not be checked.
-    pub error: Option<String>,
-    /// Remarks that are not findings (more than one document, not a control-plane pod).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-    /// Findings.
-    pub findings: Findings,
-    /// Where each flag is written in a manifest, for outputs that point at lines (SARIF).
-    #[serde(skip)]
-    pub places: Arc<Places>,
-    /// Flags (`--name`) whose value came from the container's env through `$(VAR)` or a
-    /// script's `$NAME`: env values are treated as secrets (as the redactor does), so what
-    /// was seen of these flags does not leave the node.
-    #[serde(skip)]
-    pub from_env: Vec<String>,
-}
-
-impl FileReport {
-    /// Whether what was seen of `flag` may not leave the node: the catalogue calls it
-    /// sensitive, or its value came from the env.
-    pub fn withholds(&self, cat: &Catalogue, flag: Option<&str>) -> bool {
-        flag.is_some_and(|f| {
-            cat.sensitive(f.trim_start_matches('-')) || self.from_env.iter().any(|e| e == f)
-        })
-    }
-}
-
-/// Line and column (1-based; columns in characters) of what a finding is about.
-#[derive(Debug, Clone, Default)]
-pub struct Places {
-    /// `--flag` → where its last occurrence (the one in force) is written.
-    pub flags: Vec<(String, (u32, u32))>,
-    /// The component's first argument: where an absent flag would go.
-    pub arguments: Option<(u32, u32)>,
-}
-
-impl Places {
-    /// Where a finding about `flag` points: the flag, else the arguments, else line 1.
-    pub fn of(&self, flag: Option<&str>) -> (u32, u32) {
-        flag.and_then(|f| self.flags.iter().rev().find(|(n, _)| n == f))
-            .map(|(_, at)| *at)
-            .or(self.arguments)
-            .unwrap_or((1, 1))
-    }
-
-    pub(crate) fn find(src: &[u8], cp: &ControlPlane) -> Places {
-        let starts: Vec<usize> = std::iter::once(0)
-            .chain(
-                src.iter()
-                    .enumerate()
-                    .filter(|&(_, &b)| b == b'\n')
-                    .map(|(i, _)| i + 1),
-            )
-            .collect();
-        let at = |offset: usize| -> (u32, u32) {
-            let line = starts.partition_point(|&s| s <= offset);
-            let start = starts[line - 1];
-            // Characters, not bytes: every byte that does not continue a UTF-8 sequence.
-            let col = src
-                .get(start..offset)
-                .map_or(0, |s| s.iter().filter(|&&b| (b as i8) >= -0x40).count())
-                + 1;
-            (line as u32, col as u32)
-        };
-        let args = &cp.flags.args;
-        Places {
-            flags: cp
-                .flags
-                .uses
-                .iter()
-                .filter_map(|u| {
-                    let span = args[u.arg].span.as_ref()?;
-                    Some((format!("--{}", u.name), at(span.start)))
-                })
-                .collect(),
-            arguments: args
-                .iter()
-                .find_map(|a| a.span.as_ref())
-                .map(|s| at(s.start)),
-        }
-    }
-}
-
-impl FileReport {
-    pub(crate) fn new(path: &Path) -> Self {
-        FileReport {
-            path: path.display().to_string(),
-            component: None,
-            version: None,
-            error: None,
-            notes: Vec::new(),
-            findings: Findings::default(),
-            places: Arc::default(),
-            from_env: Vec::new(),
-        }
-    }
-}
 
 /// The whole result.
 #[derive(Debug, Clone, Serialize)]
@@ -242,31 +132,4 @@ pub fn run_each<R: Send>(
         )?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::node::parse_manifest;
-
-    /// Lines and columns of flags, in characters (a flag after a non-ASCII argument on its
-    /// line is where an editor shows it).
-    #[test]
-    fn places_count_lines_and_characters() {
-        let src = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers:\n  - name: kube-apiserver\n    image: registry.k8s.io/kube-apiserver:v1.31.4\n    command: [\"kube-apiserver\", \"--audit-log-path=/var/log/été/a.log\", \"--profiling=true\"]\n";
-        let cat = Catalogue::builtin();
-        let m = parse_manifest(cat, src.as_bytes()).unwrap();
-        let places = Places::find(src.as_bytes(), m.control_plane.as_ref().unwrap());
-        // The token, with its quote.
-        let line = src.lines().nth(8).unwrap();
-        let col = line.split("\"--profiling").next().unwrap().chars().count() + 1;
-        assert_ne!(
-            col,
-            line.find("\"--profiling").unwrap() + 1,
-            "the line has non-ASCII"
-        );
-        assert_eq!(places.of(Some("--profiling")), (9, col as u32));
-        assert_eq!(places.of(Some("--audit-log-path")).0, 9);
-        assert_eq!(places.of(Some("--no-such-flag")), places.arguments.unwrap());
-    }
 }

@@ -159,11 +159,11 @@ impl Default for TlsConfig {
 pub struct RawFixConfig {
     /// off (default), dry-run or enforce, for every rule.
     #[serde(default)]
-    pub mode: Option<crate::fix::Mode>,
+    pub mode: Option<Mode>,
     /// Per-rule modes that take precedence. A rule named `enforce` here is applied even when
     /// its fix is not marked safe unattended.
     #[serde(default)]
-    pub rules: std::collections::BTreeMap<String, crate::fix::Mode>,
+    pub rules: std::collections::BTreeMap<String, Mode>,
     /// Originals kept per manifest in `<state_dir>/backups`. Default: 10.
     #[serde(default)]
     pub backups: Option<usize>,
@@ -303,7 +303,7 @@ pub struct Config {
     /// Where to ship events, if anywhere.
     pub collector: Option<crate::ship::ShipConfig>,
     /// Automatic fixing.
-    pub fix: crate::fix::FixConfig,
+    pub fix: FixConfig,
     /// Certificate check thresholds.
     pub tls: TlsConfig,
     /// Probes of what the API server serves.
@@ -552,7 +552,7 @@ impl Config {
                 ));
             }
         }
-        let fix = crate::fix::FixConfig {
+        let fix = FixConfig {
             mode: raw.fix.mode.unwrap_or_default(),
             rules: raw.fix.rules,
             backups: raw.fix.backups.unwrap_or(10).max(1),
@@ -723,6 +723,69 @@ impl Config {
     }
 }
 
+/// What to do about a fixable finding.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Nothing (the default).
+    #[default]
+    Off,
+    /// Report the exact diff a fix would make; write nothing.
+    DryRun,
+    /// Apply the fix, behind the health gate.
+    Enforce,
+}
+
+impl Mode {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::DryRun => "dry-run",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// The `fix:` config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FixConfig {
+    /// Mode for every rule.
+    pub mode: Mode,
+    /// Per-rule modes that take precedence; `enforce` here also allows fixes not marked safe.
+    pub rules: std::collections::BTreeMap<String, Mode>,
+    /// Originals kept per manifest.
+    pub backups: usize,
+    /// Health gate timeout; `None`: derived from the probes.
+    pub health_timeout: Option<Duration>,
+    /// Fixes of one file allowed within `fight_window` before the agent stops fixing it.
+    pub fight_max: u32,
+    /// See `fight_max`.
+    pub fight_window: Duration,
+    /// The anonymous-auth fix keeps anonymous reads of kube-public/cluster-info (`kubeadm
+    /// join` token discovery) working.
+    pub keep_cluster_info: bool,
+}
+
+impl FixConfig {
+    /// The mode for a rule.
+    pub fn mode_of(&self, rule_id: &str) -> Mode {
+        self.rules.get(rule_id).copied().unwrap_or(self.mode)
+    }
+
+    /// True when some rule is in enforce mode.
+    pub fn enforces(&self) -> bool {
+        self.mode == Mode::Enforce || self.rules.values().any(|m| *m == Mode::Enforce)
+    }
+
+    /// True when some rule is not off.
+    pub fn any(&self) -> bool {
+        self.mode != Mode::Off || self.rules.values().any(|m| *m != Mode::Off)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,15 +874,9 @@ mod tests {
             Path::new("a.yaml"),
         )
         .unwrap();
-        assert_eq!(cfg.fix.mode, crate::fix::Mode::DryRun);
-        assert_eq!(
-            cfg.fix.mode_of("apiserver-profiling"),
-            crate::fix::Mode::Enforce
-        );
-        assert_eq!(
-            cfg.fix.mode_of("scheduler-profiling"),
-            crate::fix::Mode::DryRun
-        );
+        assert_eq!(cfg.fix.mode, Mode::DryRun);
+        assert_eq!(cfg.fix.mode_of("apiserver-profiling"), Mode::Enforce);
+        assert_eq!(cfg.fix.mode_of("scheduler-profiling"), Mode::DryRun);
         let e = Config::parse(
             "node_name: cp-1\nfix:\n  rules:\n    apiserver-profilng: enforce\n",
             Path::new("a.yaml"),

@@ -172,7 +172,7 @@ pub enum EventBody {
         /// How the gate decided.
         health: String,
         /// The last probe attempts.
-        attempts: Vec<crate::fix::health::Attempt>,
+        attempts: Vec<Attempt>,
     },
     /// The component did not come back healthy: the original was restored.
     FixRolledBack {
@@ -185,7 +185,7 @@ pub enum EventBody {
         /// Why the gate failed.
         reason: String,
         /// The probe attempts that show it.
-        attempts: Vec<crate::fix::health::Attempt>,
+        attempts: Vec<Attempt>,
         /// Whether the component was healthy again on the original.
         restored_healthy: bool,
         /// How the gate on the original decided.
@@ -390,4 +390,17 @@ impl FindingRecord {
 /// Now, as the events' time format.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// One probe attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    /// Milliseconds since the gate started.
+    pub at_ms: u64,
+    /// Which probe.
+    pub probe: String,
+    /// `200`, `401`, or the connection error.
+    pub result: String,
+    /// Whether it counts as a success.
+    pub ok: bool,
 }

@@ -30,7 +30,7 @@ pub fn manifest_bytes(cat: &Catalogue, bytes: &[u8]) -> Outcome {
     {
         panic!("the YAML fast path disagrees with the full parser:\n{diff}\non {src:?}");
     }
-    if let Ok(m) = crate::node::parse_manifest(cat, bytes)
+    if let Ok(m) = crate::rules::parse_manifest(cat, bytes)
         && let Some(cp) = &m.control_plane
     {
         for flag in ["authentication-config", "data-dir", "tls-cert-file"] {
@@ -60,6 +60,6 @@ pub fn manifest_bytes(cat: &Catalogue, bytes: &[u8]) -> Outcome {
     out.text = std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| redact::manifest_text(s, &|f| cat.sensitive(f)).ok());
-    let _ = crate::node::parse_authn(bytes);
+    let _ = crate::rules::eval::parse_authn(bytes);
     out
 }

@@ -386,7 +386,7 @@ fn check_command(
         let keep = sink.keeps_reports();
         // On the worker: the entry rendered, the verdict taken, and the report dropped
         // there unless the format keeps it.
-        let prepare = |f: check::FileReport| {
+        let prepare = |f: lockdown_agent::node::FileReport| {
             let rendered = render(&f);
             let unreadable = f.error.is_some();
             let failed = f
@@ -418,7 +418,7 @@ fn check_command(
 /// `fix --dry-run | --apply`: 0 when everything planned is done (or nothing is needed), 1
 /// when a fix was skipped or rolled back, 2 on errors.
 fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitCode {
-    use lockdown_agent::fix::Mode;
+    use lockdown_agent::config::Mode;
     use lockdown_agent::fix::fixer::{Fixer, Outcome, OwnWrites};
     for r in rules {
         if !cfg.catalogue.rule_ids().any(|id| id == r) {
@@ -493,7 +493,7 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
         }
         for path in files {
             let choose =
-                |f: &lockdown_agent::rules::Finding| fix_cfg.choose(f, Mode::Enforce, rules);
+                |f: &lockdown_agent::rules::Finding| lockdown_agent::fix::choose(&fix_cfg, f, Mode::Enforce, rules);
             let (bytes, plan) = match fixer.plan_file(&path, &choose) {
                 Ok(x) => x,
                 Err(e) => {

@@ -9,7 +9,8 @@ use std::fmt::Write;
 
 use serde_json::{Value, json};
 
-use crate::check::{FileReport, Report};
+use crate::check::Report;
+use crate::node::FileReport;
 use crate::rules::{Finding, Severity, Status};
 
 fn order(f: &Finding) -> (Status, std::cmp::Reverse<Severity>) {

@@ -18,11 +18,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::baseline::PathState;
-use crate::check::FileReport;
 use crate::config::Config;
 use crate::event::FindingRecord;
 use crate::integrity;
 use crate::manifest::{Component, MAX_MANIFEST_BYTES};
+use crate::node::FileReport;
 use crate::node::SetMember;
 
 /// Most manifests the daemon tracks (a control-plane node has four or five). Past this the

@@ -180,7 +180,7 @@ fn a_data_dir_with_trailing_slashes_does_not_crash() {
     let out = exercise::manifest_bytes(Catalogue::builtin(), src.as_bytes());
     assert!(out.findings > 0);
     let cat = Catalogue::builtin();
-    let m = lockdown_agent::node::parse_manifest(cat, src.as_bytes()).unwrap();
+    let m = lockdown_agent::rules::parse_manifest(cat, src.as_bytes()).unwrap();
     let cp = m.control_plane.as_ref().unwrap();
     assert_eq!(
         lockdown_agent::manifest::mounts::host_path(&m, cp, "/var/lib/etcd/"),

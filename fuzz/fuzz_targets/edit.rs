@@ -7,13 +7,13 @@ use lockdown_agent::{fix::edit, node, rules::Catalogue};
 fuzz_target!(|data: &[u8]| {
     let cat = Catalogue::builtin();
     let Ok(src) = std::str::from_utf8(data) else { return };
-    let Ok(m) = node::parse_manifest(cat, data) else { return };
+    let Ok(m) = lockdown_agent::rules::parse_manifest(cat, data) else { return };
     let Some(cp) = &m.control_plane else { return };
     for rule in &cat.rules {
         if let Some(fix) = &rule.fix
             && let Ok(edited) = edit::apply(src, cp, cat, fix)
         {
-            let _ = node::parse_manifest(cat, edited.text.as_bytes());
+            let _ = lockdown_agent::rules::parse_manifest(cat, edited.text.as_bytes());
         }
     }
 });

@@ -24,8 +24,8 @@ use lockdown_agent::fix::health;
 use lockdown_agent::integrity::sha256_hex;
 use lockdown_agent::manifest::expand::Expanded;
 use lockdown_agent::manifest::flags::ArgSource;
-use lockdown_agent::node::parse_manifest;
 use lockdown_agent::rules::Catalogue;
+use lockdown_agent::rules::parse_manifest;
 use notify::Watcher;
 
 use crate::bin;

@@ -7,13 +7,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use super::FileReport;
 use crate::config::TlsConfig;
 use crate::io::read_bounded_as;
 use crate::manifest::mounts::{host_path, named_cert_paths};
 use crate::manifest::{Component, MAX_MANIFEST_BYTES};
 use crate::node::{
-    OnNode, certificate_report, facts_of, judge_file, manifest_findings, with_file_findings,
+    FileReport, OnNode, certificate_report, facts_of, judge_file, manifest_findings,
+    with_file_findings,
 };
 use crate::rules::catalogue::{FileRole, Fx};
 use crate::rules::{Catalogue, Findings};

@@ -26,14 +26,14 @@ use tokio::sync::{mpsc, watch};
 use super::health::{self, Attempt};
 use super::plan::{self, Plan};
 use super::write::{self, Journal, WriteError};
-use super::{FixConfig, Mode};
 use crate::config::Config;
+use crate::config::{FixConfig, Mode};
 use crate::event::EventBody;
 use crate::integrity::sha256_hex;
 use crate::manifest::MAX_MANIFEST_BYTES;
-use crate::node::parse_manifest;
 use crate::redact;
 use crate::rules::Catalogue;
+use crate::rules::parse_manifest;
 use crate::scan::key;
 
 /// The pause file in the state directory.
@@ -355,7 +355,7 @@ impl Fixer {
             return Outcome::Skipped;
         }
         let fc = self.fix_cfg().clone();
-        let all = |f: &crate::rules::Finding| fc.choose(f, fc.mode_of(&f.id), &[]);
+        let all = |f: &crate::rules::Finding| crate::fix::choose(&fc, f, fc.mode_of(&f.id), &[]);
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
             self.skip_once(emit, &k, None, SYMLINK.into(), None);
             return Outcome::Skipped;
@@ -409,7 +409,7 @@ impl Fixer {
             planned
         } else {
             let only = |f: &crate::rules::Finding| match fc.mode_of(&f.id) {
-                Mode::Enforce => fc.choose(f, Mode::Enforce, &[]),
+                Mode::Enforce => crate::fix::choose(&fc, f, Mode::Enforce, &[]),
                 _ => plan::Choice::Ignore,
             };
             match self.plan_file(path, &only) {

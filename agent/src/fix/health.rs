@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+pub use crate::event::Attempt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -181,19 +183,6 @@ pub struct GatePlan {
     pub up_timeout: Duration,
     /// How to tell the new instance from the old; `None`: only a failed probe can.
     pub instance: Option<Instance>,
-}
-
-/// One probe attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Attempt {
-    /// Milliseconds since the gate started.
-    pub at_ms: u64,
-    /// Which probe.
-    pub probe: String,
-    /// `200`, `401`, or the connection error.
-    pub result: String,
-    /// Whether it counts as a success.
-    pub ok: bool,
 }
 
 /// The gate's verdict with its evidence.

@@ -24,9 +24,9 @@ use crate::manifest::mounts::host_path;
 use crate::manifest::pod::Pod;
 use crate::manifest::version::Version;
 use crate::manifest::{Component, ControlPlane, Manifest};
-use crate::node::{parse_authn, parse_manifest};
 use crate::rules::catalogue::{ANONYMOUS_CONFIG_SINCE, FlagItem, FlagValue};
-use crate::rules::eval::{self, AuthnConfig, ManifestFacts};
+use crate::rules::eval::{self, AuthnConfig, ManifestFacts, parse_authn};
+use crate::rules::parse_manifest;
 use crate::rules::{Catalogue, Finding, Fix, Status};
 
 /// File name of the AuthenticationConfiguration the anonymous fix writes, next to the

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::plan::{AUTHN_CONFIG_NAME, Choice, Plan, plan};
-use super::{FixConfig, Mode};
+use crate::config::{FixConfig, Mode};
 use crate::rules::eval::AuthnConfig;
 use crate::rules::{Catalogue, Finding, Fix};
 
@@ -27,7 +27,7 @@ fn plan_with(src: &str, extra: &[&str]) -> Plan {
         Catalogue::builtin(),
         src.as_bytes(),
         None,
-        &|f: &Finding| c.choose(f, Mode::Enforce, &extra),
+        &|f: &Finding| super::choose(&c, f, Mode::Enforce, &extra),
     )
     .expect("plans")
 }
@@ -212,7 +212,7 @@ fn anonymous_auth_on_1_32_becomes_an_authentication_config() {
             .contains("apiserver.config.k8s.io/v1beta1")
     );
     // Planning the result with that file in place finds nothing more to do for the rule.
-    let authn = crate::node::parse_authn(p.files[0].contents.as_bytes()).unwrap();
+    let authn = crate::rules::eval::parse_authn(p.files[0].contents.as_bytes()).unwrap();
     assert!(matches!(
         authn,
         AuthnConfig::Anonymous { enabled: true, .. }
@@ -222,7 +222,12 @@ fn anonymous_auth_on_1_32_becomes_an_authentication_config() {
         p.text.as_bytes(),
         Some(&authn),
         &|f: &Finding| {
-            cfg(Mode::Enforce).choose(f, Mode::Enforce, &["apiserver-anonymous-auth".into()])
+            super::choose(
+                &cfg(Mode::Enforce),
+                f,
+                Mode::Enforce,
+                &["apiserver-anonymous-auth".into()],
+            )
         },
     )
     .unwrap();
@@ -323,7 +328,7 @@ fn off_rules_are_ignored_and_unsafe_ones_reported() {
         Catalogue::builtin(),
         KCM_131.as_bytes(),
         None,
-        &|f: &Finding| c.choose(f, c.mode_of(&f.id), &[]),
+        &|f: &Finding| super::choose(&c, f, c.mode_of(&f.id), &[]),
     )
     .unwrap();
     assert_eq!(p.steps.len(), 1);
@@ -332,7 +337,7 @@ fn off_rules_are_ignored_and_unsafe_ones_reported() {
         Catalogue::builtin(),
         KCM_131.as_bytes(),
         None,
-        &|f: &Finding| match c.choose(f, Mode::Enforce, &[]) {
+        &|f: &Finding| match super::choose(&c, f, Mode::Enforce, &[]) {
             Choice::Fix if &*f.id == "controller-manager-profiling" => Choice::Ignore,
             other => other,
         },
@@ -409,7 +414,7 @@ proptest! {
     fn fixes_touch_only_their_arguments_parse_and_are_idempotent(src in manifest()) {
         let p = safe(&src);
         // It parses, to a control-plane component.
-        let m = crate::node::parse_manifest(Catalogue::builtin(), p.text.as_bytes()).unwrap();
+        let m = crate::rules::parse_manifest(Catalogue::builtin(), p.text.as_bytes()).unwrap();
         prop_assert!(m.control_plane.is_some());
         // Only argument lines changed: every removed or added line is a `- <word>` item of the
         // component's command, and the rest of the file is byte for byte the same.
@@ -539,7 +544,7 @@ fn the_anonymous_auth_fix_has_a_form_that_keeps_kubeadm_join_discovery() {
         Catalogue::builtin(),
         src.as_bytes(),
         None,
-        &|f: &Finding| c.choose(f, Mode::Enforce, &extra),
+        &|f: &Finding| super::choose(&c, f, Mode::Enforce, &extra),
     )
     .unwrap();
     let step = p
@@ -548,7 +553,7 @@ fn the_anonymous_auth_fix_has_a_form_that_keeps_kubeadm_join_discovery() {
         .find(|s| s.rule_id == "apiserver-anonymous-auth")
         .unwrap_or_else(|| panic!("{:?}", p.skipped));
     assert_eq!(step.fix, Fix::AnonymousHealthAndDiscovery);
-    let authn = crate::node::parse_authn(p.files[0].contents.as_bytes()).unwrap();
+    let authn = crate::rules::eval::parse_authn(p.files[0].contents.as_bytes()).unwrap();
     let AuthnConfig::Anonymous { enabled, paths } = &authn else {
         panic!("{authn:?}")
     };
@@ -567,7 +572,7 @@ fn the_anonymous_auth_fix_has_a_form_that_keeps_kubeadm_join_discovery() {
         Catalogue::builtin(),
         p.text.as_bytes(),
         Some(&authn),
-        &|f: &Finding| c.choose(f, Mode::Enforce, &extra),
+        &|f: &Finding| super::choose(&c, f, Mode::Enforce, &extra),
     )
     .unwrap();
     assert!(again.is_empty(), "{:?}", again.steps);

@@ -10,7 +10,8 @@ use std::io::{self, Write};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::check::{FileReport, Report};
+use crate::check::Report;
+use crate::node::FileReport;
 use crate::rules::{Catalogue, Finding, Severity, Status};
 
 /// Renders one file's entry on the worker thread that checked it (nothing when the format

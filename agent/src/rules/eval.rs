@@ -49,6 +49,51 @@ pub enum AuthzConfig {
     Authorizers(Vec<String>),
 }
 
+/// The authorizer types of an AuthorizationConfiguration, in order.
+pub fn parse_authz(bytes: &[u8]) -> Result<AuthzConfig, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let doc = crate::manifest::yaml::parse_first_document(text).map_err(|e| e.to_string())?;
+    if doc.root.get("kind").and_then(|k| k.as_str()) != Some("AuthorizationConfiguration") {
+        return Err("not an AuthorizationConfiguration".into());
+    }
+    let authorizers = doc
+        .root
+        .get("authorizers")
+        .and_then(|a| a.as_seq())
+        .ok_or("no authorizers list")?;
+    authorizers
+        .iter()
+        .map(|a| {
+            a.get("type")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| "an authorizer without a type".to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(AuthzConfig::Authorizers)
+}
+
+/// Parses the `anonymous:` block of an AuthenticationConfiguration.
+pub fn parse_authn(bytes: &[u8]) -> Result<AuthnConfig, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let doc = crate::manifest::yaml::parse_first_document(text).map_err(|e| e.to_string())?;
+    if doc.root.get("kind").and_then(|k| k.as_str()) != Some("AuthenticationConfiguration") {
+        return Err("not an AuthenticationConfiguration".into());
+    }
+    let Some(anon) = doc.root.get("anonymous") else {
+        return Ok(AuthnConfig::NoAnonymousBlock);
+    };
+    let enabled = anon.get("enabled").and_then(|e| e.as_str()) == Some("true");
+    let paths = anon
+        .get("conditions")
+        .and_then(|c| c.as_seq())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.get("path").and_then(|p| p.as_str()).map(str::to_string))
+        .collect();
+    Ok(AuthnConfig::Anonymous { enabled, paths })
+}
+
 /// Everything the evaluator knows about one manifest.
 #[derive(Debug, Clone, Copy)]
 pub struct ManifestFacts<'a> {

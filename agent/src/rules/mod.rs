@@ -149,3 +149,11 @@ pub struct Finding {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
 }
+
+/// Parses manifest bytes with the catalogue's flag kinds.
+pub fn parse_manifest(
+    cat: &Catalogue,
+    bytes: &[u8],
+) -> Result<crate::manifest::Manifest, crate::manifest::ManifestError> {
+    crate::manifest::parse(bytes, &|c, f| cat.kind(c, f))
+}

@@ -991,13 +991,15 @@ fn etcd_advisories_of_2026_are_known() {
 fn an_authorization_configuration_is_read_for_its_authorizer_types() {
     let cfg = "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthorizationConfiguration\nauthorizers:\n- type: Node\n  name: node\n- {type: RBAC, name: rbac}\n";
     assert_eq!(
-        crate::node::parse_authz(cfg.as_bytes()),
+        crate::rules::eval::parse_authz(cfg.as_bytes()),
         Ok(AuthzConfig::Authorizers(vec!["Node".into(), "RBAC".into()]))
     );
-    assert!(crate::node::parse_authz(b"kind: AuthenticationConfiguration\n").is_err());
+    assert!(crate::rules::eval::parse_authz(b"kind: AuthenticationConfiguration\n").is_err());
     assert!(
-        crate::node::parse_authz(b"kind: AuthorizationConfiguration\nauthorizers:\n- name: x\n")
-            .is_err()
+        crate::rules::eval::parse_authz(
+            b"kind: AuthorizationConfiguration\nauthorizers:\n- name: x\n"
+        )
+        .is_err()
     );
 }
 
