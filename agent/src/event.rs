@@ -262,17 +262,28 @@ impl EventBody {
     /// retry finds these again); false for what only happened once (lifecycle, config and
     /// fix events).
     pub fn from_scan(&self) -> bool {
-        matches!(
-            self,
+        // Every kind named, no catch-all: a new kind must be sorted here.
+        match self {
             EventBody::Rescan { .. }
-                | EventBody::FileCreated { .. }
-                | EventBody::FileModified { .. }
-                | EventBody::FileDeleted { .. }
-                | EventBody::PermissionDrift { .. }
-                | EventBody::FileInvalid { .. }
-                | EventBody::FindingRaised { .. }
-                | EventBody::FindingResolved { .. }
-        )
+            | EventBody::FileCreated { .. }
+            | EventBody::FileModified { .. }
+            | EventBody::FileDeleted { .. }
+            | EventBody::PermissionDrift { .. }
+            | EventBody::FileInvalid { .. }
+            | EventBody::FindingRaised { .. }
+            | EventBody::FindingResolved { .. } => true,
+            EventBody::AgentStarted { .. }
+            | EventBody::AgentStopping { .. }
+            | EventBody::ConfigReloaded { .. }
+            | EventBody::ConfigRejected { .. }
+            | EventBody::FixPlanned { .. }
+            | EventBody::FixApplied { .. }
+            | EventBody::FixVerified { .. }
+            | EventBody::FixRolledBack { .. }
+            | EventBody::FixSkipped { .. }
+            | EventBody::FixQuarantined { .. }
+            | EventBody::SpoolOverflow { .. } => false,
+        }
     }
 
     /// The file the event is about, if any.
@@ -291,7 +302,12 @@ impl EventBody {
             | EventBody::FixRolledBack { path, .. }
             | EventBody::FixSkipped { path, .. }
             | EventBody::FixQuarantined { path, .. } => Some(path),
-            _ => None,
+            EventBody::AgentStarted { .. }
+            | EventBody::AgentStopping { .. }
+            | EventBody::ConfigReloaded { .. }
+            | EventBody::ConfigRejected { .. }
+            | EventBody::Rescan { .. }
+            | EventBody::SpoolOverflow { .. } => None,
         }
     }
 }

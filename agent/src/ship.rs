@@ -503,12 +503,30 @@ fn code(s: &tonic::Status) -> String {
 
 /// A spooled event as the wire carries it.
 pub fn to_proto(e: Event) -> lockdown_proto::v1::Event {
+    // Every kind named: a new kind with a severity or a rule must say so here, where the
+    // collector's index columns come from.
     let (severity, rule_id) = match &e.body {
         EventBody::FindingRaised { finding, .. } | EventBody::FindingResolved { finding, .. } => (
             finding.severity.as_str().to_string(),
             finding.rule_id.clone(),
         ),
-        _ => (String::new(), String::new()),
+        EventBody::AgentStarted { .. }
+        | EventBody::AgentStopping { .. }
+        | EventBody::ConfigReloaded { .. }
+        | EventBody::ConfigRejected { .. }
+        | EventBody::Rescan { .. }
+        | EventBody::FileCreated { .. }
+        | EventBody::FileModified { .. }
+        | EventBody::FileDeleted { .. }
+        | EventBody::PermissionDrift { .. }
+        | EventBody::FileInvalid { .. }
+        | EventBody::FixPlanned { .. }
+        | EventBody::FixApplied { .. }
+        | EventBody::FixVerified { .. }
+        | EventBody::FixRolledBack { .. }
+        | EventBody::FixSkipped { .. }
+        | EventBody::FixQuarantined { .. }
+        | EventBody::SpoolOverflow { .. } => (String::new(), String::new()),
     };
     lockdown_proto::v1::Event {
         path: e.body.path().unwrap_or_default().to_string(),
