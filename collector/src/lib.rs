@@ -6,5 +6,6 @@ pub mod admit;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod feed;
 pub mod server;
 pub mod store;

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::Config;
+use crate::feed::{CommitFeed, InProcess};
 use crate::store::{EventStore, Store, StoreError};
 
 pub use crate::admit::MAX_BATCH_EVENTS;
@@ -41,8 +42,8 @@ pub(super) struct Shared {
     cfg: Config,
     writer: mpsc::Sender<Job>,
     reader: Arc<Mutex<Box<dyn EventStore>>>,
-    /// Bumped after every commit, for WatchEvents.
-    committed: watch::Sender<u64>,
+    /// Wakes WatchEvents after every commit.
+    committed: Arc<dyn CommitFeed>,
     /// Set once when the collector starts to stop: no new streams, open ones end.
     stopping: watch::Sender<bool>,
     /// Open streams per node.
@@ -96,8 +97,8 @@ pub async fn serve(
     let mut store = open_store(&cfg)?;
     let reader = open_store(&cfg)?;
     let (writer, mut jobs) = mpsc::channel::<Job>(WRITER_QUEUE);
-    let (committed, _) = watch::channel(0u64);
-    let committed_tx = committed.clone();
+    let committed: Arc<dyn CommitFeed> = Arc::new(InProcess::default());
+    let committed_tx = Arc::clone(&committed);
     // If the writer ever stops (a panic), nothing can be acked again: stop serving and exit
     // non-zero, so that the service manager restarts the collector.
     let (writer_gone_tx, writer_gone) = oneshot::channel::<()>();
@@ -105,7 +106,7 @@ pub async fn serve(
         .name("store-writer".into())
         .spawn(move || {
             let _gone = DropSignal(Some(writer_gone_tx));
-            writer_loop(store.as_mut(), &mut jobs, &committed_tx);
+            writer_loop(store.as_mut(), &mut jobs, committed_tx.as_ref());
         })
         .expect("spawn the store writer");
 

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use lockdown_proto::v1::Event;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::feed::CommitFeed;
 use crate::store::{Batch, EventStore, NodeInfo};
 
 /// Work for the writer.
@@ -47,7 +48,7 @@ impl Drop for DropSignal {
 pub(super) fn writer_loop(
     store: &mut dyn EventStore,
     jobs: &mut mpsc::Receiver<Job>,
-    committed: &watch::Sender<u64>,
+    committed: &dyn CommitFeed,
 ) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
@@ -80,7 +81,7 @@ pub(super) fn writer_loop(
                         tracing::error!(error = %e, node, "cannot record the agent's earlier acks");
                     }
                     let _ = reply.send(result.map_err(|e| e.to_string()));
-                    committed.send_modify(|n| *n += 1);
+                    committed.committed();
                 }
                 Job::Retain {
                     max_age,
@@ -110,7 +111,7 @@ pub(super) fn writer_loop(
                 for ((_, _, _, _, reply), ack) in inserts.into_iter().zip(acks) {
                     let _ = reply.send(Ok(ack));
                 }
-                committed.send_modify(|n| *n += 1);
+                committed.committed();
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot commit events; agents will resend");
