@@ -23,5 +23,6 @@ pub mod rules;
 pub mod scan;
 pub mod ship;
 pub mod spool;
+pub mod status;
 pub mod tls;
 pub mod watch;

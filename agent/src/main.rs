@@ -276,22 +276,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { .. } => run(cfg, source),
-        Command::Status { format, .. } => match daemon::query_status(&cfg.state_dir) {
-            Ok(status) => {
-                match format {
-                    RulesFormat::Table => out!("{}", report::status_table(&status)),
-                    RulesFormat::Json => outln!(
-                        "{}",
-                        serde_json::to_string_pretty(&status).expect("status serialises")
-                    ),
+        Command::Status { format, .. } => {
+            match lockdown_agent::status::query_status(&cfg.state_dir) {
+                Ok(status) => {
+                    match format {
+                        RulesFormat::Table => out!("{}", report::status_table(&status)),
+                        RulesFormat::Json => outln!(
+                            "{}",
+                            serde_json::to_string_pretty(&status).expect("status serialises")
+                        ),
+                    }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("lockdown-agent: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("lockdown-agent: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Spool { from, .. } => print_spool(&cfg.state_dir, from),
         Command::Fix {
             paths,
@@ -426,7 +428,7 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
             return ExitCode::from(2);
         }
     }
-    if apply && daemon::query_status(&cfg.state_dir).is_ok() {
+    if apply && lockdown_agent::status::query_status(&cfg.state_dir).is_ok() {
         eprintln!(
             "lockdown-agent: an agent is running on {}; set fix.mode to enforce (or stop it) instead of applying by hand",
             cfg.state_dir.display()

@@ -296,7 +296,7 @@ pub fn rules_json(cat: &crate::rules::Catalogue) -> String {
 }
 
 /// `lockdown-agent status` as text.
-pub fn status_table(s: &crate::daemon::Status) -> String {
+pub fn status_table(s: &crate::status::Status) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(

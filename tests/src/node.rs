@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use lockdown_agent::daemon::{Status, query_status};
 use lockdown_agent::event::{Event, EventBody};
 use lockdown_agent::spool::SpoolReader;
+use lockdown_agent::status::{Status, query_status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

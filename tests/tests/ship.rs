@@ -45,11 +45,11 @@ fn change(node: &Node, agent: &Agent, i: usize) {
 }
 
 /// The shipper's last connection error, from the agent's status.
-fn last_error(s: &lockdown_agent::daemon::Status) -> Option<&str> {
+fn last_error(s: &lockdown_agent::status::Status) -> Option<&str> {
     s.collector.as_ref().and_then(|c| c.last_error.as_deref())
 }
 
-fn wait_status(agent: &Agent, what: &str, done: impl Fn(&lockdown_agent::daemon::Status) -> bool) {
+fn wait_status(agent: &Agent, what: &str, done: impl Fn(&lockdown_agent::status::Status) -> bool) {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = agent.status();

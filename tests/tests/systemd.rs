@@ -8,8 +8,8 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Instant;
 
-use lockdown_agent::daemon::query_status;
 use lockdown_agent::integrity::sha256_hex;
+use lockdown_agent::status::query_status;
 use lockdown_e2e::bin;
 use lockdown_e2e::kubelet::{Kubelet, SCHED, fix_node, hardened};
 use lockdown_e2e::node::{Node, WAIT};
