@@ -2,8 +2,10 @@
 //!
 //! One loop owns everything (config, baseline, spool, watches), so there is no locking but
 //! the notify thread's pending set. It waits for: file events (then settles and scans what
-//! they name), the periodic rescan, signals (SIGTERM and SIGINT stop, SIGHUP reloads) and
-//! status requests on a Unix socket in the state directory.
+//! they name), the periodic rescan, the certificate clock (expiry judged again), probe
+//! rounds of kube-apiserver (run off the loop, their findings merged by the scanner), signals
+//! (SIGTERM and SIGINT stop, SIGHUP reloads) and status requests on a Unix socket in the state
+//! directory (`status`).
 //!
 //! Every scan compares the new state of each tracked path with the baseline, and commits the
 //! events and the new baseline in one spool transaction. If the commit fails (disk full),
