@@ -114,7 +114,7 @@ struct Agent {
     /// Tells the fixer how many of its events are committed.
     fix_committed: watch::Sender<u64>,
     /// Bytes the fixer wrote: not drift.
-    own: Arc<crate::fix::fixer::OwnWrites>,
+    own: Arc<crate::fix::policy::OwnWrites>,
     /// Manifests the fixer should look at.
     fix_requests: mpsc::UnboundedSender<PathBuf>,
     /// The config, for the fixer.
@@ -166,7 +166,7 @@ pub async fn run(
     let shared = Arc::clone(watch.shared());
     let (last_seq, _) = watch::channel(spool.depth().last_seq);
     let (acks, mut acked) = mpsc::channel::<u64>(64);
-    let own = Arc::new(crate::fix::fixer::OwnWrites::default());
+    let own = Arc::new(crate::fix::policy::OwnWrites::default());
     let (fix_requests, fix_requests_rx) = mpsc::unbounded_channel();
     let (fix_events_tx, mut fix_events) = mpsc::unbounded_channel();
     let (fix_config, fix_config_rx) = watch::channel(cfg.clone());
@@ -804,8 +804,8 @@ impl Agent {
                     .iter()
                     .map(|(r, m)| (r.clone(), m.as_str().to_string()))
                     .collect(),
-                paused: crate::fix::fixer::paused(&self.cfg.state_dir),
-                quarantined: crate::fix::fixer::load_quarantine(&self.cfg.state_dir)
+                paused: crate::fix::policy::paused(&self.cfg.state_dir),
+                quarantined: crate::fix::policy::load_quarantine(&self.cfg.state_dir)
                     .into_iter()
                     .map(|(p, q)| (p, q.reason))
                     .collect(),

@@ -307,7 +307,7 @@ fn main() -> ExitCode {
             fix(cfg, paths, apply, &rules)
         }
         Command::Pause { duration, .. } => {
-            match lockdown_agent::fix::fixer::pause(&cfg.state_dir, duration) {
+            match lockdown_agent::fix::policy::pause(&cfg.state_dir, duration) {
                 Ok(p) => {
                     match p.until {
                         Some(t) => outln!("fixing paused until {t} (detection goes on)"),
@@ -323,7 +323,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Resume { .. } => match lockdown_agent::fix::fixer::resume(&cfg.state_dir) {
+        Command::Resume { .. } => match lockdown_agent::fix::policy::resume(&cfg.state_dir) {
             Ok(true) => {
                 outln!("fixing resumed");
                 ExitCode::SUCCESS
@@ -421,7 +421,8 @@ fn check_command(
 /// when a fix was skipped or rolled back, 2 on errors.
 fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitCode {
     use lockdown_agent::config::Mode;
-    use lockdown_agent::fix::fixer::{Fixer, Outcome, OwnWrites};
+    use lockdown_agent::fix::fixer::{Fixer, Outcome};
+    use lockdown_agent::fix::policy::OwnWrites;
     for r in rules {
         if !cfg.catalogue.rule_ids().any(|id| id == r) {
             eprintln!("lockdown-agent: --rule {r:?} is not a rule id (see `lockdown-agent rules`)");
@@ -435,7 +436,7 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
         );
         return ExitCode::from(2);
     }
-    if apply && let Some(why) = lockdown_agent::fix::fixer::paused(&cfg.state_dir) {
+    if apply && let Some(why) = lockdown_agent::fix::policy::paused(&cfg.state_dir) {
         eprintln!("lockdown-agent: fixing is {why}");
         return ExitCode::from(1);
     }
@@ -521,7 +522,7 @@ fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitC
                     path.display(),
                     q.rules.join(", "),
                     q.reason,
-                    lockdown_agent::fix::fixer::QUARANTINE_FILE
+                    lockdown_agent::fix::policy::QUARANTINE_FILE
                 );
                 code = ExitCode::from(1);
                 continue;

@@ -2,29 +2,24 @@
 //! never restarted at once). The daemon runs it as a task fed with the manifests whose
 //! findings may need fixing; `lockdown-agent fix --apply` drives the same code once.
 //!
-//! State it keeps:
-//! - own writes (path → sha256), shared with the daemon loop, which does not report a
-//!   change to exactly those bytes as drift;
-//! - quarantine (persisted in `<state_dir>/fix-quarantine.json`): a fix rolled back is not
-//!   tried again while the file holds the bytes it was rolled back to; any other change lifts
-//!   it;
-//! - the fight guard (persisted in `<state_dir>/fix-fights.json`, so that `Restart=always`
-//!   cannot make the agent fight forever): a file fixed `fight_max` times within
-//!   `fight_window` that drifts again is not fixed any more until the agent is reloaded;
-//! - the pause file (`<state_dir>/fix-paused`, written by `lockdown-agent pause`): fixing
-//!   stops, detection goes on; what was deferred is fixed when the pause ends.
+//! It keeps its policies' state (`policy`: own writes, quarantine, fight guard, pause) and
+//! applies them: a quarantined or stopped file is not fixed, and what a pause deferred is
+//! fixed when the pause ends.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::health::{self, Attempt};
 use super::plan::{self, Plan};
+use super::policy::{
+    self, FIGHTS_FILE, Fights, OwnWrites, QUARANTINE_FILE, Quarantine, load_fights,
+    load_quarantine, paused, unix_now,
+};
 use super::write::{self, Journal, WriteError};
 use crate::config::Config;
 use crate::config::{FixConfig, Mode};
@@ -36,134 +31,11 @@ use crate::rules::Catalogue;
 use crate::rules::parse_manifest;
 use crate::scan::key;
 
-/// The pause file in the state directory.
-pub const PAUSE_FILE: &str = "fix-paused";
-/// The quarantine file in the state directory.
-pub const QUARANTINE_FILE: &str = "fix-quarantine.json";
-/// The fight guard's memory in the state directory.
-pub const FIGHTS_FILE: &str = "fix-fights.json";
-
-/// What the fight guard remembers of one file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fights {
-    /// When each recent fix was applied (seconds since the epoch).
-    pub fixed_at: VecDeque<u64>,
-    /// Fixing this file stopped (until a reload).
-    pub stopped: bool,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The fight guard's memory recorded in `state_dir`, by path.
-pub fn load_fights(state_dir: &Path) -> BTreeMap<String, Fights> {
-    let path = state_dir.join(FIGHTS_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::error!(path = %path.display(), error = %e, "unreadable fight guard; starting without it");
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    }
-}
 /// Why a symlinked manifest is not fixed.
 const SYMLINK: &str =
     "is a symlink; a symlinked manifest is never rewritten (fix its target by hand)";
 /// How often a deferred fix checks whether the pause ended.
 const PAUSE_POLL: Duration = Duration::from_secs(1);
-
-/// Bytes the agent itself wrote, by path: the daemon does not report them as drift.
-#[derive(Debug, Default)]
-pub struct OwnWrites(Mutex<HashMap<String, String>>);
-
-impl OwnWrites {
-    fn expect(&self, path: &str, sha256: &str) {
-        self.0
-            .lock()
-            .expect("own writes lock")
-            .insert(path.to_string(), sha256.to_string());
-    }
-
-    fn forget(&self, path: &str) {
-        self.0.lock().expect("own writes lock").remove(path);
-    }
-
-    /// True (once) when `sha256` is what the agent last wrote to `path`.
-    pub fn take_if_own(&self, path: &str, sha256: Option<&str>) -> bool {
-        let mut own = self.0.lock().expect("own writes lock");
-        match (own.get(path), sha256) {
-            (Some(ours), Some(seen)) if ours == seen => {
-                own.remove(path);
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-/// A rolled-back fix, held while the file has the bytes it was rolled back to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quarantine {
-    /// sha256 of the file when quarantined.
-    pub sha256: String,
-    /// Rules whose fix was undone.
-    pub rules: Vec<String>,
-    /// Why.
-    pub reason: String,
-}
-
-/// Where fixing is paused until, if it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pause {
-    /// RFC 3339 time the pause ends; `None`: until `lockdown-agent resume`.
-    pub until: Option<String>,
-}
-
-/// Reads the pause file: `Some(description)` while fixing is paused.
-pub fn paused(state_dir: &Path) -> Option<String> {
-    let path = state_dir.join(PAUSE_FILE);
-    let bytes = std::fs::read(&path).ok()?;
-    match serde_json::from_slice::<Pause>(&bytes) {
-        Ok(Pause { until: None }) => Some("paused until `lockdown-agent resume`".into()),
-        Ok(Pause { until: Some(t) }) => match humantime::parse_rfc3339(&t) {
-            Ok(end) if end > SystemTime::now() => Some(format!("paused until {t}")),
-            Ok(_) => None,
-            Err(e) => Some(format!(
-                "paused: {} has an unreadable time ({e}); remove it to resume",
-                path.display()
-            )),
-        },
-        // Fail safe: an unreadable pause file still pauses.
-        Err(e) => Some(format!(
-            "paused: {} is unreadable ({e}); remove it to resume",
-            path.display()
-        )),
-    }
-}
-
-/// Writes the pause file (`None`: until resumed).
-pub fn pause(state_dir: &Path, duration: Option<Duration>) -> Result<Pause, String> {
-    let until =
-        duration.map(|d| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
-    let p = Pause { until };
-    crate::spool::private_dir(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    let bytes = serde_json::to_vec(&p).expect("pause serialises");
-    write::save_state_file(&state_dir.join(PAUSE_FILE), &bytes).map_err(|e| e.to_string())?;
-    Ok(p)
-}
-
-/// Removes the pause file. Returns whether there was one.
-pub fn resume(state_dir: &Path) -> Result<bool, String> {
-    let path = state_dir.join(PAUSE_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
 
 /// A fix that could not be finished (rollback not possible, file changed meanwhile), with
 /// the diff concerned.
@@ -173,18 +45,6 @@ fn unfinished(path: String, reason: impl Into<String>, journal: &Journal) -> Eve
         rule_id: None,
         reason: reason.into(),
         diff: Some(journal.diff.clone()),
-    }
-}
-
-/// The quarantined fixes recorded in `state_dir`, by path.
-pub fn load_quarantine(state_dir: &Path) -> BTreeMap<String, Quarantine> {
-    let path = state_dir.join(QUARANTINE_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::error!(path = %path.display(), error = %e, "unreadable fix quarantine; starting without it");
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
     }
 }
 
@@ -271,17 +131,21 @@ impl Fixer {
     }
 
     fn save_fights(&self) {
-        let bytes = serde_json::to_vec_pretty(&self.fights).expect("fight guard serialises");
-        if let Err(e) = write::save_state_file(&self.cfg.state_dir.join(FIGHTS_FILE), &bytes) {
-            tracing::error!(error = %e, "cannot save the fight guard");
-        }
+        policy::save(
+            &self.cfg.state_dir,
+            FIGHTS_FILE,
+            &self.fights,
+            "fight guard",
+        );
     }
 
     fn save_quarantine(&self) {
-        let bytes = serde_json::to_vec_pretty(&self.quarantine).expect("quarantine serialises");
-        if let Err(e) = write::save_state_file(&self.cfg.state_dir.join(QUARANTINE_FILE), &bytes) {
-            tracing::error!(error = %e, "cannot save the fix quarantine");
-        }
+        policy::save(
+            &self.cfg.state_dir,
+            QUARANTINE_FILE,
+            &self.quarantine,
+            "fix quarantine",
+        );
     }
 
     fn skip_once(
@@ -424,18 +288,8 @@ impl Fixer {
             return Outcome::Skipped;
         }
         let window = fc.fight_window;
-        let now = unix_now();
         let fights = self.fights.entry(k.clone()).or_default();
-        while fights
-            .fixed_at
-            .front()
-            .is_some_and(|t| now.saturating_sub(*t) > window.as_secs())
-        {
-            fights.fixed_at.pop_front();
-        }
-        let times = fights.fixed_at.clone();
-        if times.len() >= fc.fight_max as usize {
-            fights.stopped = true;
+        if let Err(times) = fights.admit(unix_now(), window, fc.fight_max) {
             self.save_fights();
             tracing::error!(path = %k, "the same drift keeps coming back; stopped fixing this file");
             emit(EventBody::FixQuarantined {
@@ -443,14 +297,13 @@ impl Fixer {
                 rules: enforced.steps.iter().map(|s| s.rule_id.clone()).collect(),
                 reason: format!(
                     "the drift came back after {} fixes within {}: something else keeps rewriting this file (kubeadm, a config manager?); stopped fixing it until the agent is reloaded",
-                    times.len(),
+                    times,
                     humantime::format_duration(window)
                 ),
                 diff,
             });
             return Outcome::Skipped;
         }
-        fights.fixed_at.push_back(now);
         self.save_fights();
         self.apply(path, &bytes, &enforced, diff, emit).await
     }

@@ -14,6 +14,7 @@ pub mod edit;
 pub mod fixer;
 pub mod health;
 pub mod plan;
+pub mod policy;
 pub mod write;
 
 use crate::config::{FixConfig, Mode};
