@@ -1,7 +1,7 @@
 //! What the collector accepts from an agent, decided without IO: the hello's identity fields
 //! and each event batch. Every check answers with the gRPC status the agent gets
 //! (`invalid_argument`: do not resend as is). The fuzz target `collector_decode` drives
-//! [`agent_message`] on arbitrary bytes.
+//! [`agent_message()`] on arbitrary bytes.
 
 use lockdown_proto::v1::{AgentMessage, Event, Hello, agent_message};
 use prost::Message;

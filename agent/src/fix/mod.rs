@@ -3,7 +3,7 @@
 //!
 //! - [`plan`] (pure) decides the new bytes: minimal edits, version-guarded, prerequisites
 //!   checked, each verified by parsing and evaluating again.
-//! - [`write`] puts bytes on disk the way the kubelet can never see half of: a backup of the
+//! - [`write`](mod@write) puts bytes on disk the way the kubelet can never see half of: a backup of the
 //!   original outside the manifests directory, a dot-prefixed temp file, fsync, rename, fsync
 //!   of the directory; and a journal, so that a gate interrupted by a crash is finished.
 //! - [`health`] is the gate: the component's own probes, as the kubelet runs them.
