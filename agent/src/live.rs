@@ -60,7 +60,6 @@ pub struct Addressing {
 impl Target {
     /// The target for a kube-apiserver with these flags (`value` gives a flag's value), or
     /// why it is not probed. `host_path` maps a container path to the host.
-    #[allow(clippy::too_many_arguments)]
     pub fn of(
         value: &dyn Fn(&str) -> Option<String>,
         version: Option<Version>,

@@ -511,6 +511,12 @@ pub(crate) fn certificate_report(
     report
 }
 
+/// Whether files of these roles are judged by what they hold (certificates, kubeconfigs), not
+/// only by their mode and owner.
+pub fn reads_content(roles: &[FileRole]) -> bool {
+    roles.contains(&FileRole::Certificate) || roles.contains(&FileRole::Kubeconfig)
+}
+
 /// Checks a plain file or directory of the CIS 1.1 file set (or a kubeconfig named on the
 /// command line), and returns the other files its findings depend on: the key beside a
 /// certificate, the files a kubeconfig names.
@@ -525,9 +531,7 @@ pub fn check_file(
     let mut deps = Vec::new();
     match file_facts(path, roles) {
         Ok(facts) => {
-            let reads = facts.roles.contains(&FileRole::Certificate)
-                || facts.roles.contains(&FileRole::Kubeconfig);
-            let bytes = reads.then(|| read_bounded(path, MAX_AUX_BYTES));
+            let bytes = reads_content(&facts.roles).then(|| read_bounded(path, MAX_AUX_BYTES));
             let bytes = bytes.as_ref().map(|b| b.as_deref().map_err(String::as_str));
             report.findings = judge_file(cat, path, facts, bytes, tls, node_ca, &mut deps);
         }

@@ -21,9 +21,10 @@ use crate::baseline::PathState;
 use crate::config::Config;
 use crate::event::FindingRecord;
 use crate::integrity;
+use crate::io;
 use crate::manifest::{Component, MAX_MANIFEST_BYTES};
-use crate::node::FileReport;
-use crate::node::SetMember;
+use crate::node::{self, FileReport, SetMember};
+use crate::rules::eval::FileFacts;
 
 /// Most manifests the daemon tracks (a control-plane node has four or five). Past this the
 /// rest are not read, and the manifests directory says so: a directory filled by mistake or
@@ -82,10 +83,8 @@ impl Dirty {
 struct ManifestMemo {
     /// Files it reads that are tracked with it (the authentication config).
     deps: Vec<PathBuf>,
-    /// Files it reads that are not tracked for it (the certificates it names, the cluster
-    /// CA): a change there only evaluates the manifest again.
-    inputs: Vec<PathBuf>,
-    /// The certificate files its flags name (tracked with the file set).
+    /// The certificate files its flags name (tracked with the file set): a change there, or
+    /// to the cluster CA, evaluates the manifest again.
     certs: Vec<PathBuf>,
     /// kube-apiserver: where and what to probe (or why not), when probes are on.
     live: Option<Result<crate::live::Target, String>>,
@@ -175,10 +174,10 @@ impl Scanner {
         for path in &manifests {
             let k = key(path);
             let old = current.get(&k);
-            let memo_dirty = self
-                .memo
-                .get(path)
-                .is_none_or(|m| m.deps.iter().chain(&m.inputs).any(|d| dirty.touches(d)));
+            let memo_dirty = self.memo.get(path).is_none_or(|m| {
+                let read = m.deps.iter().chain(&m.certs);
+                read.chain([&cluster_ca]).any(|d| dirty.touches(d))
+            });
             let state = match old {
                 Some(s) if !touched(dirty, path, s) && !memo_dirty => s.clone(),
                 _ => self.observe_manifest(cfg, path, old, node_ca(), &cluster_ca),
@@ -379,10 +378,7 @@ impl Scanner {
                 .extend(crate::manifest::mounts::authn_host_path(m, cp));
             memo.deps
                 .extend(crate::manifest::mounts::authz_host_path(m, cp));
-            memo.inputs
-                .extend(crate::manifest::mounts::cert_host_paths(m, cp));
             memo.certs = crate::manifest::mounts::named_cert_paths(m, cp);
-            memo.inputs.push(cluster_ca.to_path_buf());
             if cfg.live.enabled && cp.component == Component::KubeApiserver {
                 let authn = crate::node::read_authn(m, cp);
                 let facts = crate::rules::eval::ManifestFacts {
@@ -425,25 +421,30 @@ fn observe_file(
     node_ca: Option<&[String]>,
 ) -> (PathState, Vec<PathBuf>) {
     let cat = &cfg.catalogue;
-    let meta = integrity::observe(&m.path, None);
-    let mut error = m.error.clone().or_else(|| meta.as_ref().err().cloned());
+    // A certificate or kubeconfig is read once: the hash and the findings are of the same
+    // bytes.
+    let bytes = node::reads_content(&m.roles).then(|| io::read_bounded(&m.path, io::MAX_AUX_BYTES));
+    let content = bytes.as_ref().and_then(|b| b.as_deref().ok());
+    let meta = integrity::observe(&m.path, content);
+    let error = m.error.clone().or_else(|| meta.as_ref().err().cloned());
     let mut deps = Vec::new();
-    let keep_old = || old.map(|o| o.findings.clone()).unwrap_or_default();
     let findings = match &meta {
-        Ok(_) => {
-            let (report, d) =
-                crate::node::check_file(cat, &m.path, m.roles.clone(), &cfg.tls, node_ca);
-            deps = d;
-            match report.error {
-                // Gone or replaced between the two looks: what was known stays.
-                Some(e) => {
-                    error = error.or(Some(e));
-                    keep_old()
-                }
-                None => records(cat, &FileReport::default(), &report.findings),
-            }
+        Ok(meta) => {
+            let facts = FileFacts {
+                roles: m.roles.clone(),
+                mode: u32::from_str_radix(&meta.mode, 8).expect("observe writes octal"),
+                uid: meta.uid,
+                gid: meta.gid,
+                user: meta.owner.clone(),
+                group: meta.group.clone(),
+                tls: Vec::new(),
+                kubeconfig: None,
+            };
+            let bytes = bytes.as_ref().map(|b| b.as_deref().map_err(String::as_str));
+            let found = node::judge_file(cat, &m.path, facts, bytes, &cfg.tls, node_ca, &mut deps);
+            records(cat, &FileReport::default(), &found)
         }
-        Err(_) => keep_old(),
+        Err(_) => old.map(|o| o.findings.clone()).unwrap_or_default(),
     };
     (
         PathState {

@@ -86,14 +86,7 @@ pub struct Quarantine {
 
 /// The quarantined fixes recorded in `state_dir`, by path.
 pub fn load_quarantine(state_dir: &Path) -> BTreeMap<String, Quarantine> {
-    let path = state_dir.join(QUARANTINE_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::error!(path = %path.display(), error = %e, "unreadable fix quarantine; starting without it");
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    }
+    load(state_dir, QUARANTINE_FILE, "fix quarantine")
 }
 
 /// The fight guard's memory in the state directory.
@@ -110,14 +103,7 @@ pub struct Fights {
 
 /// The fight guard's memory recorded in `state_dir`, by path.
 pub fn load_fights(state_dir: &Path) -> BTreeMap<String, Fights> {
-    let path = state_dir.join(FIGHTS_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::error!(path = %path.display(), error = %e, "unreadable fight guard; starting without it");
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    }
+    load(state_dir, FIGHTS_FILE, "fight guard")
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -152,6 +138,23 @@ impl OwnWrites {
             }
             _ => false,
         }
+    }
+}
+
+/// A policy's state by path, from its file; an unreadable file is logged and the policy
+/// starts without it.
+fn load<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+    file: &str,
+    what: &str,
+) -> BTreeMap<String, T> {
+    let path = state_dir.join(file);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(path = %path.display(), error = %e, "unreadable {what}; starting without it");
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
     }
 }
 

@@ -98,12 +98,3 @@ pub fn named_cert_paths(m: &Manifest, cp: &ControlPlane) -> Vec<PathBuf> {
         .filter_map(|f| host_path(m, cp, &cp.flags.value(f)?))
         .collect()
 }
-
-/// Where on the host the certificate files the manifest's rules read are (kube-apiserver's
-/// `--tls-cert-file`, etcd's `--trusted-ca-file`).
-pub fn cert_host_paths(m: &Manifest, cp: &ControlPlane) -> Vec<PathBuf> {
-    ["tls-cert-file", "trusted-ca-file"]
-        .iter()
-        .filter_map(|f| host_path(m, cp, &cp.flags.value(f)?))
-        .collect()
-}
