@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 
 use base64::Engine as _;
+
+use crate::redact::clip;
 use serde::Deserialize;
 
 /// A kubeconfig, as the checks need it.
@@ -175,8 +177,8 @@ pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
         .clusters
         .into_iter()
         .map(|c| Cluster {
-            name: c.name,
-            server: without_userinfo(&c.cluster.server),
+            name: clip(&c.name, 120),
+            server: clip(&without_userinfo(&c.cluster.server), 200),
             ca: pem(
                 c.cluster.certificate_authority_data,
                 c.cluster.certificate_authority,
@@ -202,7 +204,7 @@ pub fn parse(bytes: &[u8]) -> Result<Kubeconfig, String> {
                 (_, Some(file)) if !file.is_empty() => ClientKey::File(PathBuf::from(file)),
                 _ => ClientKey::None,
             },
-            name: u.name,
+            name: clip(&u.name, 120),
         })
         .collect();
     Ok(Kubeconfig { clusters, users })
@@ -297,6 +299,14 @@ users:
         assert_eq!(k.clusters[2].ca, Pem::Undecodable);
         assert!(k.users[0].basic_auth && !k.users[0].static_token);
         assert!(k.users[1].static_token);
+        // A crafted name reaches evidence clipped, without its escape sequences.
+        let long = format!(
+            "kind: Config\nclusters:\n- name: \"\\e[2J{}\"\n  cluster: {{server: https://a}}\n",
+            "n".repeat(500)
+        );
+        let crafted = parse(long.as_bytes()).unwrap();
+        assert_eq!(crafted.clusters[0].name.chars().count(), 120);
+        assert!(!crafted.clusters[0].name.contains('\u{1b}'));
         for secret in ["hunter2", "abc.def", "pw-in-url"] {
             assert!(!format!("{k:?}").contains(secret), "{secret}");
         }

@@ -402,7 +402,7 @@ fn plaintext_api(addr: SocketAddr, timeout: Duration) -> Result<Option<String>, 
 /// At most 120 printable characters of what a server sent: evidence leaves the node, and
 /// whatever listens chooses these bytes.
 pub fn clip(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(120).collect()
+    crate::redact::clip(text, 120)
 }
 
 /// Offers TLS 1.1 (and so 1.0) only: the version the server picks, or `None` when it

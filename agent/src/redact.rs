@@ -303,5 +303,12 @@ pub fn unified_diff(path: &str, old: Option<&str>, new: Option<&str>) -> String 
     diff
 }
 
+/// At most `max` characters of `text`, control characters dropped: for names and subjects
+/// that come from a file or a server and go into evidence, which leaves the node and reaches
+/// terminals (an escape sequence in a crafted name must not).
+pub fn clip(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
 #[cfg(test)]
 mod tests;

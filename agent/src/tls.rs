@@ -150,7 +150,7 @@ pub fn cert_from_der(der: &[u8]) -> Result<Cert, String> {
         .flatten()
         .is_some_and(|bc| bc.value.ca);
     Ok(Cert {
-        subject: x.subject().to_string(),
+        subject: crate::redact::clip(&x.subject().to_string(), 200),
         not_before: x.validity().not_before.timestamp(),
         not_after: x.validity().not_after.timestamp(),
         is_ca,
