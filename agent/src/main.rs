@@ -304,7 +304,7 @@ fn main() -> ExitCode {
         } => {
             let mut cfg = cfg;
             cfg.fix.keep_cluster_info |= keep_cluster_info;
-            fix(cfg, paths, apply, &rules)
+            ExitCode::from(lockdown_agent::fix::command::run(cfg, paths, apply, &rules))
         }
         Command::Pause { duration, .. } => {
             match lockdown_agent::fix::policy::pause(&cfg.state_dir, duration) {
@@ -417,138 +417,7 @@ fn check_command(
     }
 }
 
-/// `fix --dry-run | --apply`: 0 when everything planned is done (or nothing is needed), 1
-/// when a fix was skipped or rolled back, 2 on errors.
-fn fix(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> ExitCode {
-    use lockdown_agent::config::Mode;
-    use lockdown_agent::fix::fixer::{Fixer, Outcome};
-    use lockdown_agent::fix::policy::OwnWrites;
-    for r in rules {
-        if !cfg.catalogue.rule_ids().any(|id| id == r) {
-            eprintln!("lockdown-agent: --rule {r:?} is not a rule id (see `lockdown-agent rules`)");
-            return ExitCode::from(2);
-        }
-    }
-    if apply && lockdown_agent::status::query_status(&cfg.state_dir).is_ok() {
-        eprintln!(
-            "lockdown-agent: an agent is running on {}; set fix.mode to enforce (or stop it) instead of applying by hand",
-            cfg.state_dir.display()
-        );
-        return ExitCode::from(2);
-    }
-    if apply && let Some(why) = lockdown_agent::fix::policy::paused(&cfg.state_dir) {
-        eprintln!("lockdown-agent: fixing is {why}");
-        return ExitCode::from(1);
-    }
-    let paths = if paths.is_empty() {
-        vec![cfg.manifests_dir.clone()]
-    } else {
-        paths
-    };
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            match lockdown_agent::io::list_manifest_dir(&p) {
-                Ok(list) => files.extend(list),
-                Err(e) => {
-                    eprintln!("lockdown-agent: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        } else {
-            files.push(p);
-        }
-    }
-    let runtime = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    // A fix applied by hand is recorded like the daemon's: in the spool, for the collector.
-    // No agent runs here (checked above), so the spool's lock is free.
-    let mut spool = if apply {
-        match lockdown_agent::spool::Spool::open(&cfg.state_dir, cfg.spool_max_bytes) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("lockdown-agent: {e}; not applying a fix that could not be recorded");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
-    let node = cfg.node_name.clone();
-    let fix_cfg = cfg.fix.clone();
-    let mut fixer = Fixer::new(cfg, std::sync::Arc::new(OwnWrites::default()));
-    let mut unrecorded = 0usize;
-    let mut emit = |e: lockdown_agent::event::EventBody| {
-        eprintln!("{}", serde_json::to_string(&e).expect("events serialise"));
-        if let Some(spool) = spool.as_mut()
-            && let Err(err) = spool.commit(&node, vec![e], &[])
-        {
-            eprintln!("lockdown-agent: this event is not in the spool: {err}");
-            unrecorded += 1;
-        }
-    };
-    let mut code = ExitCode::SUCCESS;
-    runtime.block_on(async {
-        if apply {
-            fixer.recover(&mut emit).await;
-        }
-        for path in files {
-            let choose =
-                |f: &lockdown_agent::rules::Finding| lockdown_agent::fix::choose(&fix_cfg, f, Mode::Enforce, rules);
-            let (bytes, plan) = match fixer.plan_file(&path, &choose) {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("{}: {e}", path.display());
-                    code = ExitCode::from(1);
-                    continue;
-                }
-            };
-            for s in &plan.skipped {
-                outln!(
-                    "# {}: not fixing {}: {}",
-                    path.display(),
-                    s.rule_id,
-                    s.reason
-                );
-            }
-            if plan.is_empty() {
-                continue;
-            }
-            if let Some(q) = fixer.quarantined(&path, &bytes) {
-                outln!(
-                    "# {}: not fixing: quarantined since {} was rolled back ({}); change the file or remove {} to try again",
-                    path.display(),
-                    q.rules.join(", "),
-                    q.reason,
-                    lockdown_agent::fix::policy::QUARANTINE_FILE
-                );
-                code = ExitCode::from(1);
-                continue;
-            }
-            let before = String::from_utf8_lossy(&bytes).into_owned();
-            let diff = fixer.diff(&path.display().to_string(), &before, &plan);
-            out!("{diff}");
-            if apply {
-                match fixer.apply(&path, &bytes, &plan, diff, &mut emit).await {
-                    Outcome::Verified => outln!("# {}: applied, healthy", path.display()),
-                    other => {
-                        outln!("# {}: {other:?}", path.display());
-                        code = ExitCode::from(1);
-                    }
-                }
-            }
-        }
-    });
-    if unrecorded > 0 {
-        eprintln!("lockdown-agent: {unrecorded} fix events could not be spooled (see above)");
-        return ExitCode::from(2);
-    }
-    code
-}
-
-/// The single-threaded runtime both `run` and `fix` use.
+/// The single-threaded runtime `run` uses.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

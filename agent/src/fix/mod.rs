@@ -10,6 +10,7 @@
 //! - [`fixer`] is the daemon's task that ties them together: modes, pause, quarantine, the
 //!   fight guard and the events.
 
+pub mod command;
 pub mod edit;
 pub mod fixer;
 pub mod health;

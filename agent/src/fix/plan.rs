@@ -94,6 +94,24 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The redacted diff of the plan for `path` (which holds `before`): the manifest, then
+    /// each file it creates.
+    pub fn diff(&self, cat: &Catalogue, path: &str, before: &str) -> String {
+        let red = |t: &str| crate::redact::manifest_text(t, &|f| cat.sensitive(f));
+        let mut diff = match (red(before), red(&self.text)) {
+            (Ok(a), Ok(b)) => crate::redact::unified_diff(path, Some(&a), Some(&b)),
+            (Err(e), _) | (_, Err(e)) => format!("[diff withheld: {e}]\n"),
+        };
+        for f in &self.files {
+            diff.push_str(&crate::redact::unified_diff(
+                &f.host_path.display().to_string(),
+                None,
+                Some(&f.contents),
+            ));
+        }
+        diff
+    }
+
     /// True when the plan changes nothing.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
