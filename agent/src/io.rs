@@ -15,8 +15,58 @@ use crate::manifest;
 /// names).
 pub const MAX_AUX_BYTES: usize = 256 * 1024;
 
+/// Why a file could not be read. The text is evidence (an event's error, a finding's
+/// reason): it says what is wrong and what to do, not the path, which the caller names.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The open, stat or read failed.
+    #[error("{}", io_problem(.0))]
+    Io(std::io::Error),
+    /// A directory, device, FIFO or socket (never opened).
+    #[error("{0}")]
+    NotRegular(&'static str),
+    /// Symlinks that lead to each other.
+    #[error("symlink loop")]
+    SymlinkLoop,
+    /// A symlink to nothing, with its target.
+    #[error("dangling symlink to {0}")]
+    Dangling(String),
+    /// The path led to another file between its stat and its open.
+    #[error("replaced while being read")]
+    Replaced,
+    /// Over the size limit.
+    #[error(transparent)]
+    TooLarge(manifest::ManifestError),
+}
+
+impl ReadError {
+    /// Whether reading again at once can succeed: the file was being replaced (an atomic
+    /// rename in progress), or the read was interrupted. Anything else stays as it is until
+    /// the file changes, and its change is an event.
+    pub fn retry_helps(&self) -> bool {
+        match self {
+            ReadError::Replaced => true,
+            ReadError::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+            ),
+            ReadError::NotRegular(_)
+            | ReadError::SymlinkLoop
+            | ReadError::Dangling(_)
+            | ReadError::TooLarge(_) => false,
+        }
+    }
+}
+
+/// Most callers keep a read error as evidence text.
+impl From<ReadError> for String {
+    fn from(e: ReadError) -> String {
+        e.to_string()
+    }
+}
+
 /// Reads a file of at most `limit` bytes without trusting its reported size.
-pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, ReadError> {
     read_bounded_as(path, limit, false).map(|(bytes, _)| bytes)
 }
 
@@ -27,11 +77,11 @@ pub(crate) fn read_bounded_as(
     path: &Path,
     limit: usize,
     listed_regular: bool,
-) -> Result<(Vec<u8>, fs::Metadata), String> {
+) -> Result<(Vec<u8>, fs::Metadata), ReadError> {
     if listed_regular {
         let (file, opened) = open_nonblocking(path)?;
         if let Some(what) = not_regular(&opened) {
-            return Err(what.into());
+            return Err(ReadError::NotRegular(what));
         }
         return read_opened(file, opened, limit);
     }
@@ -40,47 +90,46 @@ pub(crate) fn read_bounded_as(
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err("symlink loop".into());
+            return Err(ReadError::SymlinkLoop);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // The path itself, or only what a symlink there points to?
-            let link = fs::symlink_metadata(path).map_err(|e| io_problem(&e))?;
+            let link = fs::symlink_metadata(path).map_err(ReadError::Io)?;
             if !link.file_type().is_symlink() {
-                return Err(io_problem(&e));
+                return Err(ReadError::Io(e));
             }
             let target = fs::read_link(path)
                 .map(|t| t.display().to_string())
                 .unwrap_or_default();
-            return Err(format!("dangling symlink to {target}"));
+            return Err(ReadError::Dangling(target));
         }
-        Err(e) => return Err(io_problem(&e)),
+        Err(e) => return Err(ReadError::Io(e)),
     };
     if let Some(what) = not_regular(&meta) {
-        return Err(what.into());
+        return Err(ReadError::NotRegular(what));
     }
     if meta.len() > limit as u64 {
-        return Err(manifest::ManifestError::TooLarge {
+        return Err(ReadError::TooLarge(manifest::ManifestError::TooLarge {
             size: meta.len(),
             limit,
-        }
-        .to_string());
+        }));
     }
     let (file, opened) = open_nonblocking(path)?;
     if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
-        return Err("replaced while being read".into());
+        return Err(ReadError::Replaced);
     }
     read_opened(file, opened, limit)
 }
 
 /// Opens for reading, with the opened file's metadata. O_NONBLOCK: if the path was swapped
 /// for a FIFO since it was listed or stat'ed, opening it must not hang.
-pub(crate) fn open_nonblocking(path: &Path) -> Result<(fs::File, fs::Metadata), String> {
+pub(crate) fn open_nonblocking(path: &Path) -> Result<(fs::File, fs::Metadata), ReadError> {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| io_problem(&e))?;
-    let opened = file.metadata().map_err(|e| io_problem(&e))?;
+        .map_err(ReadError::Io)?;
+    let opened = file.metadata().map_err(ReadError::Io)?;
     Ok((file, opened))
 }
 
@@ -89,24 +138,22 @@ pub(crate) fn read_opened(
     file: fs::File,
     opened: fs::Metadata,
     limit: usize,
-) -> Result<(Vec<u8>, fs::Metadata), String> {
+) -> Result<(Vec<u8>, fs::Metadata), ReadError> {
     if opened.len() > limit as u64 {
-        return Err(manifest::ManifestError::TooLarge {
+        return Err(ReadError::TooLarge(manifest::ManifestError::TooLarge {
             size: opened.len(),
             limit,
-        }
-        .to_string());
+        }));
     }
     let mut buf = Vec::with_capacity(opened.len() as usize);
     file.take(limit as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| io_problem(&e))?;
+        .map_err(ReadError::Io)?;
     if buf.len() > limit {
-        return Err(manifest::ManifestError::TooLarge {
+        return Err(ReadError::TooLarge(manifest::ManifestError::TooLarge {
             size: buf.len() as u64,
             limit,
-        }
-        .to_string());
+        }));
     }
     Ok((buf, opened))
 }
@@ -244,6 +291,11 @@ pub fn owner_names(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
     (user, group)
 }
 
+/// The path as a key of the baseline, the events and the fixer's state files.
+pub fn key(path: &Path) -> String {
+    path.display().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,7 +312,11 @@ mod tests {
             "{text}"
         );
         let err = read_bounded(path, 16).unwrap_err();
-        assert!(err.contains("16"), "{err}");
+        assert!(
+            matches!(err, ReadError::TooLarge(_)) && !err.retry_helps(),
+            "{err}"
+        );
+        assert!(err.to_string().contains("16"), "{err}");
         // And a plain file is read exactly.
         let dir = tempfile::tempdir().unwrap();
         for len in [0, 1, 4095, 4096, 4097] {

@@ -159,6 +159,7 @@ pub struct Handshake {
 pub fn probe(target: &Target, timeout: Duration) -> Observed {
     let cert_file = target.cert_file.as_ref().map(|f| {
         crate::io::read_bounded(f, crate::io::MAX_AUX_BYTES)
+            .map_err(String::from)
             .and_then(|pem| crate::tls::certs_from_pem(&pem))
             .map_err(|e| format!("{}: {e}", f.display()))
     });

@@ -144,6 +144,7 @@ pub(crate) fn read_named<T>(
     };
     Some(
         read_bounded(&host, MAX_AUX_BYTES)
+            .map_err(String::from)
             .and_then(|b| parse(&b))
             .map_err(|e| format!("{}: {e}", host.display())),
     )
@@ -367,6 +368,7 @@ pub(crate) fn tls_facts(
 /// The public key of the private key in a file (the private key is dropped at once).
 fn read_key(path: &Path) -> Result<Vec<u8>, String> {
     read_bounded(path, MAX_AUX_BYTES)
+        .map_err(String::from)
         .and_then(|pem| crate::tls::public_key_of(&pem))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -387,6 +389,7 @@ fn pem_certs(
         Pem::File(file) => {
             let file = dir.join(file);
             let read = read_bounded(&file, MAX_AUX_BYTES)
+                .map_err(String::from)
                 .and_then(|pem| crate::tls::certs_from_pem(&pem))
                 .map_err(|e| format!("{}: {e}", file.display()));
             deps.push(file);
@@ -531,7 +534,8 @@ pub fn check_file(
     let mut deps = Vec::new();
     match file_facts(path, roles) {
         Ok(facts) => {
-            let bytes = reads_content(&facts.roles).then(|| read_bounded(path, MAX_AUX_BYTES));
+            let bytes = reads_content(&facts.roles)
+                .then(|| read_bounded(path, MAX_AUX_BYTES).map_err(String::from));
             let bytes = bytes.as_ref().map(|b| b.as_deref().map_err(String::as_str));
             report.findings = judge_file(cat, path, facts, bytes, tls, node_ca, &mut deps);
         }

@@ -21,7 +21,7 @@ use crate::baseline::PathState;
 use crate::config::Config;
 use crate::event::FindingRecord;
 use crate::integrity;
-use crate::io;
+use crate::io::{self, key};
 use crate::manifest::{Component, MAX_MANIFEST_BYTES};
 use crate::node::{self, FileReport, SetMember};
 use crate::rules::eval::FileFacts;
@@ -337,9 +337,13 @@ impl Scanner {
         cluster_ca: &Path,
     ) -> PathState {
         let cat = &cfg.catalogue;
-        let bytes = match crate::io::read_bounded(path, MAX_MANIFEST_BYTES) {
+        // A manifest caught mid-replacement (a rename between the stat and the open) is read
+        // again at once rather than reported unreadable.
+        let read = || crate::io::read_bounded(path, MAX_MANIFEST_BYTES);
+        let bytes = match read().or_else(|e| if e.retry_helps() { read() } else { Err(e) }) {
             Ok(b) => b,
             Err(error) => {
+                let error = error.to_string();
                 // Keep what the last good parse found (the etcd data directory, the files it
                 // reads): an unreadable manifest says nothing new about them.
                 self.memo.entry(path.to_path_buf()).or_default();
@@ -423,7 +427,8 @@ fn observe_file(
     let cat = &cfg.catalogue;
     // A certificate or kubeconfig is read once: the hash and the findings are of the same
     // bytes.
-    let bytes = node::reads_content(&m.roles).then(|| io::read_bounded(&m.path, io::MAX_AUX_BYTES));
+    let bytes = node::reads_content(&m.roles)
+        .then(|| io::read_bounded(&m.path, io::MAX_AUX_BYTES).map_err(String::from));
     let content = bytes.as_ref().and_then(|b| b.as_deref().ok());
     let meta = integrity::observe(&m.path, content);
     let error = m.error.clone().or_else(|| meta.as_ref().err().cloned());
@@ -516,11 +521,6 @@ fn is_sed_temp(path: &Path) -> bool {
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix("sed"))
         .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
-/// The path as a baseline key.
-pub fn key(path: &Path) -> String {
-    path.display().to_string()
 }
 
 /// `dir` if it exists as a directory, else its nearest existing ancestor.

@@ -1,7 +1,7 @@
 //! What the running agent says about itself on its status socket (`lockdown-agent status`,
 //! systemd's `STATUS=`): the types, the one-line form, and the client side of the socket.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -112,23 +112,58 @@ pub fn status_line(s: &Status) -> String {
     )
 }
 
+/// Why the running agent's status could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Nothing listens on the socket: no agent runs with this state directory. Retrying
+    /// helps only once one is started.
+    #[error("no agent answers on {}: {source} (is lockdown-agent running with this state directory?)", socket.display())]
+    NotRunning {
+        /// The status socket.
+        socket: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// An agent accepted the connection but its answer failed or was cut short (a busy or
+    /// stopping agent): retrying may help.
+    #[error("reading {}: {source}", socket.display())]
+    Read {
+        /// The status socket.
+        socket: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The answer is not a status (another version, or not an agent): retrying cannot help.
+    #[error("unreadable status from {}: {source}", socket.display())]
+    Garbled {
+        /// The status socket.
+        socket: PathBuf,
+        /// Cause.
+        source: serde_json::Error,
+    },
+}
+
+impl StatusError {
+    /// Whether asking again can succeed.
+    pub fn retry_helps(&self) -> bool {
+        matches!(self, StatusError::Read { .. })
+    }
+}
+
 /// Asks the agent running on `state_dir` for its status.
-pub fn query_status(state_dir: &Path) -> Result<Status, String> {
+pub fn query_status(state_dir: &Path) -> Result<Status, StatusError> {
     use std::io::Read;
-    let path = state_dir.join(SOCKET_FILE);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "no agent answers on {}: {e} (is lockdown-agent running with this state directory?)",
-            path.display()
-        )
-    })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    let socket = state_dir.join(SOCKET_FILE);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(s) => s,
+        Err(source) => return Err(StatusError::NotRunning { socket, source }),
+    };
     let mut buf = Vec::new();
-    stream
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    serde_json::from_slice(&buf)
-        .map_err(|e| format!("unreadable status from {}: {e}", path.display()))
+    if let Err(source) = stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|()| stream.read_to_end(&mut buf))
+    {
+        return Err(StatusError::Read { socket, source });
+    }
+    serde_json::from_slice(&buf).map_err(|source| StatusError::Garbled { socket, source })
 }

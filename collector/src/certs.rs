@@ -2,6 +2,7 @@
 //! certificates, for trying kube-lockdown and for the tests. Production uses the operator's
 //! own PKI; the collector only needs PEM files.
 
+use anyhow::Context as _;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,9 +22,9 @@ pub fn write_dev_ca(
     collector_names: &[String],
     nodes: &[String],
     readers: &[String],
-) -> Result<(), String> {
-    let err = |e: rcgen::Error| e.to_string();
-    fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+) -> anyhow::Result<()> {
+    let err = |e: rcgen::Error| anyhow::anyhow!("cannot make a certificate: {e}");
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -53,7 +54,7 @@ pub fn write_dev_ca(
     Ok(())
 }
 
-fn write(dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), String> {
+fn write(dir: &Path, name: &str, text: &str, mode: u32) -> anyhow::Result<()> {
     let path = dir.join(name);
     let _ = fs::remove_file(&path);
     let mut f = fs::OpenOptions::new()
@@ -61,7 +62,7 @@ fn write(dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), String> {
         .create_new(true)
         .mode(mode)
         .open(&path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,6 +1,7 @@
 //! The collector's command-line client (`lockdown-collector events`, `nodes`): a reader of
 //! the query API over mTLS, printing tables or the events' JSON.
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -39,7 +40,7 @@ pub enum Format {
     Json,
 }
 
-async fn client(conn: &Conn) -> Result<QueryServiceClient<tonic::transport::Channel>, String> {
+async fn client(conn: &Conn) -> anyhow::Result<QueryServiceClient<tonic::transport::Channel>> {
     let tls = match (&conn.ca, &conn.cert, &conn.key) {
         (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
             ca: ca.clone(),
@@ -48,12 +49,13 @@ async fn client(conn: &Conn) -> Result<QueryServiceClient<tonic::transport::Chan
             server_name: None,
         }),
         (None, None, None) => None,
-        _ => return Err("--ca, --cert and --key go together".into()),
+        _ => anyhow::bail!("--ca, --cert and --key go together"),
     };
-    let channel = lockdown_proto::endpoint(&conn.addr, tls.as_ref())?
+    let channel = lockdown_proto::endpoint(&conn.addr, tls.as_ref())
+        .map_err(anyhow::Error::msg)?
         .connect()
         .await
-        .map_err(|e| format!("cannot reach {}: {e}", conn.addr))?;
+        .with_context(|| format!("cannot reach {}", conn.addr))?;
     Ok(QueryServiceClient::new(channel).max_decoding_message_size(16 << 20))
 }
 
@@ -93,7 +95,7 @@ pub async fn events(
     filter: EventFilter,
     follow: bool,
     format: Format,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut c = client(&conn).await?;
     let mut token = String::new();
     let mut last_cursor = 0;
@@ -105,7 +107,7 @@ pub async fn events(
                 page_token: token.clone(),
             })
             .await
-            .map_err(|s| format!("{}: {}", conn.addr, status_text(&s)))?
+            .map_err(|s| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s)))?
             .into_inner();
         for e in &page.events {
             last_cursor = e.cursor;
@@ -149,7 +151,7 @@ pub async fn events(
                         | tonic::Code::InvalidArgument
                 ) =>
             {
-                return Err(format!("{}: {}", conn.addr, status_text(&s)));
+                anyhow::bail!("{}: {}", conn.addr, status_text(&s));
             }
             Err(s) => eprintln!(
                 "lockdown-collector: {}: {}; resuming after cursor {last_cursor}",
@@ -202,12 +204,12 @@ fn by_severity(counts: &std::collections::HashMap<String, u32>) -> String {
 }
 
 /// Lists the nodes with their state.
-pub async fn nodes(conn: Conn, format: Format) -> Result<(), String> {
+pub async fn nodes(conn: Conn, format: Format) -> anyhow::Result<()> {
     let mut c = client(&conn).await?;
     let nodes = c
         .list_nodes(ListNodesRequest {})
         .await
-        .map_err(|s| format!("{}: {}", conn.addr, status_text(&s)))?
+        .map_err(|s| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s)))?
         .into_inner()
         .nodes;
     for n in nodes {

@@ -192,11 +192,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(r: Result<(), String>) -> ExitCode {
+fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lockdown-collector: {e}");
+            eprintln!("lockdown-collector: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -27,7 +27,8 @@ use lockdown_proto::v1::Event;
 mod sqlite;
 pub use sqlite::Store;
 
-/// Why the store failed. All of these mean "retry later" to an agent (`unavailable`).
+/// Why the store failed. An agent keeps its events spooled and sends them again either way;
+/// [`StoreError::retry_helps`] says whether that can succeed without an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite failed (disk full, corrupt file, ...).
@@ -38,6 +39,33 @@ pub enum StoreError {
         /// Cause.
         source: rusqlite::Error,
     },
+}
+
+impl StoreError {
+    /// Whether the same write can succeed later on its own (busy, locked, disk full and
+    /// freed, an I/O error that passes); false when the database is corrupt, not a database,
+    /// read-only or not permitted, which an operator must fix.
+    pub fn retry_helps(&self) -> bool {
+        use rusqlite::ErrorCode::{
+            CannotOpen, DatabaseCorrupt, NotADatabase, PermissionDenied, ReadOnly,
+        };
+        match self {
+            StoreError::Db { source, .. } => !matches!(
+                source.sqlite_error_code(),
+                Some(DatabaseCorrupt | NotADatabase | ReadOnly | PermissionDenied | CannotOpen)
+            ),
+        }
+    }
+
+    /// The gRPC status an agent gets: `unavailable` when retrying helps, else `internal`.
+    /// Both keep the agent's events spooled; neither is acknowledged.
+    pub fn to_status(&self) -> tonic::Status {
+        if self.retry_helps() {
+            tonic::Status::unavailable(self.to_string())
+        } else {
+            tonic::Status::internal(format!("{self} (the collector's operator must act)"))
+        }
+    }
 }
 
 /// What an agent last told the collector about itself.

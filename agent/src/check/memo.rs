@@ -92,7 +92,7 @@ impl Memo {
             Ok(read) => read,
             Err(e) => {
                 let mut report = FileReport::new(path);
-                report.error = Some(e);
+                report.error = Some(e.to_string());
                 return (report, None, Vec::new());
             }
         };

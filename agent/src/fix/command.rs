@@ -23,7 +23,13 @@ pub fn run(cfg: Config, paths: Vec<PathBuf>, apply: bool, rules: &[String]) -> u
             return 2;
         }
     }
-    if apply && crate::status::query_status(&cfg.state_dir).is_ok() {
+    // Anything but "nobody listens" means an agent is there (a busy one answers late).
+    if apply
+        && !matches!(
+            crate::status::query_status(&cfg.state_dir),
+            Err(crate::status::StatusError::NotRunning { .. })
+        )
+    {
         eprintln!(
             "lockdown-agent: an agent is running on {}; set fix.mode to enforce (or stop it) instead of applying by hand",
             cfg.state_dir.display()

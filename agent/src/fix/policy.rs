@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::write;
+use super::write::{self, WriteError};
 
 /// The pause file in the state directory.
 pub const PAUSE_FILE: &str = "fix-paused";
@@ -50,23 +50,31 @@ pub fn paused(state_dir: &Path) -> Option<String> {
 }
 
 /// Writes the pause file (`None`: until resumed).
-pub fn pause(state_dir: &Path, duration: Option<Duration>) -> Result<Pause, String> {
+pub fn pause(state_dir: &Path, duration: Option<Duration>) -> Result<Pause, WriteError> {
     let until =
         duration.map(|d| humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string());
     let p = Pause { until };
-    crate::spool::private_dir(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    crate::spool::private_dir(state_dir).map_err(|source| WriteError::Io {
+        what: "cannot create",
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
     let bytes = serde_json::to_vec(&p).expect("pause serialises");
-    write::save_state_file(&state_dir.join(PAUSE_FILE), &bytes).map_err(|e| e.to_string())?;
+    write::save_state_file(&state_dir.join(PAUSE_FILE), &bytes)?;
     Ok(p)
 }
 
 /// Removes the pause file. Returns whether there was one.
-pub fn resume(state_dir: &Path) -> Result<bool, String> {
+pub fn resume(state_dir: &Path) -> Result<bool, WriteError> {
     let path = state_dir.join(PAUSE_FILE);
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(WriteError::Io {
+            what: "cannot remove",
+            path,
+            source,
+        }),
     }
 }
 

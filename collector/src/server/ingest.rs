@@ -142,7 +142,7 @@ async fn stream_loop(
         answer
             .await
             .map_err(|_| Status::unavailable("store writer stopped"))?
-            .map_err(Status::unavailable)?
+            .map_err(|e| e.to_status())?
     };
     if tx.send(Ok(ack(stored))).await.is_err() {
         return Ok(());
@@ -179,7 +179,7 @@ async fn stream_loop(
                 let acked = answer
                     .await
                     .map_err(|_| Status::unavailable("store writer stopped"))?
-                    .map_err(Status::unavailable)?;
+                    .map_err(|e| e.to_status())?;
                 if tx.send(Ok(ack(acked))).await.is_err() {
                     return Ok(());
                 }

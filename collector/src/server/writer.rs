@@ -2,13 +2,14 @@
 //! have queued in one transaction (group commit: one fsync for many agents), then answers
 //! each stream with its ack.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lockdown_proto::v1::Event;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::feed::CommitFeed;
-use crate::store::{Batch, EventStore, NodeInfo};
+use crate::store::{Batch, EventStore, NodeInfo, StoreError};
 
 /// Work for the writer.
 pub(super) enum Job {
@@ -17,7 +18,7 @@ pub(super) enum Job {
         epoch: u64,
         covers_from: u64,
         events: Vec<Event>,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, Arc<StoreError>>>,
     },
     Touch(NodeInfo),
     /// A new stream: everything below `first_unacked` was acknowledged before.
@@ -25,7 +26,7 @@ pub(super) enum Job {
         node: String,
         epoch: u64,
         first_unacked: u64,
-        reply: oneshot::Sender<Result<u64, String>>,
+        reply: oneshot::Sender<Result<u64, Arc<StoreError>>>,
     },
     Retain {
         max_age: Option<Duration>,
@@ -80,7 +81,7 @@ pub(super) fn writer_loop(
                     if let Err(e) = &result {
                         tracing::error!(error = %e, node, "cannot record the agent's earlier acks");
                     }
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(result.map_err(Arc::new));
                     committed.committed();
                 }
                 Job::Retain {
@@ -114,9 +115,11 @@ pub(super) fn writer_loop(
                 committed.committed();
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot commit events; agents will resend");
+                let retry_helps = e.retry_helps();
+                tracing::error!(error = %e, retry_helps, "cannot commit events; agents will resend");
+                let e = Arc::new(e);
                 for (_, _, _, _, reply) in inserts {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(Arc::clone(&e)));
                 }
             }
         }

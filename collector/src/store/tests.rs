@@ -236,3 +236,27 @@ fn what_a_batch_does_not_carry_from_where_it_was_read_is_a_gap() {
         .unwrap();
     assert_eq!(acks, [6], "7 and 8 were never said to be gone");
 }
+
+fn failing(code: i32) -> StoreError {
+    StoreError::Db {
+        path: "events.db".into(),
+        source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+    }
+}
+
+#[test]
+fn a_full_or_busy_store_is_worth_retrying_and_a_corrupt_one_is_not() {
+    use rusqlite::ffi::{SQLITE_BUSY, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB};
+    assert!(failing(SQLITE_FULL).retry_helps());
+    assert!(failing(SQLITE_BUSY).retry_helps());
+    assert!(!failing(SQLITE_CORRUPT).retry_helps());
+    assert!(!failing(SQLITE_NOTADB).retry_helps());
+    assert_eq!(
+        failing(SQLITE_FULL).to_status().code(),
+        tonic::Code::Unavailable
+    );
+    assert_eq!(
+        failing(SQLITE_CORRUPT).to_status().code(),
+        tonic::Code::Internal
+    );
+}

@@ -14,8 +14,8 @@ use crate::fix::plan::Plan;
 use crate::fix::policy::Quarantine;
 use crate::fix::write::{self, Journal, WriteError};
 use crate::integrity::sha256_hex;
+use crate::io::key;
 use crate::rules::parse_manifest;
-use crate::scan::key;
 
 impl Fixer {
     /// Removes the journal once the verdict's events are durable (in the daemon: committed

@@ -25,10 +25,10 @@ use crate::config::Config;
 use crate::config::{FixConfig, Mode};
 use crate::event::EventBody;
 use crate::integrity::sha256_hex;
+use crate::io::key;
 use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::rules::Catalogue;
 use crate::rules::{Finding, parse_manifest};
-use crate::scan::key;
 
 /// Why a symlinked manifest is not fixed.
 pub(crate) const SYMLINK: &str =
