@@ -8,4 +8,5 @@ pub mod client;
 pub mod config;
 pub mod feed;
 pub mod server;
+pub mod sink;
 pub mod store;

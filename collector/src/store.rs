@@ -173,6 +173,13 @@ pub trait EventStore: Send {
     /// The highest cursor stored (0 when empty).
     fn max_cursor(&self) -> Result<u64, StoreError>;
 
+    /// How far the sink `name` has delivered: every event up to this cursor (0: none yet).
+    fn sink_cursor(&self, name: &str) -> Result<u64, StoreError>;
+
+    /// Records, durably, that the sink `name` delivered every event up to `cursor`. A cursor
+    /// never moves back (two runs of one sink cannot undo each other's progress).
+    fn set_sink_cursor(&mut self, name: &str, cursor: u64) -> Result<(), StoreError>;
+
     /// Deletes events older than `max_age` and all but the newest `max_events`. Acks are
     /// kept, so a deleted event is never asked for again. Returns how many went.
     fn retain(

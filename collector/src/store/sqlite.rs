@@ -9,6 +9,7 @@
 //! nodes(node PRIMARY KEY, epoch, acked, cluster, agent_version, component_versions,
 //!       open_findings, last_seen)            acked = highest seq of the current epoch below
 //!                                            which all is stored
+//! sinks(name PRIMARY KEY, cursor)            each sink's delivery cursor
 //! ```
 //!
 //! Inserts are `INSERT OR IGNORE` on the unique key (invariant 1); a transaction commits
@@ -57,7 +58,8 @@ impl Store {
                 node TEXT PRIMARY KEY, epoch INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
                 cluster TEXT NOT NULL DEFAULT '',
                 agent_version TEXT NOT NULL DEFAULT '', component_versions TEXT NOT NULL DEFAULT '{}',
-                open_findings TEXT NOT NULL DEFAULT '{}', last_seen TEXT NOT NULL DEFAULT '');",
+                open_findings TEXT NOT NULL DEFAULT '{}', last_seen TEXT NOT NULL DEFAULT '');
+             CREATE TABLE IF NOT EXISTS sinks(name TEXT PRIMARY KEY, cursor INTEGER NOT NULL);",
         )
         .map_err(db)?;
         Ok(Store { path: p, conn })
@@ -269,6 +271,28 @@ impl EventStore for Store {
                 r.get::<_, i64>(0)
             })
             .map_err(self.db())? as u64)
+    }
+
+    fn sink_cursor(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT cursor FROM sinks WHERE name = ?1", [name], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .unwrap_or(0) as u64)
+    }
+
+    fn set_sink_cursor(&mut self, name: &str, cursor: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO sinks(name, cursor) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
+                params![name, cursor as i64],
+            )
+            .map(drop)
+        })
     }
 
     fn retain(

@@ -1,0 +1,229 @@
+//! Sinks: outputs into the tools operators already run (alerts, webhooks, syslog). Each sink
+//! reads the store from its own durable cursor, delivers in commit order, and moves its
+//! cursor only past what it delivered: a sink that is down, slow or restarted loses nothing
+//! and holds nothing else up (the agents' acks never wait for a sink). A delivery that
+//! fails is tried again, from the same cursor, after a pause.
+//!
+//! A sink runs on its own thread with its own store handle: store reads and its cursor's
+//! write are blocking calls, and a slow sink must not take a runtime worker. The commit feed
+//! wakes it; a missed wake-up costs at most the idle re-read.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::store::{EventStore, Filter, Stored};
+
+/// Events handed to a sink at once, at most.
+pub const BATCH: usize = 500;
+
+/// An output of stored events.
+pub trait Sink: Send + 'static {
+    /// Its name: the key of its cursor in the store (stable across restarts).
+    fn name(&self) -> &str;
+
+    /// Delivers `events` (cursor order, at least one). `Ok`: all of them were taken; `Err`:
+    /// none is counted delivered, and the same events come again after a pause.
+    fn deliver(
+        &mut self,
+        events: &[Stored],
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// How a sink runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// After a failed delivery (or store error), wait this long before trying again.
+    pub retry: Duration,
+    /// With nothing new, read again after this long even without a wake-up.
+    pub idle: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            retry: Duration::from_secs(5),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs `sink` on a thread of its own until `stop` turns true.
+pub fn spawn<S: Sink>(
+    sink: S,
+    store: Box<dyn EventStore>,
+    feed: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    pace: Pace,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let name = format!("sink-{}", sink.name());
+    std::thread::Builder::new().name(name).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(run(sink, store, feed, stop, pace)),
+            Err(e) => tracing::error!(error = %e, "cannot start a sink's runtime"),
+        }
+    })
+}
+
+/// The sink's loop: read from the cursor, deliver, advance the cursor; wait for a commit
+/// when caught up.
+pub async fn run<S: Sink>(
+    mut sink: S,
+    mut store: Box<dyn EventStore>,
+    mut feed: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+    pace: Pace,
+) {
+    let all = Filter::default();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        // Marks what this read sees: a commit after it wakes the wait below.
+        feed.borrow_and_update();
+        let step = async {
+            let cursor = store.sink_cursor(sink.name())?;
+            let events = store.list(&all, cursor, BATCH)?;
+            let Some(last) = events.last().map(|e| e.cursor) else {
+                return Ok(false);
+            };
+            sink.deliver(&events).await?;
+            store.set_sink_cursor(sink.name(), last)?;
+            anyhow::Ok(true)
+        };
+        let wait = match step.await {
+            Ok(true) => continue,
+            Ok(false) => pace.idle,
+            Err(e) => {
+                tracing::warn!(sink = sink.name(), error = %format!("{e:#}"), "delivery failed; trying again");
+                pace.retry
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = feed.changed(), if wait == pace.idle => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use lockdown_proto::v1::Event;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::feed::{CommitFeed, InProcess};
+    use crate::store::Store;
+
+    /// Takes what it is given, refusing its first delivery.
+    struct Collect {
+        got: Arc<Mutex<Vec<u64>>>,
+        refuse_first: bool,
+        tell: mpsc::UnboundedSender<usize>,
+    }
+
+    impl Sink for Collect {
+        fn name(&self) -> &str {
+            "collect"
+        }
+
+        async fn deliver(&mut self, events: &[Stored]) -> anyhow::Result<()> {
+            if std::mem::take(&mut self.refuse_first) {
+                anyhow::bail!("the receiver is down");
+            }
+            let mut got = self.got.lock().unwrap();
+            got.extend(events.iter().map(|e| e.event.seq));
+            let _ = self.tell.send(got.len());
+            Ok(())
+        }
+    }
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            node: "cp-1".into(),
+            time: "2026-12-02T00:00:00.000Z".into(),
+            kind: "file_modified".into(),
+            body: b"{}".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Until the sink holds `n` events; a sink that never gets there fails the test.
+    async fn until(rx: &mut mpsc::UnboundedReceiver<usize>, n: usize) {
+        let reached = async { while rx.recv().await.expect("sink running") < n {} };
+        tokio::time::timeout(Duration::from_secs(20), reached)
+            .await
+            .unwrap_or_else(|_| panic!("the sink never held {n} events"));
+    }
+
+    #[tokio::test]
+    async fn a_sink_gets_every_event_once_in_order_across_a_failure_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("events.db");
+        let mut writer = Store::open(&db).unwrap();
+        writer
+            .insert("cp-1", 1, &(1..=3).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let feed = InProcess::default();
+        let pace = Pace {
+            retry: Duration::from_millis(10),
+            idle: Duration::from_secs(3600),
+        };
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (tell, mut told) = mpsc::unbounded_channel();
+        let sink = Collect {
+            got: Arc::clone(&got),
+            refuse_first: true,
+            tell: tell.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let store = Box::new(Store::open(&db).unwrap());
+        let task = tokio::spawn(run(sink, store, feed.subscribe(), stopped, pace));
+        until(&mut told, 3).await;
+        // A commit wakes it (the idle re-read is an hour away).
+        writer.insert("cp-1", 1, &[event(4)]).unwrap();
+        feed.committed();
+        until(&mut told, 4).await;
+        stop.send_replace(true);
+        task.await.unwrap();
+        assert_eq!(*got.lock().unwrap(), [1, 2, 3, 4]);
+        assert_eq!(
+            writer.sink_cursor("collect").unwrap(),
+            writer.max_cursor().unwrap()
+        );
+
+        // A new run resumes from the stored cursor: only what came since.
+        writer.insert("cp-1", 1, &[event(5)]).unwrap();
+        got.lock().unwrap().clear();
+        let sink = Collect {
+            got: Arc::clone(&got),
+            refuse_first: false,
+            tell,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let store = Box::new(Store::open(&db).unwrap());
+        let task = tokio::spawn(run(sink, store, feed.subscribe(), stopped, pace));
+        until(&mut told, 1).await;
+        stop.send_replace(true);
+        task.await.unwrap();
+        assert_eq!(*got.lock().unwrap(), [5]);
+    }
+
+    #[test]
+    fn a_cursor_never_moves_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("events.db")).unwrap();
+        assert_eq!(s.sink_cursor("webhook").unwrap(), 0);
+        s.set_sink_cursor("webhook", 7).unwrap();
+        s.set_sink_cursor("webhook", 3).unwrap();
+        assert_eq!(s.sink_cursor("webhook").unwrap(), 7);
+        assert_eq!(s.sink_cursor("syslog").unwrap(), 0);
+    }
+}
