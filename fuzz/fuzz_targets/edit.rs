@@ -2,7 +2,7 @@
 //! manifests; a successful edit must still parse.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use lockdown_agent::{fix::edit, node, rules::Catalogue};
+use lockdown_agent::{fix::edit, rules::Catalogue};
 
 fuzz_target!(|data: &[u8]| {
     let cat = Catalogue::builtin();
