@@ -93,6 +93,7 @@ pub fn changes(
         if o.findings.get(id).map(|g| g.status) != Some(f.status) {
             out.push(EventBody::FindingRaised {
                 path: path.into(),
+                key: id.clone(),
                 finding: f.clone(),
             });
         }
@@ -101,6 +102,7 @@ pub fn changes(
         if !n.findings.contains_key(id) {
             out.push(EventBody::FindingResolved {
                 path: path.into(),
+                key: id.clone(),
                 finding: f.clone(),
             });
         }

@@ -122,6 +122,10 @@ pub enum EventBody {
     FindingRaised {
         /// Path.
         path: String,
+        /// Tells the finding apart from others of its rule in the file (see
+        /// [`crate::scan::finding_key`]); the collector keeps open findings by it.
+        #[serde(default)]
+        key: String,
         /// The finding.
         finding: FindingRecord,
     },
@@ -129,6 +133,9 @@ pub enum EventBody {
     FindingResolved {
         /// Path.
         path: String,
+        /// As in `finding_raised`.
+        #[serde(default)]
+        key: String,
         /// The finding as it was when open.
         finding: FindingRecord,
     },

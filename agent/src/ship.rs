@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::event::{Event, EventBody};
+use crate::event::{Event, EventBody, FindingRecord};
 use crate::spool::SpoolReader;
 
 /// Events per batch message.
@@ -194,12 +194,35 @@ pub fn placeholder(e: &lockdown_proto::v1::Event, reason: &str) -> lockdown_prot
 }
 
 /// What the node looks like now, for the collector's node list (hello and heartbeats).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeSummary {
     /// Component name -> version ("unknown" when the image tag says nothing).
     pub component_versions: std::collections::HashMap<String, String>,
     /// Open findings by severity.
     pub open_findings: std::collections::HashMap<String, u32>,
+    /// Every open finding (the hello carries them, so the collector's set cannot drift).
+    pub findings: Vec<lockdown_proto::v1::OpenFinding>,
+    /// The last sequence number committed when `findings` was taken.
+    pub as_of_seq: u64,
+    /// The CIS ids of the checks the agent evaluates.
+    pub checked_cis: Vec<String>,
+}
+
+/// An open finding as the hello carries it.
+pub fn open_finding(path: &str, key: &str, f: &FindingRecord) -> lockdown_proto::v1::OpenFinding {
+    lockdown_proto::v1::OpenFinding {
+        path: path.into(),
+        key: key.into(),
+        rule_id: f.rule_id.clone(),
+        cis: f.cis.clone().unwrap_or_default(),
+        title: f.title.clone(),
+        severity: f.severity.as_str().into(),
+        status: f.status.as_str().into(),
+        component: f.component.clone().unwrap_or_default(),
+        flag: f.flag.clone().unwrap_or_default(),
+        observed: f.observed.clone().unwrap_or_default(),
+        expected: f.expected.clone().unwrap_or_default(),
+    }
 }
 
 /// What the shipper reports about itself (`lockdown-agent status`).
@@ -364,6 +387,9 @@ async fn session(
             cluster: cfg.cluster.clone(),
             component_versions: summary.borrow().component_versions.clone(),
             open_findings: summary.borrow().open_findings.clone(),
+            findings: summary.borrow().findings.clone(),
+            findings_as_of_seq: summary.borrow().as_of_seq,
+            checked_cis: summary.borrow().checked_cis.clone(),
             spool_epoch: reader
                 .epoch()
                 .map_err(|e| ShipError::Spool(e.to_string()))?,

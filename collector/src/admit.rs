@@ -29,8 +29,38 @@ pub fn hello(h: &Hello) -> Result<(), Status> {
             h.node
         )));
     }
+    if h.findings_as_of_seq > i64::MAX as u64 {
+        return Err(Status::invalid_argument(
+            "findings_as_of_seq is out of range",
+        ));
+    }
+    if h.findings.len() > MAX_HELLO_FINDINGS || h.checked_cis.len() > MAX_HELLO_FINDINGS {
+        return Err(Status::invalid_argument(format!(
+            "a hello holds at most {MAX_HELLO_FINDINGS} findings and CIS ids"
+        )));
+    }
+    for f in &h.findings {
+        let why = if f.rule_id.is_empty() || f.key.is_empty() {
+            Some("has no rule id or key")
+        } else if !crate::store::SEVERITIES.contains(&f.severity.as_str()) {
+            Some("has no known severity")
+        } else if !["fail", "warn"].contains(&f.status.as_str()) {
+            Some("is neither fail nor warn")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Status::invalid_argument(format!(
+                "the hello's finding {:?} on {:?} {why}",
+                f.rule_id, f.path
+            )));
+        }
+    }
     Ok(())
 }
+
+/// Most open findings (and CIS ids) one hello may carry.
+pub const MAX_HELLO_FINDINGS: usize = 100_000;
 
 /// Checks a batch of events on the stream of `node`.
 pub fn events(node: &str, events: &[Event]) -> Result<(), Status> {

@@ -1,5 +1,5 @@
-//! The collector's command-line client (`lockdown-collector events`, `nodes`): a reader of
-//! the query API over mTLS, printing tables or the events' JSON.
+//! The collector's command-line client (`lockdown-collector events`, `nodes`, `findings`,
+//! `summary`): a reader of the query API over mTLS, printing tables or JSON.
 
 use anyhow::Context as _;
 use std::path::PathBuf;
@@ -8,7 +8,10 @@ use clap::{Args, ValueEnum};
 use lockdown_proto::ClientTls;
 use lockdown_proto::outln;
 use lockdown_proto::v1::query_service_client::QueryServiceClient;
-use lockdown_proto::v1::{EventFilter, ListEventsRequest, ListNodesRequest, WatchEventsRequest};
+use lockdown_proto::v1::{
+    EventFilter, FindingFilter, ListEventsRequest, ListFindingsRequest, ListNodesRequest, Posture,
+    SummaryRequest, WatchEventsRequest,
+};
 
 /// How a client reaches the collector.
 #[derive(Args)]
@@ -179,8 +182,10 @@ pub async fn events(
 }
 
 /// Open findings by severity, most severe first: `critical=1 high=3` (`none` for none).
+/// Severities, worst first.
+const ORDER: [&str; 5] = ["critical", "high", "medium", "low", "info"];
+
 fn by_severity(counts: &std::collections::HashMap<String, u32>) -> String {
-    const ORDER: [&str; 5] = ["critical", "high", "medium", "low", "info"];
     let mut parts: Vec<String> = ORDER
         .iter()
         .filter_map(|s| {
@@ -220,17 +225,142 @@ pub async fn nodes(conn: Conn, format: Format) -> anyhow::Result<()> {
                     "node": n.node, "cluster": n.cluster, "agent_version": n.agent_version,
                     "component_versions": n.component_versions, "last_seen": n.last_seen,
                     "connected": n.connected, "open_findings": n.open_findings, "last_seq": n.last_seq,
+                    "state": n.state,
                 })
             ),
             Format::Table => outln!(
                 "{:<24} {:<10} {:<12} last seen {:<24} seq {:>8} findings {}",
                 n.node,
-                if n.connected { "connected" } else { "away" },
+                n.state,
                 n.agent_version,
                 n.last_seen,
                 n.last_seq,
                 by_severity(&n.open_findings)
             ),
+        }
+    }
+    Ok(())
+}
+
+/// Lists what is open on every node now: every page, one table row or one JSON array.
+pub async fn findings(conn: Conn, filter: FindingFilter, format: Format) -> anyhow::Result<()> {
+    let mut c = client(&conn).await?;
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_findings(ListFindingsRequest {
+                filter: Some(filter.clone()),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s)))?
+            .into_inner();
+        all.extend(page.findings);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    match format {
+        Format::Json => {
+            let list: Vec<serde_json::Value> = all
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "node": f.node, "cluster": f.cluster, "rule_id": f.rule_id,
+                        "cis": f.cis, "severity": f.severity, "status": f.status,
+                        "path": f.path, "since": f.since, "excepted": false,
+                        "title": f.title, "component": f.component, "version": f.version,
+                        "flag": f.flag, "observed": f.observed, "expected": f.expected,
+                        "key": f.key,
+                    })
+                })
+                .collect();
+            outln!("{}", serde_json::Value::Array(list));
+        }
+        Format::Table => {
+            let rank = |s: &str| ORDER.iter().position(|o| *o == s).unwrap_or(ORDER.len());
+            all.sort_by(|a, b| {
+                (&a.cluster, &a.node, rank(&a.severity), &a.rule_id, &a.path).cmp(&(
+                    &b.cluster,
+                    &b.node,
+                    rank(&b.severity),
+                    &b.rule_id,
+                    &b.path,
+                ))
+            });
+            for f in &all {
+                outln!(
+                    "{:<24} {:<9} {:<5} {:<8} {:<32} {}",
+                    f.node,
+                    f.severity,
+                    f.status,
+                    if f.cis.is_empty() { "-" } else { &f.cis },
+                    f.rule_id,
+                    f.path
+                );
+            }
+            outln!("{} open findings", all.len());
+        }
+    }
+    Ok(())
+}
+
+/// Prints the fleet's posture and each cluster's.
+pub async fn summary(conn: Conn, format: Format) -> anyhow::Result<()> {
+    let mut c = client(&conn).await?;
+    let s = c
+        .summary(SummaryRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s)))?
+        .into_inner();
+    let json = |p: &Posture| {
+        serde_json::json!({
+            "cluster": p.cluster,
+            "nodes_by_state": p.nodes_by_state,
+            "open_by_severity": p.open_by_severity,
+            "cis": p.cis.iter().map(|c| serde_json::json!({
+                "cis": c.cis, "pass": c.pass, "fail": c.fail, "unknown": c.unknown,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let fleet = s.fleet.unwrap_or_default();
+    match format {
+        Format::Json => outln!(
+            "{}",
+            serde_json::json!({
+                "fleet": json(&fleet),
+                "clusters": s.clusters.iter().map(json).collect::<Vec<_>>(),
+            })
+        ),
+        Format::Table => {
+            for p in std::iter::once(&fleet).chain(&s.clusters) {
+                let name = if p.cluster.is_empty() {
+                    "fleet"
+                } else {
+                    &p.cluster
+                };
+                let states: Vec<String> = ["connected", "stale", "missing"]
+                    .iter()
+                    .map(|st| format!("{} {st}", p.nodes_by_state.get(*st).unwrap_or(&0)))
+                    .collect();
+                outln!(
+                    "{name}: nodes {}; open findings {}",
+                    states.join(", "),
+                    by_severity(&p.open_by_severity)
+                );
+                for c in p.cis.iter().filter(|c| c.fail > 0 || c.unknown > 0) {
+                    outln!(
+                        "  CIS {:<8} pass {:>5}  fail {:>5}  unknown {:>5}",
+                        c.cis,
+                        c.pass,
+                        c.fail,
+                        c.unknown
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -34,6 +34,22 @@ pub struct RawConfig {
     /// Retention; off unless set.
     #[serde(default)]
     pub retention: RawRetention,
+    /// When a node counts as gone quiet, and which nodes are expected.
+    #[serde(default)]
+    pub nodes: RawNodes,
+}
+
+/// `nodes:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodes {
+    /// A node not heard from for this long is stale ("30s"). Default: 30s, three of the
+    /// agent's default heartbeats.
+    #[serde(default, deserialize_with = "duration")]
+    pub stale_after: Option<Duration>,
+    /// Node names that should report; one never heard from is missing. Default: none.
+    #[serde(default)]
+    pub expected: Vec<String>,
 }
 
 /// `tls:` in the config file.
@@ -122,6 +138,10 @@ pub struct Config {
     pub max_age: Option<Duration>,
     /// Retention by count.
     pub max_events: Option<u64>,
+    /// A node not heard from for this long is stale.
+    pub stale_after: Duration,
+    /// Nodes that should report.
+    pub expected_nodes: Vec<String>,
 }
 
 /// Why a config cannot be used.
@@ -209,6 +229,11 @@ impl Config {
                 )
             }
         };
+        if let Some(bad) = (raw.nodes.expected.iter()).find(|n| !crate::admit::node_name_ok(n)) {
+            return Err(invalid(format!(
+                "nodes.expected: {bad:?} is not a node name (lower-case DNS name)"
+            )));
+        }
         Ok(Config {
             listen,
             database: raw
@@ -224,6 +249,8 @@ impl Config {
             max_streams: raw.limits.max_streams.unwrap_or(10_000),
             max_age: raw.retention.max_age,
             max_events: raw.retention.max_events,
+            stale_after: raw.nodes.stale_after.unwrap_or(Duration::from_secs(30)),
+            expected_nodes: raw.nodes.expected,
         })
     }
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lockdown_collector::client::{self, Conn, Format};
 use lockdown_collector::config::{Config, DEFAULT_CONFIG_PATH};
 use lockdown_collector::{certs, server};
-use lockdown_proto::v1::EventFilter;
+use lockdown_proto::v1::{EventFilter, FindingFilter};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,41 @@ enum Command {
     },
     /// List the nodes the collector knows.
     Nodes {
+        #[command(flatten)]
+        conn: Conn,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// What is open on every node now (the morning question), worst first per node.
+    Findings {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only this CIS check or section (1.2.1, 1.2).
+        #[arg(long)]
+        cis: Option<String>,
+        /// Only findings at or above this severity.
+        #[arg(long)]
+        min_severity: Option<String>,
+        /// Only fail or only warn.
+        #[arg(long)]
+        status: Option<String>,
+        /// Output format (json: one array of objects).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Per cluster and for the fleet: nodes by state, open findings by severity, and per CIS
+    /// check how many nodes pass, fail or are unknown.
+    Summary {
         #[command(flatten)]
         conn: Conn,
         /// Output format.
@@ -189,6 +224,29 @@ fn main() -> ExitCode {
             report(runtime.block_on(client::events(conn, filter, follow, format)))
         }
         Command::Nodes { conn, format } => report(runtime.block_on(client::nodes(conn, format))),
+        Command::Findings {
+            conn,
+            cluster,
+            node,
+            rule,
+            cis,
+            min_severity,
+            status,
+            format,
+        } => {
+            let filter = FindingFilter {
+                cluster: cluster.unwrap_or_default(),
+                node: node.unwrap_or_default(),
+                rule_id: rule.unwrap_or_default(),
+                cis: cis.unwrap_or_default(),
+                min_severity: min_severity.unwrap_or_default(),
+                status: status.unwrap_or_default(),
+            };
+            report(runtime.block_on(client::findings(conn, filter, format)))
+        }
+        Command::Summary { conn, format } => {
+            report(runtime.block_on(client::summary(conn, format)))
+        }
     }
 }
 

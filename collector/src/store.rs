@@ -68,6 +68,99 @@ impl StoreError {
     }
 }
 
+/// A finding open on a node, as agents send it.
+pub use lockdown_proto::v1::OpenFinding;
+
+/// A finding open on a node now, as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindingRow {
+    /// Node.
+    pub node: String,
+    /// The node's cluster label.
+    pub cluster: String,
+    /// The component's version as the node last reported it.
+    pub version: String,
+    /// RFC 3339: when the store learnt it is open.
+    pub since: String,
+    /// The finding.
+    pub finding: OpenFinding,
+}
+
+/// Which open findings to list; `None` does not filter.
+#[derive(Debug, Clone, Default)]
+pub struct FindingQuery {
+    /// Cluster label.
+    pub cluster: Option<String>,
+    /// Node.
+    pub node: Option<String>,
+    /// Rule id.
+    pub rule_id: Option<String>,
+    /// A CIS id, or a section (every id under it).
+    pub cis: Option<String>,
+    /// At or above this severity.
+    pub min_severity: Option<String>,
+    /// fail or warn.
+    pub status: Option<String>,
+}
+
+/// Where a page of findings ends: (node, path, key) of its last row.
+pub type FindingCursor = (String, String, String);
+
+/// Open findings of one node counted by CIS id, severity and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindingCount {
+    /// Node.
+    pub node: String,
+    /// CIS id ("" when CIS has no such check).
+    pub cis: String,
+    /// Severity.
+    pub severity: String,
+    /// fail or warn.
+    pub status: String,
+    /// How many.
+    pub count: u32,
+}
+
+/// What an agent's hello says is open on its node.
+#[derive(Debug, Clone, Copy)]
+pub struct Reconcile<'a> {
+    /// Node.
+    pub node: &'a str,
+    /// The spool epoch the hello is of.
+    pub epoch: u64,
+    /// The agent's last sequence number when it took the set: later finding events apply
+    /// on top of it, earlier ones are in it.
+    pub as_of: u64,
+    /// Every open finding.
+    pub findings: &'a [OpenFinding],
+    /// The CIS ids the agent evaluates.
+    pub checked_cis: &'a [String],
+    /// RFC 3339, for findings new to the store and the correction event.
+    pub time: &'a str,
+}
+
+/// What a reconciliation changed in the store's set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Findings the store did not have.
+    pub added: usize,
+    /// Findings the store had and the node no longer has.
+    pub removed: usize,
+    /// Findings whose severity, status or evidence differed.
+    pub changed: usize,
+    /// The store held every event the set was taken after and still differed: lost events
+    /// or a replaced store, recorded as a `findings_reconciled` event. Otherwise a difference
+    /// is events still on their way.
+    pub drift: bool,
+}
+
+impl Reconciled {
+    /// Whether the store's set differed from the node's.
+    pub fn differs(&self) -> bool {
+        self.added + self.removed + self.changed > 0
+    }
+}
+
 /// What an agent last told the collector about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -85,6 +178,8 @@ pub struct NodeInfo {
     pub last_seen: String,
     /// Highest contiguous stored sequence number.
     pub acked: u64,
+    /// The CIS ids the agent evaluates (from its last hello).
+    pub checked_cis: Vec<String>,
 }
 
 /// One agent batch to store.
@@ -172,6 +267,23 @@ pub trait EventStore: Send {
 
     /// The highest cursor stored (0 when empty).
     fn max_cursor(&self) -> Result<u64, StoreError>;
+
+    /// Makes the node's open findings exactly what its hello says, in one transaction, and
+    /// records a `findings_reconciled` event (the collector's own, epoch 0) when that
+    /// corrected drift ([`Reconciled::drift`]). Finding events of the same epoch up to
+    /// `as_of` are not applied again.
+    fn reconcile(&mut self, r: &Reconcile<'_>) -> Result<Reconciled, StoreError>;
+
+    /// Open findings that match, ordered by (node, path, key), after `after`, at most `limit`.
+    fn findings(
+        &self,
+        q: &FindingQuery,
+        after: Option<&FindingCursor>,
+        limit: usize,
+    ) -> Result<Vec<FindingRow>, StoreError>;
+
+    /// Every node's open findings counted by CIS id, severity and status.
+    fn finding_counts(&self) -> Result<Vec<FindingCount>, StoreError>;
 
     /// How far the sink `name` has delivered: every event up to this cursor (0: none yet).
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError>;

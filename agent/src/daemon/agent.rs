@@ -282,7 +282,8 @@ impl Agent {
                 .fix_committed
                 .send_modify(|c| *c += done.fix_events);
         }
-        let new = self.committed.summary();
+        let new =
+            (self.committed).summary(self.spool.depth().last_seq, self.cfg.catalogue.cis_ids());
         self.links.summary.send_if_modified(|s| {
             let changed = *s != new;
             *s = new;

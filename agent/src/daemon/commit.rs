@@ -135,10 +135,18 @@ impl Committer {
         }
     }
 
-    /// Component versions and open findings by severity, for the collector's node list.
-    pub fn summary(&self) -> NodeSummary {
-        let mut s = NodeSummary::default();
-        for state in self.baseline.values() {
+    /// Component versions and open findings, for the collector; `as_of_seq`: the spool's last
+    /// sequence number, which the baseline matches.
+    pub fn summary(&self, as_of_seq: u64, checked_cis: Vec<String>) -> NodeSummary {
+        let mut s = NodeSummary {
+            as_of_seq,
+            checked_cis,
+            ..NodeSummary::default()
+        };
+        for (path, state) in &self.baseline {
+            s.findings.extend(
+                (state.findings.iter()).map(|(key, f)| crate::ship::open_finding(path, key, f)),
+            );
             if let Some((component, version)) = &state.component {
                 s.component_versions.insert(
                     component.clone(),

@@ -1047,6 +1047,13 @@ impl Catalogue {
         self.rules.iter().map(|r| &*r.id)
     }
 
+    /// The CIS ids of the rules in force, sorted, each once.
+    pub fn cis_ids(&self) -> Vec<String> {
+        let ids: std::collections::BTreeSet<&str> =
+            self.rules.iter().filter_map(|r| r.cis.as_deref()).collect();
+        ids.into_iter().map(str::to_string).collect()
+    }
+
     /// Whether a rule judges what a probe saw (not a file).
     pub fn is_live(&self, rule_id: &str) -> bool {
         self.rules

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lockdown_proto::v1::agent_service_server::AgentService;
 use lockdown_proto::v1::{
-    Ack, AgentMessage, CollectorMessage, SlowDown, agent_message, collector_message,
+    Ack, AgentMessage, CollectorMessage, Hello, SlowDown, agent_message, collector_message,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::writer::Job;
 use super::{HELLO_TIMEOUT, Shared, auth, now};
 use crate::admit;
-use crate::store::NodeInfo;
+use crate::store::{NodeInfo, StoreError};
 
 /// The agents' service.
 pub struct Agents(pub(super) Arc<Shared>);
@@ -56,7 +56,6 @@ impl AgentService for Agents {
             }
         };
         let node = hello.node.clone();
-        let epoch = hello.spool_epoch;
         admit::hello(&hello)?;
         let certs = certs.as_deref().map(Vec::as_slice);
         auth::agent(&shared.cfg, shared.split_cas.as_ref(), certs, &node, remote)?;
@@ -76,6 +75,7 @@ impl AgentService for Agents {
                 open_findings: hello.open_findings.clone().into_iter().collect(),
                 last_seen: now(),
                 acked: 0,
+                checked_cis: Vec::new(),
             }))
             .await;
         *shared
@@ -88,15 +88,7 @@ impl AgentService for Agents {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let _permit = permit;
-            let result = stream_loop(
-                &shared,
-                &node,
-                epoch,
-                hello.first_unacked_seq,
-                &mut inbound,
-                &tx,
-            )
-            .await;
+            let result = stream_loop(&shared, &hello, &mut inbound, &tx).await;
             if let Err(status) = result {
                 tracing::info!(node, code = ?status.code(), message = status.message(), "agent stream ended with an error");
                 let _ = tx.send(Err(status)).await;
@@ -114,36 +106,69 @@ impl AgentService for Agents {
     }
 }
 
+/// Sends a job to the writer and waits for its answer.
+async fn ask<T>(
+    shared: &Shared,
+    job: impl FnOnce(oneshot::Sender<Result<T, Arc<StoreError>>>) -> Job,
+) -> Result<T, Status> {
+    let (reply, answer) = oneshot::channel();
+    let stopped = || Status::unavailable("store writer stopped");
+    shared
+        .writer
+        .send(job(reply))
+        .await
+        .map_err(|_| stopped())?;
+    answer
+        .await
+        .map_err(|_| stopped())?
+        .map_err(|e| e.to_status())
+}
+
 async fn stream_loop(
     shared: &Shared,
-    node: &str,
-    epoch: u64,
-    first_unacked: u64,
+    hello: &Hello,
     inbound: &mut Streaming<AgentMessage>,
     tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
 ) -> Result<(), Status> {
+    let (node, epoch) = (hello.node.as_str(), hello.spool_epoch);
     let ack = |seq| CollectorMessage {
         msg: Some(collector_message::Msg::Ack(Ack { seq })),
     };
     // What is already stored, or was acknowledged by an earlier store (the agent says it
     // trimmed everything below its first unacknowledged event): the agent may trim it now.
-    let stored = {
-        let (reply, answer) = oneshot::channel();
-        shared
-            .writer
-            .send(Job::Settle {
-                node: node.to_string(),
-                epoch,
-                first_unacked,
-                reply,
-            })
-            .await
-            .map_err(|_| Status::unavailable("store writer stopped"))?;
-        answer
-            .await
-            .map_err(|_| Status::unavailable("store writer stopped"))?
-            .map_err(|e| e.to_status())?
-    };
+    let stored = ask(shared, |reply| Job::Settle {
+        node: node.to_string(),
+        epoch,
+        first_unacked: hello.first_unacked_seq,
+        reply,
+    })
+    .await?;
+    // The node's open findings become what it says they are, before any of its events is
+    // stored: those up to the set's sequence number are in it already.
+    if hello.findings_as_of_seq > 0 {
+        let fixed = ask(shared, |reply| Job::Reconcile {
+            node: node.to_string(),
+            epoch,
+            as_of: hello.findings_as_of_seq,
+            findings: hello.findings.clone(),
+            checked_cis: hello.checked_cis.clone(),
+            reply,
+        })
+        .await?;
+        if fixed.drift {
+            tracing::warn!(
+                node,
+                ?fixed,
+                "open findings had drifted from the agent's; corrected"
+            );
+        } else if fixed.differs() {
+            tracing::debug!(
+                node,
+                ?fixed,
+                "open findings brought ahead of events on their way"
+            );
+        }
+    }
     if tx.send(Ok(ack(stored))).await.is_err() {
         return Ok(());
     }
@@ -164,22 +189,14 @@ async fn stream_loop(
             Some(agent_message::Msg::Events(batch)) => {
                 admit::events(node, &batch.events)?;
                 let n = batch.events.len() as f64;
-                let (reply, answer) = oneshot::channel();
-                shared
-                    .writer
-                    .send(Job::Insert {
-                        node: node.to_string(),
-                        epoch,
-                        covers_from: batch.covers_from,
-                        events: batch.events,
-                        reply,
-                    })
-                    .await
-                    .map_err(|_| Status::unavailable("store writer stopped"))?;
-                let acked = answer
-                    .await
-                    .map_err(|_| Status::unavailable("store writer stopped"))?
-                    .map_err(|e| e.to_status())?;
+                let acked = ask(shared, |reply| Job::Insert {
+                    node: node.to_string(),
+                    epoch,
+                    covers_from: batch.covers_from,
+                    events: batch.events,
+                    reply,
+                })
+                .await?;
                 if tx.send(Ok(ack(acked))).await.is_err() {
                     return Ok(());
                 }

@@ -2,18 +2,23 @@
 //! side; a watch wakes on each commit.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use lockdown_proto::v1::query_service_server::QueryService;
 use lockdown_proto::v1::{
-    GetNodeRequest, ListEventsRequest, ListEventsResponse, ListNodesRequest, ListNodesResponse,
-    Node, StoredEvent, WatchEventsRequest,
+    Finding, FindingFilter, GetNodeRequest, ListEventsRequest, ListEventsResponse,
+    ListFindingsRequest, ListFindingsResponse, ListNodesRequest, ListNodesResponse, Node,
+    StoredEvent, SummaryRequest, SummaryResponse, WatchEventsRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, auth};
-use crate::store::{EventStore, Filter, NodeInfo, StoreError};
+use crate::posture::{self, NodeState};
+use crate::store::{
+    EventStore, Filter, FindingCursor, FindingQuery, FindingRow, NodeInfo, StoreError,
+};
 
 /// The readers' service.
 pub struct Queries(pub(super) Arc<Shared>);
@@ -41,7 +46,9 @@ impl Queries {
             .lock()
             .expect("lock")
             .contains_key(&info.node);
+        let state = NodeState::of(&info.last_seen, SystemTime::now(), self.0.cfg.stale_after);
         Node {
+            state: state.as_str().into(),
             node: info.node,
             cluster: info.cluster,
             agent_version: info.agent_version,
@@ -78,6 +85,65 @@ fn filter(f: Option<lockdown_proto::v1::EventFilter>) -> Result<Filter, Status> 
         since: opt(f.since),
         until: opt(f.until),
     })
+}
+
+fn severity_ok(s: &str) -> Result<(), Status> {
+    if s.is_empty() || crate::store::SEVERITIES.contains(&s) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("{s:?} is not a severity")))
+    }
+}
+
+fn finding_query(f: Option<FindingFilter>) -> Result<FindingQuery, Status> {
+    let f = f.unwrap_or_default();
+    severity_ok(&f.min_severity)?;
+    if !["", "fail", "warn"].contains(&f.status.as_str()) {
+        return Err(Status::invalid_argument(format!(
+            "{:?} is not a status (fail or warn)",
+            f.status
+        )));
+    }
+    let opt = |s: String| (!s.is_empty()).then_some(s);
+    Ok(FindingQuery {
+        cluster: opt(f.cluster),
+        node: opt(f.node),
+        rule_id: opt(f.rule_id),
+        cis: opt(f.cis.trim_end_matches('.').to_string()),
+        min_severity: opt(f.min_severity),
+        status: opt(f.status),
+    })
+}
+
+/// A findings page token: the last row's (node, path, key), as JSON.
+fn finding_token(t: &str) -> Result<Option<FindingCursor>, Status> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(t)
+        .map(Some)
+        .map_err(|_| Status::invalid_argument("page_token is not one this server gave"))
+}
+
+fn finding(r: FindingRow) -> Finding {
+    let f = r.finding;
+    Finding {
+        node: r.node,
+        cluster: r.cluster,
+        path: f.path,
+        key: f.key,
+        rule_id: f.rule_id,
+        cis: f.cis,
+        title: f.title,
+        severity: f.severity,
+        status: f.status,
+        component: f.component,
+        version: r.version,
+        flag: f.flag,
+        observed: f.observed,
+        expected: f.expected,
+        since: r.since,
+    }
 }
 
 fn stored(s: crate::store::Stored) -> StoredEvent {
@@ -184,8 +250,65 @@ impl QueryService for Queries {
     ) -> Result<Response<ListNodesResponse>, Status> {
         self.authorize(&req)?;
         let nodes = self.read(|s| s.nodes()).await?;
-        Ok(Response::new(ListNodesResponse {
-            nodes: nodes.into_iter().map(|n| self.node(n)).collect(),
+        let mut missing: Vec<Node> = (self.0.cfg.expected_nodes.iter())
+            .filter(|e| !nodes.iter().any(|n| &n.node == *e))
+            .map(|e| Node {
+                node: e.clone(),
+                state: NodeState::Missing.as_str().into(),
+                ..Default::default()
+            })
+            .collect();
+        let mut nodes: Vec<Node> = nodes.into_iter().map(|n| self.node(n)).collect();
+        nodes.append(&mut missing);
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn list_findings(
+        &self,
+        req: Request<ListFindingsRequest>,
+    ) -> Result<Response<ListFindingsResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let q = finding_query(r.filter)?;
+        let after = finding_token(&r.page_token)?;
+        let size = match r.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let rows = (self)
+            .read(move |s| s.findings(&q, after.as_ref(), size))
+            .await?;
+        let next_page_token = match rows.last() {
+            Some(last) if rows.len() == size => {
+                let f = &last.finding;
+                serde_json::to_string(&(&last.node, &f.path, &f.key)).expect("strings serialise")
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(ListFindingsResponse {
+            findings: rows.into_iter().map(finding).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn summary(
+        &self,
+        req: Request<SummaryRequest>,
+    ) -> Result<Response<SummaryResponse>, Status> {
+        self.authorize(&req)?;
+        let (nodes, counts) = self.read(|s| Ok((s.nodes()?, s.finding_counts()?))).await?;
+        let cfg = &self.0.cfg;
+        let members = posture::members(
+            nodes,
+            &cfg.expected_nodes,
+            SystemTime::now(),
+            cfg.stale_after,
+        );
+        let (fleet, clusters) = posture::summarize(&members, &counts);
+        Ok(Response::new(SummaryResponse {
+            fleet: Some(fleet),
+            clusters,
         }))
     }
 

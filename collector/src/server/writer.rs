@@ -9,7 +9,7 @@ use lockdown_proto::v1::Event;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::feed::CommitFeed;
-use crate::store::{Batch, EventStore, NodeInfo, StoreError};
+use crate::store::{Batch, EventStore, NodeInfo, OpenFinding, Reconcile, Reconciled, StoreError};
 
 /// Work for the writer.
 pub(super) enum Job {
@@ -27,6 +27,15 @@ pub(super) enum Job {
         epoch: u64,
         first_unacked: u64,
         reply: oneshot::Sender<Result<u64, Arc<StoreError>>>,
+    },
+    /// A hello's open findings.
+    Reconcile {
+        node: String,
+        epoch: u64,
+        as_of: u64,
+        findings: Vec<OpenFinding>,
+        checked_cis: Vec<String>,
+        reply: oneshot::Sender<Result<Reconciled, Arc<StoreError>>>,
     },
     Retain {
         max_age: Option<Duration>,
@@ -80,6 +89,28 @@ pub(super) fn writer_loop(
                     let result = store.settle(&node, epoch, first_unacked, &super::now());
                     if let Err(e) = &result {
                         tracing::error!(error = %e, node, "cannot record the agent's earlier acks");
+                    }
+                    let _ = reply.send(result.map_err(Arc::new));
+                    committed.committed();
+                }
+                Job::Reconcile {
+                    node,
+                    epoch,
+                    as_of,
+                    findings,
+                    checked_cis,
+                    reply,
+                } => {
+                    let result = store.reconcile(&Reconcile {
+                        node: &node,
+                        epoch,
+                        as_of,
+                        findings: &findings,
+                        checked_cis: &checked_cis,
+                        time: &super::now(),
+                    });
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, node, "cannot reconcile the agent's open findings");
                     }
                     let _ = reply.send(result.map_err(Arc::new));
                     committed.committed();

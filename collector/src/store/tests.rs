@@ -128,6 +128,7 @@ fn node_info_is_kept() {
         open_findings: [("high".to_string(), 2)].into(),
         last_seen: "2026-11-26T10:00:00.000Z".into(),
         acked: 0,
+        checked_cis: Vec::new(),
     };
     s.touch_node(&info).unwrap();
     s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
@@ -259,4 +260,245 @@ fn a_full_or_busy_store_is_worth_retrying_and_a_corrupt_one_is_not() {
         failing(SQLITE_CORRUPT).to_status().code(),
         tonic::Code::Internal
     );
+}
+
+/// A `finding_raised` or `finding_resolved` event as an agent sends it.
+fn finding_event(
+    seq: u64,
+    raised: bool,
+    path: &str,
+    rule: &str,
+    cis: &str,
+    severity: &str,
+) -> Event {
+    let kind = if raised {
+        "finding_raised"
+    } else {
+        "finding_resolved"
+    };
+    let body = serde_json::json!({
+        "kind": kind, "path": path, "key": rule,
+        "finding": {"rule_id": rule, "cis": cis, "title": rule, "severity": severity,
+                    "status": "fail", "component": "kube-apiserver", "observed": "true",
+                    "expected": "false", "remediation": ""},
+    });
+    Event {
+        kind: kind.into(),
+        severity: severity.into(),
+        rule_id: rule.into(),
+        path: path.into(),
+        body: body.to_string().into_bytes(),
+        ..ev("n1", seq)
+    }
+}
+
+fn open(path: &str, rule: &str, cis: &str, severity: &str) -> OpenFinding {
+    OpenFinding {
+        path: path.into(),
+        key: rule.into(),
+        rule_id: rule.into(),
+        cis: cis.into(),
+        title: rule.into(),
+        severity: severity.into(),
+        status: "fail".into(),
+        component: "kube-apiserver".into(),
+        observed: "true".into(),
+        expected: "false".into(),
+        ..Default::default()
+    }
+}
+
+fn open_now(s: &Store, node: &str) -> Vec<(String, String)> {
+    let q = FindingQuery {
+        node: Some(node.into()),
+        ..Default::default()
+    };
+    (s.findings(&q, None, 1000).unwrap().into_iter())
+        .map(|r| (r.finding.path, r.finding.rule_id))
+        .collect()
+}
+
+const API: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
+
+#[test]
+fn finding_events_keep_the_open_set_in_the_same_commit() {
+    let (_d, mut s) = store();
+    s.insert(
+        "n1",
+        7,
+        &[
+            finding_event(1, true, API, "anonymous-auth", "1.2.1", "high"),
+            finding_event(2, true, API, "profiling", "1.2.18", "low"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(open_now(&s, "n1").len(), 2);
+    s.insert(
+        "n1",
+        7,
+        &[finding_event(3, false, API, "profiling", "1.2.18", "low")],
+    )
+    .unwrap();
+    assert_eq!(open_now(&s, "n1"), [(API.into(), "anonymous-auth".into())]);
+    // A resend changes nothing (the event is stored once, applied once).
+    s.insert(
+        "n1",
+        7,
+        &[finding_event(2, true, API, "profiling", "1.2.18", "low")],
+    )
+    .unwrap();
+    assert_eq!(open_now(&s, "n1").len(), 1);
+}
+
+#[test]
+fn a_hello_makes_the_set_the_agents_and_earlier_events_do_not_undo_it() {
+    let (_d, mut s) = store();
+    let reconciled = |s: &Store| {
+        let kind = Filter {
+            kind: Some("findings_reconciled".into()),
+            ..Default::default()
+        };
+        s.list(&kind, 0, 10).unwrap()
+    };
+    // Events 1 to 3 are stored; 4 and 5 are on their way when the agent says hello with its
+    // set as of 5 (profiling resolved at 4, anonymous-auth raised at 5).
+    s.insert(
+        "n1",
+        7,
+        &[
+            finding_event(1, true, API, "profiling", "1.2.18", "low"),
+            ev("n1", 2),
+            ev("n1", 3),
+        ],
+    )
+    .unwrap();
+    let hello = [open(API, "anonymous-auth", "1.2.1", "high")];
+    let r = Reconcile {
+        node: "n1",
+        epoch: 7,
+        as_of: 5,
+        findings: &hello,
+        checked_cis: &["1.2.1".into(), "1.2.18".into()],
+        time: "2026-12-02T01:00:00.000Z",
+    };
+    let fixed = s.reconcile(&r).unwrap();
+    assert_eq!((fixed.added, fixed.removed, fixed.changed), (1, 1, 0));
+    assert!(!fixed.drift, "events on their way explain it");
+    assert!(reconciled(&s).is_empty());
+    assert_eq!(open_now(&s, "n1"), [(API.into(), "anonymous-auth".into())]);
+    // The events the hello already holds arrive: stored, not applied again (the resolution
+    // of anonymous-auth at 4 is older than the set).
+    s.insert(
+        "n1",
+        7,
+        &[
+            finding_event(4, false, API, "anonymous-auth", "1.2.1", "high"),
+            ev("n1", 5),
+        ],
+    )
+    .unwrap();
+    assert_eq!(open_now(&s, "n1"), [(API.into(), "anonymous-auth".into())]);
+    // Later ones apply.
+    s.insert(
+        "n1",
+        7,
+        &[finding_event(6, true, API, "profiling", "1.2.18", "low")],
+    )
+    .unwrap();
+    assert_eq!(open_now(&s, "n1").len(), 2);
+    // The same set again, with everything stored: nothing to correct, nothing said.
+    let both = [
+        open(API, "anonymous-auth", "1.2.1", "high"),
+        open(API, "profiling", "1.2.18", "low"),
+    ];
+    let again = Reconcile {
+        as_of: 6,
+        findings: &both,
+        ..r
+    };
+    assert!(!s.reconcile(&again).unwrap().differs());
+    assert_eq!(s.nodes().unwrap()[0].checked_cis, ["1.2.1", "1.2.18"]);
+    // Everything stored and still different (a finding event was lost): drift, corrected
+    // and recorded as the collector's own event.
+    let drifted = Reconcile {
+        findings: &hello,
+        ..again
+    };
+    let fixed = s.reconcile(&drifted).unwrap();
+    assert!(fixed.drift && fixed.removed == 1, "{fixed:?}");
+    let said = reconciled(&s);
+    assert_eq!(said.len(), 1, "the correction is an event");
+    assert_eq!(
+        (said[0].event.node.as_str(), said[0].event.epoch),
+        ("n1", 0)
+    );
+    assert_eq!(open_now(&s, "n1"), [(API.into(), "anonymous-auth".into())]);
+}
+
+#[test]
+fn findings_filter_by_cluster_cis_section_and_severity_and_page() {
+    let (_d, mut s) = store();
+    for (node, cluster) in [("n1", "prod"), ("n2", "dev")] {
+        s.touch_node(&NodeInfo {
+            node: node.into(),
+            cluster: cluster.into(),
+            component_versions: [("kube-apiserver".to_string(), "1.30.2".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let hello = [
+            open(API, "anonymous-auth", "1.2.1", "high"),
+            open(API, "profiling", "1.2.18", "low"),
+            open(
+                "/etc/kubernetes/admin.conf",
+                "file-mode",
+                "1.1.13",
+                "medium",
+            ),
+        ];
+        let r = Reconcile {
+            node,
+            epoch: 7,
+            as_of: 1,
+            findings: &hello,
+            checked_cis: &[],
+            time: "2026-12-02T01:00:00.000Z",
+        };
+        s.reconcile(&r).unwrap();
+    }
+    let count = |q: FindingQuery| s.findings(&q, None, 1000).unwrap().len();
+    let q = |f: fn(&mut FindingQuery)| {
+        let mut q = FindingQuery::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(count(q(|q| q.cluster = Some("prod".into()))), 3);
+    assert_eq!(count(q(|q| q.cis = Some("1.2".into()))), 4);
+    assert_eq!(
+        count(q(|q| q.cis = Some("1.2.1".into()))),
+        2,
+        "1.2.18 is not 1.2.1"
+    );
+    assert_eq!(count(q(|q| q.min_severity = Some("medium".into()))), 4);
+    let rows = s.findings(&FindingQuery::default(), None, 1000).unwrap();
+    assert_eq!(rows[0].version, "1.30.2");
+    // Pages of two cover all six once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .findings(&FindingQuery::default(), after.as_ref(), 2)
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        let last = page.last().unwrap();
+        after = Some((
+            last.node.clone(),
+            last.finding.path.clone(),
+            last.finding.key.clone(),
+        ));
+        seen.extend(page);
+    }
+    assert_eq!(seen, rows);
 }

@@ -20,7 +20,12 @@ use std::path::Path;
 use lockdown_proto::v1::Event;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Batch, EventStore, Filter, NodeInfo, SEVERITIES, StoreError, Stored, overflow_range};
+use super::{
+    Batch, EventStore, Filter, FindingCount, FindingCursor, FindingQuery, FindingRow, NodeInfo,
+    Reconcile, Reconciled, SEVERITIES, StoreError, Stored, overflow_range,
+};
+
+mod findings;
 
 /// The store.
 #[derive(Debug)]
@@ -62,6 +67,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS sinks(name TEXT PRIMARY KEY, cursor INTEGER NOT NULL);",
         )
         .map_err(db)?;
+        findings::migrate(&conn).map_err(db)?;
         Ok(Store { path: p, conn })
     }
 
@@ -242,7 +248,8 @@ impl EventStore for Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT node, cluster, agent_version, component_versions, open_findings, last_seen, acked
+                "SELECT node, cluster, agent_version, component_versions, open_findings, last_seen, acked,
+                        checked_cis
                  FROM nodes ORDER BY node",
             )
             .map_err(self.db())?;
@@ -258,6 +265,7 @@ impl EventStore for Store {
                         .unwrap_or_default(),
                     last_seen: r.get(5)?,
                     acked: r.get::<_, i64>(6)? as u64,
+                    checked_cis: findings::checked_cis(r.get(7)?),
                 })
             })
             .map_err(self.db())?;
@@ -271,6 +279,23 @@ impl EventStore for Store {
                 r.get::<_, i64>(0)
             })
             .map_err(self.db())? as u64)
+    }
+
+    fn reconcile(&mut self, r: &Reconcile<'_>) -> Result<Reconciled, StoreError> {
+        self.write(|tx| findings::reconcile(tx, r))
+    }
+
+    fn findings(
+        &self,
+        q: &FindingQuery,
+        after: Option<&FindingCursor>,
+        limit: usize,
+    ) -> Result<Vec<FindingRow>, StoreError> {
+        findings::list(&self.conn, q, after, limit).map_err(self.db())
+    }
+
+    fn finding_counts(&self) -> Result<Vec<FindingCount>, StoreError> {
+        findings::counts(&self.conn).map_err(self.db())
     }
 
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError> {
@@ -358,6 +383,7 @@ fn insert_batch(tx: &rusqlite::Transaction<'_>, b: &Batch<'_>) -> rusqlite::Resu
         // A new spool on this node: its sequence numbers start again.
         acked = 0;
     }
+    let made_from = findings::made_from(tx, node)?;
     let mut ins = tx.prepare_cached(
         "INSERT OR IGNORE INTO events(node, epoch, seq, time, kind, severity, rule_id, path, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -377,6 +403,9 @@ fn insert_batch(tx: &rusqlite::Transaction<'_>, b: &Batch<'_>) -> rusqlite::Resu
             e.path,
             e.body
         ])?;
+        if n == 1 {
+            findings::apply(tx, node, epoch, made_from, e)?;
+        }
         if n == 1
             && e.kind == "spool_overflow"
             && let Some((first, last)) = overflow_range(&e.body)
