@@ -9,7 +9,8 @@ use lockdown_proto::ClientTls;
 use lockdown_proto::outln;
 use lockdown_proto::v1::query_service_client::QueryServiceClient;
 use lockdown_proto::v1::{
-    EventFilter, FindingFilter, ListEventsRequest, ListFindingsRequest, ListNodesRequest, Posture,
+    AddExceptionRequest, EventFilter, Exception, FindingFilter, ListEventsRequest,
+    ListExceptionsRequest, ListFindingsRequest, ListNodesRequest, Posture, RemoveExceptionRequest,
     SummaryRequest, WatchEventsRequest,
 };
 
@@ -271,7 +272,8 @@ pub async fn findings(conn: Conn, filter: FindingFilter, format: Format) -> anyh
                     serde_json::json!({
                         "node": f.node, "cluster": f.cluster, "rule_id": f.rule_id,
                         "cis": f.cis, "severity": f.severity, "status": f.status,
-                        "path": f.path, "since": f.since, "excepted": false,
+                        "path": f.path, "since": f.since, "excepted": f.excepted,
+                        "exception_id": f.excepted.then_some(f.exception_id),
                         "title": f.title, "component": f.component, "version": f.version,
                         "flag": f.flag, "observed": f.observed, "expected": f.expected,
                         "key": f.key,
@@ -292,8 +294,13 @@ pub async fn findings(conn: Conn, filter: FindingFilter, format: Format) -> anyh
                 ))
             });
             for f in &all {
+                let excepted = if f.excepted {
+                    format!(" (excepted #{})", f.exception_id)
+                } else {
+                    String::new()
+                };
                 outln!(
-                    "{:<24} {:<9} {:<5} {:<8} {:<32} {}",
+                    "{:<24} {:<9} {:<5} {:<8} {:<32} {}{excepted}",
                     f.node,
                     f.severity,
                     f.status,
@@ -321,8 +328,10 @@ pub async fn summary(conn: Conn, format: Format) -> anyhow::Result<()> {
             "cluster": p.cluster,
             "nodes_by_state": p.nodes_by_state,
             "open_by_severity": p.open_by_severity,
+            "excepted": p.excepted,
             "cis": p.cis.iter().map(|c| serde_json::json!({
                 "cis": c.cis, "pass": c.pass, "fail": c.fail, "unknown": c.unknown,
+                "excepted": c.excepted,
             })).collect::<Vec<_>>(),
         })
     };
@@ -347,19 +356,94 @@ pub async fn summary(conn: Conn, format: Format) -> anyhow::Result<()> {
                     .map(|st| format!("{} {st}", p.nodes_by_state.get(*st).unwrap_or(&0)))
                     .collect();
                 outln!(
-                    "{name}: nodes {}; open findings {}",
+                    "{name}: nodes {}; open findings {} ({} excepted)",
                     states.join(", "),
-                    by_severity(&p.open_by_severity)
+                    by_severity(&p.open_by_severity),
+                    p.excepted
                 );
                 for c in p.cis.iter().filter(|c| c.fail > 0 || c.unknown > 0) {
                     outln!(
-                        "  CIS {:<8} pass {:>5}  fail {:>5}  unknown {:>5}",
+                        "  CIS {:<8} pass {:>5}  fail {:>5} (excepted {:>5})  unknown {:>5}",
                         c.cis,
                         c.pass,
                         c.fail,
+                        c.excepted,
                         c.unknown
                     );
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An exceptions command.
+pub enum ExceptionCall {
+    /// Add one.
+    Add(AddExceptionRequest),
+    /// List them.
+    List {
+        /// Also expired and removed ones.
+        all: bool,
+    },
+    /// Remove one.
+    Remove(u64),
+}
+
+/// Runs an exceptions command and prints what it returns.
+pub async fn exceptions(conn: Conn, call: ExceptionCall, format: Format) -> anyhow::Result<()> {
+    let mut c = client(&conn).await?;
+    let failed = |s: tonic::Status| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s));
+    let list = match call {
+        ExceptionCall::Add(req) => vec![c.add_exception(req).await.map_err(failed)?.into_inner()],
+        ExceptionCall::Remove(id) => vec![
+            c.remove_exception(RemoveExceptionRequest { id })
+                .await
+                .map_err(failed)?
+                .into_inner(),
+        ],
+        ExceptionCall::List { all } => {
+            (c.list_exceptions(ListExceptionsRequest { all }).await)
+                .map_err(failed)?
+                .into_inner()
+                .exceptions
+        }
+    };
+    let json = |x: &Exception| {
+        serde_json::json!({
+            "id": x.id, "rule_id": x.rule_id, "node": x.node, "cluster": x.cluster,
+            "path": x.path, "max_severity": x.max_severity, "reason": x.reason,
+            "author": x.author, "created": x.created, "expires": x.expires, "state": x.state,
+            "removed_by": x.removed_by, "removed_at": x.removed_at,
+        })
+    };
+    match format {
+        Format::Json => outln!(
+            "{}",
+            serde_json::Value::Array(list.iter().map(json).collect())
+        ),
+        Format::Table => {
+            for x in &list {
+                let scope = match (x.node.as_str(), x.cluster.as_str()) {
+                    ("", "") => "fleet".to_string(),
+                    ("", c) => format!("cluster {c}"),
+                    (n, _) => format!("node {n}"),
+                };
+                let path = if x.path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" file {}", x.path)
+                };
+                outln!(
+                    "#{:<5} {:<8} {:<32} {scope}{path}, up to {}, by {} until {}: {}",
+                    x.id,
+                    x.state,
+                    x.rule_id,
+                    x.max_severity,
+                    x.author,
+                    x.expires,
+                    x.reason
+                );
             }
         }
     }

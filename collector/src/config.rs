@@ -28,6 +28,10 @@ pub struct RawConfig {
     /// stream that claims one of these names is refused, so no agent can read. Default: none.
     #[serde(default)]
     pub readers: Vec<String>,
+    /// Names of reader certificates that may also add and remove exceptions (accepted
+    /// risks); each must be a reader. Default: none.
+    #[serde(default)]
+    pub admins: Vec<String>,
     /// Limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -128,6 +132,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Allowed reader names.
     pub readers: Vec<String>,
+    /// Readers that may also add and remove exceptions.
+    pub admins: Vec<String>,
     /// Largest message.
     pub max_message_bytes: usize,
     /// Per-node rate.
@@ -229,6 +235,13 @@ impl Config {
                 )
             }
         };
+        if !raw.readers.is_empty()
+            && let Some(a) = raw.admins.iter().find(|a| !raw.readers.contains(a))
+        {
+            return Err(invalid(format!(
+                "admins: {a:?} is not in readers (an admin is a reader that may also change exceptions)"
+            )));
+        }
         if let Some(bad) = (raw.nodes.expected.iter()).find(|n| !crate::admit::node_name_ok(n)) {
             return Err(invalid(format!(
                 "nodes.expected: {bad:?} is not a node name (lower-case DNS name)"
@@ -241,6 +254,7 @@ impl Config {
                 .unwrap_or_else(|| "/var/lib/kube-lockdown-collector/events.db".into()),
             tls,
             readers: raw.readers,
+            admins: raw.admins,
             max_message_bytes: raw.limits.max_message_bytes.unwrap_or(4 << 20),
             max_events_per_second_per_node: raw
                 .limits

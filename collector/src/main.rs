@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lockdown_collector::client::{self, Conn, Format};
 use lockdown_collector::config::{Config, DEFAULT_CONFIG_PATH};
 use lockdown_collector::{certs, server};
-use lockdown_proto::v1::{EventFilter, FindingFilter};
+use lockdown_proto::v1::{AddExceptionRequest, EventFilter, FindingFilter};
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +94,9 @@ enum Command {
         /// Only fail or only warn.
         #[arg(long)]
         status: Option<String>,
+        /// Only findings an exception covers (yes) or only the others (no).
+        #[arg(long)]
+        excepted: Option<String>,
         /// Output format (json: one array of objects).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -106,6 +109,11 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// Accepted risks: add (an admin certificate), list, remove.
+    Exceptions {
+        #[command(subcommand)]
+        action: ExceptionAction,
     },
     /// Write a development CA and certificates for the collector, agents and readers.
     DevCa {
@@ -121,6 +129,62 @@ enum Command {
         /// Extra DNS names for the collector certificate.
         #[arg(long = "collector-name")]
         collector_names: Vec<String>,
+    },
+}
+
+/// What to do with exceptions.
+#[derive(Subcommand)]
+enum ExceptionAction {
+    /// Accept the open findings of a rule, on a node, a cluster or the fleet, until it
+    /// expires.
+    Add {
+        #[command(flatten)]
+        conn: Conn,
+        /// The rule.
+        #[arg(long)]
+        rule: String,
+        /// Only on this node.
+        #[arg(long, conflicts_with = "cluster")]
+        node: Option<String>,
+        /// Only in this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only on this file.
+        #[arg(long)]
+        path: Option<String>,
+        /// Why the risk is accepted.
+        #[arg(long)]
+        reason: String,
+        /// How long it holds (30d, 12h; at most a year).
+        #[arg(long)]
+        expires: humantime::Duration,
+        /// The highest severity it covers (default: the highest open now).
+        #[arg(long)]
+        max_severity: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// The exceptions in force (--all: also expired and removed ones).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Also expired and removed ones.
+        #[arg(long)]
+        all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// End an exception before it expires.
+    Remove {
+        #[command(flatten)]
+        conn: Conn,
+        /// Its id.
+        id: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
 }
 
@@ -232,9 +296,11 @@ fn main() -> ExitCode {
             cis,
             min_severity,
             status,
+            excepted,
             format,
         } => {
             let filter = FindingFilter {
+                excepted: excepted.unwrap_or_default(),
                 cluster: cluster.unwrap_or_default(),
                 node: node.unwrap_or_default(),
                 rule_id: rule.unwrap_or_default(),
@@ -244,6 +310,36 @@ fn main() -> ExitCode {
             };
             report(runtime.block_on(client::findings(conn, filter, format)))
         }
+        Command::Exceptions { action } => report(runtime.block_on(match action {
+            ExceptionAction::Add {
+                conn,
+                rule,
+                node,
+                cluster,
+                path,
+                reason,
+                expires,
+                max_severity,
+                format,
+            } => {
+                let req = AddExceptionRequest {
+                    rule_id: rule,
+                    node: node.unwrap_or_default(),
+                    cluster: cluster.unwrap_or_default(),
+                    path: path.unwrap_or_default(),
+                    reason,
+                    expires_in_seconds: std::time::Duration::from(expires).as_secs(),
+                    max_severity: max_severity.unwrap_or_default(),
+                };
+                client::exceptions(conn, client::ExceptionCall::Add(req), format)
+            }
+            ExceptionAction::List { conn, all, format } => {
+                client::exceptions(conn, client::ExceptionCall::List { all }, format)
+            }
+            ExceptionAction::Remove { conn, id, format } => {
+                client::exceptions(conn, client::ExceptionCall::Remove(id), format)
+            }
+        })),
         Command::Summary { conn, format } => {
             report(runtime.block_on(client::summary(conn, format)))
         }

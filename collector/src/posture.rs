@@ -123,6 +123,9 @@ fn posture<'a>(
         checks.extend(m.checked_cis.iter().map(String::as_str));
         for c in by_node.get(m.node.as_str()).into_iter().flatten() {
             *p.open_by_severity.entry(c.severity.clone()).or_default() += c.count;
+            if c.excepted {
+                p.excepted += c.count;
+            }
             if !c.cis.is_empty() {
                 checks.insert(&c.cis);
             }
@@ -136,13 +139,18 @@ fn posture<'a>(
                 ..Default::default()
             };
             for m in members.clone() {
-                let failing = by_node
-                    .get(m.node.as_str())
-                    .is_some_and(|cs| cs.iter().any(|c| c.cis == cis));
+                let open: Vec<&&FindingCount> = (by_node.get(m.node.as_str()).into_iter())
+                    .flatten()
+                    .filter(|c| c.cis == cis)
+                    .collect();
                 if m.state != NodeState::Connected {
                     n.unknown += 1;
-                } else if failing {
+                } else if !open.is_empty() {
+                    // An accepted risk still fails the check; it is counted as excepted too.
                     n.fail += 1;
+                    if open.iter().all(|c| c.excepted) {
+                        n.excepted += 1;
+                    }
                 } else if m.checked_cis.iter().any(|c| c == cis) {
                     n.pass += 1;
                 } else {
@@ -174,6 +182,7 @@ mod tests {
             cis: cis.into(),
             severity: severity.into(),
             status: "fail".into(),
+            excepted: false,
             count: 1,
         }
     }

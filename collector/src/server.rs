@@ -28,6 +28,7 @@ const WRITER_QUEUE: usize = 1024;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 mod auth;
+mod exceptions;
 mod ingest;
 mod query;
 mod writer;
@@ -48,6 +49,8 @@ pub(super) struct Shared {
     stopping: watch::Sender<bool>,
     /// Open streams per node.
     connected: Mutex<HashMap<String, usize>>,
+    /// An exception was added or removed: the expiry watcher looks again.
+    exceptions_changed: tokio::sync::Notify,
     streams: Arc<Semaphore>,
     /// With a separate reader CA: the agents' and the readers' trust anchors, to tell which
     /// CA issued a client certificate (the handshake accepts both).
@@ -138,7 +141,9 @@ pub async fn serve(
         committed,
         stopping: watch::channel(false).0,
         connected: Mutex::new(HashMap::new()),
+        exceptions_changed: tokio::sync::Notify::new(),
     });
+    tokio::spawn(exceptions::watch_expiry(Arc::clone(&shared)));
     let writer_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let died = Arc::clone(&writer_died);
     let stopping = Arc::clone(&shared);

@@ -82,6 +82,8 @@ pub struct FindingRow {
     pub version: String,
     /// RFC 3339: when the store learnt it is open.
     pub since: String,
+    /// The active exception covering it, if one does.
+    pub exception_id: Option<u64>,
     /// The finding.
     pub finding: OpenFinding,
 }
@@ -101,6 +103,52 @@ pub struct FindingQuery {
     pub min_severity: Option<String>,
     /// fail or warn.
     pub status: Option<String>,
+    /// Only findings an active exception covers (`true`) or only the others.
+    pub excepted: Option<bool>,
+    /// RFC 3339: exceptions expiring at or before this do not cover (empty: none covers).
+    pub now: String,
+}
+
+/// An accepted risk ([`lockdown_proto::v1::Exception`] holds the same, for the wire).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exception {
+    /// Its id.
+    pub id: u64,
+    /// The rule it covers.
+    pub rule_id: String,
+    /// Only this node ("" for any).
+    pub node: String,
+    /// Only this cluster ("" for any).
+    pub cluster: String,
+    /// Only this file ("" for any).
+    pub path: String,
+    /// The highest severity it covers.
+    pub max_severity: String,
+    /// Why the risk is accepted.
+    pub reason: String,
+    /// Who accepted it (the admin certificate's name).
+    pub author: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub expires: String,
+    /// Who removed it ("" while not removed).
+    pub removed_by: String,
+    /// When ("" while not removed).
+    pub removed_at: String,
+}
+
+impl Exception {
+    /// active, expired or removed, at `now` (RFC 3339, as the store writes times).
+    pub fn state(&self, now: &str) -> &'static str {
+        if !self.removed_at.is_empty() {
+            "removed"
+        } else if self.expires.as_str() <= now {
+            "expired"
+        } else {
+            "active"
+        }
+    }
 }
 
 /// Where a page of findings ends: (node, path, key) of its last row.
@@ -117,6 +165,8 @@ pub struct FindingCount {
     pub severity: String,
     /// fail or warn.
     pub status: String,
+    /// Covered by an active exception.
+    pub excepted: bool,
     /// How many.
     pub count: u32,
 }
@@ -282,8 +332,30 @@ pub trait EventStore: Send {
         limit: usize,
     ) -> Result<Vec<FindingRow>, StoreError>;
 
-    /// Every node's open findings counted by CIS id, severity and status.
-    fn finding_counts(&self) -> Result<Vec<FindingCount>, StoreError>;
+    /// Every node's open findings counted by CIS id, severity, status and whether an
+    /// exception active at `now` covers them.
+    fn finding_counts(&self, now: &str) -> Result<Vec<FindingCount>, StoreError>;
+
+    /// Stores a new exception (its id is assigned) and an `exception_added` event, in one
+    /// transaction.
+    fn add_exception(&mut self, x: &Exception) -> Result<Exception, StoreError>;
+
+    /// Removes an exception (by `by`, at `time`) with an `exception_removed` event. `None`
+    /// when there is no such exception, or it was removed already.
+    fn remove_exception(
+        &mut self,
+        id: u64,
+        by: &str,
+        time: &str,
+    ) -> Result<Option<Exception>, StoreError>;
+
+    /// Every exception, newest first.
+    fn exceptions(&self) -> Result<Vec<Exception>, StoreError>;
+
+    /// Records an `exception_expired` event for each exception that expired at or before
+    /// `now` and was not announced yet (a collector that was down announces them when it
+    /// starts; with several replicas, each is announced once). Returns them.
+    fn expire_exceptions(&mut self, now: &str) -> Result<Vec<Exception>, StoreError>;
 
     /// How far the sink `name` has delivered: every event up to this cursor (0: none yet).
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError>;

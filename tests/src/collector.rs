@@ -21,11 +21,14 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// A CA, a collector certificate, one certificate per node, and a reader certificate.
+    /// A CA, a collector certificate, one certificate per node, and two reader certificates:
+    /// `reader`, and `admin` (the collectors here make it an admin).
     pub fn new(nodes: &[&str]) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin("lockdown-collector"));
-        cmd.args(["dev-ca", "--out"]).arg(dir.path());
+        cmd.args(["dev-ca", "--out"])
+            .arg(dir.path())
+            .args(["--reader", "reader", "--reader", "admin"]);
         for n in nodes {
             cmd.args(["--node", n]);
         }
@@ -74,15 +77,24 @@ impl Pki {
     /// `lockdown-collector <args>` against `addr`, trusting this PKI's collector and
     /// presenting the `reader` certificate of `reader`.
     pub fn reader_command(&self, addr: SocketAddr, reader: &Pki, args: &[&str]) -> Command {
+        self.command_as(addr, reader, "reader", args)
+    }
+
+    /// `lockdown-collector <args>` presenting this PKI's `admin` certificate.
+    pub fn admin_command(&self, addr: SocketAddr, args: &[&str]) -> Command {
+        self.command_as(addr, self, "admin", args)
+    }
+
+    fn command_as(&self, addr: SocketAddr, from: &Pki, name: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("lockdown-collector"));
         cmd.args(args)
             .args(["--addr", &format!("https://localhost:{}", addr.port())])
             .arg("--ca")
             .arg(self.path("ca.crt"))
             .arg("--cert")
-            .arg(reader.path("reader.crt"))
+            .arg(from.path(&format!("{name}.crt")))
             .arg("--key")
-            .arg(reader.path("reader.key"));
+            .arg(from.path(&format!("{name}.key")));
         cmd
     }
 }
@@ -178,7 +190,7 @@ impl Collector {
         fs::write(
             &config,
             format!(
-                "listen: {addr}\ndatabase: {db}\ntls: {{cert: {cert}, key: {key}, client_ca: {ca}{tls_extra}}}\nreaders: [reader]\n{extra}\n",
+                "listen: {addr}\ndatabase: {db}\ntls: {{cert: {cert}, key: {key}, client_ca: {ca}{tls_extra}}}\nreaders: [reader, admin]\nadmins: [admin]\n{extra}\n",
                 db = db.display(),
                 cert = pki.path("collector.crt").display(),
                 key = pki.path("collector.key").display(),

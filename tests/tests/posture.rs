@@ -315,3 +315,248 @@ fn kills_and_restarts_at_random_never_leave_the_collector_differing_from_an_agen
         agents[i] = Some(agent);
     }
 }
+
+/// Runs `lockdown-collector <args> --format json` as the admin; the JSON, or the error text.
+fn admin(pki: &Pki, col: &Collector, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = pki
+        .admin_command(col.addr, args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The findings of `rule` on `node` as a reader lists them.
+fn findings_of(pki: &Pki, col: &Collector, node: &str, rule: &str) -> Vec<serde_json::Value> {
+    read(pki, col, &["findings", "--node", node, "--rule", rule])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The collector's own events of `kind` (JSON bodies).
+fn events_of(pki: &Pki, col: &Collector, kind: &str) -> Vec<serde_json::Value> {
+    let out = pki
+        .reader_command(
+            col.addr,
+            pki,
+            &["events", "--kind", kind, "--format", "json"],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn exceptions_mark_findings_expire_while_running_and_across_a_restart() {
+    let pki = Pki::new(&["cp-1"]);
+    let mut col = Collector::new(&pki, COLLECTOR);
+    let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
+    let agent = node.start();
+    wait_same(&pki, &col, "cp-1", &agent);
+    let rule = "scheduler-profiling";
+    let path = node.manifest("kube-scheduler.yaml").display().to_string();
+    assert_eq!(findings_of(&pki, &col, "cp-1", rule)[0]["severity"], "low");
+
+    // A reader that is not an admin cannot accept a risk.
+    let out = pki
+        .reader_command(
+            col.addr,
+            &pki,
+            &[
+                "exceptions",
+                "add",
+                "--rule",
+                rule,
+                "--reason",
+                "r",
+                "--expires",
+                "1d",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin"),
+        "{out:?}"
+    );
+    // One that covers nothing open is refused, unless it says how severe it may be.
+    let err = admin(
+        &pki,
+        &col,
+        &[
+            "exceptions",
+            "add",
+            "--rule",
+            "no-such-rule",
+            "--reason",
+            "r",
+            "--expires",
+            "1d",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("--max-severity"), "{err}");
+
+    // Exceptions that do not cover it: another file, a lower severity than it has.
+    let other_file = admin(
+        &pki,
+        &col,
+        &[
+            "exceptions",
+            "add",
+            "--rule",
+            rule,
+            "--node",
+            "cp-1",
+            "--path",
+            "/etc/other.yaml",
+            "--max-severity",
+            "critical",
+            "--reason",
+            "not this file",
+            "--expires",
+            "1d",
+        ],
+    )
+    .unwrap();
+    assert_eq!(other_file[0]["author"], "admin");
+    admin(
+        &pki,
+        &col,
+        &[
+            "exceptions",
+            "add",
+            "--rule",
+            rule,
+            "--max-severity",
+            "info",
+            "--reason",
+            "covers info only",
+            "--expires",
+            "1d",
+        ],
+    )
+    .unwrap();
+    assert_eq!(findings_of(&pki, &col, "cp-1", rule)[0]["excepted"], false);
+
+    // One that covers it, for a few seconds: excepted, still listed.
+    let short = admin(
+        &pki,
+        &col,
+        &[
+            "exceptions",
+            "add",
+            "--rule",
+            rule,
+            "--node",
+            "cp-1",
+            "--path",
+            &path,
+            "--reason",
+            "profiling needed for a week",
+            "--expires",
+            "4s",
+        ],
+    )
+    .unwrap();
+    let id = short[0]["id"].as_u64().unwrap();
+    assert_eq!(short[0]["max_severity"], "low");
+    let f = &findings_of(&pki, &col, "cp-1", rule)[0];
+    assert_eq!(
+        (f["excepted"].clone(), f["exception_id"].clone()),
+        (true.into(), id.into())
+    );
+    assert_eq!(
+        read(&pki, &col, &["findings", "--excepted", "yes"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let summary = read(&pki, &col, &["summary"]);
+    assert_eq!(summary["fleet"]["excepted"], 1, "{summary}");
+    // Its expiry, while the collector runs, is an event, and the finding is no longer covered.
+    wait_until("the exception's expiry is announced", || {
+        events_of(&pki, &col, "exception_expired")
+            .iter()
+            .any(|e| e["id"] == id)
+    });
+    assert_eq!(findings_of(&pki, &col, "cp-1", rule)[0]["excepted"], false);
+
+    // Another expires while the collector is down: announced once it is back, once.
+    let across = admin(
+        &pki,
+        &col,
+        &[
+            "exceptions",
+            "add",
+            "--rule",
+            rule,
+            "--reason",
+            "across a restart",
+            "--expires",
+            "2s",
+        ],
+    )
+    .unwrap();
+    let across_id = across[0]["id"].as_u64().unwrap();
+    let expires = humantime::parse_rfc3339(across[0]["expires"].as_str().unwrap()).unwrap();
+    col.kill9();
+    while std::time::SystemTime::now() <= expires {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    col.restart();
+    let announced = |col: &Collector| {
+        events_of(&pki, col, "exception_expired")
+            .iter()
+            .filter(|e| e["id"] == across_id)
+            .count()
+    };
+    wait_until("an expiry while down is announced at start", || {
+        announced(&col) == 1
+    });
+    col.stop();
+    col.restart();
+    assert_eq!(announced(&col), 1, "announced once, not at every start");
+
+    // Removing one is an event too, with who did it.
+    admin(
+        &pki,
+        &col,
+        &["exceptions", "remove", &other_file[0]["id"].to_string()],
+    )
+    .unwrap();
+    let removed = events_of(&pki, &col, "exception_removed");
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0]["by"], "admin");
+    let added = events_of(&pki, &col, "exception_added");
+    assert_eq!(added.len(), 4);
+    let in_force = admin(&pki, &col, &["exceptions", "list"]).unwrap();
+    assert_eq!(in_force.as_array().unwrap().len(), 1, "{in_force}");
+    let all = admin(&pki, &col, &["exceptions", "list", "--all"]).unwrap();
+    let states: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["expired", "expired", "active", "removed"]);
+}

@@ -132,3 +132,28 @@ pub(super) fn reader<T>(
         ))
     }
 }
+
+/// Whether a request may change exceptions: a reader whose certificate is valid for a name
+/// in `admins`. Returns that name, the author of the change. Without TLS (loopback only)
+/// the author is "loopback".
+pub(super) fn admin<T>(
+    cfg: &Config,
+    split_cas: Option<&(Anchors, Anchors)>,
+    req: &Request<T>,
+) -> Result<String, Status> {
+    reader(cfg, split_cas, req)?;
+    if cfg.tls.is_none() {
+        return Ok("loopback".into());
+    }
+    let certs = req.peer_certs();
+    let certs = certs.as_deref().map(Vec::as_slice);
+    match cfg.admins.iter().find(|a| cert_names_match(certs, a)) {
+        Some(name) => Ok(name.clone()),
+        None => {
+            tracing::warn!(target: "audit", remote = ?req.remote_addr(), "an exception change from a reader that is not an admin");
+            Err(Status::permission_denied(
+                "changing exceptions needs an admin certificate (the collector's admins)",
+            ))
+        }
+    }
+}

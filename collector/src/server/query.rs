@@ -6,15 +6,16 @@ use std::time::SystemTime;
 
 use lockdown_proto::v1::query_service_server::QueryService;
 use lockdown_proto::v1::{
-    Finding, FindingFilter, GetNodeRequest, ListEventsRequest, ListEventsResponse,
-    ListFindingsRequest, ListFindingsResponse, ListNodesRequest, ListNodesResponse, Node,
+    AddExceptionRequest, Exception, Finding, FindingFilter, GetNodeRequest, ListEventsRequest,
+    ListEventsResponse, ListExceptionsRequest, ListExceptionsResponse, ListFindingsRequest,
+    ListFindingsResponse, ListNodesRequest, ListNodesResponse, Node, RemoveExceptionRequest,
     StoredEvent, SummaryRequest, SummaryResponse, WatchEventsRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Shared, auth};
+use super::{Shared, auth, exceptions};
 use crate::posture::{self, NodeState};
 use crate::store::{
     EventStore, Filter, FindingCursor, FindingQuery, FindingRow, NodeInfo, StoreError,
@@ -104,6 +105,16 @@ fn finding_query(f: Option<FindingFilter>) -> Result<FindingQuery, Status> {
             f.status
         )));
     }
+    let excepted = match f.excepted.as_str() {
+        "" => None,
+        "yes" => Some(true),
+        "no" => Some(false),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "excepted is yes or no, not {other:?}"
+            )));
+        }
+    };
     let opt = |s: String| (!s.is_empty()).then_some(s);
     Ok(FindingQuery {
         cluster: opt(f.cluster),
@@ -112,6 +123,8 @@ fn finding_query(f: Option<FindingFilter>) -> Result<FindingQuery, Status> {
         cis: opt(f.cis.trim_end_matches('.').to_string()),
         min_severity: opt(f.min_severity),
         status: opt(f.status),
+        excepted,
+        now: super::now(),
     })
 }
 
@@ -143,6 +156,8 @@ fn finding(r: FindingRow) -> Finding {
         observed: f.observed,
         expected: f.expected,
         since: r.since,
+        excepted: r.exception_id.is_some(),
+        exception_id: r.exception_id.unwrap_or_default(),
     }
 }
 
@@ -297,7 +312,10 @@ impl QueryService for Queries {
         req: Request<SummaryRequest>,
     ) -> Result<Response<SummaryResponse>, Status> {
         self.authorize(&req)?;
-        let (nodes, counts) = self.read(|s| Ok((s.nodes()?, s.finding_counts()?))).await?;
+        let at = super::now();
+        let (nodes, counts) = self
+            .read(move |s| Ok((s.nodes()?, s.finding_counts(&at)?)))
+            .await?;
         let cfg = &self.0.cfg;
         let members = posture::members(
             nodes,
@@ -321,5 +339,34 @@ impl QueryService for Queries {
             .find(|n| n.node == name)
             .ok_or_else(|| Status::not_found(format!("no node {name:?}")))?;
         Ok(Response::new(self.node(info)))
+    }
+
+    async fn add_exception(
+        &self,
+        req: Request<AddExceptionRequest>,
+    ) -> Result<Response<Exception>, Status> {
+        let author = auth::admin(&self.0.cfg, self.0.split_cas.as_ref(), &req)?;
+        let added = exceptions::add(&self.0, author, req.into_inner()).await?;
+        Ok(Response::new(added))
+    }
+
+    async fn list_exceptions(
+        &self,
+        req: Request<ListExceptionsRequest>,
+    ) -> Result<Response<ListExceptionsResponse>, Status> {
+        self.authorize(&req)?;
+        let all = req.into_inner().all;
+        Ok(Response::new(ListExceptionsResponse {
+            exceptions: exceptions::list(&self.0, all).await?,
+        }))
+    }
+
+    async fn remove_exception(
+        &self,
+        req: Request<RemoveExceptionRequest>,
+    ) -> Result<Response<Exception>, Status> {
+        let by = auth::admin(&self.0.cfg, self.0.split_cas.as_ref(), &req)?;
+        let id = req.into_inner().id;
+        Ok(Response::new(exceptions::remove(&self.0, by, id).await?))
     }
 }

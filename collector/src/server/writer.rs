@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::feed::CommitFeed;
 use crate::store::{Batch, EventStore, NodeInfo, OpenFinding, Reconcile, Reconciled, StoreError};
 
+/// A write run on the writer's store.
+pub(super) type WriteFn = Box<dyn FnOnce(&mut dyn EventStore) + Send>;
+
 /// Work for the writer.
 pub(super) enum Job {
     Insert {
@@ -37,6 +40,8 @@ pub(super) enum Job {
         checked_cis: Vec<String>,
         reply: oneshot::Sender<Result<Reconciled, Arc<StoreError>>>,
     },
+    /// Any other write (exceptions), run on the writer's store; it answers on its own.
+    Write(WriteFn),
     Retain {
         max_age: Option<Duration>,
         max_events: Option<u64>,
@@ -113,6 +118,10 @@ pub(super) fn writer_loop(
                         tracing::error!(error = %e, node, "cannot reconcile the agent's open findings");
                     }
                     let _ = reply.send(result.map_err(Arc::new));
+                    committed.committed();
+                }
+                Job::Write(f) => {
+                    f(store);
                     committed.committed();
                 }
                 Job::Retain {

@@ -46,7 +46,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn rank(severity: &str) -> i64 {
+pub(super) fn rank(severity: &str) -> i64 {
     SEVERITIES
         .iter()
         .position(|s| *s == severity)
@@ -220,17 +220,7 @@ pub(super) fn reconcile(tx: &Transaction<'_>, r: &Reconcile<'_>) -> rusqlite::Re
     )?;
     out.drift = epoch as u64 == r.epoch && acked as u64 >= r.as_of && out.differs();
     if out.drift {
-        // The collector's own event about the node: epoch 0, which no agent has.
-        let seq: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE node = ?1 AND epoch = 0",
-            [r.node],
-            |row| row.get(0),
-        )?;
         let body = serde_json::json!({
-            "kind": "findings_reconciled",
-            "node": r.node,
-            "seq": seq,
-            "time": r.time,
             "as_of_seq": r.as_of,
             "epoch": r.epoch,
             "added": out.added,
@@ -238,11 +228,7 @@ pub(super) fn reconcile(tx: &Transaction<'_>, r: &Reconcile<'_>) -> rusqlite::Re
             "changed": out.changed,
             "note": "the collector held every event of this node up to as_of_seq and still differed from the agent's open findings (lost events, a restored or replaced store); it now holds the agent's",
         });
-        tx.execute(
-            "INSERT INTO events(node, epoch, seq, time, kind, severity, rule_id, path, body)
-             VALUES (?1, 0, ?2, ?3, 'findings_reconciled', '', '', '', ?4)",
-            params![r.node, seq, r.time, body.to_string().into_bytes()],
-        )?;
+        super::collector_event(tx, r.node, "findings_reconciled", r.time, "", "", body)?;
     }
     Ok(out)
 }
@@ -254,19 +240,24 @@ pub(super) fn list(
     after: Option<&FindingCursor>,
     limit: usize,
 ) -> rusqlite::Result<Vec<FindingRow>> {
-    let mut sql = String::from(
-        "SELECT f.node, COALESCE(n.cluster, ''), f.path, f.key, f.rule_id, f.cis, f.title,
-                f.severity, f.status, f.component, f.flag, f.observed, f.expected, f.since,
-                COALESCE(json_extract(n.component_versions, '$.\"' || f.component || '\"'), '')
-         FROM findings f LEFT JOIN nodes n ON n.node = f.node WHERE 1",
+    // Empty: no exception covers (every expiry is after "9").
+    let now = if q.now.is_empty() { "9" } else { &q.now };
+    let mut sql = format!(
+        "SELECT * FROM (SELECT f.node, COALESCE(n.cluster, '') AS cluster, f.path, f.key,
+                f.rule_id, f.cis, f.title, f.severity, f.rank, f.status, f.component, f.flag,
+                f.observed, f.expected, f.since,
+                COALESCE(json_extract(n.component_versions, '$.\"' || f.component || '\"'), ''),
+                {} AS exception_id
+         FROM findings f LEFT JOIN nodes n ON n.node = f.node) f WHERE 1",
+        super::exceptions::covering(1)
     );
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = vec![now.to_string().into()];
     let mut add = |clause: &str, v: rusqlite::types::Value| {
         args.push(v);
         sql.push_str(&format!(" AND {clause} ?{}", args.len()));
     };
     if let Some(c) = &q.cluster {
-        add("n.cluster =", c.clone().into());
+        add("f.cluster =", c.clone().into());
     }
     if let Some(n) = &q.node {
         add("f.node =", n.clone().into());
@@ -285,6 +276,11 @@ pub(super) fn list(
         let n = args.len();
         args.push(format!("{c}.%").into());
         sql.push_str(&format!(" AND (f.cis = ?{n} OR f.cis LIKE ?{})", n + 1));
+    }
+    match q.excepted {
+        Some(true) => sql.push_str(" AND f.exception_id IS NOT NULL"),
+        Some(false) => sql.push_str(" AND f.exception_id IS NULL"),
+        None => {}
     }
     if let Some((node, path, key)) = after {
         args.extend([node.clone().into(), path.clone().into(), key.clone().into()]);
@@ -305,8 +301,9 @@ pub(super) fn list(
         Ok(FindingRow {
             node: r.get(0)?,
             cluster: r.get(1)?,
-            since: r.get(13)?,
-            version: r.get(14)?,
+            since: r.get(14)?,
+            version: r.get(15)?,
+            exception_id: r.get::<_, Option<i64>>(16)?.map(|id| id as u64),
             finding: OpenFinding {
                 path: r.get(2)?,
                 key: r.get(3)?,
@@ -314,11 +311,11 @@ pub(super) fn list(
                 cis: r.get(5)?,
                 title: r.get(6)?,
                 severity: r.get(7)?,
-                status: r.get(8)?,
-                component: r.get(9)?,
-                flag: r.get(10)?,
-                observed: r.get(11)?,
-                expected: r.get(12)?,
+                status: r.get(9)?,
+                component: r.get(10)?,
+                flag: r.get(11)?,
+                observed: r.get(12)?,
+                expected: r.get(13)?,
             },
         })
     })?;
@@ -326,18 +323,22 @@ pub(super) fn list(
 }
 
 /// [`crate::store::EventStore::finding_counts`].
-pub(super) fn counts(conn: &Connection) -> rusqlite::Result<Vec<FindingCount>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT node, cis, severity, status, COUNT(*) FROM findings
-         GROUP BY node, cis, severity, status ORDER BY node",
-    )?;
-    let rows = stmt.query_map([], |r| {
+pub(super) fn counts(conn: &Connection, now: &str) -> rusqlite::Result<Vec<FindingCount>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT node, cis, severity, status, excepted, COUNT(*) FROM
+           (SELECT f.node, f.cis, f.severity, f.status, {} IS NOT NULL AS excepted
+            FROM findings f LEFT JOIN nodes n ON n.node = f.node)
+         GROUP BY node, cis, severity, status, excepted ORDER BY node",
+        super::exceptions::covering(1)
+    ))?;
+    let rows = stmt.query_map([now], |r| {
         Ok(FindingCount {
             node: r.get(0)?,
             cis: r.get(1)?,
             severity: r.get(2)?,
             status: r.get(3)?,
-            count: r.get::<_, i64>(4)? as u32,
+            excepted: r.get(4)?,
+            count: r.get::<_, i64>(5)? as u32,
         })
     })?;
     rows.collect()

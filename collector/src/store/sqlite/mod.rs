@@ -21,10 +21,11 @@ use lockdown_proto::v1::Event;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Batch, EventStore, Filter, FindingCount, FindingCursor, FindingQuery, FindingRow, NodeInfo,
-    Reconcile, Reconciled, SEVERITIES, StoreError, Stored, overflow_range,
+    Batch, EventStore, Exception, Filter, FindingCount, FindingCursor, FindingQuery, FindingRow,
+    NodeInfo, Reconcile, Reconciled, SEVERITIES, StoreError, Stored, overflow_range,
 };
 
+mod exceptions;
 mod findings;
 
 /// The store.
@@ -68,6 +69,7 @@ impl Store {
         )
         .map_err(db)?;
         findings::migrate(&conn).map_err(db)?;
+        exceptions::migrate(&conn).map_err(db)?;
         Ok(Store { path: p, conn })
     }
 
@@ -294,8 +296,29 @@ impl EventStore for Store {
         findings::list(&self.conn, q, after, limit).map_err(self.db())
     }
 
-    fn finding_counts(&self) -> Result<Vec<FindingCount>, StoreError> {
-        findings::counts(&self.conn).map_err(self.db())
+    fn finding_counts(&self, now: &str) -> Result<Vec<FindingCount>, StoreError> {
+        findings::counts(&self.conn, now).map_err(self.db())
+    }
+
+    fn add_exception(&mut self, x: &Exception) -> Result<Exception, StoreError> {
+        self.write(|tx| exceptions::add(tx, x, findings::rank(&x.max_severity)))
+    }
+
+    fn remove_exception(
+        &mut self,
+        id: u64,
+        by: &str,
+        time: &str,
+    ) -> Result<Option<Exception>, StoreError> {
+        self.write(|tx| exceptions::remove(tx, id, by, time))
+    }
+
+    fn exceptions(&self) -> Result<Vec<Exception>, StoreError> {
+        exceptions::list(&self.conn).map_err(self.db())
+    }
+
+    fn expire_exceptions(&mut self, now: &str) -> Result<Vec<Exception>, StoreError> {
+        self.write(|tx| exceptions::expire(tx, now))
     }
 
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError> {
@@ -527,4 +550,40 @@ fn settle(
         params![node, epoch as i64, acked as i64],
     )?;
     Ok(acked)
+}
+
+/// Stores an event of the collector's own (epoch 0, which no agent has; node "" when it is
+/// about no node), numbered after the last one of its node.
+fn collector_event(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    kind: &str,
+    time: &str,
+    rule_id: &str,
+    path: &str,
+    mut fields: serde_json::Value,
+) -> rusqlite::Result<()> {
+    let seq: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE node = ?1 AND epoch = 0",
+        [node],
+        |row| row.get(0),
+    )?;
+    fields["kind"] = kind.into();
+    fields["node"] = node.into();
+    fields["seq"] = seq.into();
+    fields["time"] = time.into();
+    tx.execute(
+        "INSERT INTO events(node, epoch, seq, time, kind, severity, rule_id, path, body)
+         VALUES (?1, 0, ?2, ?3, ?4, '', ?5, ?6, ?7)",
+        params![
+            node,
+            seq,
+            time,
+            kind,
+            rule_id,
+            path,
+            fields.to_string().into_bytes()
+        ],
+    )?;
+    Ok(())
 }

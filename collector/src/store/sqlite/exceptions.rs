@@ -1,0 +1,170 @@
+//! Accepted risks, kept centrally, and what they cover.
+//!
+//! ```text
+//! exceptions(id INTEGER PRIMARY KEY AUTOINCREMENT, rule_id, node, cluster, path,
+//!            max_severity, max_rank, reason, author, created, expires,
+//!            removed_by, removed_at, announced)   announced: its expiry is an event already
+//! ```
+//!
+//! Every change is an event of the collector's own (node "", epoch 0), readable by readers
+//! and delivered to sinks like any other.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::collector_event;
+use crate::store::Exception;
+
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS exceptions(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            rule_id TEXT NOT NULL, node TEXT NOT NULL, cluster TEXT NOT NULL, path TEXT NOT NULL,
+            max_severity TEXT NOT NULL, max_rank INTEGER NOT NULL,
+            reason TEXT NOT NULL, author TEXT NOT NULL, created TEXT NOT NULL, expires TEXT NOT NULL,
+            removed_by TEXT NOT NULL DEFAULT '', removed_at TEXT NOT NULL DEFAULT '',
+            announced INTEGER NOT NULL DEFAULT 0);
+         CREATE INDEX IF NOT EXISTS exceptions_rule ON exceptions(rule_id);",
+    )
+}
+
+/// The SQL that finds the active exception covering finding `f` (joined with its node `n`)
+/// at time `?now` (the parameter's number is given): its id, or NULL.
+pub(super) fn covering(now: usize) -> String {
+    format!(
+        "(SELECT MIN(x.id) FROM exceptions x
+          WHERE x.rule_id = f.rule_id AND x.removed_at = '' AND x.expires > ?{now}
+            AND (x.node = '' OR x.node = f.node)
+            AND (x.cluster = '' OR x.cluster = COALESCE(n.cluster, ''))
+            AND (x.path = '' OR x.path = f.path)
+            AND f.rank <= x.max_rank)"
+    )
+}
+
+const COLUMNS: &str = "id, rule_id, node, cluster, path, max_severity, reason, author, created, \
+                       expires, removed_by, removed_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Exception> {
+    Ok(Exception {
+        id: r.get::<_, i64>(0)? as u64,
+        rule_id: r.get(1)?,
+        node: r.get(2)?,
+        cluster: r.get(3)?,
+        path: r.get(4)?,
+        max_severity: r.get(5)?,
+        reason: r.get(6)?,
+        author: r.get(7)?,
+        created: r.get(8)?,
+        expires: r.get(9)?,
+        removed_by: r.get(10)?,
+        removed_at: r.get(11)?,
+    })
+}
+
+fn fields(x: &Exception) -> serde_json::Value {
+    serde_json::json!({
+        "id": x.id, "rule_id": x.rule_id, "node": x.node, "cluster": x.cluster, "path": x.path,
+        "max_severity": x.max_severity, "reason": x.reason, "author": x.author,
+        "created": x.created, "expires": x.expires,
+    })
+}
+
+fn get(tx: &Transaction<'_>, id: u64) -> rusqlite::Result<Option<Exception>> {
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM exceptions WHERE id = ?1"),
+        [id as i64],
+        row,
+    )
+    .optional()
+}
+
+pub(super) fn add(tx: &Transaction<'_>, x: &Exception, rank: i64) -> rusqlite::Result<Exception> {
+    tx.execute(
+        "INSERT INTO exceptions(rule_id, node, cluster, path, max_severity, max_rank, reason,
+                                author, created, expires)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            x.rule_id,
+            x.node,
+            x.cluster,
+            x.path,
+            x.max_severity,
+            rank,
+            x.reason,
+            x.author,
+            x.created,
+            x.expires
+        ],
+    )?;
+    let added = get(tx, tx.last_insert_rowid() as u64)?.expect("just inserted");
+    collector_event(
+        tx,
+        "",
+        "exception_added",
+        &added.created,
+        &added.rule_id,
+        &added.path,
+        {
+            let mut f = fields(&added);
+            f["by"] = added.author.clone().into();
+            f
+        },
+    )?;
+    Ok(added)
+}
+
+pub(super) fn remove(
+    tx: &Transaction<'_>,
+    id: u64,
+    by: &str,
+    time: &str,
+) -> rusqlite::Result<Option<Exception>> {
+    let n = tx.execute(
+        "UPDATE exceptions SET removed_by = ?2, removed_at = ?3 WHERE id = ?1 AND removed_at = ''",
+        params![id as i64, by, time],
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let x = get(tx, id)?.expect("just updated");
+    let mut f = fields(&x);
+    f["by"] = by.into();
+    collector_event(tx, "", "exception_removed", time, &x.rule_id, &x.path, f)?;
+    Ok(Some(x))
+}
+
+pub(super) fn list(conn: &Connection) -> rusqlite::Result<Vec<Exception>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM exceptions ORDER BY id DESC"
+    ))?;
+    let rows = stmt.query_map([], row)?;
+    rows.collect()
+}
+
+pub(super) fn expire(tx: &Transaction<'_>, now: &str) -> rusqlite::Result<Vec<Exception>> {
+    let due: Vec<Exception> = tx
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM exceptions
+             WHERE announced = 0 AND removed_at = '' AND expires <= ?1 ORDER BY expires, id"
+        ))?
+        .query_map([now], row)?
+        .collect::<Result<_, _>>()?;
+    for x in &due {
+        tx.execute(
+            "UPDATE exceptions SET announced = 1 WHERE id = ?1",
+            [x.id as i64],
+        )?;
+        // The event is dated when the exception expired, not when this collector noticed.
+        let mut f = fields(x);
+        f["noticed"] = now.into();
+        collector_event(
+            tx,
+            "",
+            "exception_expired",
+            &x.expires,
+            &x.rule_id,
+            &x.path,
+            f,
+        )?;
+    }
+    Ok(due)
+}
