@@ -7,6 +7,7 @@ pub mod certs;
 pub mod client;
 pub mod config;
 pub mod feed;
+pub mod fnv;
 pub mod posture;
 pub mod server;
 pub mod sink;

@@ -2,11 +2,12 @@
 //! the summary of what is open, per cluster and for the fleet. A node that is stale or
 //! missing is never counted as passing a check: its checks are unknown.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use lockdown_proto::v1::{CisCount, Posture};
 
+use crate::fnv::FnvMap;
 use crate::store::{FindingCount, NodeInfo};
 
 /// Where a node stands.
@@ -52,7 +53,7 @@ pub struct Member {
     /// Its state.
     pub state: NodeState,
     /// The CIS ids its agent evaluates.
-    pub checked_cis: Vec<String>,
+    pub checked_cis: std::sync::Arc<[String]>,
 }
 
 /// Every node the store knows, with its state, and the expected nodes it has never heard of
@@ -81,85 +82,172 @@ pub fn members(
                 node: e.clone(),
                 cluster: String::new(),
                 state: NodeState::Missing,
-                checked_cis: Vec::new(),
+                checked_cis: Default::default(),
             }),
     );
     out
 }
 
+/// A set of checks, by their number in the summary's list.
+#[derive(Clone, Default, PartialEq)]
+struct Checks(Vec<u64>);
+
+impl Checks {
+    fn with(n: usize) -> Checks {
+        Checks(vec![0; n.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn has(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn add(&mut self, other: &Checks) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+}
+
+/// One node as the summary counts it.
+struct Seen<'a> {
+    member: &'a Member,
+    by_severity: FnvMap<&'a str, u32>,
+    excepted: u32,
+    /// Checks it evaluates.
+    checked: Checks,
+    /// Checks with an open finding.
+    failing: Checks,
+    /// Checks with an open finding no exception covers.
+    unexcepted: Checks,
+}
+
 /// The fleet's posture and each cluster's (clusters sorted by name; nodes without a
-/// cluster label count in the fleet only).
+/// cluster label count in the fleet only). Checks are numbered once, and each node's are
+/// bit sets, so that a fleet of thousands sums up in milliseconds (BENCHMARKS.md).
 pub fn summarize(members: &[Member], counts: &[FindingCount]) -> (Posture, Vec<Posture>) {
-    let by_node: HashMap<&str, Vec<&FindingCount>> =
-        counts.iter().fold(HashMap::new(), |mut m, c| {
-            m.entry(c.node.as_str()).or_default().push(c);
-            m
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    let mut last: Option<&std::sync::Arc<[String]>> = None;
+    for m in members {
+        // Agents of one version evaluate the same list (the store shares it): each list once.
+        if !last.is_some_and(|l| std::sync::Arc::ptr_eq(l, &m.checked_cis) || **l == *m.checked_cis)
+        {
+            names.extend(m.checked_cis.iter().map(String::as_str));
+            last = Some(&m.checked_cis);
+        }
+    }
+    let mut last = "";
+    for c in counts.iter().map(|c| &*c.cis) {
+        if c != last && !c.is_empty() {
+            names.insert(c);
+            last = c;
+        }
+    }
+    let names: Vec<&str> = names.into_iter().collect();
+    let number: FnvMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut seen: Vec<Seen<'_>> = Vec::with_capacity(members.len());
+    let mut at: FnvMap<&str, usize> = FnvMap::default();
+    for m in members {
+        // Agents of one version evaluate the same list: number it once.
+        let checked = match seen.last() {
+            Some(prev)
+                if std::sync::Arc::ptr_eq(&prev.member.checked_cis, &m.checked_cis)
+                    || prev.member.checked_cis == m.checked_cis =>
+            {
+                prev.checked.clone()
+            }
+            _ => {
+                let mut c = Checks::with(names.len());
+                m.checked_cis
+                    .iter()
+                    .for_each(|id| c.set(number[id.as_str()]));
+                c
+            }
+        };
+        at.insert(&m.node, seen.len());
+        seen.push(Seen {
+            member: m,
+            by_severity: FnvMap::default(),
+            excepted: 0,
+            checked,
+            failing: Checks::with(names.len()),
+            unexcepted: Checks::with(names.len()),
         });
-    let fleet = posture("", members.iter(), &by_node);
-    let mut clusters: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
-    for m in members.iter().filter(|m| !m.cluster.is_empty()) {
-        clusters.entry(&m.cluster).or_default().push(m);
+    }
+    for c in counts {
+        let Some(&i) = at.get(&*c.node) else {
+            continue; // a node the store holds findings of but no longer lists
+        };
+        let s = &mut seen[i];
+        *s.by_severity.entry(&c.severity).or_default() += c.count;
+        if c.excepted {
+            s.excepted += c.count;
+        }
+        if let Some(&n) = number.get(&*c.cis) {
+            s.failing.set(n);
+            if !c.excepted {
+                s.unexcepted.set(n);
+            }
+        }
+    }
+    let fleet = posture("", seen.iter(), &names);
+    let mut clusters: BTreeMap<&str, Vec<&Seen<'_>>> = BTreeMap::new();
+    for s in seen.iter().filter(|s| !s.member.cluster.is_empty()) {
+        clusters.entry(&s.member.cluster).or_default().push(s);
     }
     let clusters = clusters
         .into_iter()
-        .map(|(name, ms)| posture(name, ms.into_iter(), &by_node))
+        .map(|(name, ss)| posture(name, ss.into_iter(), &names))
         .collect();
     (fleet, clusters)
 }
 
-fn posture<'a>(
+fn posture<'a, 'b: 'a>(
     cluster: &str,
-    members: impl Iterator<Item = &'a Member> + Clone,
-    by_node: &HashMap<&str, Vec<&FindingCount>>,
+    seen: impl Iterator<Item = &'a Seen<'b>> + Clone,
+    names: &[&str],
 ) -> Posture {
     let mut p = Posture {
         cluster: cluster.into(),
         ..Default::default()
     };
-    // Every check any node in scope evaluates or fails.
-    let mut checks: BTreeSet<&str> = BTreeSet::new();
-    for m in members.clone() {
-        *p.nodes_by_state.entry(m.state.as_str().into()).or_default() += 1;
-        checks.extend(m.checked_cis.iter().map(String::as_str));
-        for c in by_node.get(m.node.as_str()).into_iter().flatten() {
-            *p.open_by_severity.entry(c.severity.clone()).or_default() += c.count;
-            if c.excepted {
-                p.excepted += c.count;
-            }
-            if !c.cis.is_empty() {
-                checks.insert(&c.cis);
+    // Every check a node in scope evaluates or fails.
+    let mut scope = Checks::with(names.len());
+    for s in seen.clone() {
+        *p.nodes_by_state
+            .entry(s.member.state.as_str().into())
+            .or_default() += 1;
+        for (severity, n) in &s.by_severity {
+            *p.open_by_severity.entry((*severity).into()).or_default() += n;
+        }
+        p.excepted += s.excepted;
+        scope.add(&s.checked);
+        scope.add(&s.failing);
+    }
+    let mut counts: Vec<CisCount> = (0..names.len())
+        .filter(|i| scope.has(*i))
+        .map(|i| CisCount {
+            cis: names[i].into(),
+            ..Default::default()
+        })
+        .collect();
+    let numbers: Vec<usize> = (0..names.len()).filter(|i| scope.has(*i)).collect();
+    for s in seen {
+        for (n, &i) in counts.iter_mut().zip(&numbers) {
+            if s.member.state != NodeState::Connected {
+                n.unknown += 1;
+            } else if s.failing.has(i) {
+                // An accepted risk still fails the check; it is counted as excepted too.
+                n.fail += 1;
+                n.excepted += u32::from(!s.unexcepted.has(i));
+            } else if s.checked.has(i) {
+                n.pass += 1;
+            } else {
+                n.unknown += 1; // its agent does not evaluate this check
             }
         }
     }
-    p.cis = checks
-        .into_iter()
-        .map(|cis| {
-            let mut n = CisCount {
-                cis: cis.into(),
-                ..Default::default()
-            };
-            for m in members.clone() {
-                let open: Vec<&&FindingCount> = (by_node.get(m.node.as_str()).into_iter())
-                    .flatten()
-                    .filter(|c| c.cis == cis)
-                    .collect();
-                if m.state != NodeState::Connected {
-                    n.unknown += 1;
-                } else if !open.is_empty() {
-                    // An accepted risk still fails the check; it is counted as excepted too.
-                    n.fail += 1;
-                    if open.iter().all(|c| c.excepted) {
-                        n.excepted += 1;
-                    }
-                } else if m.checked_cis.iter().any(|c| c == cis) {
-                    n.pass += 1;
-                } else {
-                    n.unknown += 1; // its agent does not evaluate this check
-                }
-            }
-            n
-        })
-        .collect();
+    p.cis = counts;
     p
 }
 
@@ -172,7 +260,7 @@ mod tests {
             node: node.into(),
             cluster: cluster.into(),
             state,
-            checked_cis: vec!["1.2.1".into(), "1.2.2".into()],
+            checked_cis: vec!["1.2.1".to_string(), "1.2.2".to_string()].into(),
         }
     }
 

@@ -154,17 +154,18 @@ impl Exception {
 /// Where a page of findings ends: (node, path, key) of its last row.
 pub type FindingCursor = (String, String, String);
 
-/// Open findings of one node counted by CIS id, severity and status.
+/// Open findings of one node counted by CIS id, severity and status. The texts are shared:
+/// a fleet has a few thousand distinct ones among tens of thousands of findings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FindingCount {
     /// Node.
-    pub node: String,
+    pub node: std::sync::Arc<str>,
     /// CIS id ("" when CIS has no such check).
-    pub cis: String,
+    pub cis: std::sync::Arc<str>,
     /// Severity.
-    pub severity: String,
+    pub severity: std::sync::Arc<str>,
     /// fail or warn.
-    pub status: String,
+    pub status: std::sync::Arc<str>,
     /// Covered by an active exception.
     pub excepted: bool,
     /// How many.
@@ -228,8 +229,9 @@ pub struct NodeInfo {
     pub last_seen: String,
     /// Highest contiguous stored sequence number.
     pub acked: u64,
-    /// The CIS ids the agent evaluates (from its last hello).
-    pub checked_cis: Vec<String>,
+    /// The CIS ids the agent evaluates (from its last hello; nodes with the same list share
+    /// it).
+    pub checked_cis: std::sync::Arc<[String]>,
 }
 
 /// One agent batch to store.

@@ -75,7 +75,7 @@ impl AgentService for Agents {
                 open_findings: hello.open_findings.clone().into_iter().collect(),
                 last_seen: now(),
                 acked: 0,
-                checked_cis: Vec::new(),
+                checked_cis: Default::default(),
             }))
             .await;
         *shared

@@ -128,7 +128,7 @@ fn node_info_is_kept() {
         open_findings: [("high".to_string(), 2)].into(),
         last_seen: "2026-11-26T10:00:00.000Z".into(),
         acked: 0,
-        checked_cis: Vec::new(),
+        checked_cis: Default::default(),
     };
     s.touch_node(&info).unwrap();
     s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
@@ -417,7 +417,7 @@ fn a_hello_makes_the_set_the_agents_and_earlier_events_do_not_undo_it() {
         ..r
     };
     assert!(!s.reconcile(&again).unwrap().differs());
-    assert_eq!(s.nodes().unwrap()[0].checked_cis, ["1.2.1", "1.2.18"]);
+    assert_eq!(*s.nodes().unwrap()[0].checked_cis, ["1.2.1", "1.2.18"]);
     // Everything stored and still different (a finding event was lost): drift, corrected
     // and recorded as the collector's own event.
     let drifted = Reconcile {
@@ -501,4 +501,114 @@ fn findings_filter_by_cluster_cis_section_and_severity_and_page() {
         seen.extend(page);
     }
     assert_eq!(seen, rows);
+}
+
+#[test]
+fn listed_and_counted_coverage_agree_for_every_kind_of_exception() {
+    let (_d, mut s) = store();
+    let rules = ["anonymous-auth", "profiling", "file-mode"];
+    let paths = [API, "/etc/kubernetes/admin.conf"];
+    for (n, node) in ["n1", "n2", "n3", "n4"].iter().enumerate() {
+        s.touch_node(&NodeInfo {
+            node: node.to_string(),
+            cluster: ["prod", "dev"][n % 2].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut set = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            for (j, path) in paths.iter().enumerate() {
+                set.push(open(path, rule, "1.2.1", SEVERITIES[(n + i + j) % 5]));
+            }
+        }
+        let r = Reconcile {
+            node,
+            epoch: 1,
+            as_of: 1,
+            findings: &set,
+            checked_cis: &[],
+            time: "2026-12-02T01:00:00.000Z",
+        };
+        s.reconcile(&r).unwrap();
+    }
+    let x =
+        |rule: &str, node: &str, cluster: &str, path: &str, max: &str, expires: &str| Exception {
+            rule_id: rule.into(),
+            node: node.into(),
+            cluster: cluster.into(),
+            path: path.into(),
+            max_severity: max.into(),
+            reason: "r".into(),
+            author: "admin".into(),
+            created: "2026-12-01T00:00:00.000Z".into(),
+            expires: expires.into(),
+            ..Default::default()
+        };
+    let later = "2027-01-01T00:00:00.000Z";
+    for e in [
+        x("anonymous-auth", "n1", "", "", "critical", later),
+        x("profiling", "", "dev", "", "medium", later),
+        x(
+            "file-mode",
+            "",
+            "",
+            "/etc/kubernetes/admin.conf",
+            "high",
+            later,
+        ),
+        x(
+            "anonymous-auth",
+            "",
+            "",
+            "",
+            "critical",
+            "2026-12-01T12:00:00.000Z",
+        ), // expired
+        x("profiling", "", "", "", "critical", later), // removed
+    ] {
+        s.add_exception(&e).unwrap();
+    }
+    s.remove_exception(5, "admin", "2026-12-02T00:30:00.000Z")
+        .unwrap()
+        .unwrap();
+    let now = "2026-12-02T01:00:00.000Z".to_string();
+    let listed = s
+        .findings(
+            &FindingQuery {
+                now: now.clone(),
+                ..Default::default()
+            },
+            None,
+            1000,
+        )
+        .unwrap();
+    let counted = s.finding_counts(&now).unwrap();
+    for node in ["n1", "n2", "n3", "n4"] {
+        let by_list = listed
+            .iter()
+            .filter(|r| r.node == node && r.exception_id.is_some())
+            .count() as u32;
+        let by_count: u32 = counted
+            .iter()
+            .filter(|c| &*c.node == node && c.excepted)
+            .map(|c| c.count)
+            .sum();
+        assert_eq!(by_list, by_count, "{node}");
+    }
+    let total: usize = listed.iter().filter(|r| r.exception_id.is_some()).count();
+    assert!(
+        total > 4 && total < listed.len(),
+        "a mix: {total} of {}",
+        listed.len()
+    );
+    // The expired and the removed exceptions cover nothing.
+    assert!(
+        listed
+            .iter()
+            .all(|r| !matches!(r.exception_id, Some(4 | 5)))
+    );
+    // A finding more severe than an exception's max is not covered by it.
+    assert!(listed.iter().all(|r| r.finding.rule_id != "profiling"
+        || r.exception_id.is_none()
+        || SEVERITIES.iter().position(|s| *s == r.finding.severity) <= Some(2)));
 }

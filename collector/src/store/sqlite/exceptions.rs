@@ -28,7 +28,8 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// The SQL that finds the active exception covering finding `f` (joined with its node `n`)
-/// at time `?now` (the parameter's number is given): its id, or NULL.
+/// at time `?now` (the parameter's number is given): its id, or NULL. [`Active::covers`]
+/// is the same rule for many findings at once.
 pub(super) fn covering(now: usize) -> String {
     format!(
         "(SELECT MIN(x.id) FROM exceptions x
@@ -38,6 +39,70 @@ pub(super) fn covering(now: usize) -> String {
             AND (x.path = '' OR x.path = f.path)
             AND f.rank <= x.max_rank)"
     )
+}
+
+/// The exceptions in force at one time, by rule, to judge many findings against.
+pub(super) struct Active {
+    by_rule: crate::fnv::FnvMap<String, Vec<Scope>>,
+    /// Node -> cluster, loaded only when an exception names a cluster.
+    clusters: crate::fnv::FnvMap<String, String>,
+}
+
+/// What one exception covers.
+struct Scope {
+    node: String,
+    cluster: String,
+    path: String,
+    max_rank: i64,
+}
+
+impl Active {
+    pub(super) fn load(conn: &Connection, now: &str) -> rusqlite::Result<Active> {
+        let mut by_rule: crate::fnv::FnvMap<String, Vec<Scope>> = Default::default();
+        let mut stmt = conn.prepare_cached(
+            "SELECT rule_id, node, cluster, path, max_rank FROM exceptions
+             WHERE removed_at = '' AND expires > ?1",
+        )?;
+        let mut rows = stmt.query([now])?;
+        while let Some(r) = rows.next()? {
+            by_rule.entry(r.get(0)?).or_default().push(Scope {
+                node: r.get(1)?,
+                cluster: r.get(2)?,
+                path: r.get(3)?,
+                max_rank: r.get(4)?,
+            });
+        }
+        let clusters = if by_rule.values().flatten().any(|x| !x.cluster.is_empty()) {
+            conn.prepare_cached("SELECT node, cluster FROM nodes")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        } else {
+            Default::default()
+        };
+        Ok(Active { by_rule, clusters })
+    }
+
+    /// Whether one of them covers a finding of `rule` on `node` whose path and severity
+    /// rank `rest` gives (asked only when an exception names the rule): the rule of
+    /// [`covering`].
+    pub(super) fn covers<'r>(
+        &self,
+        node: &str,
+        rule: &str,
+        rest: impl FnOnce() -> rusqlite::Result<(&'r str, i64)>,
+    ) -> rusqlite::Result<bool> {
+        let Some(scopes) = self.by_rule.get(rule) else {
+            return Ok(false);
+        };
+        let (path, rank) = rest()?;
+        Ok(scopes.iter().any(|x| {
+            (x.node.is_empty() || x.node == node)
+                && (x.cluster.is_empty()
+                    || self.clusters.get(node).is_some_and(|c| *c == x.cluster))
+                && (x.path.is_empty() || x.path == path)
+                && rank <= x.max_rank
+        }))
+    }
 }
 
 const COLUMNS: &str = "id, rule_id, node, cluster, path, max_severity, reason, author, created, \

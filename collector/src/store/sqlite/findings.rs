@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! findings(node, path, key, rule_id, cis, title, severity, rank, status, component, flag,
-//!          observed, expected, since, PRIMARY KEY(node, path, key))   rank = severity's place
+//!          observed, expected, since, PRIMARY KEY(node, path, key)) WITHOUT ROWID
+//!                                     rank = severity's place; stored in node order
 //! nodes.findings_epoch, nodes.findings_as_of   the hello the set was last made from: finding
 //!                                              events of that epoch up to as_of are in it
 //! nodes.checked_cis                            the CIS ids the node's agent evaluates (JSON)
@@ -27,7 +28,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             severity TEXT NOT NULL, rank INTEGER NOT NULL, status TEXT NOT NULL,
             component TEXT NOT NULL, flag TEXT NOT NULL, observed TEXT NOT NULL,
             expected TEXT NOT NULL, since TEXT NOT NULL,
-            PRIMARY KEY(node, path, key));
+            PRIMARY KEY(node, path, key)) WITHOUT ROWID;
          CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule_id);",
     )?;
     let columns: Vec<String> = conn
@@ -322,30 +323,91 @@ pub(super) fn list(
     rows.collect()
 }
 
-/// [`crate::store::EventStore::finding_counts`].
+/// [`crate::store::EventStore::finding_counts`]. A plain scan, grouped and judged against
+/// the exceptions in force here rather than in SQL: nearly every (node, check) is a group of
+/// its own, SQLite's sort for GROUP BY and a per-row EXISTS cost several times the scan, and
+/// a fleet has few exceptions (BENCHMARKS.md). [`super::exceptions::Active::covers`] is the
+/// same rule as the SQL of [`super::exceptions::covering`]; a test holds them together.
 pub(super) fn counts(conn: &Connection, now: &str) -> rusqlite::Result<Vec<FindingCount>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT node, cis, severity, status, excepted, COUNT(*) FROM
-           (SELECT f.node, f.cis, f.severity, f.status, {} IS NOT NULL AS excepted
-            FROM findings f LEFT JOIN nodes n ON n.node = f.node)
-         GROUP BY node, cis, severity, status, excepted ORDER BY node",
-        super::exceptions::covering(1)
-    ))?;
-    let rows = stmt.query_map([now], |r| {
-        Ok(FindingCount {
-            node: r.get(0)?,
-            cis: r.get(1)?,
-            severity: r.get(2)?,
-            status: r.get(3)?,
-            excepted: r.get(4)?,
-            count: r.get::<_, i64>(5)? as u32,
-        })
-    })?;
-    rows.collect()
+    use crate::fnv::FnvMap;
+    let active = super::exceptions::Active::load(conn, now)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT node, cis, severity, status, rule_id, path, rank FROM findings")?;
+    // Each distinct text once (a thousand nodes, a few dozen checks): rows are grouped by
+    // number, without allocating per row; texts are looked up by their bytes, and checked
+    // as UTF-8 once each.
+    let mut names: FnvMap<Vec<u8>, u32> = FnvMap::default();
+    let mut texts: Vec<Vec<u8>> = Vec::new();
+    let mut id = |t: &[u8]| match names.get(t) {
+        Some(&i) => i,
+        None => {
+            names.insert(t.to_vec(), texts.len() as u32);
+            texts.push(t.to_vec());
+            texts.len() as u32 - 1
+        }
+    };
+    let mut groups: FnvMap<[u32; 5], u32> =
+        FnvMap::with_capacity_and_hasher(1024, Default::default());
+    let mut last_node = (Vec::new(), u32::MAX);
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let bytes = |i: usize| -> rusqlite::Result<&[u8]> {
+            r.get_ref(i)?.as_bytes().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+            })
+        };
+        let text = |i: usize| -> rusqlite::Result<&str> {
+            std::str::from_utf8(bytes(i)?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+            })
+        };
+        let node = bytes(0)?;
+        // Rows come in node order: a node's name is looked up once per run of its rows.
+        if last_node.0 != node {
+            last_node = (node.to_vec(), id(node));
+        }
+        let excepted = active.covers(text(0)?, text(4)?, || Ok((text(5)?, r.get(6)?)))?;
+        let key = [
+            last_node.1,
+            id(bytes(1)?),
+            id(bytes(2)?),
+            id(bytes(3)?),
+            u32::from(excepted),
+        ];
+        *groups.entry(key).or_default() += 1;
+    }
+    let texts: Vec<std::sync::Arc<str>> = texts
+        .into_iter()
+        .map(|t| String::from_utf8_lossy(&t).into())
+        .collect();
+    let out: Vec<FindingCount> = groups
+        .into_iter()
+        .map(
+            |([node, cis, severity, status, excepted], count)| FindingCount {
+                node: texts[node as usize].clone(),
+                cis: texts[cis as usize].clone(),
+                severity: texts[severity as usize].clone(),
+                status: texts[status as usize].clone(),
+                excepted: excepted == 1,
+                count,
+            },
+        )
+        .collect();
+    Ok(out)
 }
 
 /// The CIS ids a node's agent evaluates, from the node row's JSON.
-pub(super) fn checked_cis(json: Option<String>) -> Vec<String> {
-    json.and_then(|j| serde_json::from_str(&j).ok())
+pub(super) fn checked_cis(
+    json: Option<String>,
+    seen: &mut crate::fnv::FnvMap<String, std::sync::Arc<[String]>>,
+) -> std::sync::Arc<[String]> {
+    let json = json.unwrap_or_default();
+    if let Some(list) = seen.get(&json) {
+        return std::sync::Arc::clone(list);
+    }
+    let list: std::sync::Arc<[String]> = serde_json::from_str::<Vec<String>>(&json)
         .unwrap_or_default()
+        .into();
+    seen.insert(json, std::sync::Arc::clone(&list));
+    list
 }

@@ -50,6 +50,10 @@ impl Store {
             .map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
+        // 32 MiB of pages per connection (the default is 2 MiB): the summary scans every open
+        // finding, and re-reading its pages through the kernel on every call costs more than
+        // the scan.
+        conn.pragma_update(None, "cache_size", -32768).map_err(db)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS events(
                 cursor INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -255,6 +259,7 @@ impl EventStore for Store {
                  FROM nodes ORDER BY node",
             )
             .map_err(self.db())?;
+        let mut lists = crate::fnv::FnvMap::default();
         let rows = stmt
             .query_map([], |r| {
                 Ok(NodeInfo {
@@ -267,7 +272,7 @@ impl EventStore for Store {
                         .unwrap_or_default(),
                     last_seen: r.get(5)?,
                     acked: r.get::<_, i64>(6)? as u64,
-                    checked_cis: findings::checked_cis(r.get(7)?),
+                    checked_cis: findings::checked_cis(r.get(7)?, &mut lists),
                 })
             })
             .map_err(self.db())?;
