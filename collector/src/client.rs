@@ -294,11 +294,16 @@ pub async fn findings(conn: Conn, filter: FindingFilter, format: Format) -> anyh
                 ))
             });
             for f in &all {
-                let excepted = if f.excepted {
+                let mut excepted = if f.excepted {
                     format!(" (excepted #{})", f.exception_id)
                 } else {
                     String::new()
                 };
+                // A rule open several times in one file: say which instance.
+                if f.key != f.rule_id && !f.observed.is_empty() {
+                    let seen: String = f.observed.chars().take(48).collect();
+                    excepted = format!(" [{seen}]{excepted}");
+                }
                 outln!(
                     "{:<24} {:<9} {:<5} {:<8} {:<32} {}{excepted}",
                     f.node,
@@ -361,6 +366,12 @@ pub async fn summary(conn: Conn, format: Format) -> anyhow::Result<()> {
                     by_severity(&p.open_by_severity),
                     p.excepted
                 );
+                let clean = p
+                    .cis
+                    .iter()
+                    .filter(|c| c.fail == 0 && c.unknown == 0)
+                    .count();
+                outln!("  {clean} of {} CIS checks pass on every node", p.cis.len());
                 for c in p.cis.iter().filter(|c| c.fail > 0 || c.unknown > 0) {
                     outln!(
                         "  CIS {:<8} pass {:>5}  fail {:>5} (excepted {:>5})  unknown {:>5}",

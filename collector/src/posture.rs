@@ -88,6 +88,16 @@ pub fn members(
     out
 }
 
+/// CIS ids in the benchmark's order: 1.2.9 before 1.2.10 (numbers compared as numbers).
+pub fn cis_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| -> Vec<(u64, String)> {
+        s.split('.')
+            .map(|p| (p.parse().unwrap_or(u64::MAX), p.to_string()))
+            .collect()
+    };
+    parts(a).cmp(&parts(b))
+}
+
 /// A set of checks, by their number in the summary's list.
 #[derive(Clone, Default, PartialEq)]
 struct Checks(Vec<u64>);
@@ -143,7 +153,8 @@ pub fn summarize(members: &[Member], counts: &[FindingCount]) -> (Posture, Vec<P
             last = c;
         }
     }
-    let names: Vec<&str> = names.into_iter().collect();
+    let mut names: Vec<&str> = names.into_iter().collect();
+    names.sort_by(|a, b| cis_order(a, b));
     let number: FnvMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut seen: Vec<Seen<'_>> = Vec::with_capacity(members.len());
     let mut at: FnvMap<&str, usize> = FnvMap::default();
@@ -303,6 +314,13 @@ mod tests {
             states,
             [("a", NodeState::Connected), ("b", NodeState::Missing)]
         );
+    }
+
+    #[test]
+    fn checks_are_listed_in_the_benchmarks_order() {
+        let mut ids = ["1.2.10", "2.1", "1.2.9", "1.10.1", "1.2.1"];
+        ids.sort_by(|a, b| cis_order(a, b));
+        assert_eq!(ids, ["1.2.1", "1.2.9", "1.2.10", "1.10.1", "2.1"]);
     }
 
     #[test]

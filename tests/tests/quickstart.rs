@@ -32,6 +32,8 @@ fn the_quick_start_shows_drift_and_its_fix_arriving_at_the_collector() {
         "fix_applied       kube-scheduler.yaml           [scheduler-profiling]",
         "fix_verified      kube-scheduler.yaml",
         "cp-1                     connected",
+        "fleet: nodes 1 connected, 0 stale, 0 missing",
+        "scheduler-bind-address",
     ] {
         assert!(after.contains(expected), "{expected:?} not in:\n{after}");
     }

@@ -13,7 +13,8 @@
 //! 5. follows the collector's event stream (`lockdown-collector events --follow`) and prints
 //!    what arrives: the safe fixes made at start, then the drift when the test makes
 //!    kube-scheduler insecure, and its fix behind the health gate;
-//! 6. stops everything and removes the sandbox.
+//! 6. asks the collector the morning question (`nodes`, `summary`, `findings`);
+//! 7. stops everything and removes the sandbox.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -123,6 +124,20 @@ fn main() {
         .output()
         .unwrap();
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    for (title, args) in [
+        ("lockdown-collector summary", &["summary"][..]),
+        (
+            "lockdown-collector findings --min-severity medium",
+            &["findings", "--min-severity", "medium"][..],
+        ),
+    ] {
+        println!("\n-- {title} --");
+        let out = pki
+            .reader_command(collector.addr, &pki, args)
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     println!("\n-- lockdown-agent status --");
     let out = Command::new(lockdown_e2e::bin("lockdown-agent"))
         .arg("--config")
