@@ -34,33 +34,55 @@ pub fn hello(h: &Hello) -> Result<(), Status> {
             "findings_as_of_seq is out of range",
         ));
     }
-    if h.findings.len() > MAX_HELLO_FINDINGS || h.checked_cis.len() > MAX_HELLO_FINDINGS {
-        return Err(Status::invalid_argument(format!(
-            "a hello holds at most {MAX_HELLO_FINDINGS} findings and CIS ids"
-        )));
-    }
-    for f in &h.findings {
-        let why = if f.rule_id.is_empty() || f.key.is_empty() {
-            Some("has no rule id or key")
-        } else if !crate::store::SEVERITIES.contains(&f.severity.as_str()) {
-            Some("has no known severity")
-        } else if !["fail", "warn"].contains(&f.status.as_str()) {
-            Some("is neither fail nor warn")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(Status::invalid_argument(format!(
-                "the hello's finding {:?} on {:?} {why}",
-                f.rule_id, f.path
-            )));
-        }
-    }
     Ok(())
 }
 
-/// Most open findings (and CIS ids) one hello may carry.
-pub const MAX_HELLO_FINDINGS: usize = 100_000;
+/// Most open findings the collector keeps for one node (a kubeadm node has a few dozen; a
+/// node with hundreds of kubeconfigs and certificates, a few hundred). Beyond it a
+/// compromised agent could make every summary slow.
+pub const MAX_NODE_FINDINGS: usize = 10_000;
+/// Most CIS ids a hello may say its agent evaluates (the benchmark has about 130).
+pub const MAX_CHECKED_CIS: usize = 1_000;
+
+/// Whether `s` can be a CIS Kubernetes Benchmark id (1.2.3), or is empty.
+pub fn cis_id_ok(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 16
+            && s.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// Checks the open findings a hello carries, for the store to make the node's set. Unlike
+/// the hello's identity, a set that fails this does not end the stream (its events still
+/// flow); the collector keeps the set its events built, and says why.
+pub fn findings(h: &Hello) -> Result<(), String> {
+    if h.findings.len() > MAX_NODE_FINDINGS {
+        return Err(format!(
+            "{} open findings, more than the {MAX_NODE_FINDINGS} the collector keeps per node",
+            h.findings.len()
+        ));
+    }
+    if h.checked_cis.len() > MAX_CHECKED_CIS || !h.checked_cis.iter().all(|c| cis_id_ok(c)) {
+        return Err(format!(
+            "checked_cis must be at most {MAX_CHECKED_CIS} CIS ids like 1.2.3"
+        ));
+    }
+    for f in &h.findings {
+        let why = if f.rule_id.is_empty() || f.key.is_empty() {
+            "has no rule id or key"
+        } else if !crate::store::SEVERITIES.contains(&f.severity.as_str()) {
+            "has no known severity"
+        } else if !["fail", "warn"].contains(&f.status.as_str()) {
+            "is neither fail nor warn"
+        } else if !cis_id_ok(&f.cis) {
+            "has a CIS id unlike 1.2.3"
+        } else {
+            continue;
+        };
+        return Err(format!("the finding {:?} on {:?} {why}", f.rule_id, f.path));
+    }
+    Ok(())
+}
 
 /// Checks a batch of events on the stream of `node`.
 pub fn events(node: &str, events: &[Event]) -> Result<(), Status> {
@@ -134,5 +156,45 @@ mod tests {
             ..Event::default()
         };
         assert!(events("cp-1", &[e]).is_err());
+    }
+
+    fn finding(cis: &str, severity: &str) -> lockdown_proto::v1::OpenFinding {
+        lockdown_proto::v1::OpenFinding {
+            path: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
+            key: "r".into(),
+            rule_id: "r".into(),
+            cis: cis.into(),
+            severity: severity.into(),
+            status: "fail".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_hellos_set_is_taken_only_when_every_finding_and_check_id_is_sound() {
+        let hello = |findings, checked_cis| Hello {
+            findings,
+            checked_cis,
+            ..Default::default()
+        };
+        assert!(findings(&hello(vec![finding("1.2.1", "high")], vec!["1.2.1".into()])).is_ok());
+        assert!(findings(&hello(vec![finding("", "low")], vec![])).is_ok());
+        for bad in [
+            hello(vec![finding("1.2.1", "urgent")], vec![]),
+            hello(vec![finding("1..2", "high")], vec![]),
+            hello(vec![finding("CVE-1", "high")], vec![]),
+            hello(vec![], vec!["1.2.1; DROP".into()]),
+            hello(vec![], vec!["1".into(); MAX_CHECKED_CIS + 1]),
+            hello(
+                vec![finding("1.2.1", "high"); MAX_NODE_FINDINGS + 1],
+                vec![],
+            ),
+        ] {
+            assert!(findings(&bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            !cis_id_ok("1.2.3.4.5.6.7.8.9"),
+            "longer than any benchmark id"
+        );
     }
 }

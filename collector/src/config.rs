@@ -305,7 +305,9 @@ mod example_tests {
     fn the_documented_example_config_is_valid() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("collector.example.yaml");
         let c = super::Config::load(&path, true, None).unwrap();
-        assert_eq!(c.readers, ["reader"]);
+        assert_eq!(c.readers, ["reader", "admin"]);
+        assert_eq!(c.admins, ["admin"]);
+        assert_eq!(c.stale_after, std::time::Duration::from_secs(30));
         assert!(c.tls.is_some());
     }
 }

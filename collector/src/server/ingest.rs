@@ -145,7 +145,18 @@ async fn stream_loop(
     .await?;
     // The node's open findings become what it says they are, before any of its events is
     // stored: those up to the set's sequence number are in it already.
-    if hello.findings_as_of_seq > 0 {
+    let taken = match admit::findings(hello) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(
+                node,
+                why,
+                "the hello's open findings are not taken; the collector keeps the set its events built"
+            );
+            false
+        }
+    };
+    if hello.findings_as_of_seq > 0 && taken {
         let fixed = ask(shared, |reply| Job::Reconcile {
             node: node.to_string(),
             epoch,

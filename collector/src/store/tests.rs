@@ -612,3 +612,42 @@ fn listed_and_counted_coverage_agree_for_every_kind_of_exception() {
         || r.exception_id.is_none()
         || SEVERITIES.iter().position(|s| *s == r.finding.severity) <= Some(2)));
 }
+
+#[test]
+fn a_node_cannot_hold_more_open_findings_than_the_limit() {
+    let (_d, mut s) = store();
+    let limit = crate::admit::MAX_NODE_FINDINGS;
+    let many: Vec<OpenFinding> = (0..limit)
+        .map(|i| OpenFinding {
+            key: format!("k{i}"),
+            ..open(API, "unsupported-flag", "", "low")
+        })
+        .collect();
+    let r = Reconcile {
+        node: "n1",
+        epoch: 7,
+        as_of: 1,
+        findings: &many,
+        checked_cis: &[],
+        time: "2026-12-02T01:00:00.000Z",
+    };
+    s.reconcile(&r).unwrap();
+    // A new one over the limit is stored as an event, not as an open finding; a known one
+    // still changes, and a resolution still removes.
+    s.insert(
+        "n1",
+        7,
+        &[
+            ev("n1", 1),
+            finding_event(2, true, API, "anonymous-auth", "1.2.1", "high"),
+            finding_event(3, false, API, "k0", "", "low"),
+        ],
+    )
+    .unwrap();
+    let held = s
+        .findings(&FindingQuery::default(), None, usize::MAX)
+        .unwrap();
+    assert_eq!(held.len(), limit - 1);
+    assert!(!held.iter().any(|r| r.finding.rule_id == "anonymous-auth"));
+    assert_eq!(s.list(&Filter::default(), 0, 10).unwrap().len(), 3);
+}

@@ -82,11 +82,31 @@ pub(super) fn apply(
     }
     // Admitted events are the agent's JSON; one that does not decode changes nothing (the
     // next hello makes the set right).
-    let Some(f) = from_body(&e.body) else {
+    let Some(mut f) = from_body(&e.body) else {
         tracing::warn!(node, seq = e.seq, "a finding event without a finding");
         return Ok(());
     };
+    if !crate::admit::cis_id_ok(&f.cis) {
+        f.cis.clear(); // not a CIS id: kept out of the per-check counts
+    }
     if raised {
+        let held: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM findings WHERE node = ?1",
+            [node],
+            |r| r.get(0),
+        )?;
+        let known: bool = tx
+            .prepare_cached("SELECT 1 FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3")?
+            .exists(params![node, f.path, f.key])?;
+        if held as usize >= crate::admit::MAX_NODE_FINDINGS && !known {
+            tracing::warn!(
+                node,
+                seq = e.seq,
+                limit = crate::admit::MAX_NODE_FINDINGS,
+                "a node over the open-findings limit; this one is stored as an event only"
+            );
+            return Ok(());
+        }
         upsert(tx, node, &f, &e.time)
     } else {
         tx.execute(
