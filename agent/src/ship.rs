@@ -208,6 +208,22 @@ pub struct NodeSummary {
     pub checked_cis: Vec<String>,
 }
 
+/// Keeps a hello within `max_bytes` (a batch's bound, under the collector's message limit):
+/// a set of open findings too large to send goes without, and the collector keeps the set
+/// the events built. A hello the collector cannot take would hold every event back.
+fn fit_findings(hello: &mut Hello, max_bytes: usize) {
+    use prost::Message as _;
+    if hello.encoded_len() > max_bytes {
+        tracing::warn!(
+            findings = hello.findings.len(),
+            max_bytes,
+            "the open findings do not fit in a hello; the collector keeps what the events tell it"
+        );
+        hello.findings.clear();
+        hello.findings_as_of_seq = 0;
+    }
+}
+
 /// An open finding as the hello carries it.
 pub fn open_finding(path: &str, key: &str, f: &FindingRecord) -> lockdown_proto::v1::OpenFinding {
     lockdown_proto::v1::OpenFinding {
@@ -379,21 +395,23 @@ async fn session(
         .map_err(|e| unreachable(format!("cannot connect: {}", error_chain(&e))))?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(8);
+    let mut hello = Hello {
+        node: node.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        first_unacked_seq: *acked + 1,
+        cluster: cfg.cluster.clone(),
+        component_versions: summary.borrow().component_versions.clone(),
+        open_findings: summary.borrow().open_findings.clone(),
+        findings: summary.borrow().findings.clone(),
+        findings_as_of_seq: summary.borrow().as_of_seq,
+        checked_cis: summary.borrow().checked_cis.clone(),
+        spool_epoch: reader
+            .epoch()
+            .map_err(|e| ShipError::Spool(e.to_string()))?,
+    };
+    fit_findings(&mut hello, cfg.max_batch_bytes);
     let hello = AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            node: node.to_string(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            first_unacked_seq: *acked + 1,
-            cluster: cfg.cluster.clone(),
-            component_versions: summary.borrow().component_versions.clone(),
-            open_findings: summary.borrow().open_findings.clone(),
-            findings: summary.borrow().findings.clone(),
-            findings_as_of_seq: summary.borrow().as_of_seq,
-            checked_cis: summary.borrow().checked_cis.clone(),
-            spool_epoch: reader
-                .epoch()
-                .map_err(|e| ShipError::Spool(e.to_string()))?,
-        })),
+        msg: Some(agent_message::Msg::Hello(hello)),
     };
     let closed = || unreachable("the stream closed".into());
     tx.send(hello).await.map_err(|_| closed())?;
@@ -564,5 +582,34 @@ pub fn to_proto(e: Event) -> lockdown_proto::v1::Event {
         seq: e.seq,
         time: e.time,
         epoch: 0, // the stream's hello carries it
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_of_findings_too_large_for_a_hello_is_left_out_not_sent() {
+        let finding = lockdown_proto::v1::OpenFinding {
+            path: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
+            key: "unsupported-flag".into(),
+            rule_id: "unsupported-flag".into(),
+            observed: "x".repeat(200),
+            ..Default::default()
+        };
+        let hello = |n| Hello {
+            node: "cp-1".into(),
+            findings: vec![finding.clone(); n],
+            findings_as_of_seq: 9,
+            ..Default::default()
+        };
+        let mut small = hello(10);
+        fit_findings(&mut small, 1 << 20);
+        assert_eq!((small.findings.len(), small.findings_as_of_seq), (10, 9));
+        let mut large = hello(10_000);
+        fit_findings(&mut large, 1 << 20);
+        assert_eq!((large.findings.len(), large.findings_as_of_seq), (0, 0));
+        assert_eq!(large.node, "cp-1", "the hello itself still goes");
     }
 }
