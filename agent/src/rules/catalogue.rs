@@ -1047,10 +1047,19 @@ impl Catalogue {
         self.rules.iter().map(|r| &*r.id)
     }
 
-    /// The CIS ids of the rules in force, sorted, each once.
-    pub fn cis_ids(&self) -> Vec<String> {
-        let ids: std::collections::BTreeSet<&str> =
-            self.rules.iter().filter_map(|r| r.cis.as_deref()).collect();
+    /// The CIS ids of the rules in force that apply to a node running the components for
+    /// which `runs` holds (a node without etcd does not pass the etcd checks: it has none),
+    /// sorted, each once. File rules apply to every node.
+    pub fn cis_ids(&self, runs: impl Fn(Component) -> bool) -> Vec<String> {
+        let applies = |t: &Target| match t {
+            Target::Component(c) => runs(*c),
+            Target::AnyComponent => Component::ALL.iter().any(|c| runs(*c)),
+            Target::Files(_) => true,
+        };
+        let ids: std::collections::BTreeSet<&str> = (self.rules.iter())
+            .filter(|r| applies(&r.target))
+            .filter_map(|r| r.cis.as_deref())
+            .collect();
         ids.into_iter().map(str::to_string).collect()
     }
 
@@ -1111,6 +1120,19 @@ mod tests {
 
     /// The JSON that build.rs writes gives the catalogue the YAML gives (a version such as
     /// 1.20 stays "1.20", nothing is dropped or renamed).
+    #[test]
+    fn a_node_without_etcd_is_not_said_to_evaluate_the_etcd_checks() {
+        let cat = Catalogue::builtin();
+        let all = cat.cis_ids(|_| true);
+        let no_etcd = cat.cis_ids(|c| c != Component::Etcd);
+        assert!(all.iter().any(|c| c.starts_with("2.")), "{all:?}");
+        assert!(!no_etcd.iter().any(|c| c.starts_with("2.")), "{no_etcd:?}");
+        // The file checks apply everywhere.
+        assert!(no_etcd.iter().any(|c| c.starts_with("1.1.")), "{no_etcd:?}");
+        let nothing_runs = cat.cis_ids(|_| false);
+        assert!(nothing_runs.len() < no_etcd.len() && !nothing_runs.contains(&"1.2.1".to_string()));
+    }
+
     #[test]
     fn the_compiled_catalogue_is_the_yaml_catalogue() {
         let from_yaml = Catalogue::load(
