@@ -249,6 +249,18 @@ pub async fn serve(
     Ok(())
 }
 
+/// Runs `f` on the readers' store instance, off the runtime (SQLite blocks).
+pub(super) async fn read<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&dyn EventStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || f(shared.reader.lock().expect("lock").as_ref()))
+        .await
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .map_err(|e| e.to_status())
+}
+
 pub(super) fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

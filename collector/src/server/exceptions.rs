@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::writer::Job;
-use super::{Shared, now};
+use super::{Shared, now, read};
 use crate::store::{EventStore, Exception, FindingQuery, SEVERITIES, StoreError};
 
 /// The longest an exception may hold: accepted risks are looked at again.
@@ -32,18 +32,6 @@ async fn write<T: Send + 'static>(
     answer
         .await
         .map_err(|_| stopped())?
-        .map_err(|e| e.to_status())
-}
-
-/// Reads from the readers' store instance off the runtime.
-async fn read<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    f: impl FnOnce(&dyn EventStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Status> {
-    let shared = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || f(shared.reader.lock().expect("lock").as_ref()))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| e.to_status())
 }
 

@@ -33,11 +33,7 @@ impl Queries {
         &self,
         f: impl FnOnce(&dyn EventStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
-        let shared = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || f(shared.reader.lock().expect("lock").as_ref()))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(e.to_string()))
+        super::read(&self.0, f).await
     }
 
     fn node(&self, info: NodeInfo) -> Node {
