@@ -249,6 +249,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// Sends a job to the writer and waits for its answer.
+async fn ask<T>(
+    shared: &Shared,
+    job: impl FnOnce(oneshot::Sender<Result<T, Arc<StoreError>>>) -> Job,
+) -> Result<T, tonic::Status> {
+    let (reply, answer) = oneshot::channel();
+    let stopped = || tonic::Status::unavailable("store writer stopped");
+    shared
+        .writer
+        .send(job(reply))
+        .await
+        .map_err(|_| stopped())?;
+    answer
+        .await
+        .map_err(|_| stopped())?
+        .map_err(|e| e.to_status())
+}
+
 /// Runs `f` on the readers' store instance, off the runtime (SQLite blocks).
 pub(super) async fn read<T: Send + 'static>(
     shared: &Arc<Shared>,

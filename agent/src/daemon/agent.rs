@@ -282,16 +282,10 @@ impl Agent {
                 .fix_committed
                 .send_modify(|c| *c += done.fix_events);
         }
+        let mut new = self.committed.summary(self.spool.depth().last_seq);
         // The checks that apply to what runs here: a node without etcd has no etcd checks.
-        let runs = |c: crate::manifest::Component| {
-            (self.committed.baseline.values()).any(|s| {
-                s.component
-                    .as_ref()
-                    .is_some_and(|(name, _)| name == c.name())
-            })
-        };
-        let checked = self.cfg.catalogue.cis_ids(runs);
-        let new = (self.committed).summary(self.spool.depth().last_seq, checked);
+        let runs = |c: crate::manifest::Component| new.component_versions.contains_key(c.name());
+        new.checked_cis = self.cfg.catalogue.cis_ids(runs);
         self.links.summary.send_if_modified(|s| {
             let changed = *s != new;
             *s = new;

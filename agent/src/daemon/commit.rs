@@ -136,11 +136,10 @@ impl Committer {
     }
 
     /// Component versions and open findings, for the collector; `as_of_seq`: the spool's last
-    /// sequence number, which the baseline matches.
-    pub fn summary(&self, as_of_seq: u64, checked_cis: Vec<String>) -> NodeSummary {
+    /// sequence number, which the baseline matches. The caller says which checks apply.
+    pub fn summary(&self, as_of_seq: u64) -> NodeSummary {
         let mut s = NodeSummary {
             as_of_seq,
-            checked_cis,
             ..NodeSummary::default()
         };
         for (path, state) in &self.baseline {

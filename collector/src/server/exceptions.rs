@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lockdown_proto::v1;
-use tokio::sync::oneshot;
 use tonic::Status;
 
 use super::writer::Job;
-use super::{Shared, now, read};
+use super::{Shared, ask, now, read};
 use crate::store::{EventStore, Exception, FindingQuery, SEVERITIES, StoreError};
 
 /// The longest an exception may hold: accepted risks are looked at again.
@@ -23,16 +22,12 @@ async fn write<T: Send + 'static>(
     shared: &Shared,
     f: impl FnOnce(&mut dyn EventStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
-    let (reply, answer) = oneshot::channel();
-    let job = Job::Write(Box::new(move |store| {
-        let _ = reply.send(f(store));
-    }));
-    let stopped = || Status::unavailable("store writer stopped");
-    shared.writer.send(job).await.map_err(|_| stopped())?;
-    answer
-        .await
-        .map_err(|_| stopped())?
-        .map_err(|e| e.to_status())
+    ask(shared, |reply| {
+        Job::Write(Box::new(move |store| {
+            let _ = reply.send(f(store).map_err(Arc::new));
+        }))
+    })
+    .await
 }
 
 /// The wire form, with its state now.

@@ -9,14 +9,14 @@ use lockdown_proto::v1::agent_service_server::AgentService;
 use lockdown_proto::v1::{
     Ack, AgentMessage, CollectorMessage, Hello, SlowDown, agent_message, collector_message,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::writer::Job;
-use super::{HELLO_TIMEOUT, Shared, auth, now};
+use super::{HELLO_TIMEOUT, Shared, ask, auth, now};
 use crate::admit;
-use crate::store::{NodeInfo, StoreError};
+use crate::store::NodeInfo;
 
 /// The agents' service.
 pub struct Agents(pub(super) Arc<Shared>);
@@ -104,24 +104,6 @@ impl AgentService for Agents {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-/// Sends a job to the writer and waits for its answer.
-async fn ask<T>(
-    shared: &Shared,
-    job: impl FnOnce(oneshot::Sender<Result<T, Arc<StoreError>>>) -> Job,
-) -> Result<T, Status> {
-    let (reply, answer) = oneshot::channel();
-    let stopped = || Status::unavailable("store writer stopped");
-    shared
-        .writer
-        .send(job(reply))
-        .await
-        .map_err(|_| stopped())?;
-    answer
-        .await
-        .map_err(|_| stopped())?
-        .map_err(|e| e.to_status())
 }
 
 async fn stream_loop(

@@ -90,15 +90,17 @@ pub(super) fn apply(
         f.cis.clear(); // not a CIS id: kept out of the per-check counts
     }
     if raised {
-        let held: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM findings WHERE node = ?1",
-            [node],
-            |r| r.get(0),
-        )?;
+        // Only a finding new to the node can take it over the limit: count only then.
         let known: bool = tx
             .prepare_cached("SELECT 1 FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3")?
             .exists(params![node, f.path, f.key])?;
-        if held as usize >= crate::admit::MAX_NODE_FINDINGS && !known {
+        let full = || -> rusqlite::Result<bool> {
+            let held: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM findings WHERE node = ?1")?
+                .query_row([node], |r| r.get(0))?;
+            Ok(held as usize >= crate::admit::MAX_NODE_FINDINGS)
+        };
+        if !known && full()? {
             tracing::warn!(
                 node,
                 seq = e.seq,
