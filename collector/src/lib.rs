@@ -1,4 +1,5 @@
-//! kube-lockdown collector: stores the fleet's events (SQLite by default) and serves them to
+//! kube-lockdown collector: stores the fleet's events (SQLite by default, PostgreSQL for several
+//! replicas) and serves them to
 //! readers over gRPC (lockdown.v1), with mTLS.
 
 pub mod ack;
@@ -12,3 +13,5 @@ pub mod posture;
 pub mod server;
 pub mod sink;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

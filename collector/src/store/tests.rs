@@ -1,4 +1,6 @@
 use super::*;
+use crate::store::sql::SqlStore;
+use crate::store::sql::db::Backend;
 
 fn ev(node: &str, seq: u64) -> Event {
     Event {
@@ -32,9 +34,57 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, s)
 }
 
-#[test]
-fn a_resend_stores_nothing_twice() {
-    let (_d, mut s) = store();
+/// A store on a new database of a real PostgreSQL server of its own.
+fn pg_store() -> (crate::testing::PgServer, PgStore) {
+    let server = crate::testing::PgServer::start();
+    let target = crate::store::postgres::Target::parse(
+        &server.database(),
+        &crate::store::postgres::Password::None,
+    )
+    .unwrap();
+    let s = PgStore::connect(&target).unwrap();
+    (server, s)
+}
+
+/// Each test of the store's rules, on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                let (_d, s) = super::store();
+                super::$name(s)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                let (_server, s) = super::pg_store();
+                super::$name(s)
+            })*
+        }
+    };
+}
+
+on_both!(
+    a_resend_stores_nothing_twice,
+    an_unexplained_gap_holds_the_ack_back,
+    a_spool_overflow_event_explains_its_gap,
+    nodes_are_independent,
+    list_filters_and_pages_by_cursor,
+    node_info_is_kept,
+    retention_by_count_keeps_the_newest_and_the_acks,
+    a_new_epoch_starts_its_sequence_again_and_keeps_the_old_events,
+    finding_events_keep_the_open_set_in_the_same_commit,
+    a_hello_makes_the_set_the_agents_and_earlier_events_do_not_undo_it,
+    findings_filter_by_cluster_cis_section_and_severity_and_page,
+    listed_and_counted_coverage_agree_for_every_kind_of_exception,
+    a_node_cannot_hold_more_open_findings_than_the_limit,
+    settling_records_each_hole_below_the_agents_first_unacked_event,
+    what_a_batch_does_not_carry_from_where_it_was_read_is_a_gap,
+);
+
+fn a_resend_stores_nothing_twice<B: Backend>(mut s: SqlStore<B>) {
     assert_eq!(s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2)]).unwrap(), 2);
     assert_eq!(
         s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2), ev("n1", 3)])
@@ -51,34 +101,26 @@ fn a_resend_stores_nothing_twice() {
     );
 }
 
-#[test]
-fn an_unexplained_gap_holds_the_ack_back() {
-    let (_d, mut s) = store();
+fn an_unexplained_gap_holds_the_ack_back<B: Backend>(mut s: SqlStore<B>) {
     assert_eq!(s.insert("n1", 7, &[ev("n1", 1), ev("n1", 3)]).unwrap(), 1);
     assert_eq!(s.insert("n1", 7, &[ev("n1", 2)]).unwrap(), 3);
 }
 
-#[test]
-fn a_spool_overflow_event_explains_its_gap() {
-    let (_d, mut s) = store();
+fn a_spool_overflow_event_explains_its_gap<B: Backend>(mut s: SqlStore<B>) {
     s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
     // 2..=5 were dropped by the agent; 6 survived; 7 says so.
     assert_eq!(s.insert("n1", 7, &[ev("n1", 6)]).unwrap(), 1);
     assert_eq!(s.insert("n1", 7, &[overflow("n1", 7, 2, 5)]).unwrap(), 7);
 }
 
-#[test]
-fn nodes_are_independent() {
-    let (_d, mut s) = store();
+fn nodes_are_independent<B: Backend>(mut s: SqlStore<B>) {
     s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2)]).unwrap();
     assert_eq!(s.insert("n2", 7, &[ev("n2", 1)]).unwrap(), 1);
     assert_eq!(s.acked("n1").unwrap(), 2);
     assert_eq!(s.acked("n3").unwrap(), 0);
 }
 
-#[test]
-fn list_filters_and_pages_by_cursor() {
-    let (_d, mut s) = store();
+fn list_filters_and_pages_by_cursor<B: Backend>(mut s: SqlStore<B>) {
     let mut finding = ev("n1", 2);
     finding.kind = "finding_raised".into();
     finding.severity = "high".into();
@@ -117,9 +159,7 @@ fn list_filters_and_pages_by_cursor() {
     assert_eq!(s.list(&since, 0, 100).unwrap().len(), 1);
 }
 
-#[test]
-fn node_info_is_kept() {
-    let (_d, mut s) = store();
+fn node_info_is_kept<B: Backend>(mut s: SqlStore<B>) {
     let info = NodeInfo {
         node: "n1".into(),
         cluster: "prod".into(),
@@ -136,9 +176,7 @@ fn node_info_is_kept() {
     assert_eq!(nodes, [NodeInfo { acked: 1, ..info }]);
 }
 
-#[test]
-fn retention_by_count_keeps_the_newest_and_the_acks() {
-    let (_d, mut s) = store();
+fn retention_by_count_keeps_the_newest_and_the_acks<B: Backend>(mut s: SqlStore<B>) {
     s.insert("n1", 7, &(1..=10).map(|i| ev("n1", i)).collect::<Vec<_>>())
         .unwrap();
     assert_eq!(s.retain(None, Some(3)).unwrap(), 7);
@@ -155,9 +193,7 @@ fn retention_by_count_keeps_the_newest_and_the_acks() {
     );
 }
 
-#[test]
-fn a_new_epoch_starts_its_sequence_again_and_keeps_the_old_events() {
-    let (_d, mut s) = store();
+fn a_new_epoch_starts_its_sequence_again_and_keeps_the_old_events<B: Backend>(mut s: SqlStore<B>) {
     assert_eq!(s.insert("n1", 7, &[ev("n1", 1), ev("n1", 2)]).unwrap(), 2);
     // The node's state directory was wiped: a new spool, seq 1 again.
     assert_eq!(s.insert("n1", 8, &[ev("n1", 1)]).unwrap(), 1);
@@ -166,10 +202,8 @@ fn a_new_epoch_starts_its_sequence_again_and_keeps_the_old_events() {
     assert_eq!(s.keys().unwrap().len(), 3);
 }
 
-#[test]
-fn settling_records_each_hole_below_the_agents_first_unacked_event() {
+fn settling_records_each_hole_below_the_agents_first_unacked_event<B: Backend>(mut s: SqlStore<B>) {
     // issue 11 (4): a store that lost events the agent already trimmed
-    let (_d, mut s) = store();
     assert_eq!(
         s.insert("n1", 3, &[ev("n1", 1), ev("n1", 2), ev("n1", 5)])
             .unwrap(),
@@ -203,11 +237,9 @@ fn settling_records_each_hole_below_the_agents_first_unacked_event() {
     assert_eq!(s.settle("n2", 1, 1, t).unwrap(), 0);
 }
 
-#[test]
-fn what_a_batch_does_not_carry_from_where_it_was_read_is_a_gap() {
+fn what_a_batch_does_not_carry_from_where_it_was_read_is_a_gap<B: Backend>(mut s: SqlStore<B>) {
     // Issue 11 (8): the agent's overflow event for a range can itself be dropped; the batch
     // says where it was read from, so the gap is known without it.
-    let (_d, mut s) = store();
     s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
     let batch = [ev("n1", 5), ev("n1", 6)];
     let acks = s
@@ -241,7 +273,7 @@ fn what_a_batch_does_not_carry_from_where_it_was_read_is_a_gap() {
 fn failing(code: i32) -> StoreError {
     StoreError::Db {
         path: "events.db".into(),
-        source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None).into(),
     }
 }
 
@@ -308,7 +340,7 @@ fn open(path: &str, rule: &str, cis: &str, severity: &str) -> OpenFinding {
     }
 }
 
-fn open_now(s: &Store, node: &str) -> Vec<(String, String)> {
+fn open_now<B: Backend>(s: &SqlStore<B>, node: &str) -> Vec<(String, String)> {
     let q = FindingQuery {
         node: Some(node.into()),
         ..Default::default()
@@ -320,9 +352,7 @@ fn open_now(s: &Store, node: &str) -> Vec<(String, String)> {
 
 const API: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
 
-#[test]
-fn finding_events_keep_the_open_set_in_the_same_commit() {
-    let (_d, mut s) = store();
+fn finding_events_keep_the_open_set_in_the_same_commit<B: Backend>(mut s: SqlStore<B>) {
     s.insert(
         "n1",
         7,
@@ -350,10 +380,10 @@ fn finding_events_keep_the_open_set_in_the_same_commit() {
     assert_eq!(open_now(&s, "n1").len(), 1);
 }
 
-#[test]
-fn a_hello_makes_the_set_the_agents_and_earlier_events_do_not_undo_it() {
-    let (_d, mut s) = store();
-    let reconciled = |s: &Store| {
+fn a_hello_makes_the_set_the_agents_and_earlier_events_do_not_undo_it<B: Backend>(
+    mut s: SqlStore<B>,
+) {
+    let reconciled = |s: &SqlStore<B>| {
         let kind = Filter {
             kind: Some("findings_reconciled".into()),
             ..Default::default()
@@ -435,9 +465,7 @@ fn a_hello_makes_the_set_the_agents_and_earlier_events_do_not_undo_it() {
     assert_eq!(open_now(&s, "n1"), [(API.into(), "anonymous-auth".into())]);
 }
 
-#[test]
-fn findings_filter_by_cluster_cis_section_and_severity_and_page() {
-    let (_d, mut s) = store();
+fn findings_filter_by_cluster_cis_section_and_severity_and_page<B: Backend>(mut s: SqlStore<B>) {
     for (node, cluster) in [("n1", "prod"), ("n2", "dev")] {
         s.touch_node(&NodeInfo {
             node: node.into(),
@@ -503,9 +531,7 @@ fn findings_filter_by_cluster_cis_section_and_severity_and_page() {
     assert_eq!(seen, rows);
 }
 
-#[test]
-fn listed_and_counted_coverage_agree_for_every_kind_of_exception() {
-    let (_d, mut s) = store();
+fn listed_and_counted_coverage_agree_for_every_kind_of_exception<B: Backend>(mut s: SqlStore<B>) {
     let rules = ["anonymous-auth", "profiling", "file-mode"];
     let paths = [API, "/etc/kubernetes/admin.conf"];
     for (n, node) in ["n1", "n2", "n3", "n4"].iter().enumerate() {
@@ -613,9 +639,7 @@ fn listed_and_counted_coverage_agree_for_every_kind_of_exception() {
         || SEVERITIES.iter().position(|s| *s == r.finding.severity) <= Some(2)));
 }
 
-#[test]
-fn a_node_cannot_hold_more_open_findings_than_the_limit() {
-    let (_d, mut s) = store();
+fn a_node_cannot_hold_more_open_findings_than_the_limit<B: Backend>(mut s: SqlStore<B>) {
     let limit = crate::admit::MAX_NODE_FINDINGS;
     let many: Vec<OpenFinding> = (0..limit)
         .map(|i| OpenFinding {

@@ -9,23 +9,9 @@
 //! Every change is an event of the collector's own (node "", epoch 0), readable by readers
 //! and delivered to sinks like any other.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
-
 use super::collector_event;
+use super::db::{Db, DbError, Row, args};
 use crate::store::Exception;
-
-pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS exceptions(
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            rule_id TEXT NOT NULL, node TEXT NOT NULL, cluster TEXT NOT NULL, path TEXT NOT NULL,
-            max_severity TEXT NOT NULL, max_rank INTEGER NOT NULL,
-            reason TEXT NOT NULL, author TEXT NOT NULL, created TEXT NOT NULL, expires TEXT NOT NULL,
-            removed_by TEXT NOT NULL DEFAULT '', removed_at TEXT NOT NULL DEFAULT '',
-            announced INTEGER NOT NULL DEFAULT 0);
-         CREATE INDEX IF NOT EXISTS exceptions_rule ON exceptions(rule_id);",
-    )
-}
 
 /// The SQL that finds the active exception covering finding `f` (joined with its node `n`)
 /// at time `?now` (the parameter's number is given): its id, or NULL. [`Active::covers`]
@@ -57,25 +43,31 @@ struct Scope {
 }
 
 impl Active {
-    pub(super) fn load(conn: &Connection, now: &str) -> rusqlite::Result<Active> {
+    pub(super) fn load(db: &mut dyn Db, now: &str) -> Result<Active, DbError> {
         let mut by_rule: crate::fnv::FnvMap<String, Vec<Scope>> = Default::default();
-        let mut stmt = conn.prepare_cached(
+        db.each(
             "SELECT rule_id, node, cluster, path, max_rank FROM exceptions
              WHERE removed_at = '' AND expires > ?1",
+            args![now],
+            &mut |r| {
+                by_rule
+                    .entry(r.text(0)?.to_string())
+                    .or_default()
+                    .push(Scope {
+                        node: r.text(1)?.to_string(),
+                        cluster: r.text(2)?.to_string(),
+                        path: r.text(3)?.to_string(),
+                        max_rank: r.int(4)?,
+                    });
+                Ok(())
+            },
         )?;
-        let mut rows = stmt.query([now])?;
-        while let Some(r) = rows.next()? {
-            by_rule.entry(r.get(0)?).or_default().push(Scope {
-                node: r.get(1)?,
-                cluster: r.get(2)?,
-                path: r.get(3)?,
-                max_rank: r.get(4)?,
-            });
-        }
         let clusters = if by_rule.values().flatten().any(|x| !x.cluster.is_empty()) {
-            conn.prepare_cached("SELECT node, cluster FROM nodes")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
+            db.rows("SELECT node, cluster FROM nodes", &[], |r| {
+                Ok((r.text(0)?.to_string(), r.text(1)?.to_string()))
+            })?
+            .into_iter()
+            .collect()
         } else {
             Default::default()
         };
@@ -89,8 +81,8 @@ impl Active {
         &self,
         node: &str,
         rule: &str,
-        rest: impl FnOnce() -> rusqlite::Result<(&'r str, i64)>,
-    ) -> rusqlite::Result<bool> {
+        rest: impl FnOnce() -> Result<(&'r str, i64), DbError>,
+    ) -> Result<bool, DbError> {
         let Some(scopes) = self.by_rule.get(rule) else {
             return Ok(false);
         };
@@ -108,20 +100,21 @@ impl Active {
 const COLUMNS: &str = "id, rule_id, node, cluster, path, max_severity, reason, author, created, \
                        expires, removed_by, removed_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Exception> {
+fn row(r: &dyn Row) -> Result<Exception, DbError> {
+    let text = |i| r.text(i).map(str::to_string);
     Ok(Exception {
-        id: r.get::<_, i64>(0)? as u64,
-        rule_id: r.get(1)?,
-        node: r.get(2)?,
-        cluster: r.get(3)?,
-        path: r.get(4)?,
-        max_severity: r.get(5)?,
-        reason: r.get(6)?,
-        author: r.get(7)?,
-        created: r.get(8)?,
-        expires: r.get(9)?,
-        removed_by: r.get(10)?,
-        removed_at: r.get(11)?,
+        id: r.int(0)? as u64,
+        rule_id: text(1)?,
+        node: text(2)?,
+        cluster: text(3)?,
+        path: text(4)?,
+        max_severity: text(5)?,
+        reason: text(6)?,
+        author: text(7)?,
+        created: text(8)?,
+        expires: text(9)?,
+        removed_by: text(10)?,
+        removed_at: text(11)?,
     })
 }
 
@@ -133,36 +126,39 @@ fn fields(x: &Exception) -> serde_json::Value {
     })
 }
 
-fn get(tx: &Transaction<'_>, id: u64) -> rusqlite::Result<Option<Exception>> {
-    tx.query_row(
+fn get(db: &mut dyn Db, id: u64) -> Result<Option<Exception>, DbError> {
+    db.opt(
         &format!("SELECT {COLUMNS} FROM exceptions WHERE id = ?1"),
-        [id as i64],
+        args![id],
         row,
     )
-    .optional()
 }
 
-pub(super) fn add(tx: &Transaction<'_>, x: &Exception, rank: i64) -> rusqlite::Result<Exception> {
-    tx.execute(
-        "INSERT INTO exceptions(rule_id, node, cluster, path, max_severity, max_rank, reason,
-                                author, created, expires)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            x.rule_id,
-            x.node,
-            x.cluster,
-            x.path,
-            x.max_severity,
-            rank,
-            x.reason,
-            x.author,
-            x.created,
-            x.expires
-        ],
-    )?;
-    let added = get(tx, tx.last_insert_rowid() as u64)?.expect("just inserted");
+pub(super) fn add(db: &mut dyn Db, x: &Exception, rank: i64) -> Result<Exception, DbError> {
+    let added = db
+        .opt(
+            &format!(
+                "INSERT INTO exceptions(rule_id, node, cluster, path, max_severity, max_rank,
+                                        reason, author, created, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING {COLUMNS}"
+            ),
+            args![
+                &x.rule_id,
+                &x.node,
+                &x.cluster,
+                &x.path,
+                &x.max_severity,
+                rank,
+                &x.reason,
+                &x.author,
+                &x.created,
+                &x.expires
+            ],
+            row,
+        )?
+        .expect("an INSERT ... RETURNING returns its row");
     collector_event(
-        tx,
+        db,
         "",
         "exception_added",
         &added.created,
@@ -178,51 +174,52 @@ pub(super) fn add(tx: &Transaction<'_>, x: &Exception, rank: i64) -> rusqlite::R
 }
 
 pub(super) fn remove(
-    tx: &Transaction<'_>,
+    db: &mut dyn Db,
     id: u64,
     by: &str,
     time: &str,
-) -> rusqlite::Result<Option<Exception>> {
-    let n = tx.execute(
+) -> Result<Option<Exception>, DbError> {
+    let n = db.exec(
         "UPDATE exceptions SET removed_by = ?2, removed_at = ?3 WHERE id = ?1 AND removed_at = ''",
-        params![id as i64, by, time],
+        args![id, by, time],
     )?;
     if n == 0 {
         return Ok(None);
     }
-    let x = get(tx, id)?.expect("just updated");
+    let x = get(db, id)?.expect("just updated");
     let mut f = fields(&x);
     f["by"] = by.into();
-    collector_event(tx, "", "exception_removed", time, &x.rule_id, &x.path, f)?;
+    collector_event(db, "", "exception_removed", time, &x.rule_id, &x.path, f)?;
     Ok(Some(x))
 }
 
-pub(super) fn list(conn: &Connection) -> rusqlite::Result<Vec<Exception>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM exceptions ORDER BY id DESC"
-    ))?;
-    let rows = stmt.query_map([], row)?;
-    rows.collect()
+pub(super) fn list(db: &mut dyn Db) -> Result<Vec<Exception>, DbError> {
+    db.rows(
+        &format!("SELECT {COLUMNS} FROM exceptions ORDER BY id DESC"),
+        &[],
+        row,
+    )
 }
 
-pub(super) fn expire(tx: &Transaction<'_>, now: &str) -> rusqlite::Result<Vec<Exception>> {
-    let due: Vec<Exception> = tx
-        .prepare_cached(&format!(
+pub(super) fn expire(db: &mut dyn Db, now: &str) -> Result<Vec<Exception>, DbError> {
+    let due: Vec<Exception> = db.rows(
+        &format!(
             "SELECT {COLUMNS} FROM exceptions
              WHERE announced = 0 AND removed_at = '' AND expires <= ?1 ORDER BY expires, id"
-        ))?
-        .query_map([now], row)?
-        .collect::<Result<_, _>>()?;
+        ),
+        args![now],
+        row,
+    )?;
     for x in &due {
-        tx.execute(
+        db.exec(
             "UPDATE exceptions SET announced = 1 WHERE id = ?1",
-            [x.id as i64],
+            args![x.id],
         )?;
         // The event is dated when the exception expired, not when this collector noticed.
         let mut f = fields(x);
         f["noticed"] = now.into();
         collector_event(
-            tx,
+            db,
             "",
             "exception_expired",
             &x.expires,

@@ -1,8 +1,9 @@
 //! The collector's store: every agent event once, committed durably before it is
-//! acknowledged. [`EventStore`] is what a backend must do; [`Store`] is the SQLite one
-//! (`sqlite.rs`, with its format). What every backend decides the same way lives outside
-//! them: the contiguous-ack rule ([`crate::ack`]), what an event says it dropped
-//! ([`overflow_range`]).
+//! acknowledged. [`EventStore`] is what a store must do. Its rules are written once, over
+//! SQL (`sql/`, with the tables); they run on SQLite ([`Store`], the embedded default) and on
+//! PostgreSQL ([`PgStore`], for several collectors sharing one database). What does not
+//! depend on a database at all lives outside: the contiguous-ack rule ([`crate::ack`]), what
+//! an event says it dropped ([`overflow_range`]).
 //!
 //! ## What a backend guarantees
 //!
@@ -24,36 +25,54 @@ use std::collections::BTreeMap;
 
 use lockdown_proto::v1::Event;
 
+pub mod postgres;
+pub mod sql;
 mod sqlite;
+pub use postgres::PgStore;
+pub use sql::db::DbError;
 pub use sqlite::Store;
 
 /// Why the store failed. An agent keeps its events spooled and sends them again either way;
 /// [`StoreError::retry_helps`] says whether that can succeed without an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite failed (disk full, corrupt file, ...).
+    /// The database failed (disk full, corrupt file, connection lost, ...).
     #[error("store {path}: {source}")]
     Db {
-        /// Database file.
+        /// Database file, or the PostgreSQL URL without its password.
         path: String,
         /// Cause.
-        source: rusqlite::Error,
+        source: DbError,
+    },
+    /// The store cannot be set up as configured (a bad URL, an unreadable password file).
+    #[error("store {path}: {reason}")]
+    Config {
+        /// What was configured.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
 impl StoreError {
     /// Whether the same write can succeed later on its own (busy, locked, disk full and
-    /// freed, an I/O error that passes); false when the database is corrupt, not a database,
-    /// read-only or not permitted, which an operator must fix.
+    /// freed, an I/O error that passes, a database that went away and comes back); false
+    /// when the database is corrupt, not a database, read-only, not permitted, or newer than
+    /// this collector, which an operator must fix.
     pub fn retry_helps(&self) -> bool {
         use rusqlite::ErrorCode::{
             CannotOpen, DatabaseCorrupt, NotADatabase, PermissionDenied, ReadOnly,
         };
         match self {
-            StoreError::Db { source, .. } => !matches!(
-                source.sqlite_error_code(),
-                Some(DatabaseCorrupt | NotADatabase | ReadOnly | PermissionDenied | CannotOpen)
-            ),
+            StoreError::Db { source, .. } => match source {
+                DbError::Sqlite(e) => !matches!(
+                    e.sqlite_error_code(),
+                    Some(DatabaseCorrupt | NotADatabase | ReadOnly | PermissionDenied | CannotOpen)
+                ),
+                DbError::Pg(e) => postgres::retry_helps(e),
+                DbError::NewerSchema { .. } => false,
+            },
+            StoreError::Config { .. } => false,
         }
     }
 

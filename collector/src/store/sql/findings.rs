@@ -11,41 +11,13 @@
 //! nodes.checked_cis                            the CIS ids the node's agent evaluates (JSON)
 //! ```
 
-use rusqlite::{Connection, Transaction, params};
+use lockdown_proto::v1::Event;
 
+use super::db::{Arg, Db, DbError, args};
 use crate::store::{
     FindingCount, FindingCursor, FindingQuery, FindingRow, OpenFinding, Reconcile, Reconciled,
     SEVERITIES,
 };
-use lockdown_proto::v1::Event;
-
-/// The table, and the node columns older databases lack.
-pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS findings(
-            node TEXT NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
-            rule_id TEXT NOT NULL, cis TEXT NOT NULL, title TEXT NOT NULL,
-            severity TEXT NOT NULL, rank INTEGER NOT NULL, status TEXT NOT NULL,
-            component TEXT NOT NULL, flag TEXT NOT NULL, observed TEXT NOT NULL,
-            expected TEXT NOT NULL, since TEXT NOT NULL,
-            PRIMARY KEY(node, path, key)) WITHOUT ROWID;
-         CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule_id);",
-    )?;
-    let columns: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('nodes')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for (name, ddl) in [
-        ("findings_epoch", "INTEGER NOT NULL DEFAULT 0"),
-        ("findings_as_of", "INTEGER NOT NULL DEFAULT 0"),
-        ("checked_cis", "TEXT NOT NULL DEFAULT '[]'"),
-    ] {
-        if !columns.iter().any(|c| c == name) {
-            conn.execute_batch(&format!("ALTER TABLE nodes ADD COLUMN {name} {ddl}"))?;
-        }
-    }
-    Ok(())
-}
 
 pub(super) fn rank(severity: &str) -> i64 {
     SEVERITIES
@@ -55,23 +27,25 @@ pub(super) fn rank(severity: &str) -> i64 {
 }
 
 /// The hello a node's set was last made from: (epoch, as_of).
-pub(super) fn made_from(tx: &Transaction<'_>, node: &str) -> rusqlite::Result<(u64, u64)> {
-    tx.query_row(
-        "SELECT findings_epoch, findings_as_of FROM nodes WHERE node = ?1",
-        [node],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-    )
+pub(super) fn made_from(db: &mut dyn Db, node: &str) -> Result<(u64, u64), DbError> {
+    Ok(db
+        .opt(
+            "SELECT findings_epoch, findings_as_of FROM nodes WHERE node = ?1",
+            args![node],
+            |r| Ok((r.int(0)? as u64, r.int(1)? as u64)),
+        )?
+        .unwrap_or_default())
 }
 
 /// Applies a newly stored event to the node's set, unless the hello it was made from already
 /// holds it.
 pub(super) fn apply(
-    tx: &Transaction<'_>,
+    db: &mut dyn Db,
     node: &str,
     epoch: u64,
     made_from: (u64, u64),
     e: &Event,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     let raised = match e.kind.as_str() {
         "finding_raised" => true,
         "finding_resolved" => false,
@@ -91,16 +65,15 @@ pub(super) fn apply(
     }
     if raised {
         // Only a finding new to the node can take it over the limit: count only then.
-        let known: bool = tx
-            .prepare_cached("SELECT 1 FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3")?
-            .exists(params![node, f.path, f.key])?;
-        let full = || -> rusqlite::Result<bool> {
-            let held: i64 = tx
-                .prepare_cached("SELECT COUNT(*) FROM findings WHERE node = ?1")?
-                .query_row([node], |r| r.get(0))?;
+        let known = db.exists(
+            "SELECT node FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3",
+            args![node, &f.path, &f.key],
+        )?;
+        let full = |db: &mut dyn Db| -> Result<bool, DbError> {
+            let held = db.int("SELECT COUNT(*) FROM findings WHERE node = ?1", args![node])?;
             Ok(held as usize >= crate::admit::MAX_NODE_FINDINGS)
         };
-        if !known && full()? {
+        if !known && full(db)? {
             tracing::warn!(
                 node,
                 seq = e.seq,
@@ -109,14 +82,18 @@ pub(super) fn apply(
             );
             return Ok(());
         }
-        upsert(tx, node, &f, &e.time)
+        upsert(db, node, &f, &e.time)
     } else {
-        tx.execute(
-            "DELETE FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3",
-            params![node, f.path, f.key],
-        )
-        .map(drop)
+        forget(db, node, &f.path, &f.key)
     }
+}
+
+fn forget(db: &mut dyn Db, node: &str, path: &str, key: &str) -> Result<(), DbError> {
+    db.exec(
+        "DELETE FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3",
+        args![node, path, key],
+    )
+    .map(drop)
 }
 
 /// The finding an agent's `finding_raised` or `finding_resolved` JSON carries.
@@ -153,8 +130,8 @@ fn from_body(body: &[u8]) -> Option<OpenFinding> {
 }
 
 /// Inserts or updates a finding; an update keeps when it was first seen.
-fn upsert(tx: &Transaction<'_>, node: &str, f: &OpenFinding, since: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached(
+fn upsert(db: &mut dyn Db, node: &str, f: &OpenFinding, since: &str) -> Result<(), DbError> {
+    db.exec(
         "INSERT INTO findings(node, path, key, rule_id, cis, title, severity, rank, status,
                               component, flag, observed, expected, since)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
@@ -163,32 +140,32 @@ fn upsert(tx: &Transaction<'_>, node: &str, f: &OpenFinding, since: &str) -> rus
            severity = excluded.severity, rank = excluded.rank, status = excluded.status,
            component = excluded.component, flag = excluded.flag,
            observed = excluded.observed, expected = excluded.expected",
-    )?
-    .execute(params![
-        node,
-        f.path,
-        f.key,
-        f.rule_id,
-        f.cis,
-        f.title,
-        f.severity,
-        rank(&f.severity),
-        f.status,
-        f.component,
-        f.flag,
-        f.observed,
-        f.expected,
-        since
-    ])
+        args![
+            node,
+            &f.path,
+            &f.key,
+            &f.rule_id,
+            &f.cis,
+            &f.title,
+            &f.severity,
+            rank(&f.severity),
+            &f.status,
+            &f.component,
+            &f.flag,
+            &f.observed,
+            &f.expected,
+            since
+        ],
+    )
     .map(drop)
 }
 
 /// [`crate::store::EventStore::reconcile`] inside a transaction.
-pub(super) fn reconcile(tx: &Transaction<'_>, r: &Reconcile<'_>) -> rusqlite::Result<Reconciled> {
+pub(super) fn reconcile(db: &mut dyn Db, r: &Reconcile<'_>) -> Result<Reconciled, DbError> {
     use std::collections::BTreeMap;
-    tx.execute("INSERT OR IGNORE INTO nodes(node) VALUES (?1)", [r.node])?;
+    let (epoch, acked) = super::node_ack(db, r.node)?;
     let stored: BTreeMap<(String, String), OpenFinding> = list(
-        tx,
+        db,
         &FindingQuery {
             node: Some(r.node.to_string()),
             ..Default::default()
@@ -214,34 +191,22 @@ pub(super) fn reconcile(tx: &Transaction<'_>, r: &Reconcile<'_>) -> rusqlite::Re
             Some(_) => {}
         }
         if stored.get(&k) != Some(f) {
-            upsert(tx, r.node, f, r.time)?;
+            upsert(db, r.node, f, r.time)?;
         }
         seen.insert(k);
     }
     for (path, key) in stored.keys().filter(|k| !seen.contains(*k)) {
-        tx.execute(
-            "DELETE FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3",
-            params![r.node, path, key],
-        )?;
+        forget(db, r.node, path, key)?;
         out.removed += 1;
     }
-    tx.execute(
+    let checked = serde_json::to_string(r.checked_cis).expect("a list serialises");
+    db.exec(
         "UPDATE nodes SET findings_epoch = ?2, findings_as_of = ?3, checked_cis = ?4 WHERE node = ?1",
-        params![
-            r.node,
-            r.epoch as i64,
-            r.as_of as i64,
-            serde_json::to_string(r.checked_cis).expect("a list serialises")
-        ],
+        args![r.node, r.epoch, r.as_of, &checked],
     )?;
     // A difference is drift only when the store holds every event the set was taken after
     // (its ack is the set's sequence number): events still on their way explain the rest.
-    let (epoch, acked): (i64, i64) = tx.query_row(
-        "SELECT epoch, acked FROM nodes WHERE node = ?1",
-        [r.node],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
-    out.drift = epoch as u64 == r.epoch && acked as u64 >= r.as_of && out.differs();
+    out.drift = epoch == r.epoch && acked >= r.as_of && out.differs();
     if out.drift {
         let body = serde_json::json!({
             "as_of_seq": r.as_of,
@@ -251,53 +216,50 @@ pub(super) fn reconcile(tx: &Transaction<'_>, r: &Reconcile<'_>) -> rusqlite::Re
             "changed": out.changed,
             "note": "the collector held every event of this node up to as_of_seq and still differed from the agent's open findings (lost events, a restored or replaced store); it now holds the agent's",
         });
-        super::collector_event(tx, r.node, "findings_reconciled", r.time, "", "", body)?;
+        super::collector_event(db, r.node, "findings_reconciled", r.time, "", "", body)?;
     }
     Ok(out)
 }
 
 /// [`crate::store::EventStore::findings`].
 pub(super) fn list(
-    conn: &Connection,
+    db: &mut dyn Db,
     q: &FindingQuery,
     after: Option<&FindingCursor>,
     limit: usize,
-) -> rusqlite::Result<Vec<FindingRow>> {
+) -> Result<Vec<FindingRow>, DbError> {
     // Empty: no exception covers (every expiry is after "9").
     let now = if q.now.is_empty() { "9" } else { &q.now };
     let mut sql = format!(
         "SELECT * FROM (SELECT f.node, COALESCE(n.cluster, '') AS cluster, f.path, f.key,
                 f.rule_id, f.cis, f.title, f.severity, f.rank, f.status, f.component, f.flag,
                 f.observed, f.expected, f.since,
-                COALESCE(json_extract(n.component_versions, '$.\"' || f.component || '\"'), ''),
+                COALESCE({}, '') AS version,
                 {} AS exception_id
-         FROM findings f LEFT JOIN nodes n ON n.node = f.node) f WHERE 1",
+         FROM findings f LEFT JOIN nodes n ON n.node = f.node) f WHERE 1 = 1",
+        db.dialect()
+            .json_text("n.component_versions", "f.component"),
         super::exceptions::covering(1)
     );
-    let mut args: Vec<rusqlite::types::Value> = vec![now.to_string().into()];
-    let mut add = |clause: &str, v: rusqlite::types::Value| {
-        args.push(v);
-        sql.push_str(&format!(" AND {clause} ?{}", args.len()));
-    };
-    if let Some(c) = &q.cluster {
-        add("f.cluster =", c.clone().into());
+    let section = q.cis.as_ref().map(|c| format!("{c}.%"));
+    let mut args: Vec<Arg<'_>> = vec![now.into()];
+    let min_rank = q.min_severity.as_deref().map(rank);
+    for (clause, v) in [
+        ("f.cluster =", q.cluster.as_ref().map(Arg::from)),
+        ("f.node =", q.node.as_ref().map(Arg::from)),
+        ("f.rule_id =", q.rule_id.as_ref().map(Arg::from)),
+        ("f.status =", q.status.as_ref().map(Arg::from)),
+        ("f.rank >=", min_rank.map(Arg::from)),
+    ] {
+        if let Some(v) = v {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        }
     }
-    if let Some(n) = &q.node {
-        add("f.node =", n.clone().into());
-    }
-    if let Some(r) = &q.rule_id {
-        add("f.rule_id =", r.clone().into());
-    }
-    if let Some(s) = &q.status {
-        add("f.status =", s.clone().into());
-    }
-    if let Some(s) = &q.min_severity {
-        add("f.rank >=", rank(s).into());
-    }
-    if let Some(c) = &q.cis {
-        args.push(c.clone().into());
+    if let (Some(c), Some(section)) = (&q.cis, &section) {
+        args.push(c.into());
         let n = args.len();
-        args.push(format!("{c}.%").into());
+        args.push(section.into());
         sql.push_str(&format!(" AND (f.cis = ?{n} OR f.cis LIKE ?{})", n + 1));
     }
     match q.excepted {
@@ -306,7 +268,7 @@ pub(super) fn list(
         None => {}
     }
     if let Some((node, path, key)) = after {
-        args.extend([node.clone().into(), path.clone().into(), key.clone().into()]);
+        args.extend([Arg::from(node), path.into(), key.into()]);
         let n = args.len();
         sql.push_str(&format!(
             " AND (f.node, f.path, f.key) > (?{}, ?{}, ?{n})",
@@ -314,35 +276,34 @@ pub(super) fn list(
             n - 1
         ));
     }
-    args.push((limit.min(i64::MAX as usize) as i64).into());
+    args.push(limit.into());
     sql.push_str(&format!(
         " ORDER BY f.node, f.path, f.key LIMIT ?{}",
         args.len()
     ));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+    db.rows(&sql, &args, |r| {
+        let text = |i| r.text(i).map(str::to_string);
         Ok(FindingRow {
-            node: r.get(0)?,
-            cluster: r.get(1)?,
-            since: r.get(14)?,
-            version: r.get(15)?,
-            exception_id: r.get::<_, Option<i64>>(16)?.map(|id| id as u64),
+            node: text(0)?,
+            cluster: text(1)?,
+            since: text(14)?,
+            version: text(15)?,
+            exception_id: r.opt_int(16)?.map(|id| id as u64),
             finding: OpenFinding {
-                path: r.get(2)?,
-                key: r.get(3)?,
-                rule_id: r.get(4)?,
-                cis: r.get(5)?,
-                title: r.get(6)?,
-                severity: r.get(7)?,
-                status: r.get(9)?,
-                component: r.get(10)?,
-                flag: r.get(11)?,
-                observed: r.get(12)?,
-                expected: r.get(13)?,
+                path: text(2)?,
+                key: text(3)?,
+                rule_id: text(4)?,
+                cis: text(5)?,
+                title: text(6)?,
+                severity: text(7)?,
+                status: text(9)?,
+                component: text(10)?,
+                flag: text(11)?,
+                observed: text(12)?,
+                expected: text(13)?,
             },
         })
-    })?;
-    rows.collect()
+    })
 }
 
 /// [`crate::store::EventStore::finding_counts`]. A plain scan, grouped and judged against
@@ -350,59 +311,46 @@ pub(super) fn list(
 /// its own, SQLite's sort for GROUP BY and a per-row EXISTS cost several times the scan, and
 /// a fleet has few exceptions (BENCHMARKS.md). [`super::exceptions::Active::covers`] is the
 /// same rule as the SQL of [`super::exceptions::covering`]; a test holds them together.
-pub(super) fn counts(conn: &Connection, now: &str) -> rusqlite::Result<Vec<FindingCount>> {
+pub(super) fn counts(db: &mut dyn Db, now: &str) -> Result<Vec<FindingCount>, DbError> {
     use crate::fnv::FnvMap;
-    let active = super::exceptions::Active::load(conn, now)?;
-    let mut stmt = conn
-        .prepare_cached("SELECT node, cis, severity, status, rule_id, path, rank FROM findings")?;
+    let active = super::exceptions::Active::load(db, now)?;
     // Each distinct text once (a thousand nodes, a few dozen checks): rows are grouped by
-    // number, without allocating per row; texts are looked up by their bytes, and checked
-    // as UTF-8 once each.
-    let mut names: FnvMap<Vec<u8>, u32> = FnvMap::default();
-    let mut texts: Vec<Vec<u8>> = Vec::new();
-    let mut id = |t: &[u8]| match names.get(t) {
+    // number, without allocating per row.
+    let mut names: FnvMap<Box<str>, u32> = FnvMap::default();
+    let mut texts: Vec<std::sync::Arc<str>> = Vec::new();
+    let mut id = |t: &str| match names.get(t) {
         Some(&i) => i,
         None => {
-            names.insert(t.to_vec(), texts.len() as u32);
-            texts.push(t.to_vec());
+            names.insert(t.into(), texts.len() as u32);
+            texts.push(t.into());
             texts.len() as u32 - 1
         }
     };
     let mut groups: FnvMap<[u32; 5], u32> =
         FnvMap::with_capacity_and_hasher(1024, Default::default());
-    let mut last_node = (Vec::new(), u32::MAX);
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let bytes = |i: usize| -> rusqlite::Result<&[u8]> {
-            r.get_ref(i)?.as_bytes().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-            })
-        };
-        let text = |i: usize| -> rusqlite::Result<&str> {
-            std::str::from_utf8(bytes(i)?).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-            })
-        };
-        let node = bytes(0)?;
-        // Rows come in node order: a node's name is looked up once per run of its rows.
-        if last_node.0 != node {
-            last_node = (node.to_vec(), id(node));
-        }
-        let excepted = active.covers(text(0)?, text(4)?, || Ok((text(5)?, r.get(6)?)))?;
-        let key = [
-            last_node.1,
-            id(bytes(1)?),
-            id(bytes(2)?),
-            id(bytes(3)?),
-            u32::from(excepted),
-        ];
-        *groups.entry(key).or_default() += 1;
-    }
-    let texts: Vec<std::sync::Arc<str>> = texts
-        .into_iter()
-        .map(|t| String::from_utf8_lossy(&t).into())
-        .collect();
-    let out: Vec<FindingCount> = groups
+    let mut last_node = (String::new(), u32::MAX);
+    db.each(
+        "SELECT node, cis, severity, status, rule_id, path, rank FROM findings",
+        &[],
+        &mut |r| {
+            let node = r.text(0)?;
+            // Rows come in node order: a node's name is looked up once per run of its rows.
+            if last_node.0 != node {
+                last_node = (node.to_string(), id(node));
+            }
+            let excepted = active.covers(node, r.text(4)?, || Ok((r.text(5)?, r.int(6)?)))?;
+            let key = [
+                last_node.1,
+                id(r.text(1)?),
+                id(r.text(2)?),
+                id(r.text(3)?),
+                u32::from(excepted),
+            ];
+            *groups.entry(key).or_default() += 1;
+            Ok(())
+        },
+    )?;
+    Ok(groups
         .into_iter()
         .map(
             |([node, cis, severity, status, excepted], count)| FindingCount {
@@ -414,22 +362,20 @@ pub(super) fn counts(conn: &Connection, now: &str) -> rusqlite::Result<Vec<Findi
                 count,
             },
         )
-        .collect();
-    Ok(out)
+        .collect())
 }
 
 /// The CIS ids a node's agent evaluates, from the node row's JSON.
 pub(super) fn checked_cis(
-    json: Option<String>,
+    json: &str,
     seen: &mut crate::fnv::FnvMap<String, std::sync::Arc<[String]>>,
 ) -> std::sync::Arc<[String]> {
-    let json = json.unwrap_or_default();
-    if let Some(list) = seen.get(&json) {
+    if let Some(list) = seen.get(json) {
         return std::sync::Arc::clone(list);
     }
-    let list: std::sync::Arc<[String]> = serde_json::from_str::<Vec<String>>(&json)
+    let list: std::sync::Arc<[String]> = serde_json::from_str::<Vec<String>>(json)
         .unwrap_or_default()
         .into();
-    seen.insert(json, std::sync::Arc::clone(&list));
+    seen.insert(json.to_string(), std::sync::Arc::clone(&list));
     list
 }
