@@ -183,13 +183,48 @@ pub struct RawFixConfig {
     pub keep_cluster_info: bool,
 }
 
+/// One collector address or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Addresses {
+    /// `address: https://collector:7443`.
+    One(String),
+    /// `address: [https://c1:7443, https://c2:7443]`.
+    Many(Vec<String>),
+}
+
+impl Addresses {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Addresses::One(a) => vec![a],
+            Addresses::Many(v) => v,
+        }
+    }
+}
+
+/// Whether `address` (`http://host:port`) names a loopback host.
+fn loopback(address: &str) -> bool {
+    let host = address
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || address.starts_with("http://[::1]")
+}
+
 /// `collector:` in the config file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCollector {
-    /// `https://host:port`; `http://` only for a collector on loopback run with
+    /// `https://host:port`, or a list of them (collector replicas sharing one database): on
+    /// a broken stream the agent moves to the next, and a name with several addresses counts
+    /// as one entry per address. `http://` only for a collector on loopback run with
     /// --insecure-listen-loopback.
-    pub address: String,
+    pub address: Addresses,
     /// PEM bundle of the CA that signs the collector's certificate.
     #[serde(default)]
     pub ca: Option<PathBuf>,
@@ -486,14 +521,28 @@ impl Config {
             ));
         }
         let collector = match raw.collector {
-            Some(c) if !c.address.starts_with("https://") && !c.address.starts_with("http://") => {
-                return Err(value(
-                    "collector.address",
-                    format!("{:?} is not https://host:port", c.address),
-                ));
-            }
             None => None,
             Some(c) => {
+                let addresses = c.address.into_vec();
+                if addresses.is_empty() {
+                    return Err(value("collector.address", "is an empty list".into()));
+                }
+                if let Some(a) = addresses
+                    .iter()
+                    .find(|a| !a.starts_with("https://") && !a.starts_with("http://"))
+                {
+                    return Err(value(
+                        "collector.address",
+                        format!("{a:?} is not https://host:port"),
+                    ));
+                }
+                let plaintext = addresses.iter().all(|a| a.starts_with("http://"));
+                if !plaintext && addresses.iter().any(|a| a.starts_with("http://")) {
+                    return Err(value(
+                        "collector.address",
+                        "mixes http:// and https:// addresses".into(),
+                    ));
+                }
                 let tls = match (c.ca, c.cert, c.key) {
                     (Some(ca), Some(cert), Some(key)) => Some(lockdown_proto::ClientTls {
                         ca,
@@ -501,7 +550,7 @@ impl Config {
                         key,
                         server_name: c.server_name,
                     }),
-                    (None, None, None) if c.address.starts_with("http://") => None,
+                    (None, None, None) if plaintext => None,
                     (None, None, None) => {
                         return Err(value(
                             "collector",
@@ -510,30 +559,18 @@ impl Config {
                     }
                     _ => return Err(value("collector", "ca, cert and key go together".into())),
                 };
-                if tls.is_none() {
-                    let host = c
-                        .address
-                        .trim_start_matches("http://")
-                        .split(['/', ':'])
-                        .next()
-                        .unwrap_or("");
-                    let loopback = host == "localhost"
-                        || host
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                        || c.address.starts_with("http://[::1]");
-                    if !loopback {
-                        return Err(value(
-                            "collector.address",
-                            format!(
-                                "{} is plaintext to a host that is not loopback; use https:// with ca, cert and key",
-                                c.address
-                            ),
-                        ));
-                    }
+                if tls.is_none()
+                    && let Some(a) = addresses.iter().find(|a| !loopback(a))
+                {
+                    return Err(value(
+                        "collector.address",
+                        format!(
+                            "{a} is plaintext to a host that is not loopback; use https:// with ca, cert and key"
+                        ),
+                    ));
                 }
                 Some(crate::ship::ShipConfig {
-                    address: c.address,
+                    addresses,
                     tls,
                     cluster: c.cluster.unwrap_or_default(),
                     backoff_initial: Duration::from_millis(200),
@@ -794,6 +831,46 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = Config::parse("manifest_dir: /x\n", Path::new("a.yaml")).unwrap_err();
         assert!(err.to_string().contains("manifest_dir"), "{err}");
+    }
+
+    #[test]
+    fn the_collector_may_be_several_replicas_of_one_scheme() {
+        let tls = "ca: /ca.pem, cert: /n.pem, key: /n.key";
+        let cfg = Config::parse(
+            &format!("collector: {{address: [https://c1:7443, https://c2:7443], {tls}}}\n"),
+            Path::new("a.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.collector.unwrap().addresses,
+            ["https://c1:7443", "https://c2:7443"]
+        );
+        let one = Config::parse(
+            "collector: {address: http://127.0.0.1:7000}\n",
+            Path::new("a.yaml"),
+        )
+        .unwrap();
+        assert_eq!(one.collector.unwrap().addresses, ["http://127.0.0.1:7000"]);
+        for (text, needle) in [
+            (format!("collector: {{address: [], {tls}}}\n"), "empty list"),
+            (
+                format!("collector: {{address: [https://c1:1, http://127.0.0.1:2], {tls}}}\n"),
+                "mixes http:// and https://",
+            ),
+            (
+                "collector: {address: [http://127.0.0.1:1, http://c2:2]}\n".to_string(),
+                "http://c2:2 is plaintext",
+            ),
+            (
+                format!("collector: {{address: [c1:7443], {tls}}}\n"),
+                "not https://",
+            ),
+        ] {
+            let err = Config::parse(&text, Path::new("a.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -31,8 +31,9 @@ const WINDOW: u64 = 5_000;
 /// Where and how to ship.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShipConfig {
-    /// `https://host:port` (or `http://` for a loopback development collector).
-    pub address: String,
+    /// `https://host:port` of each collector replica (or `http://` for a loopback
+    /// development collector), tried in turn.
+    pub addresses: Vec<String>,
     /// Mutual TLS files; `None` only for `http://` loopback.
     pub tls: Option<ClientTls>,
     /// Cluster label sent in the hello.
@@ -278,17 +279,33 @@ pub async fn run(
 ) {
     let mut backoff = cfg.backoff_initial;
     let mut recovery = Recovery::default();
+    let mut targets = std::collections::VecDeque::new();
+    // Failures since a session last got going: a round of them over every target waits
+    // the backoff; until then the next target is tried at once.
+    let mut failed_in_round = 0usize;
     loop {
+        if targets.is_empty() {
+            targets = resolve(&cfg.addresses).await.into();
+        }
+        let round = targets.len();
+        let target = targets.pop_front().expect("at least one address");
+        link.status.lock().expect("status lock").address = target.shown.clone();
+        let mut started = false;
         let result = session(
             &cfg,
+            &target,
             &state_dir,
             &node,
             &mut link,
             &mut acked,
-            &mut backoff,
+            &mut started,
             &mut recovery,
         )
         .await;
+        if started {
+            backoff = cfg.backoff_initial;
+            failed_in_round = 0;
+        }
         {
             let mut s = link.status.lock().expect("status lock");
             s.connected = false;
@@ -299,7 +316,7 @@ pub async fn run(
         if let Err(e) = result {
             recovery.learn(&e);
             tracing::warn!(
-                collector = cfg.address,
+                collector = target.shown,
                 error = %e,
                 retry_helps = e.retry_helps(),
                 retry_in_ms = backoff.as_millis() as u64,
@@ -310,9 +327,72 @@ pub async fn run(
                 backoff = cfg.backoff_initial;
             }
         }
+        // A broken stream or a replica that cannot be reached: the next one at once (any
+        // replica takes what this one did not ack); after a whole round, the backoff.
+        failed_in_round += 1;
+        if failed_in_round < round.max(cfg.addresses.len()) {
+            tokio::time::sleep(jitter(cfg.backoff_initial)).await;
+            continue;
+        }
+        failed_in_round = 0;
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(cfg.backoff_max);
     }
+}
+
+/// One place a collector answers: the URL to connect to, and the name its certificate must
+/// carry (the configured host's, when the URL holds one of its addresses).
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    url: String,
+    server_name: Option<String>,
+    /// How logs and `status` name it.
+    shown: String,
+}
+
+/// The configured addresses in order, each name that resolves to several addresses as one
+/// target per address (so that replicas behind one name are tried in turn, not the first
+/// one again and again). A name that does not resolve stays as it is: connecting says why.
+async fn resolve(addresses: &[String]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for a in addresses {
+        let as_is = Target {
+            url: a.clone(),
+            server_name: None,
+            shown: a.clone(),
+        };
+        let Ok(uri) = a.parse::<tonic::codegen::http::Uri>() else {
+            out.push(as_is);
+            continue;
+        };
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            out.push(as_is);
+            continue;
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_ok() {
+            out.push(as_is);
+            continue;
+        }
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let mut ips: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(ips) => ips.collect(),
+            Err(_) => Vec::new(),
+        };
+        ips.dedup();
+        if ips.len() < 2 {
+            out.push(as_is);
+            continue;
+        }
+        out.extend(ips.into_iter().map(|ip| Target {
+            url: format!("{scheme}://{ip}"),
+            server_name: Some(host.to_string()),
+            shown: format!("{a} ({ip})"),
+        }));
+    }
+    out
 }
 
 /// 50% to 100% of `d`, so that many agents do not reconnect in step.
@@ -371,13 +451,15 @@ fn build_batch(
     Ok(batch)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &ShipConfig,
+    target: &Target,
     state_dir: &std::path::Path,
     node: &str,
     link: &mut Link,
     acked: &mut u64,
-    backoff: &mut Duration,
+    started: &mut bool,
     recovery: &mut Recovery,
 ) -> Result<(), ShipError> {
     let Link {
@@ -388,7 +470,13 @@ async fn session(
     } = link;
     let unreachable = |e: String| ShipError::Unreachable(e);
     let reader = SpoolReader::open(state_dir).map_err(|e| ShipError::Spool(e.to_string()))?;
-    let channel = lockdown_proto::endpoint(&cfg.address, cfg.tls.as_ref())
+    let tls = cfg.tls.clone().map(|mut t| {
+        if t.server_name.is_none() {
+            t.server_name = target.server_name.clone();
+        }
+        t
+    });
+    let channel = lockdown_proto::endpoint(&target.url, tls.as_ref())
         .map_err(ShipError::Unreachable)?
         .connect()
         .await
@@ -425,9 +513,9 @@ async fn session(
         s.connected = true;
         s.last_error = None;
     }
-    *backoff = cfg.backoff_initial;
+    *started = true;
     tracing::info!(
-        collector = cfg.address,
+        collector = target.shown,
         first_unacked = *acked + 1,
         "connected to the collector"
     );

@@ -17,9 +17,15 @@ pub struct RawConfig {
     /// Address to listen on. Default: 0.0.0.0:7443.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
-    /// SQLite database file. Default: /var/lib/kube-lockdown-collector/events.db.
+    /// The store: a SQLite file, or a `postgres://` URL (several collectors may share one
+    /// PostgreSQL database). Default: /var/lib/kube-lockdown-collector/events.db.
     #[serde(default)]
-    pub database: Option<PathBuf>,
+    pub database: Option<String>,
+    /// The PostgreSQL password's file (first line), e.g. a systemd credential
+    /// (`%d/database-password`). Default: the LOCKDOWN_DATABASE_PASSWORD environment variable,
+    /// else none. Never in the URL.
+    #[serde(default)]
+    pub database_password_file: Option<PathBuf>,
     /// TLS: the collector's certificate and key, and the CA that signs agent and reader
     /// certificates. Required unless --insecure-listen-loopback is given.
     #[serde(default)]
@@ -121,13 +127,60 @@ pub struct Tls {
     pub reader_ca: Option<PathBuf>,
 }
 
+/// Where the events are stored.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// A SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, with its password.
+    Postgres(Box<crate::store::postgres::Target>),
+}
+
+/// The environment variable a PostgreSQL password may come from.
+pub const PASSWORD_ENV: &str = "LOCKDOWN_DATABASE_PASSWORD";
+
+impl Database {
+    /// A file path or a `postgres://` URL; a URL's password comes from `password_file`, else
+    /// the environment ([`PASSWORD_ENV`]).
+    pub fn parse(text: &str, password_file: Option<&Path>) -> Result<Database, String> {
+        use crate::store::postgres::{Password, Target, is_url};
+        if !is_url(text) {
+            if text.contains("://") {
+                return Err(format!(
+                    "database: {text:?} is neither a file path nor a postgres:// URL"
+                ));
+            }
+            return Ok(Database::Sqlite(PathBuf::from(text)));
+        }
+        let password = match (password_file, std::env::var(PASSWORD_ENV)) {
+            (Some(f), _) => Password::File(f.to_path_buf()),
+            (None, Ok(p)) => Password::Value(p),
+            (None, Err(_)) => Password::None,
+        };
+        Target::parse(text, &password)
+            .map(|t| Database::Postgres(Box::new(t)))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "{}", p.display()),
+            Database::Postgres(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
 /// The validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Database file.
-    pub database: PathBuf,
+    /// The store.
+    pub database: Database,
+    /// The PostgreSQL password's file, if configured (for `--database`).
+    pub database_password_file: Option<PathBuf>,
     /// TLS, or `None` for plaintext on loopback.
     pub tls: Option<Tls>,
     /// Allowed reader names.
@@ -247,11 +300,17 @@ impl Config {
                 "nodes.expected: {bad:?} is not a node name (lower-case DNS name)"
             )));
         }
+        let database = Database::parse(
+            raw.database
+                .as_deref()
+                .unwrap_or("/var/lib/kube-lockdown-collector/events.db"),
+            raw.database_password_file.as_deref(),
+        )
+        .map_err(invalid)?;
         Ok(Config {
             listen,
-            database: raw
-                .database
-                .unwrap_or_else(|| "/var/lib/kube-lockdown-collector/events.db".into()),
+            database,
+            database_password_file: raw.database_password_file,
             tls,
             readers: raw.readers,
             admins: raw.admins,

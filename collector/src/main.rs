@@ -34,9 +34,9 @@ enum Command {
         /// refused for any address that is not loopback).
         #[arg(long)]
         insecure_listen_loopback: Option<SocketAddr>,
-        /// Database file (overrides the config).
+        /// The store, a SQLite file or a postgres:// URL (overrides the config).
         #[arg(long)]
-        database: Option<PathBuf>,
+        database: Option<String>,
     },
     /// List stored events, oldest first; --follow keeps printing new ones.
     Events {
@@ -239,7 +239,16 @@ fn main() -> ExitCode {
                 }
             };
             if let Some(db) = database {
-                cfg.database = db;
+                match lockdown_collector::config::Database::parse(
+                    &db,
+                    cfg.database_password_file.as_deref(),
+                ) {
+                    Ok(db) => cfg.database = db,
+                    Err(e) => {
+                        eprintln!("lockdown-collector: --database: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
             }
             match runtime.block_on(server::serve(cfg, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

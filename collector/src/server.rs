@@ -15,9 +15,9 @@ use lockdown_proto::v1::query_service_server::QueryServiceServer;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::config::Config;
+use crate::config::{Config, Database};
 use crate::feed::{CommitFeed, InProcess};
-use crate::store::{EventStore, Store, StoreError};
+use crate::store::{EventStore, PgStore, Store, StoreError};
 
 pub use crate::admit::MAX_BATCH_EVENTS;
 /// How long a new stream may take to send its Hello.
@@ -26,6 +26,13 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITER_QUEUE: usize = 1024;
 /// How long a stopping collector waits for open streams to end before it exits anyway.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Store instances for queries at once (each a connection to PostgreSQL).
+const READERS: usize = 4;
+/// How often the store is checked for the health service.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// With PostgreSQL, how often readers look for other replicas' commits even without a
+/// notification.
+const POLL_EVERY: Duration = Duration::from_secs(1);
 
 mod auth;
 mod exceptions;
@@ -42,7 +49,7 @@ use writer::{DropSignal, Job, writer_loop};
 pub(super) struct Shared {
     cfg: Config,
     writer: mpsc::Sender<Job>,
-    reader: Arc<Mutex<Box<dyn EventStore>>>,
+    readers: Readers,
     /// Wakes WatchEvents after every commit.
     committed: Arc<dyn CommitFeed>,
     /// Set once when the collector starts to stop: no new streams, open ones end.
@@ -84,9 +91,34 @@ pub enum ServeError {
     },
 }
 
-/// The configured store: one instance for the writer, one for the readers.
-fn open_store(cfg: &Config) -> Result<Box<dyn EventStore>, ServeError> {
-    Ok(Box::new(Store::open(&cfg.database)?))
+/// A new instance of the configured store (each has its own connection).
+pub fn open_store(db: &Database) -> Result<Box<dyn EventStore>, StoreError> {
+    Ok(match db {
+        Database::Sqlite(path) => Box::new(Store::open(path)?),
+        Database::Postgres(target) => Box::new(PgStore::connect(target)?),
+    })
+}
+
+/// Store instances for queries, opened as needed up to [`READERS`] at once; an instance is
+/// reused (PostgreSQL's reconnects by itself after the database comes back).
+struct Readers {
+    db: Database,
+    idle: Mutex<Vec<Box<dyn EventStore>>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn take(&self) -> Result<Box<dyn EventStore>, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(s) => Ok(s),
+            None => open_store(&self.db),
+        }
+    }
+
+    fn give_back(&self, s: Box<dyn EventStore>) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
 }
 
 /// Serves until `shutdown` resolves.
@@ -94,13 +126,28 @@ pub async fn serve(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if let Some(dir) = cfg.database.parent() {
+    if let Database::Sqlite(path) = &cfg.database
+        && let Some(dir) = path.parent()
+    {
         let _ = std::fs::create_dir_all(dir);
     }
-    let mut store = open_store(&cfg)?;
-    let reader = open_store(&cfg)?;
+    let mut store = open_store(&cfg.database)?;
+    let readers = Readers {
+        db: cfg.database.clone(),
+        idle: Mutex::new(vec![open_store(&cfg.database)?]),
+        permits: Semaphore::new(READERS),
+    };
+    let health_store = open_store(&cfg.database)?;
     let (writer, mut jobs) = mpsc::channel::<Job>(WRITER_QUEUE);
     let committed: Arc<dyn CommitFeed> = Arc::new(InProcess::default());
+    if let Database::Postgres(target) = &cfg.database {
+        // Other replicas' commits wake this one's readers too.
+        tokio::spawn(crate::store::postgres::listen(
+            (**target).clone(),
+            Arc::clone(&committed),
+            POLL_EVERY,
+        ));
+    }
     let committed_tx = Arc::clone(&committed);
     // If the writer ever stops (a panic), nothing can be acked again: stop serving and exit
     // non-zero, so that the service manager restarts the collector.
@@ -137,7 +184,7 @@ pub async fn serve(
         streams: Arc::new(Semaphore::new(cfg.max_streams)),
         cfg: cfg.clone(),
         writer,
-        reader: Arc::new(Mutex::new(reader)),
+        readers,
         committed,
         stopping: watch::channel(false).0,
         connected: Mutex::new(HashMap::new()),
@@ -181,6 +228,7 @@ pub async fn serve(
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<Agents>>().await;
     health.set_serving::<QueryServiceServer<Queries>>().await;
+    tokio::spawn(watch_health(health, health_store));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(lockdown_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -219,7 +267,7 @@ pub async fn serve(
     let queries = QueryServiceServer::new(Queries(Arc::clone(&shared)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(16 << 20);
-    tracing::info!(listen = %cfg.listen, tls = cfg.tls.is_some(), database = %cfg.database.display(), "collector serving");
+    tracing::info!(listen = %cfg.listen, tls = cfg.tls.is_some(), database = %cfg.database, "collector serving");
     let serving = builder
         .add_service(health_svc)
         .add_service(reflection)
@@ -267,16 +315,74 @@ async fn ask<T>(
         .map_err(|e| e.to_status())
 }
 
-/// Runs `f` on the readers' store instance, off the runtime (SQLite blocks).
+/// Runs `f` on a reader store instance, off the runtime (the stores block).
 pub(super) async fn read<T: Send + 'static>(
     shared: &Arc<Shared>,
     f: impl FnOnce(&dyn EventStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, tonic::Status> {
-    let shared = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || f(shared.reader.lock().expect("lock").as_ref()))
+    let _permit = shared
+        .readers
+        .permits
+        .acquire()
         .await
-        .map_err(|e| tonic::Status::internal(e.to_string()))?
-        .map_err(|e| e.to_status())
+        .map_err(|_| tonic::Status::unavailable("the collector is stopping"))?;
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let store = shared.readers.take()?;
+        let out = f(store.as_ref());
+        shared.readers.give_back(store);
+        out
+    })
+    .await
+    .map_err(|e| tonic::Status::internal(e.to_string()))?
+    .map_err(|e| e.to_status())
+}
+
+/// Says on the standard health service whether this replica can reach its store: one that
+/// cannot acks nothing, and a load balancer should send agents and readers elsewhere.
+async fn watch_health(health: tonic_health::server::HealthReporter, store: Box<dyn EventStore>) {
+    let store = Arc::new(Mutex::new(store));
+    let mut serving = true;
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&store);
+        let probe = tokio::task::spawn_blocking(move || {
+            s.lock().unwrap_or_else(|p| p.into_inner()).max_cursor()
+        });
+        let ok = match probe.await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                if serving {
+                    tracing::error!(error = %e, "the store is unreachable; reporting not serving");
+                }
+                false
+            }
+            Err(_) => false,
+        };
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                tracing::info!("the store is reachable again; reporting serving");
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <AgentServiceServer<Agents> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            health
+                .set_service_status(
+                    <QueryServiceServer<Queries> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+        }
+    }
 }
 
 pub(super) fn now() -> String {

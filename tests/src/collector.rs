@@ -48,9 +48,21 @@ impl Pki {
 
     /// The agent config lines that ship to `addr` as `node`.
     pub fn agent_config(&self, addr: SocketAddr, node: &str) -> String {
+        self.agent_config_to(&[addr], node)
+    }
+
+    /// The agent config lines that ship to the first of `addrs` that answers, as `node`.
+    pub fn agent_config_to(&self, addrs: &[SocketAddr], node: &str) -> String {
+        let list: Vec<String> = addrs
+            .iter()
+            .map(|a| format!("https://localhost:{}", a.port()))
+            .collect();
+        let address = match list.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
         format!(
-            "collector:\n  address: https://localhost:{port}\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n  backoff_max: 200ms\n  heartbeat: 1s\n",
-            port = addr.port(),
+            "collector:\n  address: {address}\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n  backoff_max: 200ms\n  heartbeat: 1s\n",
             ca = self.path("ca.crt").display(),
             cert = self.path(&format!("{node}.crt")).display(),
             key = self.path(&format!("{node}.key")).display(),
@@ -153,8 +165,10 @@ pub struct Collector {
     pub child: Option<Child>,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its database.
+    /// Its SQLite database (unused on PostgreSQL).
     pub db: PathBuf,
+    /// Its PostgreSQL database's URL, if it stores there.
+    pub postgres: Option<String>,
     config: PathBuf,
     log: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -184,14 +198,34 @@ impl Collector {
         Collector::launch(pki, dir, addr, "", extra)
     }
 
+    /// A collector replica storing in the PostgreSQL database at `url`.
+    pub fn on_postgres(pki: &Pki, url: &str, extra: &str) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Collector::launch(
+            pki,
+            dir.path(),
+            free_addr(),
+            "",
+            &format!("database: {url}\n{extra}"),
+        );
+        c.postgres = Some(url.to_string());
+        c._dir = Some(dir);
+        c
+    }
+
     fn launch(pki: &Pki, dir: &Path, addr: SocketAddr, tls_extra: &str, extra: &str) -> Collector {
         let config = dir.join("collector.yaml");
         let db = dir.join("events.db");
+        // A database given in `extra` replaces the file.
+        let database = if extra.contains("database:") {
+            String::new()
+        } else {
+            format!("database: {}\n", db.display())
+        };
         fs::write(
             &config,
             format!(
-                "listen: {addr}\ndatabase: {db}\ntls: {{cert: {cert}, key: {key}, client_ca: {ca}{tls_extra}}}\nreaders: [reader, admin]\nadmins: [admin]\n{extra}\n",
-                db = db.display(),
+                "listen: {addr}\n{database}tls: {{cert: {cert}, key: {key}, client_ca: {ca}{tls_extra}}}\nreaders: [reader, admin]\nadmins: [admin]\n{extra}\n",
                 cert = pki.path("collector.crt").display(),
                 key = pki.path("collector.key").display(),
                 ca = pki.path("ca.crt").display(),
@@ -202,6 +236,7 @@ impl Collector {
             child: None,
             addr,
             db,
+            postgres: None,
             config,
             log: dir.join("collector.log"),
             _dir: None,
@@ -275,9 +310,12 @@ impl Collector {
 
     /// Every stored (node, seq), sorted.
     pub fn keys(&self) -> Vec<(String, u64)> {
-        Store::open(&self.db)
-            .and_then(|s| s.keys())
-            .unwrap_or_default()
+        match &self.postgres {
+            Some(url) => crate::collector::postgres(url).keys().unwrap_or_default(),
+            None => Store::open(&self.db)
+                .and_then(|s| s.keys())
+                .unwrap_or_default(),
+        }
     }
 
     /// Waits until the stored keys satisfy `done`.
@@ -304,6 +342,13 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A store on the PostgreSQL database at `url` (no password).
+pub fn postgres(url: &str) -> lockdown_collector::store::PgStore {
+    use lockdown_collector::store::postgres::{Password, Target};
+    let target = Target::parse(url, &Password::None).expect("a PostgreSQL URL");
+    lockdown_collector::store::PgStore::connect(&target).expect("connect to PostgreSQL")
 }
 
 /// Whether `keys` are exactly `node`'s 1..=n for some n of at least `last`: everything up to

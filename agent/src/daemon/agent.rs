@@ -153,7 +153,7 @@ impl Agent {
             return;
         };
         let status = Arc::new(std::sync::Mutex::new(crate::ship::ShipStatus {
-            address: cfg.address.clone(),
+            address: cfg.addresses[0].clone(),
             acked: self.spool.depth().acked,
             ..Default::default()
         }));

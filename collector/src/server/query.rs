@@ -219,18 +219,12 @@ impl QueryService for Queries {
         tokio::spawn(async move {
             loop {
                 let f = filter.clone();
-                let s2 = Arc::clone(&shared);
-                let page = tokio::task::spawn_blocking(move || {
-                    s2.reader.lock().expect("lock").list(&f, after, 500)
-                })
-                .await;
-                let page = match page {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                let page = match super::read(&shared, move |s| s.list(&f, after, 500)).await {
+                    Ok(p) => p,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
-                    Err(_) => return,
                 };
                 let full = page.len() == 500;
                 for e in page {

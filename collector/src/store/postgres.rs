@@ -79,6 +79,40 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// `url` without a password, in its user part or its parameters (for logs and errors).
+fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (rest, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(r, q)| (r, Some(q)));
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{user}@{host}")
+        }
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{authority}");
+    if let Some(p) = path {
+        out.push('/');
+        out.push_str(p);
+    }
+    if let Some(q) = query {
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|kv| !kv.starts_with("password="))
+            .collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+    }
+    out
+}
+
 /// Whether `database` names a PostgreSQL database rather than a SQLite file.
 pub fn is_url(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
@@ -87,7 +121,7 @@ pub fn is_url(database: &str) -> bool {
 impl Target {
     /// Parses a `postgres://` URL and reads the password it needs.
     pub fn parse(url: &str, password: &Password) -> Result<Target, StoreError> {
-        let shown = url.to_string();
+        let shown = redact(url);
         let bad = |reason: String| StoreError::Config {
             path: shown.clone(),
             reason,
@@ -235,8 +269,7 @@ async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>
     }
 }
 
-/// The runtime the driver's connections run on: the store's callers are threads that block
-/// (the writer, `spawn_blocking` readers, sinks), never async tasks.
+/// The runtime the driver's connections run on (a task each, doing the I/O).
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -247,6 +280,31 @@ fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("a runtime for the database connections")
     })
+}
+
+/// Polls `f` to completion on the calling thread. A statement's future only exchanges
+/// messages with its connection's task (on [`runtime`]) and needs no reactor of its own, so
+/// the store's callers block on it from any thread: the writer, a reader's `spawn_blocking`,
+/// a sink's thread (inside its own runtime).
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
 }
 
 /// Whether retrying can succeed without an operator: a lost connection, a database shutting
@@ -289,7 +347,7 @@ impl PgStore {
             conn: Mutex::new(None),
         };
         backend
-            .with_conn(|c| runtime().block_on(migrate(&mut c.client)))
+            .with_conn(|c| wait(migrate(&mut c.client)))
             .map_err(|source| StoreError::Db {
                 path: target.shown.clone(),
                 source,
@@ -371,7 +429,12 @@ impl Postgres {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = None;
-            let client = runtime().block_on(self.target.connect())?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let target = self.target.clone();
+            runtime().spawn(async move {
+                let _ = tx.send(target.connect().await);
+            });
+            let client = rx.recv().expect("the connecting task answers")?;
             *slot = Some(Conn {
                 client,
                 prepared: HashMap::new(),
@@ -396,23 +459,21 @@ impl Backend for Postgres {
         f: impl FnOnce(&mut dyn Db) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
         self.with_conn(|c| {
-            let rt = runtime();
-            let tx = rt.block_on(c.client.transaction())?;
-            rt.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]))?;
+            let tx = wait(c.client.transaction())?;
+            wait(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]))?;
             let out = f(&mut PgDb {
                 tx: &tx,
                 prepared: &mut c.prepared,
             })?;
-            rt.block_on(tx.batch_execute(&format!("NOTIFY {CHANNEL}")))?;
-            rt.block_on(tx.commit())?;
+            wait(tx.batch_execute(&format!("NOTIFY {CHANNEL}")))?;
+            wait(tx.commit())?;
             Ok(out)
         })
     }
 
     fn read<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T, DbError>) -> Result<T, DbError> {
         self.with_conn(|c| {
-            let rt = runtime();
-            let tx = rt.block_on(
+            let tx = wait(
                 c.client
                     .build_transaction()
                     .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -423,7 +484,7 @@ impl Backend for Postgres {
                 tx: &tx,
                 prepared: &mut c.prepared,
             })?;
-            rt.block_on(tx.commit())?;
+            wait(tx.commit())?;
             Ok(out)
         })
     }
@@ -447,7 +508,7 @@ impl PgDb<'_, '_> {
             let numbered = c == '?' && chars.peek().is_some_and(char::is_ascii_digit);
             text.push(if numbered { '$' } else { c });
         }
-        let s = runtime().block_on(self.tx.prepare(&text))?;
+        let s = wait(self.tx.prepare(&text))?;
         self.prepared.insert(sql.to_string(), s.clone());
         Ok(s)
     }
@@ -508,7 +569,7 @@ impl Db for PgDb<'_, '_> {
 
     fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, DbError> {
         let s = self.statement(sql)?;
-        Ok(runtime().block_on(self.tx.execute(&s, &params(args)))?)
+        Ok(wait(self.tx.execute(&s, &params(args)))?)
     }
 
     fn each(
@@ -518,7 +579,7 @@ impl Db for PgDb<'_, '_> {
         f: &mut dyn FnMut(&dyn Row) -> Result<(), DbError>,
     ) -> Result<(), DbError> {
         let s = self.statement(sql)?;
-        for r in runtime().block_on(self.tx.query(&s, &params(args)))? {
+        for r in wait(self.tx.query(&s, &params(args)))? {
             f(&r)?;
         }
         Ok(())
@@ -546,7 +607,7 @@ impl Db for PgDb<'_, '_> {
         let (rule, path) = (col(|e| &e.rule_id), col(|e| &e.path));
         let body: Vec<&[u8]> = events.iter().map(|e| e.body.as_slice()).collect();
         let epoch = epoch as i64;
-        let stored = runtime().block_on(self.tx.query(
+        let stored = wait(self.tx.query(
             &s,
             &[
                 &node, &epoch, &seqs, &time, &kind, &severity, &rule, &path, &body,

@@ -57,7 +57,8 @@ impl<B: Backend> SqlStore<B> {
         }
     }
 
-    fn write<T>(
+    /// Runs `f` in one write transaction of the backend.
+    pub(crate) fn write<T>(
         &mut self,
         f: impl FnOnce(&mut dyn Db) -> Result<T, DbError>,
     ) -> Result<T, StoreError> {
