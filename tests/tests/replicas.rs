@@ -29,7 +29,7 @@ fn edit_all(nodes: &[Node], round: usize) {
             .unwrap()
             .lines()
             .filter(|l| !l.contains("--profiling"))
-            .map(|l| match (l, round % 2 == 0) {
+            .map(|l| match (l, round.is_multiple_of(2)) {
                 ("    - kube-scheduler", true) => format!("{l}\n    - --profiling=false\n"),
                 _ => format!("{l}\n"),
             })
@@ -272,7 +272,7 @@ fn a_database_restart_under_load_loses_nothing_and_the_replicas_recover_on_their
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let order = if i % 2 == 0 {
+            let order = if i.is_multiple_of(2) {
                 [a.addr, b.addr]
             } else {
                 [b.addr, a.addr]
