@@ -14,6 +14,8 @@ pub struct PgServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    /// `-c` settings beyond the defaults.
+    settings: Vec<String>,
     child: Option<Child>,
     made: std::sync::atomic::AtomicU32,
 }
@@ -84,6 +86,33 @@ fn free_port() -> u16 {
 impl PgServer {
     /// A new cluster (`initdb`, trust on loopback, the C locale), started.
     pub fn start() -> PgServer {
+        let mut server = PgServer::init();
+        server.run();
+        server
+    }
+
+    /// Like [`PgServer::start`], serving TLS too with a certificate for `localhost` from a
+    /// development CA; the CA's file, for `sslrootcert`.
+    pub fn start_tls() -> (PgServer, PathBuf) {
+        let mut server = PgServer::init();
+        let pki = server.dir.path().join("pki");
+        crate::certs::write_dev_ca(&pki, &["localhost".to_string()], &[], &[])
+            .expect("a development CA");
+        chown_nobody(&pki);
+        // PostgreSQL wants its key readable by its own user only.
+        let key = pki.join("collector.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod the server key");
+        server.settings = vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", pki.join("collector.crt").display()),
+            format!("ssl_key_file={}", key.display()),
+        ];
+        server.run();
+        (server, pki.join("ca.crt"))
+    }
+
+    fn init() -> PgServer {
         let bin = pg_bin().expect(
             "PostgreSQL's binaries (initdb, postgres): install the Debian package postgresql",
         );
@@ -104,15 +133,14 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut server = PgServer {
+        PgServer {
             bin,
             dir,
             port: free_port(),
+            settings: Vec::new(),
             child: None,
             made: Default::default(),
-        };
-        server.run();
-        server
+        }
     }
 
     /// Starts the server on its directory and waits until it accepts connections.
@@ -130,6 +158,7 @@ impl PgServer {
                 "-c",
                 "logging_collector=off",
             ])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -17,11 +17,8 @@ use std::time::{Duration, Instant};
 use lockdown_e2e::collector::{Collector, Pki, free_addr};
 use lockdown_e2e::measure::{machine, rss_kb};
 use lockdown_e2e::node::Node;
-use lockdown_proto::ClientTls;
-use lockdown_proto::v1::agent_service_client::AgentServiceClient;
-use lockdown_proto::v1::{AgentMessage, EventBatch, Hello, agent_message, collector_message};
+use lockdown_e2e::sim::{agent, open_stream, tls};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const NO_RATE_LIMIT: &str = "limits: {max_events_per_second_per_node: 100000000}";
 
@@ -76,105 +73,6 @@ fn latency() {
         ms(lat[lat.len() * 99 / 100]),
         ms(*lat.last().unwrap())
     );
-}
-
-fn tls(pki: &Pki, node: &str) -> ClientTls {
-    ClientTls {
-        ca: pki.path("ca.crt"),
-        cert: pki.path(&format!("{node}.crt")),
-        key: pki.path(&format!("{node}.key")),
-        server_name: Some("localhost".into()),
-    }
-}
-
-fn event(node: &str, seq: u64) -> lockdown_proto::v1::Event {
-    let body = format!(
-        r#"{{"seq":{seq},"node":"{node}","time":"2026-11-26T10:00:00.000Z","kind":"finding_raised","path":"/etc/kubernetes/manifests/kube-apiserver.yaml","finding":{{"rule_id":"apiserver-profiling","cis":"1.2.15","title":"Profiling is disabled","severity":"low","status":"fail","flag":"--profiling","observed":"true","expected":"false","remediation":"Set --profiling=false"}}}}"#
-    );
-    lockdown_proto::v1::Event {
-        node: node.into(),
-        seq,
-        time: "2026-11-26T10:00:00.000Z".into(),
-        kind: "finding_raised".into(),
-        severity: "low".into(),
-        rule_id: "apiserver-profiling".into(),
-        path: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
-        body: body.into_bytes(),
-        epoch: 0,
-    }
-}
-
-/// Opens a Report stream as `node` and says hello; returns the sender and the answers.
-async fn open_stream(
-    address: &str,
-    tls: &ClientTls,
-    node: &str,
-) -> (
-    mpsc::Sender<AgentMessage>,
-    tonic::Streaming<lockdown_proto::v1::CollectorMessage>,
-) {
-    let ch = lockdown_proto::endpoint(address, Some(tls))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = AgentServiceClient::new(ch)
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(16 << 20);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            node: node.to_string(),
-            first_unacked_seq: 1,
-            spool_epoch: 1,
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let inbound = client
-        .report(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, inbound)
-}
-
-/// One simulated agent: sends `total` events in batches of `batch`, keeping up to `window`
-/// batches unacknowledged, and returns when the last is acknowledged.
-async fn agent(address: String, tls: ClientTls, node: String, total: u64, batch: u64) {
-    let (tx, mut inbound) = open_stream(&address, &tls, &node).await;
-    let sender = tokio::spawn(async move {
-        let mut seq = 0;
-        while seq < total {
-            let events = (seq + 1..=(seq + batch).min(total))
-                .map(|s| event(&node, s))
-                .collect();
-            seq = (seq + batch).min(total);
-            if tx
-                .send(AgentMessage {
-                    msg: Some(agent_message::Msg::Events(EventBatch {
-                        events,
-                        covers_from: 0,
-                    })),
-                })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        // keep the stream open until acks are in
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    });
-    while let Some(m) = inbound.message().await.unwrap() {
-        if let Some(collector_message::Msg::Ack(a)) = m.msg
-            && a.seq >= total
-        {
-            break;
-        }
-    }
-    sender.abort();
 }
 
 fn ingest(rt: &tokio::runtime::Runtime) {

@@ -6,6 +6,7 @@ pub mod measure;
 pub mod node;
 pub mod pki;
 pub mod proxy;
+pub mod sim;
 
 use std::path::PathBuf;
 

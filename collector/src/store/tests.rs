@@ -804,3 +804,46 @@ fn a_database_url_never_carries_the_password_and_tls_is_verified_or_off() {
     );
     assert!(missing.unwrap_err().to_string().contains("password file"));
 }
+
+#[test]
+fn tls_to_the_database_is_verified_against_the_configured_ca() {
+    use crate::store::postgres::{Password, Target};
+    let (server, ca) = crate::testing::PgServer::start_tls();
+    let url = server.database().replace("127.0.0.1", "localhost");
+    let mut s = PgStore::connect(
+        &Target::parse(
+            &format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
+            &Password::None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ssl = s
+        .write(|db| {
+            db.opt(
+                "SELECT CASE WHEN ssl THEN 'on' ELSE 'off' END FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+                |r| Ok(r.text(0)?.to_string()),
+            )
+        })
+        .unwrap();
+    assert_eq!(ssl.as_deref(), Some("on"), "the session is encrypted");
+    // A server whose certificate another CA signed is refused.
+    let other = tempfile::tempdir().unwrap();
+    crate::certs::write_dev_ca(other.path(), &["localhost".to_string()], &[], &[]).unwrap();
+    let err = PgStore::connect(
+        &Target::parse(
+            &format!(
+                "{url}?sslmode=verify-full&sslrootcert={}",
+                other.path().join("ca.crt").display()
+            ),
+            &Password::None,
+        )
+        .unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
