@@ -14,7 +14,6 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use lockdown_collector::store::EventStore as _;
 use lockdown_collector::testing::PgServer;
 use lockdown_e2e::collector::{Collector, Pki, postgres};
 use lockdown_e2e::measure::{machine, rss_kb};
