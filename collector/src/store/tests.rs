@@ -67,6 +67,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    a_sink_cursor_is_durable_per_sink_and_never_moves_back,
     a_resend_stores_nothing_twice,
     an_unexplained_gap_holds_the_ack_back,
     a_spool_overflow_event_explains_its_gap,
@@ -846,4 +847,14 @@ fn tls_to_the_database_is_verified_against_the_configured_ca() {
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
     );
+}
+
+fn a_sink_cursor_is_durable_per_sink_and_never_moves_back<B: Backend>(mut s: SqlStore<B>) {
+    assert_eq!(s.sink_cursor("hook").unwrap(), 0);
+    s.set_sink_cursor("hook", 7).unwrap();
+    s.set_sink_cursor("syslog", 3).unwrap();
+    // A slower run of the same sink cannot undo the other's progress.
+    s.set_sink_cursor("hook", 5).unwrap();
+    assert_eq!(s.sink_cursor("hook").unwrap(), 7);
+    assert_eq!(s.sink_cursor("syslog").unwrap(), 3);
 }
