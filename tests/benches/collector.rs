@@ -11,13 +11,12 @@
 //! own node certificate, sending synthetic events) so that the collector, not the agents, is
 //! what is measured. Prints markdown for BENCHMARKS.md.
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use lockdown_e2e::collector::{Collector, Pki, free_addr};
 use lockdown_e2e::measure::{machine, rss_kb};
 use lockdown_e2e::node::Node;
-use lockdown_e2e::sim::{agent, open_stream, tls};
+use lockdown_e2e::sim::{agent, open_stream, tls, write_to_commit};
 use tokio::sync::mpsc;
 
 const NO_RATE_LIMIT: &str = "limits: {max_events_per_second_per_node: 100000000}";
@@ -37,34 +36,9 @@ fn latency() {
     let col = Collector::start(&pki, dir.path(), addr, "");
     let node = Node::new(&pki.agent_config(addr, "cp-1"));
     let agent = node.start();
-    let target = node.manifest("kube-scheduler.yaml");
-    let base = fs::read_to_string(&target).unwrap();
     use lockdown_collector::store::EventStore as _;
     let store = lockdown_collector::store::Store::open(&col.db).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store.acked("cp-1").unwrap() < agent.last_seq() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut lat = Vec::new();
-    for i in 0..500 {
-        let want = store.acked("cp-1").unwrap() + 1;
-        let t0 = Instant::now();
-        fs::write(
-            &target,
-            base.replace(
-                "    - kube-scheduler\n",
-                &format!("    - kube-scheduler\n    - --v={i}\n"),
-            ),
-        )
-        .unwrap();
-        while store.acked("cp-1").unwrap() < want {
-            assert!(t0.elapsed() < Duration::from_secs(30), "no commit");
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        lat.push(t0.elapsed());
-    }
-    lat.sort();
+    let lat = write_to_commit(&node, &agent, || store.acked("cp-1").unwrap(), 500);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
         "\nmanifest write → event committed at the collector (mTLS, loopback), n={}: p50 {}, p99 {}, max {}",

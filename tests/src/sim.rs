@@ -112,3 +112,45 @@ pub async fn agent(address: String, tls: ClientTls, node: String, total: u64, ba
     }
     sender.abort();
 }
+
+/// Edits `node`'s scheduler manifest `n` times, each after the last one's event was
+/// committed; the time from each write until `acked()` (the node's ack in the store) passed
+/// its event.
+pub fn write_to_commit(
+    node: &crate::node::Node,
+    agent: &crate::node::Agent,
+    acked: impl Fn() -> u64,
+    n: usize,
+) -> Vec<Duration> {
+    use std::time::Instant;
+    let target = node.manifest("kube-scheduler.yaml");
+    let base = std::fs::read_to_string(&target).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked() < agent.last_seq() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's first events were not committed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let want = acked() + 1;
+        let t0 = Instant::now();
+        std::fs::write(
+            &target,
+            base.replace(
+                "    - kube-scheduler\n",
+                &format!("    - kube-scheduler\n    - --v={i}\n"),
+            ),
+        )
+        .unwrap();
+        while acked() < want {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no commit");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    lat
+}

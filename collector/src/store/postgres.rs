@@ -356,43 +356,6 @@ impl PgStore {
     }
 }
 
-/// The tables (`sql/mod.rs` says what each holds); every text compares byte for byte.
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS events(
-    cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    node TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL, time TEXT NOT NULL,
-    kind TEXT NOT NULL, severity TEXT NOT NULL, rule_id TEXT NOT NULL, path TEXT NOT NULL,
-    body BYTEA NOT NULL, UNIQUE(node, epoch, seq));
-CREATE INDEX IF NOT EXISTS events_time ON events(time);
-CREATE TABLE IF NOT EXISTS gaps(node TEXT NOT NULL, epoch BIGINT NOT NULL,
-    first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL);
-CREATE INDEX IF NOT EXISTS gaps_node ON gaps(node, epoch, first_seq);
-CREATE TABLE IF NOT EXISTS nodes(
-    node TEXT PRIMARY KEY, epoch BIGINT NOT NULL DEFAULT 0, acked BIGINT NOT NULL DEFAULT 0,
-    cluster TEXT NOT NULL DEFAULT '',
-    agent_version TEXT NOT NULL DEFAULT '', component_versions TEXT NOT NULL DEFAULT '{}',
-    open_findings TEXT NOT NULL DEFAULT '{}', last_seen TEXT NOT NULL DEFAULT '',
-    findings_epoch BIGINT NOT NULL DEFAULT 0, findings_as_of BIGINT NOT NULL DEFAULT 0,
-    checked_cis TEXT NOT NULL DEFAULT '[]');
-CREATE TABLE IF NOT EXISTS sinks(name TEXT PRIMARY KEY, cursor BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS findings(
-    node TEXT NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
-    rule_id TEXT NOT NULL, cis TEXT NOT NULL, title TEXT NOT NULL,
-    severity TEXT NOT NULL, rank BIGINT NOT NULL, status TEXT NOT NULL,
-    component TEXT NOT NULL, flag TEXT NOT NULL, observed TEXT NOT NULL,
-    expected TEXT NOT NULL, since TEXT NOT NULL,
-    PRIMARY KEY(node, path, key));
-CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule_id);
-CREATE TABLE IF NOT EXISTS exceptions(
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    rule_id TEXT NOT NULL, node TEXT NOT NULL, cluster TEXT NOT NULL, path TEXT NOT NULL,
-    max_severity TEXT NOT NULL, max_rank BIGINT NOT NULL,
-    reason TEXT NOT NULL, author TEXT NOT NULL, created TEXT NOT NULL, expires TEXT NOT NULL,
-    removed_by TEXT NOT NULL DEFAULT '', removed_at TEXT NOT NULL DEFAULT '',
-    announced BIGINT NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS exceptions_rule ON exceptions(rule_id);
-"#;
-
 async fn migrate(client: &mut Client) -> Result<(), DbError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
@@ -410,7 +373,7 @@ async fn migrate(client: &mut Client) -> Result<(), DbError> {
         });
     }
     if found < SCHEMA_VERSION {
-        tx.batch_execute(&SCHEMA.replace(" TEXT ", " TEXT COLLATE \"C\" "))
+        tx.batch_execute(&super::sql::schema(Dialect::Postgres))
             .await?;
         tx.execute("DELETE FROM schema", &[]).await?;
         tx.execute(

@@ -21,42 +21,6 @@ pub struct Sqlite {
     conn: Connection,
 }
 
-/// The tables (`sql/mod.rs` says what each holds).
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events(
-    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
-    node TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL,
-    kind TEXT NOT NULL, severity TEXT NOT NULL, rule_id TEXT NOT NULL, path TEXT NOT NULL,
-    body BLOB NOT NULL, UNIQUE(node, epoch, seq));
-CREATE INDEX IF NOT EXISTS events_time ON events(time);
-CREATE TABLE IF NOT EXISTS gaps(node TEXT NOT NULL, epoch INTEGER NOT NULL,
-    first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS gaps_node ON gaps(node, epoch, first_seq);
-CREATE TABLE IF NOT EXISTS nodes(
-    node TEXT PRIMARY KEY, epoch INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
-    cluster TEXT NOT NULL DEFAULT '',
-    agent_version TEXT NOT NULL DEFAULT '', component_versions TEXT NOT NULL DEFAULT '{}',
-    open_findings TEXT NOT NULL DEFAULT '{}', last_seen TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS sinks(name TEXT PRIMARY KEY, cursor INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS findings(
-    node TEXT NOT NULL, path TEXT NOT NULL, key TEXT NOT NULL,
-    rule_id TEXT NOT NULL, cis TEXT NOT NULL, title TEXT NOT NULL,
-    severity TEXT NOT NULL, rank INTEGER NOT NULL, status TEXT NOT NULL,
-    component TEXT NOT NULL, flag TEXT NOT NULL, observed TEXT NOT NULL,
-    expected TEXT NOT NULL, since TEXT NOT NULL,
-    PRIMARY KEY(node, path, key)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule_id);
-CREATE TABLE IF NOT EXISTS exceptions(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    rule_id TEXT NOT NULL, node TEXT NOT NULL, cluster TEXT NOT NULL, path TEXT NOT NULL,
-    max_severity TEXT NOT NULL, max_rank INTEGER NOT NULL,
-    reason TEXT NOT NULL, author TEXT NOT NULL, created TEXT NOT NULL, expires TEXT NOT NULL,
-    removed_by TEXT NOT NULL DEFAULT '', removed_at TEXT NOT NULL DEFAULT '',
-    announced INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS exceptions_rule ON exceptions(rule_id);
-CREATE TABLE IF NOT EXISTS schema(version INTEGER NOT NULL);
-";
-
 impl Store {
     /// Opens (creating) the database at `path`, bringing its schema up to date; refuses a
     /// database of a newer collector.
@@ -94,7 +58,8 @@ impl Store {
 /// Brings the schema to [`SCHEMA_VERSION`], in an `IMMEDIATE` transaction (which keeps a
 /// second collector on the same file out meanwhile).
 fn migrate(conn: &Connection) -> Result<(), DbError> {
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(&super::sql::schema(Dialect::Sqlite))?;
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema(version INTEGER NOT NULL)")?;
     let found: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema", [], |r| {
         r.get(0)
     })?;
@@ -104,7 +69,8 @@ fn migrate(conn: &Connection) -> Result<(), DbError> {
             known: SCHEMA_VERSION,
         });
     }
-    // Databases from before findings were kept lack these node columns.
+    // Databases from before findings were kept lack these node columns (and got a nodes
+    // table without them above).
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('nodes')")?
         .query_map([], |r| r.get(0))?

@@ -29,7 +29,7 @@ use super::{
     Batch, EventStore, Exception, Filter, FindingCount, FindingCursor, FindingQuery, FindingRow,
     NodeInfo, Reconcile, Reconciled, SEVERITIES, StoreError, Stored, overflow_range,
 };
-use db::{Arg, Backend, Db, DbError, args};
+use db::{Arg, Backend, Db, DbError, Dialect, args};
 
 pub mod db;
 mod exceptions;
@@ -37,6 +37,67 @@ mod findings;
 
 /// The newest schema version this build knows (`schema.version`).
 pub const SCHEMA_VERSION: i64 = 1;
+
+/// The tables of [`SCHEMA_VERSION`], for `dialect`: one text for both databases, with
+/// `{id}` (an identity key that grows with each row), `{int}`, `{text}` (compared byte by
+/// byte), `{blob}` and `{clustered}` (SQLite stores the table in key order) spelt each way.
+pub fn schema(dialect: Dialect) -> String {
+    const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS events(
+    cursor {id},
+    node {text} NOT NULL, epoch {int} NOT NULL, seq {int} NOT NULL, time {text} NOT NULL,
+    kind {text} NOT NULL, severity {text} NOT NULL, rule_id {text} NOT NULL,
+    path {text} NOT NULL, body {blob} NOT NULL, UNIQUE(node, epoch, seq));
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS gaps(node {text} NOT NULL, epoch {int} NOT NULL,
+    first_seq {int} NOT NULL, last_seq {int} NOT NULL);
+CREATE INDEX IF NOT EXISTS gaps_node ON gaps(node, epoch, first_seq);
+CREATE TABLE IF NOT EXISTS nodes(
+    node {text} PRIMARY KEY, epoch {int} NOT NULL DEFAULT 0, acked {int} NOT NULL DEFAULT 0,
+    cluster {text} NOT NULL DEFAULT '',
+    agent_version {text} NOT NULL DEFAULT '', component_versions {text} NOT NULL DEFAULT '{}',
+    open_findings {text} NOT NULL DEFAULT '{}', last_seen {text} NOT NULL DEFAULT '',
+    findings_epoch {int} NOT NULL DEFAULT 0, findings_as_of {int} NOT NULL DEFAULT 0,
+    checked_cis {text} NOT NULL DEFAULT '[]');
+CREATE TABLE IF NOT EXISTS sinks(name {text} PRIMARY KEY, cursor {int} NOT NULL);
+CREATE TABLE IF NOT EXISTS findings(
+    node {text} NOT NULL, path {text} NOT NULL, key {text} NOT NULL,
+    rule_id {text} NOT NULL, cis {text} NOT NULL, title {text} NOT NULL,
+    severity {text} NOT NULL, rank {int} NOT NULL, status {text} NOT NULL,
+    component {text} NOT NULL, flag {text} NOT NULL, observed {text} NOT NULL,
+    expected {text} NOT NULL, since {text} NOT NULL,
+    PRIMARY KEY(node, path, key)) {clustered};
+CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule_id);
+CREATE TABLE IF NOT EXISTS exceptions(
+    id {id},
+    rule_id {text} NOT NULL, node {text} NOT NULL, cluster {text} NOT NULL,
+    path {text} NOT NULL, max_severity {text} NOT NULL, max_rank {int} NOT NULL,
+    reason {text} NOT NULL, author {text} NOT NULL, created {text} NOT NULL,
+    expires {text} NOT NULL,
+    removed_by {text} NOT NULL DEFAULT '', removed_at {text} NOT NULL DEFAULT '',
+    announced {int} NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS exceptions_rule ON exceptions(rule_id);
+";
+    let words: [(&str, &str); 5] = match dialect {
+        Dialect::Sqlite => [
+            ("{id}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+            ("{int}", "INTEGER"),
+            ("{text}", "TEXT"),
+            ("{blob}", "BLOB"),
+            ("{clustered}", "WITHOUT ROWID"),
+        ],
+        Dialect::Postgres => [
+            ("{id}", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+            ("{int}", "BIGINT"),
+            ("{text}", "TEXT COLLATE \"C\""),
+            ("{blob}", "BYTEA"),
+            ("{clustered}", ""),
+        ],
+    };
+    words.iter().fold(TABLES.to_string(), |sql, (word, spelt)| {
+        sql.replace(word, spelt)
+    })
+}
 
 /// A store on a SQL database.
 #[derive(Debug)]
