@@ -67,6 +67,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    a_batch_leaves_each_findings_outcome_with_when_it_was_last_opened,
     a_sink_cursor_is_durable_per_sink_and_never_moves_back,
     a_resend_stores_nothing_twice,
     an_unexplained_gap_holds_the_ack_back,
@@ -857,4 +858,52 @@ fn a_sink_cursor_is_durable_per_sink_and_never_moves_back<B: Backend>(mut s: Sql
     s.set_sink_cursor("hook", 5).unwrap();
     assert_eq!(s.sink_cursor("hook").unwrap(), 7);
     assert_eq!(s.sink_cursor("syslog").unwrap(), 3);
+}
+
+fn a_batch_leaves_each_findings_outcome_with_when_it_was_last_opened<B: Backend>(
+    mut s: SqlStore<B>,
+) {
+    let since = |s: &SqlStore<B>, rule: &str| {
+        let q = FindingQuery {
+            rule_id: Some(rule.into()),
+            ..Default::default()
+        };
+        let rows = s.findings(&q, None, 10).unwrap();
+        rows.into_iter()
+            .map(|r| (r.since, r.finding.severity))
+            .collect::<Vec<_>>()
+    };
+    s.insert(
+        "n1",
+        7,
+        &[
+            finding_event(1, true, API, "kept", "1.2.1", "low"),
+            finding_event(2, true, API, "reopened", "1.2.2", "low"),
+            finding_event(3, true, API, "gone", "1.2.3", "low"),
+        ],
+    )
+    .unwrap();
+    s.insert(
+        "n1",
+        7,
+        &[
+            // Raised again while open: still open since the first raise, at the new severity.
+            finding_event(4, true, API, "kept", "1.2.1", "high"),
+            finding_event(5, true, API, "kept", "1.2.1", "medium"),
+            // Resolved, raised, resolved, raised: open since the last opening.
+            finding_event(6, false, API, "reopened", "1.2.2", "low"),
+            finding_event(7, true, API, "reopened", "1.2.2", "low"),
+            finding_event(8, false, API, "reopened", "1.2.2", "low"),
+            finding_event(9, true, API, "reopened", "1.2.2", "high"),
+            finding_event(10, true, API, "reopened", "1.2.2", "critical"),
+            // Raised, then resolved: gone.
+            finding_event(11, true, API, "gone", "1.2.3", "high"),
+            finding_event(12, false, API, "gone", "1.2.3", "high"),
+        ],
+    )
+    .unwrap();
+    let at = |seq: u64| ev("n1", seq).time;
+    assert_eq!(since(&s, "kept"), [(at(1), "medium".to_string())]);
+    assert_eq!(since(&s, "reopened"), [(at(9), "critical".to_string())]);
+    assert_eq!(since(&s, "gone"), []);
 }

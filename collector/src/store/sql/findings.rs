@@ -37,55 +37,89 @@ pub(super) fn made_from(db: &mut dyn Db, node: &str) -> Result<(u64, u64), DbErr
         .unwrap_or_default())
 }
 
-/// Applies a newly stored event to the node's set, unless the hello it was made from already
-/// holds it.
-pub(super) fn apply(
+/// Applies a batch's newly stored events (in sequence order) to the node's set, skipping
+/// those the hello the set was made from already holds. Only each finding's outcome is
+/// written, so a batch that raises and resolves one finding many times costs one write: a
+/// finding resolved in the batch is deleted, and if raised again after that, open since that
+/// raise; one only raised is inserted or updated (keeping since when it was open already).
+pub(super) fn apply<'e>(
     db: &mut dyn Db,
     node: &str,
     epoch: u64,
     made_from: (u64, u64),
-    e: &Event,
+    events: impl IntoIterator<Item = &'e Event>,
 ) -> Result<(), DbError> {
-    let raised = match e.kind.as_str() {
-        "finding_raised" => true,
-        "finding_resolved" => false,
-        _ => return Ok(()),
-    };
-    if made_from.0 == epoch && e.seq <= made_from.1 {
-        return Ok(());
+    /// What a batch leaves of one finding.
+    struct Outcome {
+        resolved: bool,
+        /// The last raise after the last resolve, and when the first of them was.
+        raised: Option<(OpenFinding, String)>,
     }
-    // Admitted events are the agent's JSON; one that does not decode changes nothing (the
-    // next hello makes the set right).
-    let Some(mut f) = from_body(&e.body) else {
-        tracing::warn!(node, seq = e.seq, "a finding event without a finding");
-        return Ok(());
-    };
-    if !crate::admit::cis_id_ok(&f.cis) {
-        f.cis.clear(); // not a CIS id: kept out of the per-check counts
-    }
-    if raised {
-        // Only a finding new to the node can take it over the limit: count only then.
-        let known = db.exists(
-            "SELECT node FROM findings WHERE node = ?1 AND path = ?2 AND key = ?3",
-            args![node, &f.path, &f.key],
-        )?;
-        let full = |db: &mut dyn Db| -> Result<bool, DbError> {
-            let held = db.int("SELECT COUNT(*) FROM findings WHERE node = ?1", args![node])?;
-            Ok(held as usize >= crate::admit::MAX_NODE_FINDINGS)
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut outcomes: std::collections::HashMap<(String, String), Outcome> = Default::default();
+    for e in events {
+        let raised = match e.kind.as_str() {
+            "finding_raised" => true,
+            "finding_resolved" => false,
+            _ => continue,
         };
-        if !known && full(db)? {
+        if made_from.0 == epoch && e.seq <= made_from.1 {
+            continue;
+        }
+        // Admitted events are the agent's JSON; one that does not decode changes nothing
+        // (the next hello makes the set right).
+        let Some(mut f) = from_body(&e.body) else {
+            tracing::warn!(node, seq = e.seq, "a finding event without a finding");
+            continue;
+        };
+        if !crate::admit::cis_id_ok(&f.cis) {
+            f.cis.clear(); // not a CIS id: kept out of the per-check counts
+        }
+        let k = (f.path.clone(), f.key.clone());
+        let o = outcomes.entry(k.clone()).or_insert_with(|| {
+            order.push(k);
+            Outcome {
+                resolved: false,
+                raised: None,
+            }
+        });
+        match (&mut o.raised, raised) {
+            (Some((last, _)), true) => *last = f,
+            (None, true) => o.raised = Some((f, e.time.clone())),
+            (_, false) => (o.resolved, o.raised) = (true, None),
+        }
+    }
+    if order.is_empty() {
+        return Ok(());
+    }
+    let mut open: std::collections::HashSet<(String, String)> = db
+        .rows(
+            "SELECT path, key FROM findings WHERE node = ?1",
+            args![node],
+            |r| Ok((r.text(0)?.to_string(), r.text(1)?.to_string())),
+        )?
+        .into_iter()
+        .collect();
+    for k in order {
+        let o = outcomes.remove(&k).expect("each key has its outcome");
+        if o.resolved && open.remove(&k) {
+            forget(db, node, &k.0, &k.1)?;
+        }
+        let Some((f, since)) = o.raised else { continue };
+        // Only a finding new to the node can take it over the limit.
+        if !open.contains(&k) && open.len() >= crate::admit::MAX_NODE_FINDINGS {
             tracing::warn!(
                 node,
-                seq = e.seq,
+                rule = f.rule_id,
                 limit = crate::admit::MAX_NODE_FINDINGS,
                 "a node over the open-findings limit; this one is stored as an event only"
             );
-            return Ok(());
+            continue;
         }
-        upsert(db, node, &f, &e.time)
-    } else {
-        forget(db, node, &f.path, &f.key)
+        upsert(db, node, &f, &since)?;
+        open.insert(k);
     }
+    Ok(())
 }
 
 fn forget(db: &mut dyn Db, node: &str, path: &str, key: &str) -> Result<(), DbError> {

@@ -444,9 +444,12 @@ fn insert_batch(db: &mut dyn Db, b: &Batch<'_>) -> Result<u64, DbError> {
         acked = 0;
     }
     let made_from = findings::made_from(db, node)?;
-    let new = db.insert_events(node, epoch, events)?;
-    for (e, _) in events.iter().zip(new).filter(|(_, new)| *new) {
-        findings::apply(db, node, epoch, made_from, e)?;
+    let new: Vec<&Event> = (events.iter())
+        .zip(db.insert_events(node, epoch, events)?)
+        .filter_map(|(e, new)| new.then_some(e))
+        .collect();
+    findings::apply(db, node, epoch, made_from, new.iter().copied())?;
+    for e in new {
         if e.kind == "spool_overflow"
             && let Some((first, last)) = overflow_range(&e.body)
         {
