@@ -54,7 +54,7 @@ const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
 pub const CHANNEL: &str = "lockdown_commit";
 
 /// Where the database password comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Password {
     /// None (trust, peer or certificate authentication).
     None,
@@ -63,6 +63,23 @@ pub enum Password {
     /// This value (from the environment).
     Value(String),
 }
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Password::None => f.write_str("None"),
+            Password::File(p) => write!(f, "File({})", p.display()),
+            Password::Value(_) => f.write_str("Value(<withheld>)"),
+        }
+    }
+}
+
+/// Limits every session of the collector sets, so that nothing wedges a replica for good: a
+/// replica stopped mid-transaction (SIGSTOP, a frozen VM) would hold the write lock and stall
+/// every other one; the server ends its idle transaction, and a waiter gives up, fails its
+/// write (retrying helps: the agents resend) and tries again.
+const SESSION: &str = "SET lock_timeout = '10s'; SET statement_timeout = '300s'; \
+                       SET idle_in_transaction_session_timeout = '30s'";
 
 /// How to reach the database: the parsed URL, its TLS and its password.
 #[derive(Clone)]
@@ -219,6 +236,7 @@ impl Target {
         };
         // An ack must follow a durable commit: a server whose default is not to wait for the
         // disk is overruled for this session.
+        client.batch_execute(SESSION).await?;
         let sync = client.query_one("SHOW synchronous_commit", &[]).await?;
         if sync.get::<_, &str>(0) == "off" {
             client.batch_execute("SET synchronous_commit TO on").await?;

@@ -800,6 +800,7 @@ fn a_database_url_never_carries_the_password_and_tls_is_verified_or_off() {
     std::fs::write(&file, "s3cret\nignored\n").unwrap();
     let t = Target::parse("postgres://u@db/x", &Password::File(file)).unwrap();
     assert!(!format!("{t:?}").contains("s3cret"));
+    assert!(!format!("{:?}", Password::Value("s3cret".into())).contains("s3cret"));
     let missing = Target::parse(
         "postgres://u@db/x",
         &Password::File(dir.path().join("none")),
