@@ -677,6 +677,38 @@ pub fn to_proto(e: Event) -> lockdown_proto::v1::Event {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn addresses_are_tried_in_order_and_a_name_keeps_its_certificate_name() {
+        let t = resolve(&[
+            "https://10.0.0.7:7443".to_string(),
+            "https://localhost:7443".to_string(),
+            "https://[::1]:7443".to_string(),
+        ])
+        .await;
+        // Addresses stay as given, in the configured order.
+        assert_eq!(t.first().unwrap().url, "https://10.0.0.7:7443");
+        assert_eq!(t.last().unwrap().url, "https://[::1]:7443");
+        assert!(t.first().unwrap().server_name.is_none());
+        // localhost is one target, or one per address it has here (127.0.0.1, ::1), each
+        // checked against the name's certificate.
+        let local = &t[1..t.len() - 1];
+        match local {
+            [one] => assert_eq!(
+                (one.url.as_str(), &one.server_name),
+                ("https://localhost:7443", &None)
+            ),
+            many => {
+                for x in many {
+                    assert!(
+                        x.url.ends_with(":7443") && !x.url.contains("localhost"),
+                        "{x:?}"
+                    );
+                    assert_eq!(x.server_name.as_deref(), Some("localhost"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_set_of_findings_too_large_for_a_hello_is_left_out_not_sent() {
         let finding = lockdown_proto::v1::OpenFinding {
