@@ -215,15 +215,4 @@ mod tests {
         task.await.unwrap();
         assert_eq!(*got.lock().unwrap(), [5]);
     }
-
-    #[test]
-    fn a_cursor_never_moves_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("events.db")).unwrap();
-        assert_eq!(s.sink_cursor("webhook").unwrap(), 0);
-        s.set_sink_cursor("webhook", 7).unwrap();
-        s.set_sink_cursor("webhook", 3).unwrap();
-        assert_eq!(s.sink_cursor("webhook").unwrap(), 7);
-        assert_eq!(s.sink_cursor("syslog").unwrap(), 0);
-    }
 }
