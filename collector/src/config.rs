@@ -47,6 +47,70 @@ pub struct RawConfig {
     /// When a node counts as gone quiet, and which nodes are expected.
     #[serde(default)]
     pub nodes: RawNodes,
+    /// Outputs of the stored events (alerts, webhooks). Default: none.
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
+}
+
+/// One of `sinks:` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    /// Its name: the key of its delivery cursor (lower-case letters, digits, `-`).
+    pub name: String,
+    /// `webhook`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Which events it gets. Default: every event.
+    #[serde(default)]
+    pub filter: RawSinkFilter,
+    /// `https://host/path` (`http://` only to loopback).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The CA that signs the receiver's certificate (required for https).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present, with `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// A file whose first line is the shared secret of the body's HMAC-SHA256 signature
+    /// (`X-Lockdown-Signature: sha256=<hex>`). Default: unsigned.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// How long one delivery may take. Default: 10s.
+    #[serde(default, deserialize_with = "duration")]
+    pub timeout: Option<Duration>,
+    /// Most events in one delivery. Default: 100.
+    #[serde(default)]
+    pub max_batch_events: Option<usize>,
+}
+
+/// `filter:` of a sink.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSinkFilter {
+    /// Only these kinds (finding_raised, file_modified, ...). Default: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Only events of at least this severity (events without one are left out).
+    #[serde(default)]
+    pub min_severity: Option<String>,
+    /// Only these rules. Default: all.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Only nodes of these clusters. Default: all.
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// Only these nodes. Default: all.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Also findings an active exception covers. Default: false (accepted risks do not
+    /// alert).
+    #[serde(default)]
+    pub excepted: bool,
 }
 
 /// `nodes:` in the config file.
@@ -127,6 +191,82 @@ pub struct Tls {
     pub reader_ca: Option<PathBuf>,
 }
 
+/// A configured sink.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Its name (its cursor's key).
+    pub name: String,
+    /// Which events it gets.
+    pub filter: crate::sink::filter::SinkFilter,
+    /// Where and how it delivers.
+    pub output: SinkOutput,
+}
+
+/// What a sink delivers to.
+#[derive(Debug, Clone)]
+pub enum SinkOutput {
+    /// JSON POSTs.
+    Webhook(crate::sink::webhook::Webhook),
+}
+
+impl SinkConfig {
+    fn from_raw(raw: RawSink) -> Result<SinkConfig, String> {
+        let at = |m: String| format!("sinks: {:?}: {m}", raw.name);
+        let name_ok = !raw.name.is_empty()
+            && raw.name.len() <= 63
+            && raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(at(
+                "a name is 1 to 63 lower-case letters, digits and '-'".into()
+            ));
+        }
+        let filter = crate::sink::filter::SinkFilter::from_raw(raw.filter).map_err(at)?;
+        let output = match raw.kind.as_str() {
+            "webhook" => {
+                let url = raw.url.ok_or_else(|| at("a webhook needs url".into()))?;
+                let client = match (&raw.cert, &raw.key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => return Err(at("cert and key go together".into())),
+                };
+                let secret = match &raw.secret_file {
+                    None => None,
+                    Some(f) => Some(read_secret(f).map_err(at)?),
+                };
+                let settings = crate::sink::webhook::Settings {
+                    timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
+                    max_batch_events: raw.max_batch_events.unwrap_or(100).clamp(1, 1000),
+                    secret,
+                };
+                SinkOutput::Webhook(
+                    crate::sink::webhook::Webhook::new(&url, raw.ca.as_deref(), client, settings)
+                        .map_err(at)?,
+                )
+            }
+            other => return Err(at(format!("type {other:?} is not a sink type (webhook)"))),
+        };
+        Ok(SinkConfig {
+            name: raw.name,
+            filter,
+            output,
+        })
+    }
+}
+
+/// The first line of a secret's file.
+fn read_secret(f: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(f)
+        .map_err(|e| format!("cannot read secret_file {}: {e}", f.display()))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(format!("secret_file {} is empty", f.display()));
+    }
+    Ok(line.as_bytes().to_vec())
+}
+
 /// Where the events are stored.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -201,6 +341,8 @@ pub struct Config {
     pub stale_after: Duration,
     /// Nodes that should report.
     pub expected_nodes: Vec<String>,
+    /// Sinks.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// Why a config cannot be used.
@@ -307,6 +449,14 @@ impl Config {
             raw.database_password_file.as_deref(),
         )
         .map_err(invalid)?;
+        let mut sinks = Vec::new();
+        for raw in raw.sinks {
+            let sink = SinkConfig::from_raw(raw).map_err(invalid)?;
+            if sinks.iter().any(|s: &SinkConfig| s.name == sink.name) {
+                return Err(invalid(format!("sinks: {:?} is named twice", sink.name)));
+            }
+            sinks.push(sink);
+        }
         Ok(Config {
             listen,
             database,
@@ -324,6 +474,7 @@ impl Config {
             max_events: raw.retention.max_events,
             stale_after: raw.nodes.stale_after.unwrap_or(Duration::from_secs(30)),
             expected_nodes: raw.nodes.expected,
+            sinks,
         })
     }
 }

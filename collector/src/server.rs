@@ -191,6 +191,26 @@ pub async fn serve(
         exceptions_changed: tokio::sync::Notify::new(),
     });
     tokio::spawn(exceptions::watch_expiry(Arc::clone(&shared)));
+    // Each sink on its own thread with its own store instance, woken by commits; they stop
+    // when serving stops (a delivery in progress is sent again by the next run).
+    for sink in &cfg.sinks {
+        let store = open_store(&cfg.database)?;
+        let feed = shared.committed.subscribe();
+        let stop = shared.stopping.subscribe();
+        let started = match &sink.output {
+            crate::config::SinkOutput::Webhook(hook) => crate::sink::spawn(
+                crate::sink::webhook::WebhookSink::new(sink.name.clone(), hook.clone()),
+                sink.filter.clone(),
+                store,
+                feed,
+                stop,
+                crate::sink::Pace::default(),
+            ),
+        };
+        if let Err(e) = started {
+            tracing::error!(sink = sink.name, error = %e, "cannot start a sink");
+        }
+    }
     let writer_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let died = Arc::clone(&writer_died);
     let stopping = Arc::clone(&shared);

@@ -12,7 +12,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::{EventStore, Filter, Stored};
+use crate::store::{EventStore, Filter, FindingQuery, Stored};
+
+pub mod filter;
+pub mod webhook;
+
+use filter::SinkFilter;
 
 /// Events handed to a sink at once, at most.
 pub const BATCH: usize = 500;
@@ -33,8 +38,11 @@ pub trait Sink: Send + 'static {
 /// How a sink runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
-    /// After a failed delivery (or store error), wait this long before trying again.
+    /// After a failed delivery (or store error), wait this long before trying again; each
+    /// failure in a row doubles it, up to `retry_max`.
     pub retry: Duration,
+    /// The longest wait between tries.
+    pub retry_max: Duration,
     /// With nothing new, read again after this long even without a wake-up.
     pub idle: Duration,
 }
@@ -42,7 +50,8 @@ pub struct Pace {
 impl Default for Pace {
     fn default() -> Self {
         Pace {
-            retry: Duration::from_secs(5),
+            retry: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
             idle: Duration::from_secs(30),
         }
     }
@@ -51,6 +60,7 @@ impl Default for Pace {
 /// Runs `sink` on a thread of its own until `stop` turns true.
 pub fn spawn<S: Sink>(
     sink: S,
+    filter: SinkFilter,
     store: Box<dyn EventStore>,
     feed: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -62,22 +72,24 @@ pub fn spawn<S: Sink>(
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(run(sink, store, feed, stop, pace)),
+            Ok(rt) => rt.block_on(run(sink, filter, store, feed, stop, pace)),
             Err(e) => tracing::error!(error = %e, "cannot start a sink's runtime"),
         }
     })
 }
 
-/// The sink's loop: read from the cursor, deliver, advance the cursor; wait for a commit
-/// when caught up.
+/// The sink's loop: read from the cursor, deliver what the filter selects, advance the
+/// cursor (past what it left out too); wait for a commit when caught up.
 pub async fn run<S: Sink>(
     mut sink: S,
+    filter: SinkFilter,
     mut store: Box<dyn EventStore>,
     mut feed: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
     pace: Pace,
 ) {
     let all = Filter::default();
+    let mut failures = 0u32;
     loop {
         if *stop.borrow() {
             return;
@@ -90,24 +102,84 @@ pub async fn run<S: Sink>(
             let Some(last) = events.last().map(|e| e.cursor) else {
                 return Ok(false);
             };
-            sink.deliver(&events).await?;
+            let wanted = select(&filter, store.as_ref(), events)?;
+            if !wanted.is_empty() {
+                sink.deliver(&wanted).await?;
+            }
             store.set_sink_cursor(sink.name(), last)?;
             anyhow::Ok(true)
         };
         let wait = match step.await {
-            Ok(true) => continue,
+            Ok(true) => {
+                failures = 0;
+                continue;
+            }
             Ok(false) => pace.idle,
             Err(e) => {
-                tracing::warn!(sink = sink.name(), error = %format!("{e:#}"), "delivery failed; trying again");
-                pace.retry
+                let wait = pace
+                    .retry
+                    .saturating_mul(1 << failures.min(16))
+                    .min(pace.retry_max);
+                failures += 1;
+                tracing::warn!(sink = sink.name(), error = %format!("{e:#}"), failures, retry_in = ?wait, "delivery failed; trying again");
+                wait
             }
         };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = feed.changed(), if wait == pace.idle => {}
+            _ = feed.changed(), if failures == 0 => {}
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// The events `filter` selects; a finding an active exception covers only if it asks for
+/// them.
+fn select(
+    filter: &SinkFilter,
+    store: &dyn EventStore,
+    events: Vec<Stored>,
+) -> Result<Vec<Stored>, crate::store::StoreError> {
+    let clusters: std::collections::HashMap<String, String> = if filter.by_cluster() {
+        (store.nodes()?.into_iter())
+            .map(|n| (n.node, n.cluster))
+            .collect()
+    } else {
+        Default::default()
+    };
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let mut out = Vec::new();
+    for s in events {
+        let cluster = clusters.get(&s.event.node).map_or("", String::as_str);
+        if !filter.wants(&s.event, cluster) {
+            continue;
+        }
+        if !filter.excepted && s.event.kind == "finding_raised" && excepted(store, &s, &now)? {
+            continue;
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Whether the finding a `finding_raised` event opened is still open and an active exception
+/// covers it.
+fn excepted(
+    store: &dyn EventStore,
+    s: &Stored,
+    now: &str,
+) -> Result<bool, crate::store::StoreError> {
+    let q = FindingQuery {
+        node: Some(s.event.node.clone()),
+        rule_id: Some(s.event.rule_id.clone()),
+        excepted: Some(true),
+        now: now.to_string(),
+        ..Default::default()
+    };
+    Ok(store
+        .findings(&q, None, 1000)?
+        .iter()
+        .any(|r| r.finding.path == s.event.path))
 }
 
 #[cfg(test)]
@@ -174,6 +246,7 @@ mod tests {
         let feed = InProcess::default();
         let pace = Pace {
             retry: Duration::from_millis(10),
+            retry_max: Duration::from_millis(10),
             idle: Duration::from_secs(3600),
         };
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -185,7 +258,14 @@ mod tests {
         };
         let (stop, stopped) = watch::channel(false);
         let store = Box::new(Store::open(&db).unwrap());
-        let task = tokio::spawn(run(sink, store, feed.subscribe(), stopped, pace));
+        let task = tokio::spawn(run(
+            sink,
+            SinkFilter::default(),
+            store,
+            feed.subscribe(),
+            stopped,
+            pace,
+        ));
         until(&mut told, 3).await;
         // A commit wakes it (the idle re-read is an hour away).
         writer.insert("cp-1", 1, &[event(4)]).unwrap();
@@ -209,7 +289,14 @@ mod tests {
         };
         let (stop, stopped) = watch::channel(false);
         let store = Box::new(Store::open(&db).unwrap());
-        let task = tokio::spawn(run(sink, store, feed.subscribe(), stopped, pace));
+        let task = tokio::spawn(run(
+            sink,
+            SinkFilter::default(),
+            store,
+            feed.subscribe(),
+            stopped,
+            pace,
+        ));
         until(&mut told, 1).await;
         stop.send_replace(true);
         task.await.unwrap();
