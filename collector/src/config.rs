@@ -502,6 +502,37 @@ mod tests {
     }
 
     #[test]
+    fn sinks_are_checked_and_their_secrets_come_from_files() {
+        let (d, p) = write("");
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let base = "listen: 127.0.0.1:1\n";
+        let ok = format!(
+            "{base}sinks:\n- {{name: chat, type: webhook, url: http://127.0.0.1:9/x, secret_file: {}, filter: {{min_severity: high}}}}\n",
+            secret.display()
+        );
+        std::fs::write(&p, &ok).unwrap();
+        let c = Config::load(&p, true, Some("127.0.0.1:1".parse().unwrap())).unwrap();
+        assert_eq!(c.sinks.len(), 1);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        for (sinks, needle) in [
+            ("- {name: Chat, type: webhook, url: http://127.0.0.1:9/x}", "lower-case"),
+            ("- {name: a, type: pager, url: http://127.0.0.1:9/x}", "not a sink type"),
+            ("- {name: a, type: webhook}", "needs url"),
+            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x, secret_file: /nonexistent}", "/nonexistent"),
+            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x, secret: x}", "secret"),
+            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x}\n- {name: a, type: webhook, url: http://127.0.0.1:9/y}", "named twice"),
+            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x, filter: {min_severity: loud}}", "loud"),
+        ] {
+            std::fs::write(&p, format!("{base}sinks:\n{sinks}\n")).unwrap();
+            let err = Config::load(&p, true, Some("127.0.0.1:1".parse().unwrap()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{sinks}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let (_d, p) = write("listen: 127.0.0.1:1\nretention: {max_agee: 1d}\n");
         let err = Config::load(&p, true, None).unwrap_err();
