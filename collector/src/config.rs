@@ -58,13 +58,14 @@ pub struct RawConfig {
 pub struct RawSink {
     /// Its name: the key of its delivery cursor (lower-case letters, digits, `-`).
     pub name: String,
-    /// `webhook`.
+    /// `webhook` or `alertmanager`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Which events it gets. Default: every event.
     #[serde(default)]
     pub filter: RawSinkFilter,
-    /// `https://host/path` (`http://` only to loopback).
+    /// `https://host/path` (`http://` only to loopback); for Alertmanager its base URL
+    /// (`https://alertmanager:9093`).
     #[serde(default)]
     pub url: Option<String>,
     /// The CA that signs the receiver's certificate (required for https).
@@ -86,6 +87,11 @@ pub struct RawSink {
     /// Most events in one delivery. Default: 100.
     #[serde(default)]
     pub max_batch_events: Option<usize>,
+    /// Alertmanager: how often every open finding is sent again (keep it well under
+    /// Alertmanager's `resolve_timeout`; alerts end four of these after the last send).
+    /// Default: 1m.
+    #[serde(default, deserialize_with = "duration")]
+    pub resend: Option<Duration>,
 }
 
 /// `filter:` of a sink.
@@ -207,6 +213,8 @@ pub struct SinkConfig {
 pub enum SinkOutput {
     /// JSON POSTs.
     Webhook(crate::sink::webhook::Webhook),
+    /// Alertmanager's v2 API, and how often every open finding is sent again.
+    Alertmanager(crate::sink::webhook::Webhook, Duration),
 }
 
 impl SinkConfig {
@@ -225,8 +233,10 @@ impl SinkConfig {
         }
         let filter = crate::sink::filter::SinkFilter::from_raw(raw.filter).map_err(at)?;
         let output = match raw.kind.as_str() {
-            "webhook" => {
-                let url = raw.url.ok_or_else(|| at("a webhook needs url".into()))?;
+            "webhook" | "alertmanager" => {
+                let url = raw
+                    .url
+                    .ok_or_else(|| at(format!("a {} sink needs url", raw.kind)))?;
                 let client = match (&raw.cert, &raw.key) {
                     (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
                     (None, None) => None,
@@ -241,12 +251,39 @@ impl SinkConfig {
                     max_batch_events: raw.max_batch_events.unwrap_or(100).clamp(1, 1000),
                     secret,
                 };
-                SinkOutput::Webhook(
-                    crate::sink::webhook::Webhook::new(&url, raw.ca.as_deref(), client, settings)
+                if raw.kind == "webhook" {
+                    SinkOutput::Webhook(
+                        crate::sink::webhook::Webhook::new(
+                            &url,
+                            raw.ca.as_deref(),
+                            client,
+                            settings,
+                        )
                         .map_err(at)?,
-                )
+                    )
+                } else {
+                    let api = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
+                    let resend = raw.resend.unwrap_or(Duration::from_secs(60));
+                    if resend < Duration::from_secs(1) {
+                        return Err(at("resend must be at least 1s".into()));
+                    }
+                    SinkOutput::Alertmanager(
+                        crate::sink::webhook::Webhook::new(
+                            &api,
+                            raw.ca.as_deref(),
+                            client,
+                            settings,
+                        )
+                        .map_err(at)?,
+                        resend,
+                    )
+                }
             }
-            other => return Err(at(format!("type {other:?} is not a sink type (webhook)"))),
+            other => {
+                return Err(at(format!(
+                    "type {other:?} is not a sink type (webhook, alertmanager)"
+                )));
+            }
         };
         Ok(SinkConfig {
             name: raw.name,
@@ -516,13 +553,31 @@ mod tests {
         assert_eq!(c.sinks.len(), 1);
         assert!(!format!("{c:?}").contains("s3cret"));
         for (sinks, needle) in [
-            ("- {name: Chat, type: webhook, url: http://127.0.0.1:9/x}", "lower-case"),
-            ("- {name: a, type: pager, url: http://127.0.0.1:9/x}", "not a sink type"),
+            (
+                "- {name: Chat, type: webhook, url: http://127.0.0.1:9/x}",
+                "lower-case",
+            ),
+            (
+                "- {name: a, type: pager, url: http://127.0.0.1:9/x}",
+                "not a sink type",
+            ),
             ("- {name: a, type: webhook}", "needs url"),
-            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x, secret_file: /nonexistent}", "/nonexistent"),
-            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x, secret: x}", "secret"),
-            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x}\n- {name: a, type: webhook, url: http://127.0.0.1:9/y}", "named twice"),
-            ("- {name: a, type: webhook, url: http://127.0.0.1:9/x, filter: {min_severity: loud}}", "loud"),
+            (
+                "- {name: a, type: webhook, url: http://127.0.0.1:9/x, secret_file: /nonexistent}",
+                "/nonexistent",
+            ),
+            (
+                "- {name: a, type: webhook, url: http://127.0.0.1:9/x, secret: x}",
+                "secret",
+            ),
+            (
+                "- {name: a, type: webhook, url: http://127.0.0.1:9/x}\n- {name: a, type: webhook, url: http://127.0.0.1:9/y}",
+                "named twice",
+            ),
+            (
+                "- {name: a, type: webhook, url: http://127.0.0.1:9/x, filter: {min_severity: loud}}",
+                "loud",
+            ),
         ] {
             std::fs::write(&p, format!("{base}sinks:\n{sinks}\n")).unwrap();
             let err = Config::load(&p, true, Some("127.0.0.1:1".parse().unwrap()))

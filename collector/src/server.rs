@@ -206,6 +206,18 @@ pub async fn serve(
                 stop,
                 crate::sink::Pace::default(),
             ),
+            crate::config::SinkOutput::Alertmanager(api, resend) => crate::sink::spawn(
+                crate::sink::alertmanager::AlertmanagerSink::new(
+                    sink.name.clone(),
+                    api.clone(),
+                    *resend,
+                ),
+                sink.filter.clone(),
+                store,
+                feed,
+                stop,
+                crate::sink::Pace::default(),
+            ),
         };
         if let Err(e) = started {
             tracing::error!(sink = sink.name, error = %e, "cannot start a sink");

@@ -181,3 +181,161 @@ fn a_webhook_down_for_a_while_gets_every_event_once_in_order_and_signed() {
     let events: Vec<(String, u64)> = got.iter().flat_map(|d| d.events.clone()).collect();
     assert_eq!(events, col.keys(), "every stored event once, in order");
 }
+
+/// A real Alertmanager (the Debian package's) on a free loopback port.
+struct Alertmanager {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start() -> Alertmanager {
+        let bin = ["prometheus-alertmanager", "alertmanager"]
+            .into_iter()
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
+            .expect("Alertmanager: install the Debian package prometheus-alertmanager");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route: {receiver: discard, group_wait: 1s}\nreceivers: [{name: discard}]\n",
+        )
+        .unwrap();
+        let addr = free_addr();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let am = Alertmanager {
+            child,
+            addr,
+            _dir: dir,
+        };
+        wait_until(
+            "Alertmanager ready",
+            || am.get("/-/ready").is_some_and(|(status, _)| status == 200),
+            String::new,
+        );
+        am
+    }
+
+    /// GET `path` (HTTP/1.0, so the answer is not chunked): status and body.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((status, body))
+    }
+
+    /// The label sets of the alerts firing now, each as (rule, node, severity).
+    fn firing(&self) -> Vec<(String, String, String)> {
+        let Some((200, body)) = self.get("/api/v2/alerts?active=true") else {
+            return Vec::new();
+        };
+        let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let mut out: Vec<(String, String, String)> = alerts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["status"]["state"] == "active")
+            .map(|a| {
+                let l = &a["labels"];
+                let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+                assert_eq!(s("alertname"), "KubeLockdownFinding");
+                (s("rule"), s("node"), s("severity"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_open_finding_fires_in_alertmanager_and_clears_when_resolved_or_excepted() {
+    let am = Alertmanager::start();
+    let pki = Pki::new(&["cp-1"]);
+    let col = Collector::new(
+        &pki,
+        &format!(
+            // An hour between resends, so an alert ends for nothing but the endsAt sent
+            // when its finding stops firing (it would otherwise stay for four hours).
+            "sinks:\n- name: alerts\n  type: alertmanager\n  url: http://{}\n  resend: 1h\n  filter: {{rules: [scheduler-profiling, apiserver-profiling]}}\n",
+            am.addr
+        ),
+    );
+    let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
+    let _agent = node.start();
+    let fires = |rule: &str| {
+        am.firing()
+            .contains(&(rule.to_string(), "cp-1".to_string(), "low".to_string()))
+    };
+    // kubeadm's defaults leave profiling on in both.
+    wait_until(
+        "both profiling findings fire",
+        || fires("scheduler-profiling") && fires("apiserver-profiling"),
+        || format!("{:?}\n{}", am.firing(), col.log()),
+    );
+    // Resolved on the node: its alert clears, the other stays.
+    edit(&node, 0);
+    wait_until(
+        "the resolved finding's alert clears",
+        || !fires("scheduler-profiling") && fires("apiserver-profiling"),
+        || format!("{:?}\n{}", am.firing(), col.log()),
+    );
+    // Accepted as a risk: its alert clears too, though the finding stays open.
+    let out = pki
+        .admin_command(
+            col.addr,
+            &[
+                "exceptions",
+                "add",
+                "--rule",
+                "apiserver-profiling",
+                "--node",
+                "cp-1",
+                "--reason",
+                "profiling kept for a tracing study",
+                "--expires",
+                "7d",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_until(
+        "the excepted finding's alert clears",
+        || am.firing().is_empty(),
+        || format!("{:?}\n{}", am.firing(), col.log()),
+    );
+    // Raised again: it fires again.
+    edit(&node, 1);
+    wait_until(
+        "the raised finding fires again",
+        || fires("scheduler-profiling"),
+        || format!("{:?}\n{}", am.firing(), col.log()),
+    );
+}

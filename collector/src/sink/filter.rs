@@ -47,6 +47,24 @@ impl SinkFilter {
         !self.clusters.is_empty()
     }
 
+    /// The lowest severity it takes, if it has one.
+    pub fn min_severity(&self) -> Option<&'static str> {
+        self.min_rank.map(|r| SEVERITIES[r])
+    }
+
+    /// Whether an open finding passes (its kind is `finding_raised`; whether an exception
+    /// covers it is the caller's question).
+    pub fn wants_finding(&self, f: &crate::store::FindingRow) -> bool {
+        let e = Event {
+            kind: "finding_raised".into(),
+            severity: f.finding.severity.clone(),
+            rule_id: f.finding.rule_id.clone(),
+            node: f.node.clone(),
+            ..Default::default()
+        };
+        self.wants(&e, &f.cluster)
+    }
+
     /// Whether `e`, of a node in `cluster`, passes every test but the exceptions'.
     pub fn wants(&self, e: &Event, cluster: &str) -> bool {
         let listed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::{EventStore, Filter, FindingQuery, Stored};
+use crate::store::{EventStore, Filter, FindingQuery, FindingRow, Stored};
 
+pub mod alertmanager;
 pub mod filter;
 pub mod webhook;
 
@@ -33,7 +34,35 @@ pub trait Sink: Send + 'static {
         &mut self,
         events: &[Stored],
     ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+
+    /// For a sink kept in step with what is open now (Alertmanager): how often it must hear
+    /// every open finding its filter selects. `None`: it only takes events.
+    fn findings_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The open findings its filter selects (not those an active exception covers, unless
+    /// the filter asks): all of them every [`Sink::findings_every`] (`full`), and after
+    /// events changed them. `Err`: it hears them again after a pause.
+    fn findings(
+        &mut self,
+        open: &[FindingRow],
+        full: bool,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        let _ = (open, full);
+        async { Ok(()) }
+    }
 }
+
+/// Event kinds after which the open findings, or what covers them, may have changed.
+const CHANGES_FINDINGS: [&str; 6] = [
+    "finding_raised",
+    "finding_resolved",
+    "findings_reconciled",
+    "exception_added",
+    "exception_removed",
+    "exception_expired",
+];
 
 /// How a sink runs.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +119,10 @@ pub async fn run<S: Sink>(
 ) {
     let all = Filter::default();
     let mut failures = 0u32;
+    let every = sink.findings_every();
+    // When the sink last heard every open finding, and whether events changed them since.
+    let mut last_full: Option<tokio::time::Instant> = None;
+    let mut dirty = false;
     loop {
         if *stop.borrow() {
             return;
@@ -99,22 +132,39 @@ pub async fn run<S: Sink>(
         let step = async {
             let cursor = store.sink_cursor(sink.name())?;
             let events = store.list(&all, cursor, BATCH)?;
-            let Some(last) = events.last().map(|e| e.cursor) else {
-                return Ok(false);
-            };
-            let wanted = select(&filter, store.as_ref(), events)?;
-            if !wanted.is_empty() {
-                sink.deliver(&wanted).await?;
+            let read = events.last().map(|e| e.cursor);
+            if let Some(last) = read {
+                dirty |= events
+                    .iter()
+                    .any(|e| CHANGES_FINDINGS.contains(&e.event.kind.as_str()));
+                let wanted = select(&filter, store.as_ref(), events)?;
+                if !wanted.is_empty() {
+                    sink.deliver(&wanted).await?;
+                }
+                store.set_sink_cursor(sink.name(), last)?;
             }
-            store.set_sink_cursor(sink.name(), last)?;
-            anyhow::Ok(true)
+            if let Some(every) = every {
+                let full = last_full.is_none_or(|t| t.elapsed() >= every);
+                if full || (dirty && read.is_none()) {
+                    let open = open_findings(&filter, store.as_ref())?;
+                    sink.findings(&open, full).await?;
+                    dirty = false;
+                    if full {
+                        last_full = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+            anyhow::Ok(read.is_some())
         };
         let wait = match step.await {
             Ok(true) => {
                 failures = 0;
                 continue;
             }
-            Ok(false) => pace.idle,
+            Ok(false) => match (every, last_full) {
+                (Some(every), Some(t)) => pace.idle.min(every.saturating_sub(t.elapsed())),
+                _ => pace.idle,
+            },
             Err(e) => {
                 let wait = pace
                     .retry
@@ -131,6 +181,32 @@ pub async fn run<S: Sink>(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Every open finding `filter` selects, those an active exception covers only if it asks.
+fn open_findings(
+    filter: &SinkFilter,
+    store: &dyn EventStore,
+) -> Result<Vec<FindingRow>, crate::store::StoreError> {
+    let q = FindingQuery {
+        min_severity: filter.min_severity().map(str::to_string),
+        excepted: (!filter.excepted).then_some(false),
+        now: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.findings(&q, after.as_ref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some((
+            last.node.clone(),
+            last.finding.path.clone(),
+            last.finding.key.clone(),
+        ));
+        out.extend(page.into_iter().filter(|f| filter.wants_finding(f)));
+    }
+    Ok(out)
 }
 
 /// The events `filter` selects; a finding an active exception covers only if it asks for

@@ -116,8 +116,13 @@ impl Webhook {
         })
     }
 
-    /// POSTs `body` and waits for a 2xx answer.
-    async fn post(&self, body: Vec<u8>, delivery: &str) -> anyhow::Result<()> {
+    /// Where it posts.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// POSTs `body` (with its delivery id, if it has one) and waits for a 2xx answer.
+    pub(crate) async fn post(&self, body: Vec<u8>, delivery: Option<&str>) -> anyhow::Result<()> {
         let mut req = hyper::Request::post(
             self.url
                 .path_and_query()
@@ -132,8 +137,10 @@ impl Webhook {
         .header(
             hyper::header::USER_AGENT,
             concat!("lockdown-collector/", env!("CARGO_PKG_VERSION")),
-        )
-        .header("x-lockdown-delivery", delivery);
+        );
+        if let Some(delivery) = delivery {
+            req = req.header("x-lockdown-delivery", delivery);
+        }
         if let Some(secret) = &self.settings.secret {
             req = req.header("x-lockdown-signature", signature(secret, &body));
         }
@@ -287,7 +294,7 @@ impl Sink for WebhookSink {
             let delivery = format!("{}:{first}-{last}", self.name);
             let body = body(&self.name, &delivery, chunk);
             self.hook
-                .post(body, &delivery)
+                .post(body, Some(&delivery))
                 .await
                 .with_context(|| format!("webhook {}", self.hook.url))?;
         }
