@@ -251,6 +251,7 @@ pub async fn serve(
                     .send(Job::Retain {
                         max_age: s.cfg.max_age,
                         max_events: s.cfg.max_events,
+                        sinks: s.cfg.sinks.iter().map(|k| k.name.clone()).collect(),
                     })
                     .await;
             }

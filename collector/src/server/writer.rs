@@ -45,6 +45,8 @@ pub(super) enum Job {
     Retain {
         max_age: Option<Duration>,
         max_events: Option<u64>,
+        /// The configured sinks: nothing they have not delivered is deleted.
+        sinks: Vec<String>,
     },
 }
 
@@ -127,7 +129,8 @@ pub(super) fn writer_loop(
                 Job::Retain {
                     max_age,
                     max_events,
-                } => match store.retain(max_age, max_events) {
+                    sinks,
+                } => match store.retain(max_age, max_events, &sinks) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "retention"),
                     Err(e) => tracing::error!(error = %e, "retention failed"),

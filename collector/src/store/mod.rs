@@ -385,12 +385,15 @@ pub trait EventStore: Send {
     /// never moves back (two runs of one sink cannot undo each other's progress).
     fn set_sink_cursor(&mut self, name: &str, cursor: u64) -> Result<(), StoreError>;
 
-    /// Deletes events older than `max_age` and all but the newest `max_events`. Acks are
-    /// kept, so a deleted event is never asked for again. Returns how many went.
+    /// Deletes events older than `max_age` and all but the newest `max_events`, but none a
+    /// sink named in `sinks` has not delivered yet (a sink that is down holds retention back
+    /// rather than lose events). Acks are kept, so a deleted event is never asked for again.
+    /// Returns how many went.
     fn retain(
         &mut self,
         max_age: Option<std::time::Duration>,
         max_events: Option<u64>,
+        sinks: &[String],
     ) -> Result<u64, StoreError>;
 }
 

@@ -67,6 +67,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    retention_never_deletes_what_a_sink_has_not_delivered,
     a_batch_leaves_each_findings_outcome_with_when_it_was_last_opened,
     a_sink_cursor_is_durable_per_sink_and_never_moves_back,
     a_resend_stores_nothing_twice,
@@ -181,7 +182,7 @@ fn node_info_is_kept<B: Backend>(mut s: SqlStore<B>) {
 fn retention_by_count_keeps_the_newest_and_the_acks<B: Backend>(mut s: SqlStore<B>) {
     s.insert("n1", 7, &(1..=10).map(|i| ev("n1", i)).collect::<Vec<_>>())
         .unwrap();
-    assert_eq!(s.retain(None, Some(3)).unwrap(), 7);
+    assert_eq!(s.retain(None, Some(3), &[]).unwrap(), 7);
     assert_eq!(
         s.keys().unwrap().iter().map(|k| k.1).collect::<Vec<_>>(),
         [8, 9, 10]
@@ -189,7 +190,7 @@ fn retention_by_count_keeps_the_newest_and_the_acks<B: Backend>(mut s: SqlStore<
     assert_eq!(s.acked("n1").unwrap(), 10);
     // Old events are long past any age limit.
     assert_eq!(
-        s.retain(Some(std::time::Duration::from_secs(1)), None)
+        s.retain(Some(std::time::Duration::from_secs(1)), None, &[])
             .unwrap(),
         3
     );
@@ -907,4 +908,29 @@ fn a_batch_leaves_each_findings_outcome_with_when_it_was_last_opened<B: Backend>
     assert_eq!(since(&s, "kept"), [(at(1), "medium".to_string())]);
     assert_eq!(since(&s, "reopened"), [(at(9), "critical".to_string())]);
     assert_eq!(since(&s, "gone"), []);
+}
+
+fn retention_never_deletes_what_a_sink_has_not_delivered<B: Backend>(mut s: SqlStore<B>) {
+    s.insert("n1", 7, &(1..=10).map(|q| ev("n1", q)).collect::<Vec<_>>())
+        .unwrap();
+    let cursors: Vec<u64> = s
+        .list(&Filter::default(), 0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.cursor)
+        .collect();
+    s.set_sink_cursor("hook", cursors[3]).unwrap();
+    s.set_sink_cursor("alerts", cursors[5]).unwrap();
+    let sinks = ["hook".to_string(), "alerts".to_string()];
+    // Keep 2 would delete 8; the slower sink has delivered 4.
+    assert_eq!(s.retain(None, Some(2), &sinks).unwrap(), 4);
+    // A configured sink that never delivered anything holds everything.
+    let with_new = ["hook".to_string(), "new".to_string()];
+    assert_eq!(s.retain(None, Some(2), &with_new).unwrap(), 0);
+    // Age: everything is old, but only what both delivered goes.
+    s.set_sink_cursor("hook", cursors[6]).unwrap();
+    s.set_sink_cursor("alerts", cursors[6]).unwrap();
+    let aged = s.retain(Some(std::time::Duration::from_secs(1)), None, &sinks);
+    assert_eq!(aged.unwrap(), 3);
+    assert_eq!(s.list(&Filter::default(), 0, 100).unwrap().len(), 3);
 }

@@ -353,20 +353,32 @@ impl<B: Backend> EventStore for SqlStore<B> {
         &mut self,
         max_age: Option<std::time::Duration>,
         max_events: Option<u64>,
+        sinks: &[String],
     ) -> Result<u64, StoreError> {
         self.write(|db| {
+            // Nothing past the slowest sink's cursor (a sink never heard of delivered nothing).
+            let mut delivered = i64::MAX;
+            for name in sinks {
+                let cursor = db.int("SELECT cursor FROM sinks WHERE name = ?1", args![name])?;
+                delivered = delivered.min(cursor);
+            }
             let mut n = 0;
             if let Some(age) = max_age {
                 let cutoff = std::time::SystemTime::now()
                     .checked_sub(age)
                     .unwrap_or(std::time::UNIX_EPOCH);
                 let cutoff = humantime::format_rfc3339_millis(cutoff).to_string();
-                n += db.exec("DELETE FROM events WHERE time < ?1", args![&cutoff])?;
+                n += db.exec(
+                    "DELETE FROM events WHERE time < ?1 AND cursor <= ?2",
+                    args![&cutoff, delivered],
+                )?;
             }
             if let Some(keep) = max_events {
                 n += db.exec(
-                    "DELETE FROM events WHERE cursor <= (SELECT COALESCE(MAX(cursor), 0) FROM events) - ?1",
-                    args![keep],
+                    "DELETE FROM events
+                     WHERE cursor <= (SELECT COALESCE(MAX(cursor), 0) FROM events) - ?1
+                       AND cursor <= ?2",
+                    args![keep, delivered],
                 )?;
             }
             Ok(n)
