@@ -58,7 +58,7 @@ pub struct RawConfig {
 pub struct RawSink {
     /// Its name: the key of its delivery cursor (lower-case letters, digits, `-`).
     pub name: String,
-    /// `webhook` or `alertmanager`.
+    /// `webhook`, `alertmanager` or `falcosidekick`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Which events it gets. Default: every event.
@@ -215,6 +215,8 @@ pub enum SinkOutput {
     Webhook(crate::sink::webhook::Webhook),
     /// Alertmanager's v2 API, and how often every open finding is sent again.
     Alertmanager(crate::sink::webhook::Webhook, Duration),
+    /// Falcosidekick's listener.
+    Falcosidekick(crate::sink::webhook::Webhook),
 }
 
 impl SinkConfig {
@@ -233,7 +235,7 @@ impl SinkConfig {
         }
         let filter = crate::sink::filter::SinkFilter::from_raw(raw.filter).map_err(at)?;
         let output = match raw.kind.as_str() {
-            "webhook" | "alertmanager" => {
+            "webhook" | "alertmanager" | "falcosidekick" => {
                 let url = raw
                     .url
                     .ok_or_else(|| at(format!("a {} sink needs url", raw.kind)))?;
@@ -251,37 +253,26 @@ impl SinkConfig {
                     max_batch_events: raw.max_batch_events.unwrap_or(100).clamp(1, 1000),
                     secret,
                 };
-                if raw.kind == "webhook" {
-                    SinkOutput::Webhook(
-                        crate::sink::webhook::Webhook::new(
-                            &url,
-                            raw.ca.as_deref(),
-                            client,
-                            settings,
-                        )
-                        .map_err(at)?,
-                    )
-                } else {
-                    let api = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
-                    let resend = raw.resend.unwrap_or(Duration::from_secs(60));
-                    if resend < Duration::from_secs(1) {
-                        return Err(at("resend must be at least 1s".into()));
+                let hook = |url: &str, settings| {
+                    crate::sink::webhook::Webhook::new(url, raw.ca.as_deref(), client, settings)
+                        .map_err(at)
+                };
+                match raw.kind.as_str() {
+                    "webhook" => SinkOutput::Webhook(hook(&url, settings)?),
+                    "falcosidekick" => SinkOutput::Falcosidekick(hook(&url, settings)?),
+                    _ => {
+                        let api = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
+                        let resend = raw.resend.unwrap_or(Duration::from_secs(60));
+                        if resend < Duration::from_secs(1) {
+                            return Err(at("resend must be at least 1s".into()));
+                        }
+                        SinkOutput::Alertmanager(hook(&api, settings)?, resend)
                     }
-                    SinkOutput::Alertmanager(
-                        crate::sink::webhook::Webhook::new(
-                            &api,
-                            raw.ca.as_deref(),
-                            client,
-                            settings,
-                        )
-                        .map_err(at)?,
-                        resend,
-                    )
                 }
             }
             other => {
                 return Err(at(format!(
-                    "type {other:?} is not a sink type (webhook, alertmanager)"
+                    "type {other:?} is not a sink type (webhook, alertmanager, falcosidekick)"
                 )));
             }
         };

@@ -206,6 +206,14 @@ pub async fn serve(
                 stop,
                 crate::sink::Pace::default(),
             ),
+            crate::config::SinkOutput::Falcosidekick(api) => crate::sink::spawn(
+                crate::sink::falcosidekick::FalcosidekickSink::new(sink.name.clone(), api.clone()),
+                sink.filter.clone(),
+                store,
+                feed,
+                stop,
+                crate::sink::Pace::default(),
+            ),
             crate::config::SinkOutput::Alertmanager(api, resend) => crate::sink::spawn(
                 crate::sink::alertmanager::AlertmanagerSink::new(
                     sink.name.clone(),

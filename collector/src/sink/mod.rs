@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::store::{EventStore, Filter, FindingQuery, FindingRow, Stored};
 
 pub mod alertmanager;
+pub mod falcosidekick;
 pub mod filter;
 pub mod webhook;
 
