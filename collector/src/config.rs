@@ -50,6 +50,30 @@ pub struct RawConfig {
     /// Outputs of the stored events (alerts, webhooks). Default: none.
     #[serde(default)]
     pub sinks: Vec<RawSink>,
+    /// Prometheus metrics on a listener of their own. Default: off.
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `metrics:` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of the plain-HTTP listener for `GET /metrics`. Default: 127.0.0.1:9470.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Also a gauge per rule (how many nodes fail it): one series per rule. Default: false.
+    #[serde(default)]
+    pub per_rule: bool,
+}
+
+/// The metrics listener.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served.
+    pub listen: SocketAddr,
+    /// Per-rule failing-node gauges.
+    pub per_rule: bool,
 }
 
 /// One of `sinks:` in the config file.
@@ -371,6 +395,8 @@ pub struct Config {
     pub expected_nodes: Vec<String>,
     /// Sinks.
     pub sinks: Vec<SinkConfig>,
+    /// Metrics, if served.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Why a config cannot be used.
@@ -503,6 +529,12 @@ impl Config {
             stale_after: raw.nodes.stale_after.unwrap_or(Duration::from_secs(30)),
             expected_nodes: raw.nodes.expected,
             sinks,
+            metrics: raw.metrics.map(|m| MetricsConfig {
+                listen: m
+                    .listen
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9470))),
+                per_rule: m.per_rule,
+            }),
         })
     }
 }

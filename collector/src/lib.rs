@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod feed;
 pub mod fnv;
+pub mod metrics;
 pub mod posture;
 pub mod server;
 pub mod sink;

@@ -46,10 +46,12 @@ pub use query::Queries;
 use writer::{DropSignal, Job, writer_loop};
 
 /// State shared by the services.
-pub(super) struct Shared {
+pub struct Shared {
     cfg: Config,
     writer: mpsc::Sender<Job>,
     readers: Readers,
+    /// What the collector counts.
+    metrics: Arc<crate::metrics::Metrics>,
     /// Wakes WatchEvents after every commit.
     committed: Arc<dyn CommitFeed>,
     /// Set once when the collector starts to stop: no new streams, open ones end.
@@ -139,6 +141,8 @@ pub async fn serve(
     };
     let health_store = open_store(&cfg.database)?;
     let (writer, mut jobs) = mpsc::channel::<Job>(WRITER_QUEUE);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let writer_metrics = Arc::clone(&metrics);
     let committed: Arc<dyn CommitFeed> = Arc::new(InProcess::default());
     if let Database::Postgres(target) = &cfg.database {
         // Other replicas' commits wake this one's readers too.
@@ -156,7 +160,12 @@ pub async fn serve(
         .name("store-writer".into())
         .spawn(move || {
             let _gone = DropSignal(Some(writer_gone_tx));
-            writer_loop(store.as_mut(), &mut jobs, committed_tx.as_ref());
+            writer_loop(
+                store.as_mut(),
+                &mut jobs,
+                committed_tx.as_ref(),
+                &writer_metrics,
+            );
         })
         .expect("spawn the store writer");
 
@@ -185,12 +194,21 @@ pub async fn serve(
         cfg: cfg.clone(),
         writer,
         readers,
+        metrics: Arc::clone(&metrics),
         committed,
         stopping: watch::channel(false).0,
         connected: Mutex::new(HashMap::new()),
         exceptions_changed: tokio::sync::Notify::new(),
     });
     tokio::spawn(exceptions::watch_expiry(Arc::clone(&shared)));
+    if let Some(m) = &cfg.metrics {
+        let (listen, metrics, shared) = (m.listen, Arc::clone(&metrics), Arc::clone(&shared));
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listen, metrics, shared).await {
+                tracing::error!(%listen, error = %e, "cannot serve metrics");
+            }
+        });
+    }
     // Each sink on its own thread with its own store instance, woken by commits; they stop
     // when serving stops (a delivery in progress is sent again by the next run).
     for sink in &cfg.sinks {
@@ -201,6 +219,7 @@ pub async fn serve(
             crate::config::SinkOutput::Webhook(hook) => crate::sink::spawn(
                 crate::sink::webhook::WebhookSink::new(sink.name.clone(), hook.clone()),
                 sink.filter.clone(),
+                Arc::clone(&metrics),
                 store,
                 feed,
                 stop,
@@ -209,6 +228,7 @@ pub async fn serve(
             crate::config::SinkOutput::Falcosidekick(api) => crate::sink::spawn(
                 crate::sink::falcosidekick::FalcosidekickSink::new(sink.name.clone(), api.clone()),
                 sink.filter.clone(),
+                Arc::clone(&metrics),
                 store,
                 feed,
                 stop,
@@ -221,6 +241,7 @@ pub async fn serve(
                     *resend,
                 ),
                 sink.filter.clone(),
+                Arc::clone(&metrics),
                 store,
                 feed,
                 stop,
@@ -377,6 +398,12 @@ pub(super) async fn read<T: Send + 'static>(
     .await
     .map_err(|e| tonic::Status::internal(e.to_string()))?
     .map_err(|e| e.to_status())
+}
+
+/// The fleet's gauges for a scrape, read from a reader store instance.
+pub(crate) async fn gauges(shared: &Arc<Shared>) -> Result<crate::metrics::Gauges, tonic::Status> {
+    let cfg = shared.cfg.clone();
+    read(shared, move |s| crate::metrics::gauges(s, &cfg)).await
 }
 
 /// Says on the standard health service whether this replica can reach its store: one that

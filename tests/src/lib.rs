@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests that run the real kube-lockdown binaries.
 
 pub mod collector;
+pub mod http;
 pub mod kubelet;
 pub mod measure;
 pub mod node;

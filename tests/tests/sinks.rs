@@ -233,15 +233,8 @@ impl Alertmanager {
         am
     }
 
-    /// GET `path` (HTTP/1.0, so the answer is not chunked): status and body.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n")?.1.to_string();
-        Some((status, body))
+        lockdown_e2e::http::get(self.addr, path)
     }
 
     /// The label sets of the alerts firing now, each as (rule, node, severity).

@@ -29,6 +29,27 @@ impl AgentService for Agents {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
+        let opened = self.open(req).await;
+        if let Err(status) = &opened {
+            self.0.metrics.refused(match status.code() {
+                tonic::Code::Unavailable => "stopping",
+                tonic::Code::ResourceExhausted => "too_many_streams",
+                tonic::Code::DeadlineExceeded => "no_hello",
+                tonic::Code::InvalidArgument => "malformed",
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "identity",
+                _ => "other",
+            });
+        }
+        opened
+    }
+}
+
+impl Agents {
+    /// A new agent stream, from its hello to the task that serves it.
+    async fn open(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<ReceiverStream<Result<CollectorMessage, Status>>>, Status> {
         let shared = Arc::clone(&self.0);
         if *shared.stopping.borrow() {
             return Err(Status::unavailable(
@@ -182,6 +203,13 @@ async fn stream_loop(
             Some(agent_message::Msg::Events(batch)) => {
                 admit::events(node, &batch.events)?;
                 let n = batch.events.len() as f64;
+                let mut kinds: Vec<(String, u64)> = Vec::new();
+                for e in &batch.events {
+                    match kinds.iter_mut().find(|(k, _)| *k == e.kind) {
+                        Some((_, c)) => *c += 1,
+                        None => kinds.push((e.kind.clone(), 1)),
+                    }
+                }
                 let acked = ask(shared, |reply| Job::Insert {
                     node: node.to_string(),
                     epoch,
@@ -192,6 +220,10 @@ async fn stream_loop(
                 .await?;
                 if tx.send(Ok(ack(acked))).await.is_err() {
                     return Ok(());
+                }
+                shared.metrics.acked();
+                for (kind, c) in kinds {
+                    shared.metrics.ingested(&kind, c);
                 }
                 // Token bucket: over the rate, say so and read this stream more slowly.
                 budget = (budget + refilled.elapsed().as_secs_f64() * rate).min(rate) - n;

@@ -66,6 +66,7 @@ pub(super) fn writer_loop(
     store: &mut dyn EventStore,
     jobs: &mut mpsc::Receiver<Job>,
     committed: &dyn CommitFeed,
+    metrics: &crate::metrics::Metrics,
 ) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
@@ -149,7 +150,11 @@ pub(super) fn writer_loop(
                 events: e.as_slice(),
             })
             .collect();
+        let started = std::time::Instant::now();
         let result = store.insert_many(&batches, &touches);
+        if result.is_ok() {
+            metrics.committed(started.elapsed());
+        }
         match result {
             Ok(acks) => {
                 for ((_, _, _, _, reply), ack) in inserts.into_iter().zip(acks) {

@@ -91,6 +91,7 @@ impl Default for Pace {
 pub fn spawn<S: Sink>(
     sink: S,
     filter: SinkFilter,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     store: Box<dyn EventStore>,
     feed: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -102,7 +103,7 @@ pub fn spawn<S: Sink>(
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(run(sink, filter, store, feed, stop, pace)),
+            Ok(rt) => rt.block_on(run(sink, filter, &metrics, store, feed, stop, pace)),
             Err(e) => tracing::error!(error = %e, "cannot start a sink's runtime"),
         }
     })
@@ -113,6 +114,7 @@ pub fn spawn<S: Sink>(
 pub async fn run<S: Sink>(
     mut sink: S,
     filter: SinkFilter,
+    metrics: &crate::metrics::Metrics,
     mut store: Box<dyn EventStore>,
     mut feed: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
@@ -172,6 +174,7 @@ pub async fn run<S: Sink>(
                     .saturating_mul(1 << failures.min(16))
                     .min(pace.retry_max);
                 failures += 1;
+                metrics.delivery_failed(sink.name());
                 tracing::warn!(sink = sink.name(), error = %format!("{e:#}"), failures, retry_in = ?wait, "delivery failed; trying again");
                 wait
             }
@@ -338,6 +341,7 @@ mod tests {
         let task = tokio::spawn(run(
             sink,
             SinkFilter::default(),
+            Box::leak(Box::default()),
             store,
             feed.subscribe(),
             stopped,
@@ -369,6 +373,7 @@ mod tests {
         let task = tokio::spawn(run(
             sink,
             SinkFilter::default(),
+            Box::leak(Box::default()),
             store,
             feed.subscribe(),
             stopped,
