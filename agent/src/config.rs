@@ -77,6 +77,18 @@ pub struct RawConfig {
     /// Probes of what the API server really serves.
     #[serde(default)]
     pub live: RawLiveConfig,
+    /// Prometheus metrics on loopback. Default: off.
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `metrics:` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// The port of `GET /metrics` on 127.0.0.1 (never another address: the agent runs on
+    /// control-plane nodes). A change needs a restart.
+    pub port: u16,
 }
 
 /// `live:` in the config file.
@@ -343,6 +355,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Probes of what the API server serves.
     pub live: LiveConfig,
+    /// The loopback port of `GET /metrics`, when served.
+    pub metrics_port: Option<u16>,
 }
 
 /// Command-line and environment values that take precedence over the file, kept so that a
@@ -685,6 +699,7 @@ impl Config {
             etcd_data_dir: abs("etcd_data_dir", raw.etcd_data_dir, "/var/lib/etcd")?,
             cni_dirs,
             catalogue,
+            metrics_port: raw.metrics.map(|m| m.port),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod io;
 pub mod kubeconfig;
 pub mod live;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod redact;
 pub mod report;

@@ -21,6 +21,30 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> Stri
     }
 }
 
+/// `promtool check metrics` on `text`: passes, with nothing to say.
+fn promtool_passes(text: &str) {
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool: install the Debian package prometheus");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A real Prometheus (the Debian package's) scraping `target` every second.
 struct Prometheus {
     child: Child,
@@ -129,26 +153,7 @@ fn the_metrics_pass_promtool_and_prometheus_sees_the_gauges_move() {
     ] {
         assert!(text.contains(needle), "{needle} in\n{text}");
     }
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool: install the Debian package prometheus");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_passes(&text);
 
     let prom = Prometheus::start(metrics);
     let failing = "lockdown_collector_rule_failing_nodes{rule=\"scheduler-profiling\"}";
@@ -190,4 +195,47 @@ fn the_metrics_pass_promtool_and_prometheus_sees_the_gauges_move() {
         },
         || col.log(),
     );
+}
+
+#[test]
+fn the_agent_serves_its_metrics_on_loopback_and_they_pass_promtool() {
+    let pki = Pki::new(&["cp-1"]);
+    let col = Collector::new(&pki, "");
+    let port = free_addr().port();
+    let node = Node::new(&format!(
+        "{}metrics: {{port: {port}}}\n",
+        pki.agent_config(col.addr, "cp-1")
+    ));
+    let agent = node.start();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(
+        "the agent's metrics, connected to the collector",
+        || {
+            get(addr, "/metrics").is_some_and(|(s, b)| {
+                s == 200 && b.contains("lockdown_agent_collector_connected 1")
+            })
+        },
+        || agent.log(),
+    );
+    let (_, text) = get(addr, "/metrics").unwrap();
+    let own_cert = pki.path("cp-1.crt").display().to_string();
+    for needle in [
+        "lockdown_agent_spool_events ".to_string(),
+        "lockdown_agent_events_total{kind=\"agent_started\"} 1".to_string(),
+        "lockdown_agent_scan_duration_seconds_count ".to_string(),
+        "lockdown_agent_fixes_total{outcome=\"rolled_back\"} 0".to_string(),
+        "lockdown_agent_open_findings{severity=\"low\"}".to_string(),
+        format!("lockdown_agent_certificate_expiry_seconds{{path=\"{own_cert}\"}} "),
+    ] {
+        assert!(text.contains(&needle), "{needle} in\n{text}");
+    }
+    // The development certificate is valid for a year or so: days of seconds left.
+    let left: i64 = text
+        .lines()
+        .find(|l| l.contains(&own_cert))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(left > 86_400, "{left}");
+    promtool_passes(&text);
+    assert_eq!(get(addr, "/").map(|(s, _)| s), Some(404));
 }

@@ -59,6 +59,8 @@ pub struct Agent {
     pub shipper: Option<Shipper>,
     /// When kube-apiserver is probed next.
     live: crate::live::Schedule,
+    /// What the metrics count.
+    pub counters: crate::metrics::Counters,
 }
 
 pub struct Shipper {
@@ -90,6 +92,7 @@ impl Agent {
             unwatchable: BTreeSet::new(),
             shipper: None,
             live: Default::default(),
+            counters: Default::default(),
         }
     }
 
@@ -250,6 +253,7 @@ impl Agent {
         let t0 = Instant::now();
         let seen = (self.detector).detect(&self.cfg, dirty, &self.committed.baseline, why, false);
         let detected = t0.elapsed();
+        self.counters.scan.observe(detected);
         self.arm(&seen.watch);
         let targets = self.detector.scanner.live_targets();
         self.live
@@ -269,9 +273,15 @@ impl Agent {
     /// Commits, then tells the shipper and the fixer what is durable.
     pub fn commit(&mut self, bodies: Vec<EventBody>, writes: Vec<BaselineWrite>) {
         let node = self.cfg.node_name.clone();
+        let kinds: Vec<&'static str> = bodies.iter().map(EventBody::kind).collect();
+        let t0 = Instant::now();
         let Some(done) = (self.committed).commit(&mut self.spool, &node, bodies, writes) else {
             return;
         };
+        self.counters.commit.observe(t0.elapsed());
+        for kind in kinds {
+            *self.counters.events.entry(kind).or_default() += 1;
+        }
         if done.events > 0 {
             self.links
                 .last_seq
@@ -409,6 +419,26 @@ impl Agent {
             }],
             Vec::new(),
         );
+    }
+
+    /// The Prometheus exposition of the status and the counters; the certificates' expiry
+    /// is that of the tracked `.crt` files and of the agent's own client certificate.
+    pub fn metrics(&self) -> String {
+        let status = self.status();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let own = (self.cfg.collector.as_ref())
+            .and_then(|c| c.tls.as_ref())
+            .map(|t| t.cert.display().to_string());
+        let certs = crate::metrics::expiries(
+            (status.files.iter())
+                .filter(|f| f.kind == "file" && f.path.ends_with(".crt"))
+                .map(|f| f.path.as_str())
+                .chain(own.as_deref()),
+            now,
+        );
+        crate::metrics::render(&status, &self.counters, &certs)
     }
 
     pub fn status(&self) -> Status {

@@ -100,6 +100,20 @@ pub async fn run(
     let committed = Committer::new(spool.baseline()?);
     let watch = Watch::new()?;
     let (socket_path, listener) = status_socket(&cfg)?;
+    let metrics = match cfg.metrics_port {
+        None => None,
+        Some(port) => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    // Metrics are for operators; the agent goes on without them.
+                    tracing::error!(%addr, error = %e, "cannot serve metrics");
+                    None
+                }
+            }
+        }
+    };
     let (acks, mut acked) = mpsc::channel::<u64>(64);
     let own = Arc::new(crate::fix::policy::OwnWrites::default());
     let (fix_requests, fix_requests_rx) = mpsc::unbounded_channel();
@@ -223,6 +237,9 @@ pub async fn run(
                 agent.stop("SIGINT");
                 break;
             }
+            Ok((conn, _)) = accept(metrics.as_ref()) => {
+                tokio::spawn(crate::metrics::answer(conn, agent.metrics()));
+            }
             Ok((mut stream, _)) = listener.accept() => {
                 let body = serde_json::to_vec(&agent.status()).expect("status serialises");
                 tokio::spawn(async move {
@@ -252,6 +269,16 @@ pub async fn run(
 
 /// Creates the status socket (0600) in the state directory. A stale one is ours to remove:
 /// the spool's lock is held.
+/// The next connection to `listener`; with none, never.
+async fn accept(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn status_socket(cfg: &Config) -> Result<(PathBuf, UnixListener), DaemonError> {
     use std::os::unix::fs::PermissionsExt;
     let path = cfg.state_dir.join(SOCKET_FILE);
