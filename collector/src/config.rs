@@ -82,14 +82,15 @@ pub struct MetricsConfig {
 pub struct RawSink {
     /// Its name: the key of its delivery cursor (lower-case letters, digits, `-`).
     pub name: String,
-    /// `webhook`, `alertmanager` or `falcosidekick`.
+    /// `webhook`, `alertmanager`, `falcosidekick` or `syslog`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Which events it gets. Default: every event.
     #[serde(default)]
     pub filter: RawSinkFilter,
     /// `https://host/path` (`http://` only to loopback); for Alertmanager its base URL
-    /// (`https://alertmanager:9093`).
+    /// (`https://alertmanager:9093`); for syslog `tls://host:6514` (`tcp://` only to
+    /// loopback).
     #[serde(default)]
     pub url: Option<String>,
     /// The CA that signs the receiver's certificate (required for https).
@@ -116,6 +117,9 @@ pub struct RawSink {
     /// Default: 1m.
     #[serde(default, deserialize_with = "duration")]
     pub resend: Option<Duration>,
+    /// Syslog: the facility (auth, authpriv, audit, local0..local7). Default: local0.
+    #[serde(default)]
+    pub facility: Option<String>,
 }
 
 /// `filter:` of a sink.
@@ -241,6 +245,8 @@ pub enum SinkOutput {
     Alertmanager(crate::sink::webhook::Webhook, Duration),
     /// Falcosidekick's listener.
     Falcosidekick(crate::sink::webhook::Webhook),
+    /// A syslog receiver.
+    Syslog(crate::sink::syslog::Syslog),
 }
 
 impl SinkConfig {
@@ -294,9 +300,29 @@ impl SinkConfig {
                     }
                 }
             }
+            "syslog" => {
+                let url = raw
+                    .url
+                    .ok_or_else(|| at("a syslog sink needs url".into()))?;
+                let client = match (&raw.cert, &raw.key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => return Err(at("cert and key go together".into())),
+                };
+                SinkOutput::Syslog(
+                    crate::sink::syslog::Syslog::new(
+                        &url,
+                        raw.ca.as_deref(),
+                        client,
+                        raw.facility.as_deref().unwrap_or("local0"),
+                        raw.timeout.unwrap_or(Duration::from_secs(10)),
+                    )
+                    .map_err(at)?,
+                )
+            }
             other => {
                 return Err(at(format!(
-                    "type {other:?} is not a sink type (webhook, alertmanager, falcosidekick)"
+                    "type {other:?} is not a sink type (webhook, alertmanager, falcosidekick, syslog)"
                 )));
             }
         };

@@ -234,6 +234,15 @@ pub async fn serve(
                 stop,
                 crate::sink::Pace::default(),
             ),
+            crate::config::SinkOutput::Syslog(to) => crate::sink::spawn(
+                crate::sink::syslog::SyslogSink::new(sink.name.clone(), to.clone()),
+                sink.filter.clone(),
+                Arc::clone(&metrics),
+                store,
+                feed,
+                stop,
+                crate::sink::Pace::default(),
+            ),
             crate::config::SinkOutput::Alertmanager(api, resend) => crate::sink::spawn(
                 crate::sink::alertmanager::AlertmanagerSink::new(
                     sink.name.clone(),

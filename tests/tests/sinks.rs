@@ -332,3 +332,100 @@ fn an_open_finding_fires_in_alertmanager_and_clears_when_resolved_or_excepted() 
         || format!("{:?}\n{}", am.firing(), col.log()),
     );
 }
+
+/// One message as a syslog parser read it: (hostname, msgid, severity, the SD `id`).
+type Parsed = (String, String, String, String);
+
+/// A syslog receiver over TCP with octet-counting framing; each message parsed exactly as
+/// RFC 5424 by syslog_loose (Vector's parser).
+fn receive_syslog(listener: TcpListener, got: Arc<Mutex<Vec<Parsed>>>) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let got = Arc::clone(&got);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut len = Vec::new();
+                    if reader.read_until(b' ', &mut len).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = std::str::from_utf8(&len).unwrap().trim().parse().unwrap();
+                    let mut msg = vec![0; n];
+                    reader.read_exact(&mut msg).unwrap();
+                    let text = String::from_utf8(msg).unwrap();
+                    let m = syslog_loose::parse_message_with_year_exact(
+                        &text,
+                        |_| 2026,
+                        syslog_loose::Variant::RFC5424,
+                    )
+                    .unwrap_or_else(|e| panic!("{e}: {text}"));
+                    assert!(
+                        matches!(m.protocol, syslog_loose::Protocol::RFC5424(1)),
+                        "{text}"
+                    );
+                    assert_eq!(m.appname, Some("kube-lockdown"));
+                    let sd = m
+                        .structured_data
+                        .iter()
+                        .find(|e| e.id == "lockdown@32473")
+                        .unwrap_or_else(|| panic!("no structured data: {text}"));
+                    let id = sd.params.iter().find(|(k, _)| *k == "id").unwrap().1;
+                    got.lock().unwrap().push((
+                        m.hostname.unwrap_or_default().to_string(),
+                        m.msgid.unwrap_or_default().to_string(),
+                        format!("{:?}", m.severity),
+                        id.to_string(),
+                    ));
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn syslog_gets_every_event_as_rfc5424_a_parser_reads() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    receive_syslog(listener, Arc::clone(&got));
+    let pki = Pki::new(&["cp-1"]);
+    let col = Collector::new(
+        &pki,
+        &format!(
+            "sinks:\n- {{name: siem, type: syslog, url: 'tcp://127.0.0.1:{port}', facility: audit}}\n"
+        ),
+    );
+    let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
+    let agent = node.start();
+    for round in 0..4 {
+        edit(&node, round);
+    }
+    wait_until(
+        "every stored event read by the parser",
+        || {
+            let last = agent.status().spool.last_seq;
+            let stored = col.keys().len();
+            last > 4 && stored as u64 >= last && got.lock().unwrap().len() >= stored
+        },
+        || format!("{:?}\n{}", got.lock().unwrap(), col.log()),
+    );
+    let got = got.lock().unwrap().clone();
+    let ids: Vec<(String, u64)> = got
+        .iter()
+        .map(|(_, _, _, id)| {
+            let mut parts = id.split('/');
+            let node = parts.next().unwrap().to_string();
+            (node, parts.nth(1).unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(ids, col.keys(), "every stored event once, in order");
+    assert!(got.iter().all(|(host, ..)| host == "cp-1"));
+    assert!(got.iter().any(|(_, kind, ..)| kind == "finding_raised"));
+    assert!(got.iter().any(|(_, kind, ..)| kind == "agent_started"));
+    // A finding of low severity is a notice; an agent's start is info.
+    assert!(
+        got.iter()
+            .any(|(_, kind, sev, _)| kind == "finding_raised" && sev.contains("NOTICE"))
+    );
+}

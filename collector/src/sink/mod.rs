@@ -17,6 +17,7 @@ use crate::store::{EventStore, Filter, FindingQuery, FindingRow, Stored};
 pub mod alertmanager;
 pub mod falcosidekick;
 pub mod filter;
+pub mod syslog;
 pub mod webhook;
 
 use filter::SinkFilter;

@@ -189,7 +189,7 @@ where
     Ok(resp.status())
 }
 
-fn client_config(
+pub(crate) fn client_config(
     ca: &Path,
     client: Option<(&Path, &Path)>,
 ) -> Result<rustls::ClientConfig, String> {
