@@ -76,6 +76,9 @@ pub struct Pace {
     pub retry_max: Duration,
     /// With nothing new, read again after this long even without a wake-up.
     pub idle: Duration,
+    /// When the oldest event the sink has not delivered is older than this, it says so: a
+    /// `sink_lagging` event (and a `sink_caught_up` one when it is).
+    pub lag_after: Duration,
 }
 
 impl Default for Pace {
@@ -84,6 +87,7 @@ impl Default for Pace {
             retry: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             idle: Duration::from_secs(30),
+            lag_after: Duration::from_secs(600),
         }
     }
 }
@@ -127,6 +131,8 @@ pub async fn run<S: Sink>(
     // When the sink last heard every open finding, and whether events changed them since.
     let mut last_full: Option<tokio::time::Instant> = None;
     let mut dirty = false;
+    // Whether it has said it lags (and not yet that it caught up).
+    let mut lagging = false;
     loop {
         if *stop.borrow() {
             return;
@@ -137,6 +143,11 @@ pub async fn run<S: Sink>(
             let cursor = store.sink_cursor(sink.name())?;
             let events = store.list(&all, cursor, BATCH)?;
             let read = events.last().map(|e| e.cursor);
+            let behind = events.first().map(|e| age(&e.event.time));
+            if behind.is_some_and(|a| a > pace.lag_after) != lagging {
+                lagging = !lagging;
+                say_lag(store.as_mut(), sink.name(), lagging, behind, cursor)?;
+            }
             if let Some(last) = read {
                 dirty |= events
                     .iter()
@@ -186,6 +197,44 @@ pub async fn run<S: Sink>(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// How long ago `time` (RFC 3339) was; zero when it cannot be read or is ahead.
+fn age(time: &str) -> Duration {
+    humantime::parse_rfc3339(time)
+        .ok()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default()
+}
+
+/// Records that sink `name` fell behind (`lagging`), or caught up: an event of the
+/// collector's own that readers and the other sinks see.
+fn say_lag(
+    store: &mut dyn EventStore,
+    name: &str,
+    lagging: bool,
+    behind: Option<Duration>,
+    cursor: u64,
+) -> Result<(), crate::store::StoreError> {
+    let (kind, oldest) = match (lagging, behind) {
+        (true, Some(b)) => ("sink_lagging", b.as_secs()),
+        _ => ("sink_caught_up", 0),
+    };
+    if lagging {
+        tracing::warn!(
+            sink = name,
+            oldest_undelivered_s = oldest,
+            "a sink is falling behind"
+        );
+    } else {
+        tracing::info!(sink = name, "a sink caught up");
+    }
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    store.note(
+        kind,
+        &now,
+        serde_json::json!({"sink": name, "oldest_undelivered_seconds": oldest, "cursor": cursor}),
+    )
 }
 
 /// Every open finding `filter` selects, those an active exception covers only if it asks.
@@ -329,6 +378,7 @@ mod tests {
             retry: Duration::from_millis(10),
             retry_max: Duration::from_millis(10),
             idle: Duration::from_secs(3600),
+            lag_after: Duration::MAX,
         };
         let got = Arc::new(Mutex::new(Vec::new()));
         let (tell, mut told) = mpsc::unbounded_channel();
@@ -384,5 +434,55 @@ mod tests {
         stop.send_replace(true);
         task.await.unwrap();
         assert_eq!(*got.lock().unwrap(), [5]);
+    }
+
+    #[tokio::test]
+    async fn a_sink_behind_says_so_once_and_again_when_it_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("events.db");
+        let mut writer = Store::open(&db).unwrap();
+        // Events from hours ago, over the lag threshold of a minute.
+        writer
+            .insert("cp-1", 1, &(1..=3).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let pace = Pace {
+            retry: Duration::from_millis(10),
+            retry_max: Duration::from_millis(10),
+            idle: Duration::from_millis(50),
+            lag_after: Duration::from_secs(60),
+        };
+        let (tell, mut told) = mpsc::unbounded_channel();
+        let sink = Collect {
+            got: Arc::new(Mutex::new(Vec::new())),
+            refuse_first: true,
+            tell,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let store = Box::new(Store::open(&db).unwrap());
+        let task = tokio::spawn(run(
+            sink,
+            SinkFilter::default(),
+            Box::leak(Box::default()),
+            store,
+            InProcess::default().subscribe(),
+            stopped,
+            pace,
+        ));
+        let kinds = || -> Vec<String> {
+            (writer.list(&Filter::default(), 0, 100).unwrap().into_iter())
+                .map(|e| e.event.kind)
+                .filter(|k| k.starts_with("sink_"))
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while kinds() != ["sink_lagging", "sink_caught_up"] {
+            assert!(tokio::time::Instant::now() < deadline, "{:?}", kinds());
+            let _ = tokio::time::timeout(Duration::from_millis(50), told.recv()).await;
+        }
+        // Caught up, it stays so: no flapping on its own fresh events.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(kinds(), ["sink_lagging", "sink_caught_up"]);
+        stop.send_replace(true);
+        task.await.unwrap();
     }
 }

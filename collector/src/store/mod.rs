@@ -378,6 +378,11 @@ pub trait EventStore: Send {
     /// starts; with several replicas, each is announced once). Returns them.
     fn expire_exceptions(&mut self, now: &str) -> Result<Vec<Exception>, StoreError>;
 
+    /// Records an event of the collector's own about no node (epoch 0, node ""), with
+    /// `fields` in its body: what readers and sinks should hear (a sink lagging).
+    fn note(&mut self, kind: &str, time: &str, fields: serde_json::Value)
+    -> Result<(), StoreError>;
+
     /// How far the sink `name` has delivered: every event up to this cursor (0: none yet).
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError>;
 

@@ -332,6 +332,15 @@ impl<B: Backend> EventStore for SqlStore<B> {
         self.write(|db| exceptions::expire(db, now))
     }
 
+    fn note(
+        &mut self,
+        kind: &str,
+        time: &str,
+        fields: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.write(|db| collector_event(db, "", kind, time, "", "", fields))
+    }
+
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError> {
         self.read(|db| db.int("SELECT cursor FROM sinks WHERE name = ?1", args![name]))
             .map(|c| c as u64)
