@@ -109,7 +109,7 @@ pub struct RawSink {
     /// How long one delivery may take. Default: 10s.
     #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<Duration>,
-    /// Most events in one delivery. Default: 100.
+    /// Most events in one delivery. Default: 500.
     #[serde(default)]
     pub max_batch_events: Option<usize>,
     /// Alertmanager: how often every open finding is sent again (keep it well under
@@ -280,7 +280,7 @@ impl SinkConfig {
                 };
                 let settings = crate::sink::webhook::Settings {
                     timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
-                    max_batch_events: raw.max_batch_events.unwrap_or(100).clamp(1, 1000),
+                    max_batch_events: raw.max_batch_events.unwrap_or(500).clamp(1, 5000),
                     secret,
                 };
                 let hook = |url: &str, settings| {

@@ -76,6 +76,10 @@ pub struct Pace {
     pub retry_max: Duration,
     /// With nothing new, read again after this long even without a wake-up.
     pub idle: Duration,
+    /// Woken sooner than this after its last read, a sink waits out the rest: under a burst
+    /// it reads and delivers fewer, larger batches, and costs ingest less; after a quiet
+    /// spell it reads at once.
+    pub linger: Duration,
     /// When the oldest event the sink has not delivered is older than this, it says so: a
     /// `sink_lagging` event (and a `sink_caught_up` one when it is).
     pub lag_after: Duration,
@@ -87,6 +91,7 @@ impl Default for Pace {
             retry: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             idle: Duration::from_secs(30),
+            linger: Duration::from_millis(50),
             lag_after: Duration::from_secs(600),
         }
     }
@@ -139,6 +144,7 @@ pub async fn run<S: Sink>(
         }
         // Marks what this read sees: a commit after it wakes the wait below.
         feed.borrow_and_update();
+        let read_at = tokio::time::Instant::now();
         let step = async {
             let cursor = store.sink_cursor(sink.name())?;
             let events = store.list(&all, cursor, BATCH)?;
@@ -191,10 +197,16 @@ pub async fn run<S: Sink>(
                 wait
             }
         };
-        tokio::select! {
+        let woken = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = feed.changed(), if failures == 0 => {}
-            () = tokio::time::sleep(wait) => {}
+            _ = feed.changed(), if failures == 0 => true,
+            () = tokio::time::sleep(wait) => false,
+        };
+        if woken {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep_until(read_at + pace.linger) => {}
+            }
         }
     }
 }
@@ -378,6 +390,7 @@ mod tests {
             retry: Duration::from_millis(10),
             retry_max: Duration::from_millis(10),
             idle: Duration::from_secs(3600),
+            linger: Duration::ZERO,
             lag_after: Duration::MAX,
         };
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -449,6 +462,7 @@ mod tests {
             retry: Duration::from_millis(10),
             retry_max: Duration::from_millis(10),
             idle: Duration::from_millis(50),
+            linger: Duration::ZERO,
             lag_after: Duration::from_secs(60),
         };
         let (tell, mut told) = mpsc::unbounded_channel();

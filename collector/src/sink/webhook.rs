@@ -242,32 +242,53 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 
 /// The JSON body of one delivery.
 pub fn body(sink: &str, delivery: &str, events: &[Stored]) -> Vec<u8> {
-    let events: Vec<serde_json::Value> = events
+    use serde_json::value::RawValue;
+    #[derive(serde::Serialize)]
+    struct Delivery<'a> {
+        sink: &'a str,
+        delivery: &'a str,
+        events: Vec<One<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct One<'a> {
+        id: String,
+        cursor: u64,
+        node: &'a str,
+        epoch: u64,
+        seq: u64,
+        time: &'a str,
+        kind: &'a str,
+        severity: &'a str,
+        rule_id: &'a str,
+        path: &'a str,
+        /// The stored JSON as it is, checked but not parsed into a tree and written again.
+        event: Option<&'a RawValue>,
+    }
+    let events = events
         .iter()
         .map(|s| {
             let e = &s.event;
-            serde_json::json!({
-                "id": format!("{}/{}/{}", e.node, e.epoch, e.seq),
-                "cursor": s.cursor,
-                "node": e.node,
-                "epoch": e.epoch,
-                "seq": e.seq,
-                "time": e.time,
-                "kind": e.kind,
-                "severity": e.severity,
-                "rule_id": e.rule_id,
-                "path": e.path,
-                "event": serde_json::from_slice::<serde_json::Value>(&e.body)
-                    .unwrap_or(serde_json::Value::Null),
-            })
+            One {
+                id: format!("{}/{}/{}", e.node, e.epoch, e.seq),
+                cursor: s.cursor,
+                node: &e.node,
+                epoch: e.epoch,
+                seq: e.seq,
+                time: &e.time,
+                kind: &e.kind,
+                severity: &e.severity,
+                rule_id: &e.rule_id,
+                path: &e.path,
+                event: serde_json::from_slice(&e.body).ok(),
+            }
         })
         .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "sink": sink,
-        "delivery": delivery,
-        "events": events,
-    }))
-    .expect("JSON values serialise")
+    serde_json::to_vec(&Delivery {
+        sink,
+        delivery,
+        events,
+    })
+    .expect("the delivery serialises")
 }
 
 /// A webhook sink.
