@@ -26,66 +26,62 @@ struct Delivery {
 fn receive(listener: TcpListener, got: Arc<Mutex<Vec<Delivery>>>) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            let (mut length, mut signature) = (0usize, String::new());
-            reader.read_line(&mut line).unwrap();
-            assert!(line.starts_with("POST /hook "), "{line}");
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                let (k, v) = l.split_once(':').unwrap();
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse().unwrap(),
-                    "x-lockdown-signature" => signature = v.trim().to_string(),
-                    _ => {}
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-            mac.update(&body);
-            let want: String = mac
-                .finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let events = v["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    let id = e["id"].as_str().unwrap();
-                    assert_eq!(
-                        id,
-                        format!(
-                            "{}/{}/{}",
-                            e["node"].as_str().unwrap(),
-                            e["epoch"],
-                            e["seq"]
-                        )
-                    );
-                    (
-                        e["node"].as_str().unwrap().to_string(),
-                        e["seq"].as_u64().unwrap(),
-                    )
-                })
-                .collect();
-            got.lock().unwrap().push(Delivery {
-                signed: signature == format!("sha256={want}"),
-                events,
-            });
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let Ok(conn) = conn else { continue };
+            take(conn, &got);
         }
     });
+}
+
+/// Reads one POST from `conn`, keeps it, answers 200.
+fn take<S: Read + Write>(mut conn: S, got: &Mutex<Vec<Delivery>>) {
+    let mut reader = BufReader::new(&mut conn);
+    let mut line = String::new();
+    let (mut length, mut signature) = (0usize, String::new());
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("POST /hook "), "{line}");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => length = v.trim().parse().unwrap(),
+            "x-lockdown-signature" => signature = v.trim().to_string(),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    drop(reader);
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let events = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let id = e["id"].as_str().unwrap();
+            let node = e["node"].as_str().unwrap();
+            assert_eq!(id, format!("{node}/{}/{}", e["epoch"], e["seq"]));
+            (node.to_string(), e["seq"].as_u64().unwrap())
+        })
+        .collect();
+    got.lock().unwrap().push(Delivery {
+        signed: signature == format!("sha256={want}"),
+        events,
+    });
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = conn.flush();
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
@@ -428,4 +424,86 @@ fn syslog_gets_every_event_as_rfc5424_a_parser_reads() {
         got.iter()
             .any(|(_, kind, sev, _)| kind == "finding_raised" && sev.contains("NOTICE"))
     );
+}
+
+/// A webhook over HTTPS with a client certificate: the receiver verifies the collector's
+/// certificate against its CA, the collector the receiver's.
+#[test]
+fn a_webhook_over_mutual_tls_gets_its_events() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = Pki::new(&["cp-1"]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.path("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.path("collector.crt"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.path("collector.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let clients = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (got, clients) = (Arc::clone(&got), Arc::clone(&clients));
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                if tls.conn.complete_io(&mut tls.sock).is_err() {
+                    continue; // a refused handshake
+                }
+                let peer = tls.conn.peer_certificates().map(<[_]>::len).unwrap_or(0);
+                clients.lock().unwrap().push(peer);
+                take(tls, &got);
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let col = Collector::new(
+        &pki,
+        &format!(
+            "sinks:\n- {{name: hook, type: webhook, url: 'https://localhost:{port}/hook', ca: {}, cert: {}, key: {}, secret_file: {}}}\n",
+            pki.path("ca.crt").display(),
+            pki.path("cp-1.crt").display(),
+            pki.path("cp-1.key").display(),
+            secret.display()
+        ),
+    );
+    let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
+    let _agent = node.start();
+    edit(&node, 0);
+    wait_until(
+        "deliveries over mutual TLS",
+        || {
+            let n: usize = got.lock().unwrap().iter().map(|d| d.events.len()).sum();
+            n > 0 && n >= col.keys().len()
+        },
+        || col.log(),
+    );
+    assert!(
+        clients.lock().unwrap().iter().all(|n| *n >= 1),
+        "a client certificate each time"
+    );
+    assert!(got.lock().unwrap().iter().all(|d| d.signed));
 }

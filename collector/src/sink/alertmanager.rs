@@ -96,6 +96,10 @@ impl Sink for AlertmanagerSink {
     }
 
     /// Events themselves are not alerts: the open findings they change are (below).
+    fn takes_events(&self) -> bool {
+        false
+    }
+
     async fn deliver(&mut self, _events: &[Stored]) -> anyhow::Result<()> {
         Ok(())
     }

@@ -37,6 +37,12 @@ pub trait Sink: Send + 'static {
         events: &[Stored],
     ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
 
+    /// Whether it takes events at all (a sink kept in step with the open findings may not:
+    /// then events only tell it when to look again).
+    fn takes_events(&self) -> bool {
+        true
+    }
+
     /// For a sink kept in step with what is open now (Alertmanager): how often it must hear
     /// every open finding its filter selects. `None`: it only takes events.
     fn findings_every(&self) -> Option<Duration> {
@@ -158,7 +164,11 @@ pub async fn run<S: Sink>(
                 dirty |= events
                     .iter()
                     .any(|e| CHANGES_FINDINGS.contains(&e.event.kind.as_str()));
-                let wanted = select(&filter, store.as_ref(), events)?;
+                let wanted = if sink.takes_events() {
+                    select(&filter, store.as_ref(), events)?
+                } else {
+                    Vec::new()
+                };
                 if !wanted.is_empty() {
                     sink.deliver(&wanted).await?;
                 }
@@ -290,14 +300,34 @@ fn select(
         Default::default()
     };
     let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    // Exceptions are few: with none in force, no finding is looked up; with some, each
+    // (node, rule, path) once per batch.
+    let any_active = !filter.excepted
+        && store
+            .exceptions()?
+            .iter()
+            .any(|x| x.state(&now) == "active");
+    let mut known: std::collections::HashMap<(String, String, String), bool> = Default::default();
     let mut out = Vec::new();
     for s in events {
         let cluster = clusters.get(&s.event.node).map_or("", String::as_str);
         if !filter.wants(&s.event, cluster) {
             continue;
         }
-        if !filter.excepted && s.event.kind == "finding_raised" && excepted(store, &s, &now)? {
-            continue;
+        if any_active && s.event.kind == "finding_raised" {
+            let e = &s.event;
+            let key = (e.node.clone(), e.rule_id.clone(), e.path.clone());
+            let covered = match known.get(&key) {
+                Some(c) => *c,
+                None => {
+                    let c = excepted(store, &s, &now)?;
+                    known.insert(key, c);
+                    c
+                }
+            };
+            if covered {
+                continue;
+            }
         }
         out.push(s);
     }
@@ -498,5 +528,53 @@ mod tests {
         assert_eq!(kinds(), ["sink_lagging", "sink_caught_up"]);
         stop.send_replace(true);
         task.await.unwrap();
+    }
+
+    #[test]
+    fn a_finding_an_exception_covers_is_left_out_unless_the_filter_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("events.db")).unwrap();
+        let raised = |seq: u64, rule: &str| Event {
+            kind: "finding_raised".into(),
+            severity: "high".into(),
+            rule_id: rule.into(),
+            path: "/etc/kubernetes/manifests/kube-apiserver.yaml".into(),
+            body: serde_json::json!({
+                "kind": "finding_raised", "key": rule,
+                "path": "/etc/kubernetes/manifests/kube-apiserver.yaml",
+                "finding": {"rule_id": rule, "severity": "high", "status": "fail"},
+            })
+            .to_string()
+            .into_bytes(),
+            ..event(seq)
+        };
+        store
+            .insert("cp-1", 1, &[raised(1, "accepted"), raised(2, "open")])
+            .unwrap();
+        store
+            .add_exception(&crate::store::Exception {
+                rule_id: "accepted".into(),
+                node: "cp-1".into(),
+                max_severity: "high".into(),
+                reason: "a test".into(),
+                author: "admin".into(),
+                created: "2026-12-01T00:00:00.000Z".into(),
+                expires: "2099-01-01T00:00:00.000Z".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let events = store.list(&Filter::default(), 0, 100).unwrap();
+        let rules = |f: &SinkFilter| -> Vec<String> {
+            select(f, &store, events.clone())
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.event.kind == "finding_raised")
+                .map(|e| e.event.rule_id)
+                .collect()
+        };
+        assert_eq!(rules(&SinkFilter::default()), ["open"]);
+        let mut all = SinkFilter::default();
+        all.excepted = true;
+        assert_eq!(rules(&all), ["accepted", "open"]);
     }
 }
