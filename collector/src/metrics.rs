@@ -329,18 +329,8 @@ pub fn gauges(
             now: at.clone(),
             ..Default::default()
         };
-        let mut after = None;
-        loop {
-            let page = store.findings(&q, after.as_ref(), 1000)?;
-            let Some(last) = page.last() else { break };
-            after = Some((
-                last.node.clone(),
-                last.finding.path.clone(),
-                last.finding.key.clone(),
-            ));
-            for f in page {
-                by_rule.entry(f.finding.rule_id).or_default().insert(f.node);
-            }
+        for f in crate::store::all_findings(store, &q)? {
+            by_rule.entry(f.finding.rule_id).or_default().insert(f.node);
         }
         g.rules = Some(
             by_rule

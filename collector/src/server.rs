@@ -212,52 +212,15 @@ pub async fn serve(
     // Each sink on its own thread with its own store instance, woken by commits; they stop
     // when serving stops (a delivery in progress is sent again by the next run).
     for sink in &cfg.sinks {
-        let store = open_store(&cfg.database)?;
-        let feed = shared.committed.subscribe();
-        let stop = shared.stopping.subscribe();
-        let started = match &sink.output {
-            crate::config::SinkOutput::Webhook(hook) => crate::sink::spawn(
-                crate::sink::webhook::WebhookSink::new(sink.name.clone(), hook.clone()),
-                sink.filter.clone(),
-                Arc::clone(&metrics),
-                store,
-                feed,
-                stop,
-                crate::sink::Pace::default(),
-            ),
-            crate::config::SinkOutput::Falcosidekick(api) => crate::sink::spawn(
-                crate::sink::falcosidekick::FalcosidekickSink::new(sink.name.clone(), api.clone()),
-                sink.filter.clone(),
-                Arc::clone(&metrics),
-                store,
-                feed,
-                stop,
-                crate::sink::Pace::default(),
-            ),
-            crate::config::SinkOutput::Syslog(to) => crate::sink::spawn(
-                crate::sink::syslog::SyslogSink::new(sink.name.clone(), to.clone()),
-                sink.filter.clone(),
-                Arc::clone(&metrics),
-                store,
-                feed,
-                stop,
-                crate::sink::Pace::default(),
-            ),
-            crate::config::SinkOutput::Alertmanager(api, resend) => crate::sink::spawn(
-                crate::sink::alertmanager::AlertmanagerSink::new(
-                    sink.name.clone(),
-                    api.clone(),
-                    *resend,
-                ),
-                sink.filter.clone(),
-                Arc::clone(&metrics),
-                store,
-                feed,
-                stop,
-                crate::sink::Pace::default(),
-            ),
+        let ctx = crate::sink::Context {
+            filter: sink.filter.clone(),
+            metrics: Arc::clone(&metrics),
+            store: open_store(&cfg.database)?,
+            feed: shared.committed.subscribe(),
+            stop: shared.stopping.subscribe(),
+            pace: crate::sink::Pace::default(),
         };
-        if let Err(e) = started {
+        if let Err(e) = crate::sink::start(sink, ctx) {
             tracing::error!(sink = sink.name, error = %e, "cannot start a sink");
         }
     }

@@ -11,12 +11,12 @@
 //! own node certificate, sending synthetic events) so that the collector, not the agents, is
 //! what is measured. Prints markdown for BENCHMARKS.md.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockdown_e2e::collector::{Collector, Pki, free_addr};
 use lockdown_e2e::measure::{machine, rss_kb};
 use lockdown_e2e::node::Node;
-use lockdown_e2e::sim::{agent, open_stream, tls, write_to_commit};
+use lockdown_e2e::sim::{open_stream, stream_all, tls, write_to_commit};
 use tokio::sync::mpsc;
 
 const NO_RATE_LIMIT: &str = "limits: {max_events_per_second_per_node: 100000000}";
@@ -60,25 +60,7 @@ fn ingest(rt: &tokio::runtime::Runtime) {
         let addr = free_addr();
         let _col = Collector::start(&pki, dir.path(), addr, NO_RATE_LIMIT);
         let address = format!("https://localhost:{}", addr.port());
-        let t0 = Instant::now();
-        rt.block_on(async {
-            let tasks: Vec<_> = names[..agents]
-                .iter()
-                .map(|n| {
-                    tokio::spawn(agent(
-                        address.clone(),
-                        tls(&pki, n),
-                        n.clone(),
-                        per_agent,
-                        500,
-                    ))
-                })
-                .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-        });
-        let wall = t0.elapsed();
+        let wall = stream_all(rt, &pki, &names[..agents], &[address], per_agent);
         let total = agents as u64 * per_agent;
         println!(
             "| {agents} | {total} | 500 | {:.2} s | {:.0} events/s |",

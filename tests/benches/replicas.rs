@@ -17,7 +17,7 @@ use lockdown_collector::testing::PgServer;
 use lockdown_e2e::collector::{Collector, Pki, postgres};
 use lockdown_e2e::measure::{machine, rss_kb};
 use lockdown_e2e::node::Node;
-use lockdown_e2e::sim::{agent, open_stream, tls, write_to_commit};
+use lockdown_e2e::sim::{open_stream, stream_all, tls, write_to_commit};
 use tokio::sync::mpsc;
 
 const NO_RATE_LIMIT: &str = "limits: {max_events_per_second_per_node: 100000000}";
@@ -61,26 +61,7 @@ fn ingest(rt: &tokio::runtime::Runtime) {
                 .iter()
                 .map(|c| format!("https://localhost:{}", c.addr.port()))
                 .collect();
-            let t0 = Instant::now();
-            rt.block_on(async {
-                let tasks: Vec<_> = names[..agents]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        tokio::spawn(agent(
-                            addresses[i % replicas].clone(),
-                            tls(&pki, n),
-                            n.clone(),
-                            per_agent,
-                            500,
-                        ))
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
-            });
-            let wall = t0.elapsed();
+            let wall = stream_all(rt, &pki, &names[..agents], &addresses, per_agent);
             let total = agents as u64 * per_agent;
             println!(
                 "| {} | {replicas} | {agents} | {total} | {:.2} s | {:.0} events/s |",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use lockdown_e2e::collector::{Collector, Pki};
 use lockdown_e2e::measure::machine;
-use lockdown_e2e::sim::{agent, event, open_stream, tls};
+use lockdown_e2e::sim::{event, open_stream, stream_all, tls};
 use lockdown_proto::v1::{AgentMessage, EventBatch, agent_message, collector_message};
 
 const NO_RATE_LIMIT: &str = "limits: {max_events_per_second_per_node: 100000000}\n";
@@ -179,25 +179,7 @@ fn ingest(rt: &tokio::runtime::Runtime) {
             let col = Collector::new(&pki, &format!("{NO_RATE_LIMIT}{extra}"));
             let address = format!("https://localhost:{}", col.addr.port());
             let per_agent = 20_000u64;
-            let t0 = Instant::now();
-            rt.block_on(async {
-                let tasks: Vec<_> = names
-                    .iter()
-                    .map(|n| {
-                        tokio::spawn(agent(
-                            address.clone(),
-                            tls(&pki, n),
-                            n.clone(),
-                            per_agent,
-                            500,
-                        ))
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
-            });
-            let wall = t0.elapsed();
+            let wall = stream_all(rt, &pki, &names, &[address], per_agent);
             let total = names.len() as u64 * per_agent;
             let rate = total as f64 / wall.as_secs_f64();
             rates.push((round, label, rate));

@@ -154,3 +154,29 @@ pub fn write_to_commit(
     lat.sort();
     lat
 }
+
+/// Sends `per_agent` events from each of `names` at once (agent `i` to `addresses[i % n]`),
+/// in batches of 500; the wall time until every one is acknowledged.
+pub fn stream_all(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    names: &[String],
+    addresses: &[String],
+    per_agent: u64,
+) -> Duration {
+    let t0 = std::time::Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let address = addresses[i % addresses.len()].clone();
+                tokio::spawn(agent(address, tls(pki, n), n.clone(), per_agent, 500))
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    t0.elapsed()
+}

@@ -103,23 +103,68 @@ impl Default for Pace {
     }
 }
 
-/// Runs `sink` on a thread of its own until `stop` turns true.
-pub fn spawn<S: Sink>(
-    sink: S,
-    filter: SinkFilter,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    store: Box<dyn EventStore>,
-    feed: watch::Receiver<u64>,
-    stop: watch::Receiver<bool>,
-    pace: Pace,
+/// Whether `host` (a name or an address) is this machine's loopback: where a sink may send
+/// without TLS.
+pub(crate) fn loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What a sink runs with, beside itself.
+pub struct Context {
+    /// Which events it gets.
+    pub filter: SinkFilter,
+    /// Where its failures are counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Its own store instance.
+    pub store: Box<dyn EventStore>,
+    /// Commit wake-ups.
+    pub feed: watch::Receiver<u64>,
+    /// Turns true when it must stop.
+    pub stop: watch::Receiver<bool>,
+    /// Its pace.
+    pub pace: Pace,
+}
+
+/// Starts the sink `cfg` configures.
+pub fn start(
+    cfg: &crate::config::SinkConfig,
+    ctx: Context,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use crate::config::SinkOutput;
+    let name = cfg.name.clone();
+    match &cfg.output {
+        SinkOutput::Webhook(h) => spawn(webhook::WebhookSink::new(name, h.clone()), ctx),
+        SinkOutput::Falcosidekick(h) => {
+            spawn(falcosidekick::FalcosidekickSink::new(name, h.clone()), ctx)
+        }
+        SinkOutput::Syslog(to) => spawn(syslog::SyslogSink::new(name, to.clone()), ctx),
+        SinkOutput::Alertmanager(h, resend) => spawn(
+            alertmanager::AlertmanagerSink::new(name, h.clone(), *resend),
+            ctx,
+        ),
+    }
+}
+
+/// Runs `sink` on a thread of its own until `ctx.stop` turns true.
+pub fn spawn<S: Sink>(sink: S, ctx: Context) -> std::io::Result<std::thread::JoinHandle<()>> {
     let name = format!("sink-{}", sink.name());
     std::thread::Builder::new().name(name).spawn(move || {
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(run(sink, filter, &metrics, store, feed, stop, pace)),
+            Ok(rt) => rt.block_on(run(
+                sink,
+                ctx.filter,
+                &ctx.metrics,
+                ctx.store,
+                ctx.feed,
+                ctx.stop,
+                ctx.pace,
+            )),
             Err(e) => tracing::error!(error = %e, "cannot start a sink's runtime"),
         }
     })
@@ -270,19 +315,10 @@ fn open_findings(
         now: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         ..Default::default()
     };
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.findings(&q, after.as_ref(), 1000)?;
-        let Some(last) = page.last() else { break };
-        after = Some((
-            last.node.clone(),
-            last.finding.path.clone(),
-            last.finding.key.clone(),
-        ));
-        out.extend(page.into_iter().filter(|f| filter.wants_finding(f)));
-    }
-    Ok(out)
+    Ok(crate::store::all_findings(store, &q)?
+        .into_iter()
+        .filter(|f| filter.wants_finding(f))
+        .collect())
 }
 
 /// The events `filter` selects; a finding an active exception covers only if it asks for

@@ -102,11 +102,7 @@ impl Syslog {
                 Some((Arc::new(super::webhook::client_config(ca, client)?), name))
             }
             "tcp" => {
-                let loopback = host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
+                if !super::loopback(host) {
                     return Err(format!(
                         "url {url} is plain TCP to a host that is not loopback: use tls:// with ca"
                     ));

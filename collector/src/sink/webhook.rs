@@ -91,11 +91,7 @@ impl Webhook {
                 Some((Arc::new(client_config(ca, client)?), name))
             }
             Some("http") => {
-                let loopback = host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
+                if !super::loopback(&host) {
                     return Err(format!(
                         "url {url} is plain http to a host that is not loopback: use https with ca"
                     ));

@@ -402,6 +402,28 @@ pub trait EventStore: Send {
     ) -> Result<u64, StoreError>;
 }
 
+/// Every open finding `q` selects, read a page at a time.
+pub fn all_findings(
+    store: &dyn EventStore,
+    q: &FindingQuery,
+) -> Result<Vec<FindingRow>, StoreError> {
+    let mut out: Vec<FindingRow> = Vec::new();
+    loop {
+        let after = out.last().map(|f| {
+            (
+                f.node.clone(),
+                f.finding.path.clone(),
+                f.finding.key.clone(),
+            )
+        });
+        let page = store.findings(q, after.as_ref(), 1000)?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
+    }
+}
+
 /// The dropped range a `spool_overflow` event's body names.
 pub fn overflow_range(body: &[u8]) -> Option<(u64, u64)> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
