@@ -507,3 +507,57 @@ fn a_webhook_over_mutual_tls_gets_its_events() {
     );
     assert!(got.lock().unwrap().iter().all(|d| d.signed));
 }
+
+/// Two collectors on one PostgreSQL, both configured with the same webhook: one runs it, so
+/// the receiver gets each event once, whichever replica stored it.
+#[test]
+fn replicas_sharing_a_database_deliver_each_event_once() {
+    let pg = lockdown_collector::testing::PgServer::start();
+    let url = pg.database();
+    let hook = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hook.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    receive(hook, Arc::clone(&got));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let sinks = format!(
+        "sinks:\n- {{name: hook, type: webhook, url: 'http://127.0.0.1:{port}/hook', secret_file: {}}}\n",
+        secret.display()
+    );
+    let pki = Pki::new(&["cp-1", "cp-2"]);
+    let a = Collector::on_postgres(&pki, &url, &sinks);
+    let b = Collector::on_postgres(&pki, &url, &sinks);
+    let nodes = [
+        Node::named("cp-1", &pki.agent_config(a.addr, "cp-1")),
+        Node::named("cp-2", &pki.agent_config(b.addr, "cp-2")),
+    ];
+    let agents: Vec<_> = nodes.iter().map(Node::start).collect();
+    for round in 0..4 {
+        for n in &nodes {
+            edit(n, round);
+        }
+    }
+    let delivered = || -> Vec<(String, u64)> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .flat_map(|d| d.events.clone())
+            .collect()
+    };
+    wait_until(
+        "every stored event delivered",
+        || {
+            let spooled: u64 = agents.iter().map(|x| x.status().spool.last_seq).sum();
+            let stored = a.keys();
+            stored.len() as u64 >= spooled && delivered().len() >= stored.len()
+        },
+        || format!("{}\n{}", a.log(), b.log()),
+    );
+    let mut seen = delivered();
+    let n = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), n, "an event delivered twice");
+    assert_eq!(seen, a.keys());
+}

@@ -86,6 +86,8 @@ pub struct Pace {
     /// it reads and delivers fewer, larger batches, and costs ingest less; after a quiet
     /// spell it reads at once.
     pub linger: Duration,
+    /// How often a replica that does not run the sink (another does) looks again.
+    pub standby: Duration,
     /// When the oldest event the sink has not delivered is older than this, it says so: a
     /// `sink_lagging` event (and a `sink_caught_up` one when it is).
     pub lag_after: Duration,
@@ -98,6 +100,7 @@ impl Default for Pace {
             retry_max: Duration::from_secs(30),
             idle: Duration::from_secs(30),
             linger: Duration::from_millis(50),
+            standby: Duration::from_secs(5),
             lag_after: Duration::from_secs(600),
         }
     }
@@ -196,6 +199,26 @@ pub async fn run<S: Sink>(
         // Marks what this read sees: a commit after it wakes the wait below.
         feed.borrow_and_update();
         let read_at = tokio::time::Instant::now();
+        // With several replicas on one database, one runs the sink; the others look again
+        // now and then, and one takes over when the one running it is gone.
+        match store.lead(sink.name()) {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(pace.standby) => {}
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(sink = sink.name(), error = %e, "cannot tell whether this replica runs the sink");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(pace.retry_max.min(pace.standby)) => {}
+                }
+                continue;
+            }
+        }
         let step = async {
             let cursor = store.sink_cursor(sink.name())?;
             let events = store.list(&all, cursor, BATCH)?;
@@ -457,6 +480,7 @@ mod tests {
             retry_max: Duration::from_millis(10),
             idle: Duration::from_secs(3600),
             linger: Duration::ZERO,
+            standby: Duration::from_millis(10),
             lag_after: Duration::MAX,
         };
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -529,6 +553,7 @@ mod tests {
             retry_max: Duration::from_millis(10),
             idle: Duration::from_millis(50),
             linger: Duration::ZERO,
+            standby: Duration::from_millis(10),
             lag_after: Duration::from_secs(60),
         };
         let (tell, mut told) = mpsc::unbounded_channel();

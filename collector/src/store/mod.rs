@@ -383,6 +383,12 @@ pub trait EventStore: Send {
     fn note(&mut self, kind: &str, time: &str, fields: serde_json::Value)
     -> Result<(), StoreError>;
 
+    /// Whether this instance may run the sink `name` now. With several collectors on one
+    /// database only one at a time does (the others wait, and one takes over when it is
+    /// gone), so that a receiver does not get every delivery once per replica. Asked before
+    /// every read; a store only one process uses always says yes.
+    fn lead(&mut self, name: &str) -> Result<bool, StoreError>;
+
     /// How far the sink `name` has delivered: every event up to this cursor (0: none yet).
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError>;
 

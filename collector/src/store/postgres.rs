@@ -50,6 +50,8 @@ pub type PgStore = SqlStore<Postgres>;
 pub const WRITE_LOCK: i64 = 0x6c6f_636b_646f_776e; // "lockdown"
 /// The advisory lock migrations run under, so that replicas starting together do not race.
 const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
+/// The first key of the locks a replica holds to run something alone (a sink).
+const HOLD_CLASS: i32 = 0x6c6b; // "lk"
 /// The channel commits are announced on.
 pub const CHANNEL: &str = "lockdown_commit";
 
@@ -350,10 +352,11 @@ impl std::fmt::Debug for Postgres {
     }
 }
 
-/// A live connection and the statements prepared on it.
+/// A live connection, the statements prepared on it and the locks it holds.
 struct Conn {
     client: Client,
     prepared: HashMap<String, Statement>,
+    held: std::collections::HashSet<i64>,
 }
 
 impl PgStore {
@@ -419,6 +422,7 @@ impl Postgres {
             *slot = Some(Conn {
                 client,
                 prepared: HashMap::new(),
+                held: Default::default(),
             });
         }
         let conn = slot.as_mut().expect("connected above");
@@ -449,6 +453,32 @@ impl Backend for Postgres {
             wait(tx.batch_execute(&format!("NOTIFY {CHANNEL}")))?;
             wait(tx.commit())?;
             Ok(out)
+        })
+    }
+
+    fn hold(&self, name: &str) -> Result<bool, DbError> {
+        // A session lock, released by PostgreSQL when the connection ends (the process died,
+        // the network broke): another replica takes over then.
+        // The two-key form, whose key space does not overlap the one-key locks above.
+        let key = {
+            use std::hash::Hasher;
+            let mut h = crate::fnv::Fnv::default();
+            h.write(name.as_bytes());
+            h.finish() as u32 as i32
+        };
+        self.with_conn(|c| {
+            if c.held.contains(&i64::from(key)) {
+                return Ok(true);
+            }
+            let took: bool = wait(
+                c.client
+                    .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&HOLD_CLASS, &key]),
+            )?
+            .get(0);
+            if took {
+                c.held.insert(i64::from(key));
+            }
+            Ok(took)
         })
     }
 

@@ -934,3 +934,28 @@ fn retention_never_deletes_what_a_sink_has_not_delivered<B: Backend>(mut s: SqlS
     assert_eq!(aged.unwrap(), 3);
     assert_eq!(s.list(&Filter::default(), 0, 100).unwrap().len(), 3);
 }
+
+#[test]
+fn one_replica_at_a_time_runs_a_sink_and_another_takes_over_when_it_is_gone() {
+    let server = crate::testing::PgServer::start();
+    let target = crate::store::postgres::Target::parse(
+        &server.database(),
+        &crate::store::postgres::Password::None,
+    )
+    .unwrap();
+    let mut a = PgStore::connect(&target).unwrap();
+    let mut b = PgStore::connect(&target).unwrap();
+    assert!(a.lead("hook").unwrap());
+    assert!(a.lead("hook").unwrap(), "still held");
+    assert!(!b.lead("hook").unwrap());
+    assert!(b.lead("alerts").unwrap(), "each sink its own");
+    drop(a); // its connection ends, as when its process dies
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !b.lead("hook").unwrap() {
+        assert!(std::time::Instant::now() < deadline, "never taken over");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SQLite: one process, nothing to share.
+    let (_d, mut s) = store();
+    assert!(s.lead("hook").unwrap());
+}

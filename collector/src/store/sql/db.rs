@@ -207,4 +207,10 @@ pub trait Backend: Send + 'static {
     -> Result<T, DbError>;
     /// Runs `f` on one consistent view of what is committed.
     fn read<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T, DbError>) -> Result<T, DbError>;
+    /// Takes, or still holds, the lock `name` for as long as this instance's connection
+    /// lives; false while another holds it. A database one process uses has no one to share
+    /// with: always true.
+    fn hold(&self, _name: &str) -> Result<bool, DbError> {
+        Ok(true)
+    }
 }

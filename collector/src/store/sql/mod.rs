@@ -341,6 +341,12 @@ impl<B: Backend> EventStore for SqlStore<B> {
         self.write(|db| collector_event(db, "", kind, time, "", "", fields))
     }
 
+    fn lead(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.backend
+            .hold(&format!("sink {name}"))
+            .map_err(self.err())
+    }
+
     fn sink_cursor(&self, name: &str) -> Result<u64, StoreError> {
         self.read(|db| db.int("SELECT cursor FROM sinks WHERE name = ?1", args![name]))
             .map(|c| c as u64)
