@@ -7,6 +7,7 @@ pub mod admit;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod de;
 pub mod feed;
 pub mod fnv;
 pub mod metrics;

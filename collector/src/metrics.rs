@@ -294,17 +294,30 @@ pub struct SinkGauge {
     pub oldest_age: f64,
 }
 
+/// What the fleet's gauges cover.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// Nodes that should report (missing when never heard from).
+    pub expected: Vec<String>,
+    /// When a node counts as stale.
+    pub stale_after: Duration,
+    /// Whether to count failing nodes per rule.
+    pub per_rule: bool,
+    /// The configured sinks' names.
+    pub sinks: Vec<String>,
+}
+
 /// Reads the fleet's gauges from `store`.
 pub fn gauges(
     store: &dyn crate::store::EventStore,
-    cfg: &crate::config::Config,
+    scope: &Scope,
 ) -> Result<Gauges, crate::store::StoreError> {
     use crate::posture::{NodeState, members};
     let now = SystemTime::now();
     let at = humantime::format_rfc3339_millis(now).to_string();
     let nodes = store.nodes()?;
     let counts = store.finding_counts(&at)?;
-    let members = members(nodes, &cfg.expected_nodes, now, cfg.stale_after);
+    let members = members(nodes, &scope.expected, now, scope.stale_after);
     let mut g = Gauges::default();
     for state in [NodeState::Connected, NodeState::Stale, NodeState::Missing] {
         let n = members.iter().filter(|m| m.state == state).count() as u64;
@@ -322,7 +335,7 @@ pub fn gauges(
         );
         *g.open.entry(key).or_default() += u64::from(c.count);
     }
-    if cfg.metrics.as_ref().is_some_and(|m| m.per_rule) {
+    if scope.per_rule {
         let mut by_rule: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         let q = crate::store::FindingQuery {
             excepted: Some(false),
@@ -340,8 +353,8 @@ pub fn gauges(
         );
     }
     let max = store.max_cursor()?;
-    for s in &cfg.sinks {
-        let cursor = store.sink_cursor(&s.name)?;
+    for name in &scope.sinks {
+        let cursor = store.sink_cursor(name)?;
         let oldest = store.list(&crate::store::Filter::default(), cursor, 1)?;
         let oldest_age = oldest
             .first()
@@ -350,7 +363,7 @@ pub fn gauges(
                 now.duration_since(t).unwrap_or_default().as_secs_f64()
             });
         g.sinks.push(SinkGauge {
-            name: s.name.clone(),
+            name: name.clone(),
             backlog: max.saturating_sub(cursor),
             oldest_age,
         });
@@ -358,12 +371,17 @@ pub fn gauges(
     Ok(g)
 }
 
-/// Serves `GET /metrics` on `listen` until the process ends.
-pub async fn serve(
+/// Serves `GET /metrics` on `listen` until the process ends; `gauges` reads the fleet's
+/// (or says why it cannot).
+pub async fn serve<F, G>(
     listen: std::net::SocketAddr,
     metrics: std::sync::Arc<Metrics>,
-    shared: std::sync::Arc<crate::server::Shared>,
-) -> std::io::Result<()> {
+    gauges: G,
+) -> std::io::Result<()>
+where
+    G: Fn() -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Gauges, String>> + Send,
+{
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "metrics serving");
@@ -376,23 +394,17 @@ pub async fn serve(
                 continue;
             }
         };
-        let (metrics, shared) = (
-            std::sync::Arc::clone(&metrics),
-            std::sync::Arc::clone(&shared),
-        );
+        let (metrics, gauges) = (std::sync::Arc::clone(&metrics), gauges.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (metrics, shared) = (
-                    std::sync::Arc::clone(&metrics),
-                    std::sync::Arc::clone(&shared),
-                );
+                let (metrics, gauges) = (std::sync::Arc::clone(&metrics), gauges.clone());
                 async move {
                     let (status, body) = if req.uri().path() != "/metrics" {
                         (404, "not found: the metrics are at /metrics\n".to_string())
                     } else {
-                        match crate::server::gauges(&shared).await {
+                        match gauges().await {
                             Ok(g) => (200, metrics.render(&g)),
-                            Err(e) => (503, format!("the store cannot be read: {}\n", e.message())),
+                            Err(e) => (503, format!("the store cannot be read: {e}\n")),
                         }
                     };
                     hyper::Response::builder()

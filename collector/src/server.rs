@@ -46,7 +46,7 @@ pub use query::Queries;
 use writer::{DropSignal, Job, writer_loop};
 
 /// State shared by the services.
-pub struct Shared {
+pub(super) struct Shared {
     cfg: Config,
     writer: mpsc::Sender<Job>,
     readers: Readers,
@@ -203,8 +203,22 @@ pub async fn serve(
     tokio::spawn(exceptions::watch_expiry(Arc::clone(&shared)));
     if let Some(m) = &cfg.metrics {
         let (listen, metrics, shared) = (m.listen, Arc::clone(&metrics), Arc::clone(&shared));
+        let scope = crate::metrics::Scope {
+            expected: cfg.expected_nodes.clone(),
+            stale_after: cfg.stale_after,
+            per_rule: m.per_rule,
+            sinks: cfg.sinks.iter().map(|s| s.name.clone()).collect(),
+        };
+        let gauges = move || {
+            let (shared, scope) = (Arc::clone(&shared), scope.clone());
+            async move {
+                read(&shared, move |s| crate::metrics::gauges(s, &scope))
+                    .await
+                    .map_err(|status| status.message().to_string())
+            }
+        };
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(listen, metrics, shared).await {
+            if let Err(e) = crate::metrics::serve(listen, metrics, gauges).await {
                 tracing::error!(%listen, error = %e, "cannot serve metrics");
             }
         });
@@ -370,12 +384,6 @@ pub(super) async fn read<T: Send + 'static>(
     .await
     .map_err(|e| tonic::Status::internal(e.to_string()))?
     .map_err(|e| e.to_status())
-}
-
-/// The fleet's gauges for a scrape, read from a reader store instance.
-pub(crate) async fn gauges(shared: &Arc<Shared>) -> Result<crate::metrics::Gauges, tonic::Status> {
-    let cfg = shared.cfg.clone();
-    read(shared, move |s| crate::metrics::gauges(s, &cfg)).await
 }
 
 /// Says on the standard health service whether this replica can reach its store: one that

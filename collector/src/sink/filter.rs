@@ -4,7 +4,7 @@
 
 use lockdown_proto::v1::Event;
 
-use crate::config::RawSinkFilter;
+use super::config::RawSinkFilter;
 use crate::store::SEVERITIES;
 
 /// A sink's filter; an empty list lets everything through.

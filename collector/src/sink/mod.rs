@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::store::{EventStore, Filter, FindingQuery, FindingRow, Stored};
 
 pub mod alertmanager;
+pub mod config;
 pub mod falcosidekick;
 pub mod filter;
 pub mod syslog;
@@ -133,10 +134,10 @@ pub struct Context {
 
 /// Starts the sink `cfg` configures.
 pub fn start(
-    cfg: &crate::config::SinkConfig,
+    cfg: &config::SinkConfig,
     ctx: Context,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use crate::config::SinkOutput;
+    use config::SinkOutput;
     let name = cfg.name.clone();
     match &cfg.output {
         SinkOutput::Webhook(h) => spawn(webhook::WebhookSink::new(name, h.clone()), ctx),
