@@ -101,32 +101,32 @@ pub async fn events(
     format: Format,
 ) -> anyhow::Result<()> {
     let mut c = client(&conn).await?;
-    let mut token = String::new();
-    let mut last_cursor = 0;
-    loop {
-        let page = c
-            .list_events(ListEventsRequest {
-                filter: Some(filter.clone()),
-                page_size: 1000,
-                page_token: token.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s)))?
-            .into_inner();
-        for e in &page.events {
-            last_cursor = e.cursor;
-            print_event(e, format);
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    // Following, the watch below lists from the start as well, and it rides out a collector
+    // or database that is away: a tail started during an outage prints once it is over.
     if !follow {
-        return Ok(());
+        let mut token = String::new();
+        loop {
+            let page = c
+                .list_events(ListEventsRequest {
+                    filter: Some(filter.clone()),
+                    page_size: 1000,
+                    page_token: token.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s)))?
+                .into_inner();
+            for e in &page.events {
+                print_event(e, format);
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(());
+            }
+            token = page.next_page_token;
+        }
     }
     // Follow until interrupted: when the collector restarts or the network breaks, reconnect
     // and resume after the last event printed, so nothing is skipped or printed twice.
+    let mut last_cursor = 0;
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
         let watched = async {
