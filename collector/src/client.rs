@@ -328,16 +328,20 @@ pub async fn summary(conn: Conn, format: Format) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("{}: {}", conn.addr, status_text(&s)))?
         .into_inner();
+    let count = |c: &lockdown_proto::v1::CisCount| {
+        serde_json::json!({
+            "cis": c.cis, "pass": c.pass, "fail": c.fail, "unknown": c.unknown,
+            "excepted": c.excepted,
+        })
+    };
     let json = |p: &Posture| {
         serde_json::json!({
             "cluster": p.cluster,
             "nodes_by_state": p.nodes_by_state,
             "open_by_severity": p.open_by_severity,
             "excepted": p.excepted,
-            "cis": p.cis.iter().map(|c| serde_json::json!({
-                "cis": c.cis, "pass": c.pass, "fail": c.fail, "unknown": c.unknown,
-                "excepted": c.excepted,
-            })).collect::<Vec<_>>(),
+            "cis": p.cis.iter().map(count).collect::<Vec<_>>(),
+            "sections": p.sections.iter().map(count).collect::<Vec<_>>(),
         })
     };
     let fleet = s.fleet.unwrap_or_default();
@@ -372,6 +376,16 @@ pub async fn summary(conn: Conn, format: Format) -> anyhow::Result<()> {
                     .filter(|c| c.fail == 0 && c.unknown == 0)
                     .count();
                 outln!("  {clean} of {} CIS checks pass on every node", p.cis.len());
+                for c in &p.sections {
+                    outln!(
+                        "  section {:<5} nodes pass {:>5}  fail {:>5} (excepted {:>5})  unknown {:>5}",
+                        c.cis,
+                        c.pass,
+                        c.fail,
+                        c.excepted,
+                        c.unknown
+                    );
+                }
                 for c in p.cis.iter().filter(|c| c.fail > 0 || c.unknown > 0) {
                     outln!(
                         "  CIS {:<8} pass {:>5}  fail {:>5} (excepted {:>5})  unknown {:>5}",

@@ -98,6 +98,17 @@ pub fn cis_order(a: &str, b: &str) -> std::cmp::Ordering {
     parts(a).cmp(&parts(b))
 }
 
+/// The CIS section a check belongs to: "1.2" for 1.2.16 (the control-plane sections are
+/// numbered 1.1 to 1.4), "2" for 2.7 (etcd), "" for a check CIS does not have.
+pub fn cis_section(id: &str) -> &str {
+    let mut dots = id.match_indices('.').map(|(i, _)| i);
+    match (id.starts_with("1."), dots.next(), dots.next()) {
+        (true, Some(_), Some(second)) => &id[..second],
+        (false, Some(first), _) => &id[..first],
+        _ => id,
+    }
+}
+
 /// A set of checks, by their number in the summary's list.
 #[derive(Clone, Default, PartialEq)]
 struct Checks(Vec<u64>);
@@ -116,6 +127,10 @@ impl Checks {
         for (a, b) in self.0.iter_mut().zip(&other.0) {
             *a |= b;
         }
+    }
+    /// Whether this set and `other` share a check.
+    fn meets(&self, other: &Checks) -> bool {
+        self.0.iter().zip(&other.0).any(|(a, b)| a & b != 0)
     }
 }
 
@@ -243,7 +258,7 @@ fn posture<'a, 'b: 'a>(
         })
         .collect();
     let numbers: Vec<usize> = (0..names.len()).filter(|i| scope.has(*i)).collect();
-    for s in seen {
+    for s in seen.clone() {
         for (n, &i) in counts.iter_mut().zip(&numbers) {
             if s.member.state != NodeState::Connected {
                 n.unknown += 1;
@@ -259,6 +274,37 @@ fn posture<'a, 'b: 'a>(
         }
     }
     p.cis = counts;
+    // Sections, in the benchmark's order: each a set of the checks in scope.
+    let mut sections: Vec<(&str, Checks)> = Vec::new();
+    for &i in &numbers {
+        let name = cis_section(names[i]);
+        if sections.last().is_none_or(|(n, _)| *n != name) {
+            sections.push((name, Checks::with(names.len())));
+        }
+        sections.last_mut().expect("pushed").1.set(i);
+    }
+    p.sections = sections
+        .iter()
+        .map(|(name, checks)| {
+            let mut n = CisCount {
+                cis: (*name).into(),
+                ..Default::default()
+            };
+            for s in seen.clone() {
+                if s.member.state != NodeState::Connected {
+                    n.unknown += 1;
+                } else if s.failing.meets(checks) {
+                    n.fail += 1;
+                    n.excepted += u32::from(!s.unexcepted.meets(checks));
+                } else if s.checked.meets(checks) {
+                    n.pass += 1;
+                } else {
+                    n.unknown += 1;
+                }
+            }
+            n
+        })
+        .collect();
     p
 }
 
@@ -348,5 +394,40 @@ mod tests {
         let names: Vec<&str> = clusters.iter().map(|c| c.cluster.as_str()).collect();
         assert_eq!(names, ["dev", "prod"]);
         assert_eq!(get(&clusters[1], "1.2.1"), (0, 1, 1));
+        let section = |p: &Posture, name: &str| {
+            let c = p.sections.iter().find(|c| c.cis == name).unwrap();
+            (c.pass, c.fail, c.unknown)
+        };
+        let order: Vec<&str> = fleet.sections.iter().map(|c| c.cis.as_str()).collect();
+        assert_eq!(order, ["1.2", "1.3"]);
+        // 1.2: a fails 1.2.1, c passes both of its checks, b stale, d missing.
+        assert_eq!(section(&fleet, "1.2"), (1, 1, 2));
+        // 1.3: c fails; a evaluates nothing there, so a is unknown, as are b and d.
+        assert_eq!(section(&fleet, "1.3"), (0, 1, 3));
+    }
+
+    #[test]
+    fn a_section_is_failed_by_any_check_in_it_and_excepted_only_when_all_of_them_are() {
+        let ms = [member("a", "", NodeState::Connected)];
+        let mut excepted = open("a", "1.2.1", "high");
+        excepted.excepted = true;
+        let (fleet, _) = summarize(&ms, std::slice::from_ref(&excepted));
+        assert_eq!((fleet.sections[0].fail, fleet.sections[0].excepted), (1, 1));
+        let (fleet, _) = summarize(&ms, &[excepted, open("a", "1.2.2", "low")]);
+        assert_eq!((fleet.sections[0].fail, fleet.sections[0].excepted), (1, 0));
+    }
+
+    #[test]
+    fn sections_are_the_benchmarks() {
+        for (id, section) in [
+            ("1.2.16", "1.2"),
+            ("1.1.1", "1.1"),
+            ("2.7", "2"),
+            ("5.1.1", "5"),
+            ("1.2", "1.2"),
+            ("", ""),
+        ] {
+            assert_eq!(cis_section(id), section, "{id}");
+        }
     }
 }
