@@ -53,6 +53,89 @@ pub struct RawConfig {
     /// Prometheus metrics on a listener of their own. Default: off.
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
+    /// The web dashboard on a listener of its own. Default: off.
+    #[serde(default)]
+    pub dashboard: Option<RawDashboard>,
+}
+
+/// `dashboard:` in the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDashboard {
+    /// Address of its listener. Default: 127.0.0.1:7480. With `tls`, it serves HTTPS with
+    /// the collector's certificate and every request must authenticate; without (the
+    /// plaintext loopback mode), plain HTTP on loopback only.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// A file whose first line is a bearer token that reads, for a proxy that authenticates
+    /// people in front of the dashboard (`%d/dashboard-token`). Default: none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The same for a token that may also add and remove exceptions. Default: none.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// A secret read from a file; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The dashboard's listener and who may use it.
+#[derive(Debug, Clone)]
+pub struct DashboardConfig {
+    /// Where it is served.
+    pub listen: SocketAddr,
+    /// A bearer token that reads.
+    pub token: Option<Secret>,
+    /// A bearer token that may also change exceptions.
+    pub admin_token: Option<Secret>,
+}
+
+impl DashboardConfig {
+    fn from_raw(raw: RawDashboard, tls: bool) -> Result<DashboardConfig, String> {
+        let listen = raw
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7480)));
+        if !tls && !listen.ip().is_loopback() {
+            return Err(format!(
+                "dashboard.listen {listen}: without tls the dashboard is plain HTTP, so it may listen on loopback only"
+            ));
+        }
+        let read = |what: &str, path: Option<PathBuf>| -> Result<Option<Secret>, String> {
+            let Some(path) = path else { return Ok(None) };
+            if !tls {
+                return Err(format!(
+                    "dashboard.{what}: a bearer token needs tls (it would cross the network in plain text)"
+                ));
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("dashboard.{what} {}: {e}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim();
+            if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "dashboard.{what} {}: the token must be at least 32 printable characters on the first line",
+                    path.display()
+                ));
+            }
+            Ok(Some(Secret(token.to_string())))
+        };
+        let token = read("token_file", raw.token_file)?;
+        let admin_token = read("admin_token_file", raw.admin_token_file)?;
+        if token.is_some() && token == admin_token {
+            return Err("dashboard: token_file and admin_token_file hold the same token".into());
+        }
+        Ok(DashboardConfig {
+            listen,
+            token,
+            admin_token,
+        })
+    }
 }
 
 /// `metrics:` in the config file.
@@ -225,6 +308,8 @@ pub struct Config {
     pub sinks: Vec<crate::sink::config::SinkConfig>,
     /// Metrics, if served.
     pub metrics: Option<MetricsConfig>,
+    /// The dashboard, if served.
+    pub dashboard: Option<DashboardConfig>,
 }
 
 /// Why a config cannot be used.
@@ -342,7 +427,13 @@ impl Config {
             }
             sinks.push(sink);
         }
+        let dashboard = raw
+            .dashboard
+            .map(|d| DashboardConfig::from_raw(d, tls.is_some()))
+            .transpose()
+            .map_err(invalid)?;
         Ok(Config {
+            dashboard,
             listen,
             database,
             database_password_file: raw.database_password_file,
@@ -439,6 +530,32 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "{sinks}: {err}");
         }
+    }
+
+    #[test]
+    fn the_dashboard_is_plain_http_on_loopback_only_and_its_tokens_need_tls() {
+        let (d, p) = write("");
+        let token = d.path().join("token");
+        std::fs::write(&token, format!("{}\n", "t".repeat(40))).unwrap();
+        let load = |text: &str, plain: bool| {
+            std::fs::write(&p, text).unwrap();
+            Config::load(&p, true, plain.then(|| "127.0.0.1:1".parse().unwrap()))
+        };
+        let c = load("dashboard: {}\n", true).unwrap();
+        assert_eq!(c.dashboard.unwrap().listen.to_string(), "127.0.0.1:7480");
+        let err = load("dashboard: {listen: 0.0.0.0:7480}\n", true).unwrap_err();
+        assert!(err.to_string().contains("loopback only"), "{err}");
+        let with_token = format!("dashboard: {{token_file: {}}}\n", token.display());
+        let err = load(&with_token, true).unwrap_err();
+        assert!(err.to_string().contains("needs tls"), "{err}");
+        let tls = "tls: {cert: /c, key: /k, client_ca: /ca}\n";
+        let c = load(&format!("{tls}{with_token}"), false).unwrap();
+        let dash = c.dashboard.unwrap();
+        assert_eq!(dash.token.as_ref().unwrap().0.len(), 40);
+        assert!(!format!("{dash:?}").contains("tttt"), "{dash:?}");
+        std::fs::write(&token, "short\n").unwrap();
+        let err = load(&format!("{tls}{with_token}"), false).unwrap_err();
+        assert!(err.to_string().contains("at least 32"), "{err}");
     }
 
     #[test]

@@ -333,6 +333,15 @@ pub trait EventStore: Send {
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError>;
 
+    /// The newest `limit` events that match `filter` and, when `kinds` names any, are of one
+    /// of them; newest first.
+    fn recent(
+        &self,
+        filter: &Filter,
+        kinds: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError>;
+
     /// Every node the store has heard of.
     fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
 

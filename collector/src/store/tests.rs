@@ -160,6 +160,16 @@ fn list_filters_and_pages_by_cursor<B: Backend>(mut s: SqlStore<B>) {
         ..Filter::default()
     };
     assert_eq!(s.list(&since, 0, 100).unwrap().len(), 1);
+    // The newest first, of the kinds asked for, within the filter.
+    let cursors = |v: Vec<Stored>| v.iter().map(|e| e.cursor).collect::<Vec<_>>();
+    let newest = s.recent(&Filter::default(), &[], 2).unwrap();
+    assert_eq!(cursors(newest), [all[3].cursor, all[2].cursor]);
+    let kinds = s
+        .recent(&Filter::default(), &["finding_raised", "fix_verified"], 10)
+        .unwrap();
+    assert_eq!(cursors(kinds), [all[1].cursor]);
+    assert_eq!(cursors(s.recent(&n2, &[], 10).unwrap()), [all[3].cursor]);
+    assert!(s.recent(&n2, &["finding_raised"], 10).unwrap().is_empty());
 }
 
 fn node_info_is_kept<B: Backend>(mut s: SqlStore<B>) {

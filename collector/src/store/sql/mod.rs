@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS events(
     kind {text} NOT NULL, severity {text} NOT NULL, rule_id {text} NOT NULL,
     path {text} NOT NULL, body {blob} NOT NULL, UNIQUE(node, epoch, seq));
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE INDEX IF NOT EXISTS events_node ON events(node, cursor);
+CREATE INDEX IF NOT EXISTS events_kind ON events(kind, cursor);
 CREATE TABLE IF NOT EXISTS gaps(node {text} NOT NULL, epoch {int} NOT NULL,
     first_seq {int} NOT NULL, last_seq {int} NOT NULL);
 CREATE INDEX IF NOT EXISTS gaps_node ON gaps(node, epoch, first_seq);
@@ -179,6 +181,70 @@ impl<B: Backend> SqlStore<B> {
     }
 }
 
+/// The columns [`SqlStore::events`] reads.
+const EVENT_COLUMNS: &str =
+    "SELECT cursor, node, seq, time, kind, severity, rule_id, path, body, epoch FROM events";
+
+/// `filter` (and one of `kinds`, when any is given) as SQL conditions, each starting with
+/// " AND ", their values appended to `args`.
+fn conditions<'a>(filter: &'a Filter, kinds: &[&'a str], args: &mut Vec<Arg<'a>>) -> String {
+    let mut sql = String::new();
+    for (clause, v) in [
+        ("node =", &filter.node),
+        ("kind =", &filter.kind),
+        ("rule_id =", &filter.rule_id),
+        ("time >=", &filter.since),
+        ("time <", &filter.until),
+    ] {
+        if let Some(v) = v {
+            args.push(v.into());
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        }
+    }
+    if let Some(min) = &filter.min_severity {
+        let at = SEVERITIES.iter().position(|s| s == min).unwrap_or(0);
+        let list = SEVERITIES[at..]
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        sql.push_str(&format!(" AND severity IN ({list})"));
+    }
+    if !kinds.is_empty() {
+        let mut marks = Vec::new();
+        for k in kinds {
+            args.push((*k).into());
+            marks.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND kind IN ({})", marks.join(",")));
+    }
+    sql
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// Events a query of [`EVENT_COLUMNS`] selects.
+    fn events(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Stored>, StoreError> {
+        self.read(|db| {
+            db.rows(sql, args, |r| {
+                Ok(Stored {
+                    cursor: r.int(0)? as u64,
+                    event: Event {
+                        node: r.text(1)?.to_string(),
+                        seq: r.int(2)? as u64,
+                        time: r.text(3)?.to_string(),
+                        kind: r.text(4)?.to_string(),
+                        severity: r.text(5)?.to_string(),
+                        rule_id: r.text(6)?.to_string(),
+                        path: r.text(7)?.to_string(),
+                        body: r.bytes(8)?.to_vec(),
+                        epoch: r.int(9)? as u64,
+                    },
+                })
+            })
+        })
+    }
+}
+
 impl<B: Backend> EventStore for SqlStore<B> {
     fn insert_many(
         &mut self,
@@ -218,51 +284,30 @@ impl<B: Backend> EventStore for SqlStore<B> {
         after_cursor: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
-        let mut sql = String::from(
-            "SELECT cursor, node, seq, time, kind, severity, rule_id, path, body, epoch FROM events WHERE cursor > ?1",
-        );
         let mut args: Vec<Arg<'_>> = vec![after_cursor.into()];
-        for (clause, v) in [
-            ("node =", &filter.node),
-            ("kind =", &filter.kind),
-            ("rule_id =", &filter.rule_id),
-            ("time >=", &filter.since),
-            ("time <", &filter.until),
-        ] {
-            if let Some(v) = v {
-                args.push(v.into());
-                sql.push_str(&format!(" AND {clause} ?{}", args.len()));
-            }
-        }
-        if let Some(min) = &filter.min_severity {
-            let at = SEVERITIES.iter().position(|s| s == min).unwrap_or(0);
-            let list = SEVERITIES[at..]
-                .iter()
-                .map(|s| format!("'{s}'"))
-                .collect::<Vec<_>>()
-                .join(",");
-            sql.push_str(&format!(" AND severity IN ({list})"));
-        }
+        let mut sql = format!(
+            "{EVENT_COLUMNS} WHERE cursor > ?1{}",
+            conditions(filter, &[], &mut args)
+        );
         args.push(limit.into());
         sql.push_str(&format!(" ORDER BY cursor LIMIT ?{}", args.len()));
-        self.read(|db| {
-            db.rows(&sql, &args, |r| {
-                Ok(Stored {
-                    cursor: r.int(0)? as u64,
-                    event: Event {
-                        node: r.text(1)?.to_string(),
-                        seq: r.int(2)? as u64,
-                        time: r.text(3)?.to_string(),
-                        kind: r.text(4)?.to_string(),
-                        severity: r.text(5)?.to_string(),
-                        rule_id: r.text(6)?.to_string(),
-                        path: r.text(7)?.to_string(),
-                        body: r.bytes(8)?.to_vec(),
-                        epoch: r.int(9)? as u64,
-                    },
-                })
-            })
-        })
+        self.events(&sql, &args)
+    }
+
+    fn recent(
+        &self,
+        filter: &Filter,
+        kinds: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut args: Vec<Arg<'_>> = Vec::new();
+        let mut sql = format!(
+            "{EVENT_COLUMNS} WHERE 1 = 1{}",
+            conditions(filter, kinds, &mut args)
+        );
+        args.push(limit.into());
+        sql.push_str(&format!(" ORDER BY cursor DESC LIMIT ?{}", args.len()));
+        self.events(&sql, &args)
     }
 
     fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
