@@ -35,6 +35,7 @@ const HEALTH_EVERY: Duration = Duration::from_secs(2);
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 mod auth;
+mod dashboard;
 mod exceptions;
 mod ingest;
 mod query;
@@ -220,6 +221,14 @@ pub async fn serve(
         tokio::spawn(async move {
             if let Err(e) = crate::metrics::serve(listen, metrics, gauges).await {
                 tracing::error!(%listen, error = %e, "cannot serve metrics");
+            }
+        });
+    }
+    if let Some(d) = &cfg.dashboard {
+        let (shared, d) = (Arc::clone(&shared), d.clone());
+        tokio::spawn(async move {
+            if let Err(e) = dashboard::serve(shared, d).await {
+                tracing::error!(error = %e, "cannot serve the dashboard");
             }
         });
     }

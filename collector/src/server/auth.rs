@@ -68,7 +68,7 @@ pub(super) fn cert_names_match(
 }
 
 /// Certificates of a request's peer.
-type PeerCerts<'a> = Option<&'a [rustls_pki_types::CertificateDer<'static>]>;
+pub(super) type PeerCerts<'a> = Option<&'a [rustls_pki_types::CertificateDer<'static>]>;
 
 /// Whether an agent stream for `node` may open: not a reader's name, a certificate the
 /// agents' CA issued (with a separate reader CA), valid for that node name (with TLS).
@@ -115,15 +115,7 @@ pub(super) fn reader<T>(
         return Ok(()); // plaintext exists only on loopback
     }
     let certs = req.peer_certs();
-    let certs = certs.as_deref().map(Vec::as_slice);
-    let named = |names: &[String]| names.iter().any(|n| cert_names_match(certs, n));
-    let allowed = match split_cas {
-        Some((_, readers)) => {
-            readers.issued(certs) && (cfg.readers.is_empty() || named(&cfg.readers))
-        }
-        None => named(&cfg.readers),
-    };
-    if allowed {
+    if may_read(cfg, split_cas, certs.as_deref().map(Vec::as_slice)) {
         Ok(())
     } else {
         tracing::warn!(target: "audit", remote = ?req.remote_addr(), "query from a certificate not in readers");
@@ -146,9 +138,8 @@ pub(super) fn admin<T>(
         return Ok("loopback".into());
     }
     let certs = req.peer_certs();
-    let certs = certs.as_deref().map(Vec::as_slice);
-    match cfg.admins.iter().find(|a| cert_names_match(certs, a)) {
-        Some(name) => Ok(name.clone()),
+    match admin_name(cfg, certs.as_deref().map(Vec::as_slice)) {
+        Some(name) => Ok(name),
         None => {
             tracing::warn!(target: "audit", remote = ?req.remote_addr(), "an exception change from a reader that is not an admin");
             Err(Status::permission_denied(
@@ -156,4 +147,28 @@ pub(super) fn admin<T>(
             ))
         }
     }
+}
+
+/// Whether a peer with these certificates may read (TLS only): a certificate named in
+/// `readers`, or (with a separate reader CA) one it issued, narrowed by `readers` if set.
+pub(super) fn may_read(
+    cfg: &Config,
+    split_cas: Option<&(Anchors, Anchors)>,
+    certs: PeerCerts<'_>,
+) -> bool {
+    let named = |names: &[String]| names.iter().any(|n| cert_names_match(certs, n));
+    match split_cas {
+        Some((_, readers)) => {
+            readers.issued(certs) && (cfg.readers.is_empty() || named(&cfg.readers))
+        }
+        None => named(&cfg.readers),
+    }
+}
+
+/// The name in `admins` a reader's certificate is valid for, if any.
+pub(super) fn admin_name(cfg: &Config, certs: PeerCerts<'_>) -> Option<String> {
+    cfg.admins
+        .iter()
+        .find(|a| cert_names_match(certs, a))
+        .cloned()
 }
