@@ -1,5 +1,6 @@
 //! Helpers for end-to-end tests that run the real kube-lockdown binaries.
 
+pub mod browser;
 pub mod collector;
 pub mod http;
 pub mod kubelet;
