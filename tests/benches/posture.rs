@@ -1,6 +1,7 @@
 //! Fleet posture benchmark (issue 16): `ListFindings` and `Summary` answered by a real
 //! collector over mTLS for 1,000 nodes with 30 open findings each (10 exceptions in force),
-//! and the cost of reconciling a hello's set in the store.
+//! the cost of reconciling a hello's set in the store, and the dashboard's pages (issue 19)
+//! for the same fleet, with their weight.
 //!
 //! ```text
 //! cargo build --release -p lockdown-collector
@@ -150,7 +151,14 @@ fn main() {
         );
     }
     let addr = free_addr();
-    let col = Collector::start(&pki, dir.path(), addr, "nodes: {stale_after: 1h}");
+    let dash = free_addr();
+    let col = Collector::start(
+        &pki,
+        dir.path(),
+        addr,
+        &format!("nodes: {{stale_after: 1h}}\ndashboard: {{listen: {dash}}}"),
+    );
+    let mut summary_p50 = Duration::ZERO;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let tls = ClientTls {
@@ -236,7 +244,74 @@ fn main() {
                 v.push(t0.elapsed());
             }
         }
+        summary_p50 = pct(v.clone(), 0.5);
         println!("| Summary (fleet and 10 clusters, 40 CIS checks) | {} | {} | < 50 ms |", ms(pct(v.clone(), 0.5)), ms(pct(v, 0.99)));
     });
+    dashboard(&pki, dash, summary_p50);
     drop(col);
+}
+
+/// The dashboard's pages for the same fleet: HTTPS with a reader's certificate, a new
+/// connection (and TLS handshake) per request, as a browser's first visit.
+fn dashboard(pki: &Pki, dash: std::net::SocketAddr, summary_p50: Duration) {
+    let reader = (pki.path("reader.crt"), pki.path("reader.key"));
+    let get = |path: &str| {
+        lockdown_e2e::browser::https(
+            dash,
+            &pki.path("ca.crt"),
+            Some((&reader.0, &reader.1)),
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    println!(
+        "\nDashboard pages for the same fleet, 100 requests each after 10 warm-up (HTTPS, a new connection each):\n"
+    );
+    println!("| page | p50 | p99 | weight | target |");
+    println!("|---|---|---|---|---|");
+    for (what, path) in [
+        ("fleet (`/`)", "/"),
+        (
+            "findings, first page of 100 with facets of all 30,000",
+            "/findings",
+        ),
+        (
+            "findings, CIS 1.2, high, one cluster",
+            "/findings?cis=1.2&severity=high&cluster=cluster-3",
+        ),
+        ("findings, free text", "/findings?q=flag-7"),
+        ("a node", "/nodes/cp-0500"),
+        ("nodes, first page of 100", "/nodes"),
+        (
+            "nodes failing CIS section 1.2",
+            "/nodes?section=1.2&result=fail",
+        ),
+        ("exceptions", "/exceptions"),
+    ] {
+        let mut v = Vec::new();
+        let mut weight = 0;
+        for i in 0..110 {
+            let t0 = Instant::now();
+            let (status, _, body) = get(path);
+            assert_eq!(status, 200, "{path}: {body}");
+            if i >= 10 {
+                v.push(t0.elapsed());
+            }
+            weight = body.len();
+        }
+        let p50 = pct(v.clone(), 0.5);
+        let ratio = if path == "/" {
+            format!(
+                " ({:.1}x Summary's p50)",
+                p50.as_secs_f64() / summary_p50.as_secs_f64()
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "| {what} | {}{ratio} | {} | {:.1} KB | < 100 ms, < 200 KB |",
+            ms(p50),
+            ms(pct(v, 0.99)),
+            weight as f64 / 1024.0
+        );
+    }
 }

@@ -227,23 +227,8 @@ impl Browser {
             .to_string()
     }
 
-    /// Saves a PNG screenshot of the whole page to `path`.
+    /// Saves a PNG screenshot of the window to `path`.
     pub fn screenshot(&self, path: &Path) {
-        // The whole page, not only the window: make the window as tall as the page first.
-        let height = self
-            .run("return document.documentElement.scrollHeight;", json!([]))
-            .as_u64()
-            .unwrap_or(900)
-            .clamp(400, 4000);
-        let width = self
-            .run("return window.outerWidth;", json!([]))
-            .as_u64()
-            .unwrap_or(1280);
-        self.call(
-            "POST",
-            "window/rect",
-            Some(json!({"width": width, "height": height + 100})),
-        );
         let png = self.call("GET", "screenshot", None);
         use base64::Engine;
         let bytes = base64::engine::general_purpose::STANDARD

@@ -673,13 +673,14 @@ async fn nodes_page(
             cfg.stale_after,
         );
         let by_section = !params.section.is_empty();
+        let mut by_node: std::collections::HashMap<&str, Vec<crate::store::FindingCount>> =
+            std::collections::HashMap::new();
+        for c in &counts {
+            by_node.entry(&c.node).or_default().push(c.clone());
+        }
         for m in &members {
-            let mine: Vec<_> = counts
-                .iter()
-                .filter(|c| *c.node == m.node)
-                .cloned()
-                .collect();
-            let (p, _) = posture::summarize(std::slice::from_ref(m), &mine);
+            let mine = by_node.get(m.node.as_str()).map_or(&[][..], Vec::as_slice);
+            let (p, _) = posture::summarize(std::slice::from_ref(m), mine);
             let list = if by_section { &p.sections } else { &p.cis };
             let result = match list.iter().find(|c| c.cis == cis) {
                 Some(c) if c.fail > 0 => "fail",

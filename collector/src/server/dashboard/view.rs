@@ -4,8 +4,6 @@
 //! diffs come from nodes, which may be compromised: they reach a page only through a
 //! template's escaping, and the live tail builds its rows with `textContent`.
 
-use std::collections::BTreeMap;
-
 use askama::Template;
 use lockdown_proto::v1::{CisCount, Posture};
 
@@ -416,7 +414,7 @@ impl FindingParams {
         if !self.severity.is_empty() && f.severity != self.severity {
             return false;
         }
-        let q = self.q.trim().to_lowercase();
+        let q = self.q.trim();
         q.is_empty()
             || [
                 &row.node,
@@ -429,8 +427,17 @@ impl FindingParams {
                 &f.observed,
             ]
             .iter()
-            .any(|field| field.to_lowercase().contains(&q))
+            .any(|field| contains_ignoring_case(field, q))
     }
+}
+
+/// Whether `needle` is in `hay`, ASCII letters compared without case.
+fn contains_ignoring_case(hay: &str, needle: &str) -> bool {
+    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// One facet: the values found, with how many findings each and the list of them.
@@ -492,29 +499,25 @@ impl FindingsPage {
     /// The page of `rows` (what the store selected) that `params` asks for.
     pub fn new(frame: Frame, params: FindingParams, mut rows: Vec<FindingRow>) -> Self {
         rows.retain(|r| params.keeps(r));
-        let rank = |s: &str| SEVERITIES.iter().position(|x| *x == s).unwrap_or(0);
-        rows.sort_by(|a, b| {
-            rank(&b.finding.severity)
-                .cmp(&rank(&a.finding.severity))
-                .then_with(|| a.node.cmp(&b.node))
-                .then_with(|| a.finding.path.cmp(&b.finding.path))
-                .then_with(|| a.finding.key.cmp(&b.finding.key))
+        // The store lists by (node, path, key); a stable sort keeps that within a severity.
+        rows.sort_by_key(|r| {
+            std::cmp::Reverse(SEVERITIES.iter().position(|x| *x == r.finding.severity))
         });
-        let facet = |name: &'static str, key: &str, value: &dyn Fn(&FindingRow) -> String| {
-            let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        let facet = |name: &'static str, key: &str, value: &dyn Fn(&FindingRow) -> &str| {
+            let mut counts: std::collections::HashMap<&str, u32> = Default::default();
             for r in &rows {
                 *counts.entry(value(r)).or_default() += 1;
             }
             counts.remove("");
-            let mut values: Vec<(String, u32)> = counts.into_iter().collect();
-            values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let mut values: Vec<(&str, u32)> = counts.into_iter().collect();
+            values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
             let more = values.len().saturating_sub(FACET_VALUES);
             Facet {
                 name,
                 values: (values.into_iter().take(FACET_VALUES))
                     .map(|(v, n)| Count {
-                        href: params.with(key, &v),
-                        label: v,
+                        href: params.with(key, v),
+                        label: v.to_string(),
                         n,
                     })
                     .collect(),
@@ -522,20 +525,19 @@ impl FindingsPage {
             }
         };
         let facets = vec![
-            facet("severity", "severity", &|r| r.finding.severity.clone()),
-            facet("cluster", "cluster", &|r| r.cluster.clone()),
+            facet("severity", "severity", &|r| &r.finding.severity),
+            facet("cluster", "cluster", &|r| &r.cluster),
             facet("CIS section", "cis", &|r| {
-                crate::posture::cis_section(&r.finding.cis).to_string()
+                crate::posture::cis_section(&r.finding.cis)
             }),
-            facet("rule", "rule", &|r| r.finding.rule_id.clone()),
-            facet("node", "node", &|r| r.node.clone()),
+            facet("rule", "rule", &|r| &r.finding.rule_id),
+            facet("node", "node", &|r| &r.node),
             facet("excepted", "excepted", &|r| {
                 if r.exception_id.is_some() {
                     "yes"
                 } else {
                     "no"
                 }
-                .to_string()
             }),
         ];
         let total = rows.len();
