@@ -139,9 +139,18 @@ fn sd_value(v: &str) -> String {
         if matches!(c, '"' | '\\' | ']') {
             out.push('\\');
         }
-        out.push(c);
+        out.push(if c.is_control() { ' ' } else { c });
     }
     out
+}
+
+/// The free-text part: control characters (line breaks, terminal escapes) as spaces, so
+/// that what a node names cannot forge a second line in a receiver's log or colour a
+/// terminal that shows it.
+fn plain(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// A header field: printable US-ASCII without spaces, at most `max`; `-` when empty.
@@ -190,7 +199,7 @@ pub fn frame(s: &Stored, facility: u8) -> Vec<u8> {
         header(&e.time, 64),
         header(&e.node, 255),
         header(&e.kind, 32),
-        text.replace('\n', " ")
+        plain(&text)
     );
     let mut out = format!("{} ", msg.len()).into_bytes();
     out.extend_from_slice(msg.as_bytes());
@@ -288,6 +297,12 @@ mod tests {
             "{msg}"
         );
         assert_eq!(facility("audit"), Some(13));
+        // What a node names cannot break the line or reach a terminal as an escape.
+        let mut evil = s.clone();
+        evil.event.path = "/m/a.yaml\r\n<13>1 forged\u{1b}[31m".into();
+        evil.event.body = b"{\"finding\":{\"title\":\"t\\u0085x\"}}".to_vec();
+        let framed = String::from_utf8(frame(&evil, 16)).unwrap();
+        assert!(!framed.chars().any(char::is_control), "{framed:?}");
         assert!(
             Syslog::new(
                 "tcp://siem.example:514",
