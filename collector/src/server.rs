@@ -442,6 +442,25 @@ async fn watch_health(health: tonic_health::server::HealthReporter, store: Box<d
     }
 }
 
+/// The fleet's posture and each cluster's now: the nodes the store knows and the expected
+/// ones, with their state, and their open findings counted.
+fn summarize(
+    cfg: &Config,
+    nodes: Vec<crate::store::NodeInfo>,
+    counts: &[crate::store::FindingCount],
+) -> (
+    lockdown_proto::v1::Posture,
+    Vec<lockdown_proto::v1::Posture>,
+) {
+    let members = crate::posture::members(
+        nodes,
+        &cfg.expected_nodes,
+        std::time::SystemTime::now(),
+        cfg.stale_after,
+    );
+    crate::posture::summarize(&members, counts)
+}
+
 pub(super) fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, auth, exceptions};
-use crate::posture::{self, NodeState};
+use crate::posture::NodeState;
 use crate::store::{
     EventStore, Filter, FindingCursor, FindingQuery, FindingRow, NodeInfo, StoreError,
 };
@@ -306,14 +306,7 @@ impl QueryService for Queries {
         let (nodes, counts) = self
             .read(move |s| Ok((s.nodes()?, s.finding_counts(&at)?)))
             .await?;
-        let cfg = &self.0.cfg;
-        let members = posture::members(
-            nodes,
-            &cfg.expected_nodes,
-            SystemTime::now(),
-            cfg.stale_after,
-        );
-        let (fleet, clusters) = posture::summarize(&members, &counts);
+        let (fleet, clusters) = super::summarize(&self.0.cfg, nodes, &counts);
         Ok(Response::new(SummaryResponse {
             fleet: Some(fleet),
             clusters,

@@ -535,14 +535,7 @@ async fn fleet_page(dash: &Dash, who: &Who) -> Shown {
             ))
         })
         .await?;
-    let cfg = &dash.shared.cfg;
-    let members = posture::members(
-        nodes,
-        &cfg.expected_nodes,
-        SystemTime::now(),
-        cfg.stale_after,
-    );
-    let (fleet, clusters) = posture::summarize(&members, &counts);
+    let (fleet, clusters) = super::summarize(&dash.shared.cfg, nodes, &counts);
     Ok(page(FleetPage::new(
         Frame::new("Fleet", "fleet", &who.name),
         &fleet,
@@ -908,58 +901,82 @@ async fn exceptions_page(
     Ok(p)
 }
 
+/// A posted form, read and allowed: `who` must be an admin, with the CSRF token of its own
+/// forms.
+fn change<T: HasCsrf>(
+    dash: &Dash,
+    who: &Who,
+    form: Result<Form<T>, axum::extract::rejection::FormRejection>,
+) -> Result<T, Refusal> {
+    let Form(form) = form.map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            &format!("The form cannot be read: {e}"),
+        )
+    })?;
+    dash.may_change(who, form.csrf())?;
+    Ok(form)
+}
+
+/// A form that carries a CSRF token.
+trait HasCsrf {
+    fn csrf(&self) -> &str;
+}
+
+impl HasCsrf for AddForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl HasCsrf for RemoveForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The HTTP status of a refused exception change.
+fn change_status(status: &tonic::Status) -> StatusCode {
+    match status.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::Unavailable | tonic::Code::Internal => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
 async fn add_exception(
     State(dash): State<Arc<Dash>>,
     axum::Extension(who): axum::Extension<Who>,
     form: Result<Form<AddForm>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                &format!("The form cannot be read: {e}"),
-            )
-            .into_response();
-        }
-    };
-    if let Err(r) = dash.may_change(&who, &form.csrf) {
-        return r.into_response();
-    }
-    let days: u64 = match form.days.trim().parse() {
-        Ok(d) if d > 0 => d,
-        _ => {
-            let error = format!("{:?} is not a number of days", form.days);
-            return either(
-                exceptions_page(&dash, &who, Some((error, form)))
-                    .await
-                    .map(|p| page_with(StatusCode::BAD_REQUEST, p)),
-            );
-        }
-    };
-    let request = lockdown_proto::v1::AddExceptionRequest {
-        rule_id: form.rule_id.trim().to_string(),
-        node: form.node.trim().to_string(),
-        cluster: form.cluster.trim().to_string(),
-        path: form.path.trim().to_string(),
-        reason: form.reason.clone(),
-        expires_in_seconds: days.saturating_mul(86_400),
-        max_severity: form.max_severity.clone(),
-    };
-    match super::exceptions::add(&dash.shared, who.name.clone(), request).await {
-        Ok(x) => Redirect::to(&format!("/exceptions#x{}", x.id)).into_response(),
-        Err(status) => {
-            let code = match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Internal => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
+) -> Shown {
+    let form = change(&dash, &who, form)?;
+    let added = match form.days.trim().parse::<u64>() {
+        Ok(days) if days > 0 => {
+            let request = lockdown_proto::v1::AddExceptionRequest {
+                rule_id: form.rule_id.trim().to_string(),
+                node: form.node.trim().to_string(),
+                cluster: form.cluster.trim().to_string(),
+                path: form.path.trim().to_string(),
+                reason: form.reason.clone(),
+                expires_in_seconds: days.saturating_mul(86_400),
+                max_severity: form.max_severity.clone(),
             };
-            let error = status.message().to_string();
-            either(
-                exceptions_page(&dash, &who, Some((error, form)))
-                    .await
-                    .map(|p| page_with(code, p)),
-            )
+            super::exceptions::add(&dash.shared, who.name.clone(), request)
+                .await
+                .map_err(|s| (change_status(&s), s.message().to_string()))
         }
+        _ => Err((
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a number of days", form.days),
+        )),
+    };
+    match added {
+        Ok(x) => Ok(Redirect::to(&format!("/exceptions#x{}", x.id)).into_response()),
+        // The page again, saying why, with the form as it was.
+        Err((code, error)) => Ok(page_with(
+            code,
+            exceptions_page(&dash, &who, Some((error, form))).await?,
+        )),
     }
 }
 
@@ -974,32 +991,12 @@ async fn remove_exception(
     axum::Extension(who): axum::Extension<Who>,
     Path(id): Path<u64>,
     form: Result<Form<RemoveForm>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    let Form(form) = match form {
-        Ok(f) => f,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                &format!("The form cannot be read: {e}"),
-            )
-            .into_response();
-        }
-    };
-    if let Err(r) = dash.may_change(&who, &form.csrf) {
-        return r.into_response();
-    }
-    match super::exceptions::remove(&dash.shared, who.name.clone(), id).await {
-        Ok(_) => Redirect::to(&format!("/exceptions#x{id}")).into_response(),
-        Err(status) => refuse(
-            if status.code() == tonic::Code::NotFound {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            },
-            status.message(),
-        )
-        .into_response(),
-    }
+) -> Shown {
+    change(&dash, &who, form)?;
+    super::exceptions::remove(&dash.shared, who.name.clone(), id)
+        .await
+        .map_err(|s| refuse(change_status(&s), s.message()))?;
+    Ok(Redirect::to(&format!("/exceptions#x{id}")).into_response())
 }
 
 async fn css() -> Response {
