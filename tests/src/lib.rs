@@ -46,3 +46,23 @@ pub fn needs_root(why: &str) -> bool {
     eprintln!("skipped: needs root ({why}); run the tests as root, as CI does");
     false
 }
+
+/// Waits, checking every 100 ms, until `done` says so; after `limit`, fails saying `what`
+/// and what `log` tells (the logs of the processes involved).
+pub fn wait_until_within(
+    what: &str,
+    limit: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// [`wait_until_within`] the tests' usual [`node::WAIT`], with nothing more to tell.
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_until_within(what, node::WAIT, done, String::new);
+}

@@ -11,11 +11,11 @@ use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use lockdown_e2e::browser::{Browser, https};
 use lockdown_e2e::collector::{Collector, Pki, free_addr};
-use lockdown_e2e::node::{Node, WAIT};
+use lockdown_e2e::node::Node;
+use lockdown_e2e::wait_until;
 use serde_json::{Value, json};
 
 const READER_TOKEN: &str = "reader-token-0123456789abcdefghijklmnopqrstuvwxyz";
@@ -48,14 +48,6 @@ fn summary(pki: &Pki, col: &Collector) -> Value {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn shots() -> PathBuf {

@@ -5,21 +5,14 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockdown_e2e::collector::{Collector, Pki, free_addr};
 use lockdown_e2e::http::get;
 use lockdown_e2e::node::Node;
+use lockdown_e2e::wait_until_within;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}\n{}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// `promtool check metrics` on `text`: passes, with nothing to say.
 fn promtool_passes(text: &str) {
@@ -80,8 +73,9 @@ impl Prometheus {
             addr,
             _dir: dir,
         };
-        wait_until(
+        wait_until_within(
             "Prometheus ready",
+            WAIT,
             || get(p.addr, "/-/ready").is_some_and(|(s, _)| s == 200),
             String::new,
         );
@@ -131,8 +125,9 @@ fn the_metrics_pass_promtool_and_prometheus_sees_the_gauges_move() {
     );
     let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
     let _agent = node.start();
-    wait_until(
+    wait_until_within(
         "the node's profiling finding in the metrics",
+        WAIT,
         || {
             get(metrics, "/metrics").is_some_and(|(s, b)| {
                 s == 200
@@ -157,8 +152,9 @@ fn the_metrics_pass_promtool_and_prometheus_sees_the_gauges_move() {
 
     let prom = Prometheus::start(metrics);
     let failing = "lockdown_collector_rule_failing_nodes{rule=\"scheduler-profiling\"}";
-    wait_until(
+    wait_until_within(
         "Prometheus sees the failing node",
+        WAIT,
         || prom.value(failing) == Some(1.0),
         || format!("{:?}", prom.value(failing)),
     );
@@ -170,8 +166,9 @@ fn the_metrics_pass_promtool_and_prometheus_sees_the_gauges_move() {
         "    - kube-scheduler\n    - --profiling=false\n",
     );
     std::fs::write(&path, text).unwrap();
-    wait_until(
+    wait_until_within(
         "Prometheus sees the finding resolved",
+        WAIT,
         || {
             prom.value(failing).is_none()
                 && prom
@@ -187,8 +184,9 @@ fn the_metrics_pass_promtool_and_prometheus_sees_the_gauges_move() {
         },
     );
     // The sink's receiver is down: its failures count.
-    wait_until(
+    wait_until_within(
         "the dead sink's failures counted",
+        WAIT,
         || {
             prom.value("lockdown_collector_sink_delivery_failures_total{sink=\"hook\"}")
                 .is_some_and(|v| v >= 1.0)
@@ -208,8 +206,9 @@ fn the_agent_serves_its_metrics_on_loopback_and_they_pass_promtool() {
     ));
     let agent = node.start();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until(
+    wait_until_within(
         "the agent's metrics, connected to the collector",
+        WAIT,
         || {
             get(addr, "/metrics").is_some_and(|(s, b)| {
                 s == 200 && b.contains("lockdown_agent_collector_connected 1")

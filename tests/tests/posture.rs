@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lockdown_e2e::collector::{Collector, Pki};
 use lockdown_e2e::node::{Agent, Node, WAIT};
+use lockdown_e2e::wait_until;
 
 /// A finding as both sides can name it: (path, rule id, severity, status).
 type Key = (String, String, String, String);
@@ -353,14 +354,6 @@ fn events_of(pki: &Pki, col: &Collector, kind: &str) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

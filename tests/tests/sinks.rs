@@ -5,11 +5,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use lockdown_e2e::collector::{Collector, Pki, free_addr};
 use lockdown_e2e::node::Node;
+use lockdown_e2e::wait_until_within;
 
 const WAIT: Duration = Duration::from_secs(90);
 const SECRET: &str = "a shared secret";
@@ -84,14 +85,6 @@ fn take<S: Read + Write>(mut conn: S, got: &Mutex<Vec<Delivery>>) {
     let _ = conn.flush();
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}\n{}", log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Toggles the scheduler's profiling flag: a file change and a finding raised or resolved.
 fn edit(node: &Node, round: usize) {
     let path = node.manifest("kube-scheduler.yaml");
@@ -128,16 +121,18 @@ fn a_webhook_down_for_a_while_gets_every_event_once_in_order_and_signed() {
         edit(&node, round);
     }
     // Everything is stored while the receiver is down, and the sink has tried and failed.
-    wait_until(
+    wait_until_within(
         "the agent's events stored",
+        WAIT,
         || {
             let last = agent.status().spool.last_seq;
             last > 6 && col.keys().len() as u64 >= last
         },
         || col.log(),
     );
-    wait_until(
+    wait_until_within(
         "the sink tried the receiver while it was down",
+        WAIT,
         || col.log().contains("delivery failed"),
         || col.log(),
     );
@@ -151,8 +146,9 @@ fn a_webhook_down_for_a_while_gets_every_event_once_in_order_and_signed() {
             .collect()
     };
     let stored = || col.keys();
-    wait_until(
+    wait_until_within(
         "the receiver got what was stored while it was down",
+        WAIT,
         || delivered(&got).len() >= stored().len(),
         || format!("{:?}\n{}", delivered(&got), col.log()),
     );
@@ -160,8 +156,9 @@ fn a_webhook_down_for_a_while_gets_every_event_once_in_order_and_signed() {
     for round in 6..10 {
         edit(&node, round);
     }
-    wait_until(
+    wait_until_within(
         "the receiver got the events committed while it was up",
+        WAIT,
         || {
             let last = agent.status().spool.last_seq;
             col.keys().len() as u64 >= last && delivered(&got).len() >= col.keys().len()
@@ -221,8 +218,9 @@ impl Alertmanager {
             addr,
             _dir: dir,
         };
-        wait_until(
+        wait_until_within(
             "Alertmanager ready",
+            WAIT,
             || am.get("/-/ready").is_some_and(|(status, _)| status == 200),
             String::new,
         );
@@ -283,15 +281,17 @@ fn an_open_finding_fires_in_alertmanager_and_clears_when_resolved_or_excepted() 
             .contains(&(rule.to_string(), "cp-1".to_string(), "low".to_string()))
     };
     // kubeadm's defaults leave profiling on in both.
-    wait_until(
+    wait_until_within(
         "both profiling findings fire",
+        WAIT,
         || fires("scheduler-profiling") && fires("apiserver-profiling"),
         || format!("{:?}\n{}", am.firing(), col.log()),
     );
     // Resolved on the node: its alert clears, the other stays.
     edit(&node, 0);
-    wait_until(
+    wait_until_within(
         "the resolved finding's alert clears",
+        WAIT,
         || !fires("scheduler-profiling") && fires("apiserver-profiling"),
         || format!("{:?}\n{}", am.firing(), col.log()),
     );
@@ -315,15 +315,17 @@ fn an_open_finding_fires_in_alertmanager_and_clears_when_resolved_or_excepted() 
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    wait_until(
+    wait_until_within(
         "the excepted finding's alert clears",
+        WAIT,
         || am.firing().is_empty(),
         || format!("{:?}\n{}", am.firing(), col.log()),
     );
     // Raised again: it fires again.
     edit(&node, 1);
-    wait_until(
+    wait_until_within(
         "the raised finding fires again",
+        WAIT,
         || fires("scheduler-profiling"),
         || format!("{:?}\n{}", am.firing(), col.log()),
     );
@@ -397,8 +399,9 @@ fn syslog_gets_every_event_as_rfc5424_a_parser_reads() {
     for round in 0..4 {
         edit(&node, round);
     }
-    wait_until(
+    wait_until_within(
         "every stored event read by the parser",
+        WAIT,
         || {
             let last = agent.status().spool.last_seq;
             let stored = col.keys().len();
@@ -493,8 +496,9 @@ fn a_webhook_over_mutual_tls_gets_its_events() {
     let node = Node::new(&pki.agent_config(col.addr, "cp-1"));
     let _agent = node.start();
     edit(&node, 0);
-    wait_until(
+    wait_until_within(
         "deliveries over mutual TLS",
+        WAIT,
         || {
             let n: usize = got.lock().unwrap().iter().map(|d| d.events.len()).sum();
             n > 0 && n >= col.keys().len()
@@ -545,8 +549,9 @@ fn replicas_sharing_a_database_deliver_each_event_once() {
             .flat_map(|d| d.events.clone())
             .collect()
     };
-    wait_until(
+    wait_until_within(
         "every stored event delivered",
+        WAIT,
         || {
             let spooled: u64 = agents.iter().map(|x| x.status().spool.last_seq).sum();
             let stored = a.keys();
