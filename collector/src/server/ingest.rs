@@ -97,6 +97,8 @@ impl Agents {
                 last_seen: now(),
                 acked: 0,
                 checked_cis: Default::default(),
+                // Said by heartbeats; a hello leaves the last one's.
+                last_seq: 0,
             }))
             .await;
         *shared
@@ -249,6 +251,7 @@ async fn stream_loop(
                         component_versions: h.component_versions.into_iter().collect(),
                         open_findings: h.open_findings.into_iter().collect(),
                         last_seen: now(),
+                        last_seq: h.last_seq,
                         ..NodeInfo::default()
                     }))
                     .await;

@@ -251,6 +251,9 @@ pub struct NodeInfo {
     /// The CIS ids the agent evaluates (from its last hello; nodes with the same list share
     /// it).
     pub checked_cis: std::sync::Arc<[String]>,
+    /// The agent's newest sequence number as of its last heartbeat (0: not said): what its
+    /// spool holds beyond `acked` is on its way.
+    pub last_seq: u64,
 }
 
 /// One agent batch to store.

@@ -394,8 +394,14 @@ async fn migrate(client: &mut Client) -> Result<(), DbError> {
         });
     }
     if found < SCHEMA_VERSION {
+        // Tables and indexes of every version (CREATE ... IF NOT EXISTS), then what an older
+        // database lacks: 2 added nodes.last_seq.
         tx.batch_execute(&super::sql::schema(Dialect::Postgres))
             .await?;
+        tx.batch_execute(
+            "ALTER TABLE nodes ADD COLUMN IF NOT EXISTS last_seq BIGINT NOT NULL DEFAULT 0",
+        )
+        .await?;
         tx.execute("DELETE FROM schema", &[]).await?;
         tx.execute(
             "INSERT INTO schema(version) VALUES ($1)",

@@ -79,6 +79,7 @@ fn migrate(conn: &Connection) -> Result<(), DbError> {
         ("findings_epoch", "INTEGER NOT NULL DEFAULT 0"),
         ("findings_as_of", "INTEGER NOT NULL DEFAULT 0"),
         ("checked_cis", "TEXT NOT NULL DEFAULT '[]'"),
+        ("last_seq", "INTEGER NOT NULL DEFAULT 0"),
     ] {
         if !columns.iter().any(|c| c == name) {
             conn.execute_batch(&format!("ALTER TABLE nodes ADD COLUMN {name} {ddl}"))?;

@@ -182,11 +182,25 @@ fn node_info_is_kept<B: Backend>(mut s: SqlStore<B>) {
         last_seen: "2026-11-26T10:00:00.000Z".into(),
         acked: 0,
         checked_cis: Default::default(),
+        last_seq: 3,
     };
     s.touch_node(&info).unwrap();
     s.insert("n1", 7, &[ev("n1", 1)]).unwrap();
     let nodes = s.nodes().unwrap();
-    assert_eq!(nodes, [NodeInfo { acked: 1, ..info }]);
+    assert_eq!(
+        nodes,
+        [NodeInfo {
+            acked: 1,
+            ..info.clone()
+        }]
+    );
+    // A touch that does not say how far the agent is (a hello) keeps what the last did.
+    s.touch_node(&NodeInfo {
+        last_seq: 0,
+        ..info.clone()
+    })
+    .unwrap();
+    assert_eq!(s.nodes().unwrap()[0].last_seq, 3);
 }
 
 fn retention_by_count_keeps_the_newest_and_the_acks<B: Backend>(mut s: SqlStore<B>) {
@@ -790,6 +804,64 @@ fn a_database_of_a_newer_collector_is_refused() {
         .unwrap();
     let err = Store::open(&path).unwrap_err();
     assert!(err.to_string().contains("upgrade the collector"), "{err}");
+}
+
+#[test]
+fn a_database_of_schema_1_is_migrated_to_2_on_both() {
+    // What a collector of schema 1 left: no nodes.last_seq, no events_node or events_kind.
+    let undo = "DROP INDEX events_node; DROP INDEX events_kind; \
+                ALTER TABLE nodes DROP COLUMN last_seq; UPDATE schema SET version = 1";
+    let server = crate::testing::PgServer::start();
+    let target = crate::store::postgres::Target::parse(
+        &server.database(),
+        &crate::store::postgres::Password::None,
+    )
+    .unwrap();
+    let mut s = PgStore::connect(&target).unwrap();
+    s.write(|db| {
+        for stmt in undo.split("; ") {
+            db.exec(stmt, &[])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut s = PgStore::connect(&target).unwrap();
+    let indexes =
+        "SELECT COUNT(*) FROM pg_indexes WHERE indexname IN ('events_node', 'events_kind')";
+    assert_eq!(s.read(|db| db.int(indexes, &[])).unwrap(), 2);
+    assert_eq!(
+        s.read(|db| db.int("SELECT version FROM schema", &[]))
+            .unwrap(),
+        2
+    );
+    node_keeps_its_last_seq(&mut s);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    drop(Store::open(&path).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&undo.replace("; ", ";\n"))
+        .unwrap();
+    let mut s = Store::open(&path).unwrap();
+    let indexes = "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('events_node', 'events_kind')";
+    assert_eq!(s.read(|db| db.int(indexes, &[])).unwrap(), 2);
+    assert_eq!(
+        s.read(|db| db.int("SELECT version FROM schema", &[]))
+            .unwrap(),
+        2
+    );
+    node_keeps_its_last_seq(&mut s);
+}
+
+fn node_keeps_its_last_seq<B: Backend>(s: &mut SqlStore<B>) {
+    s.touch_node(&NodeInfo {
+        node: "n1".into(),
+        last_seq: 9,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(s.nodes().unwrap()[0].last_seq, 9);
 }
 
 #[test]

@@ -1089,6 +1089,53 @@ mod tests {
     }
 
     #[test]
+    fn a_nodes_page_says_what_its_agent_still_has_to_send_and_exceptions_their_state() {
+        let info = NodeInfo {
+            node: "cp-1".into(),
+            acked: 40,
+            last_seq: 52,
+            ..Default::default()
+        };
+        let page = NodePage::new(
+            Frame::new("Node cp-1", "nodes", "x"),
+            Standing {
+                info,
+                state: NodeState::Stale,
+            },
+            false,
+            vec![],
+            &[],
+            &[],
+        )
+        .render()
+        .unwrap();
+        assert!(
+            page.contains("newest event 52 at its last heartbeat: 12 on the way"),
+            "{page}"
+        );
+        assert!(page.contains(">stale<"), "{page}");
+        let expired = Exception {
+            id: 3,
+            rule_id: "r".into(),
+            expires: "2026-12-01T00:00:00.000Z".into(),
+            ..Default::default()
+        };
+        let page = ExceptionsPage::new(
+            Frame::new("Exceptions", "exceptions", "x"),
+            vec![expired],
+            "2026-12-02T00:00:00.000Z",
+            String::new(),
+        )
+        .render()
+        .unwrap();
+        assert!(page.contains("data-state=\"expired\""), "{page}");
+        assert!(
+            !page.contains("<form method=\"post\""),
+            "a reader gets no forms: {page}"
+        );
+    }
+
+    #[test]
     fn links_encode_what_they_carry() {
         assert_eq!(
             href(

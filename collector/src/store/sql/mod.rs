@@ -9,9 +9,10 @@
 //! gaps(node, epoch, first_seq, last_seq)     ranges an agent's spool_overflow event says it
 //!                                            dropped, or an earlier store acknowledged
 //! nodes(node PRIMARY KEY, epoch, acked, cluster, agent_version, component_versions,
-//!       open_findings, last_seen, findings_epoch, findings_as_of, checked_cis)
+//!       open_findings, last_seen, findings_epoch, findings_as_of, checked_cis, last_seq)
 //!                                            acked = highest seq of the current epoch below
-//!                                            which all is stored
+//!                                            which all is stored; last_seq = the agent's
+//!                                            newest, as of its last heartbeat
 //! sinks(name PRIMARY KEY, cursor)            each sink's delivery cursor
 //! findings(...), exceptions(...)             findings.rs, exceptions.rs
 //! schema(version)                            the newest migration applied
@@ -35,8 +36,9 @@ pub mod db;
 mod exceptions;
 mod findings;
 
-/// The newest schema version this build knows (`schema.version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The newest schema version this build knows (`schema.version`). 2: `nodes.last_seq`, and
+/// events indexed by node and by kind.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The tables of [`SCHEMA_VERSION`], for `dialect`: one text for both databases, with
 /// `{id}` (an identity key that grows with each row), `{int}`, `{text}` (compared byte by
@@ -60,7 +62,7 @@ CREATE TABLE IF NOT EXISTS nodes(
     agent_version {text} NOT NULL DEFAULT '', component_versions {text} NOT NULL DEFAULT '{}',
     open_findings {text} NOT NULL DEFAULT '{}', last_seen {text} NOT NULL DEFAULT '',
     findings_epoch {int} NOT NULL DEFAULT 0, findings_as_of {int} NOT NULL DEFAULT 0,
-    checked_cis {text} NOT NULL DEFAULT '[]');
+    checked_cis {text} NOT NULL DEFAULT '[]', last_seq {int} NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS sinks(name {text} PRIMARY KEY, cursor {int} NOT NULL);
 CREATE TABLE IF NOT EXISTS findings(
     node {text} NOT NULL, path {text} NOT NULL, key {text} NOT NULL,
@@ -129,7 +131,11 @@ impl<B: Backend> SqlStore<B> {
         out.map_err(self.err())
     }
 
-    fn read<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T, DbError>) -> Result<T, StoreError> {
+    /// Runs `f` in one read of the backend.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, DbError>,
+    ) -> Result<T, StoreError> {
         self.backend.read(f).map_err(self.err())
     }
 
@@ -315,7 +321,7 @@ impl<B: Backend> EventStore for SqlStore<B> {
         self.read(|db| {
             db.rows(
                 "SELECT node, cluster, agent_version, component_versions, open_findings, last_seen,
-                        acked, checked_cis
+                        acked, checked_cis, last_seq
                  FROM nodes ORDER BY node",
                 &[],
                 |r| {
@@ -328,6 +334,7 @@ impl<B: Backend> EventStore for SqlStore<B> {
                         last_seen: r.text(5)?.to_string(),
                         acked: r.int(6)? as u64,
                         checked_cis: findings::checked_cis(r.text(7)?, &mut lists),
+                        last_seq: r.int(8)? as u64,
                     })
                 },
             )
@@ -450,21 +457,24 @@ fn touch(db: &mut dyn Db, info: &NodeInfo) -> Result<(), DbError> {
     let versions = serde_json::to_string(&info.component_versions).expect("map serialises");
     let findings = serde_json::to_string(&info.open_findings).expect("map serialises");
     db.exec(
-        "INSERT INTO nodes(node, cluster, agent_version, component_versions, open_findings, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO nodes(node, cluster, agent_version, component_versions, open_findings, last_seen,
+                           last_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(node) DO UPDATE SET
            cluster = CASE WHEN excluded.cluster = '' THEN nodes.cluster ELSE excluded.cluster END,
            agent_version = CASE WHEN excluded.agent_version = '' THEN nodes.agent_version
                                 ELSE excluded.agent_version END,
            component_versions = excluded.component_versions,
-           open_findings = excluded.open_findings, last_seen = excluded.last_seen",
+           open_findings = excluded.open_findings, last_seen = excluded.last_seen,
+           last_seq = CASE WHEN excluded.last_seq = 0 THEN nodes.last_seq ELSE excluded.last_seq END",
         args![
             &info.node,
             &info.cluster,
             &info.agent_version,
             &versions,
             &findings,
-            &info.last_seen
+            &info.last_seen,
+            info.last_seq
         ],
     )?;
     Ok(())
