@@ -70,7 +70,7 @@ pub fn findings(h: &Hello) -> Result<(), String> {
     for f in &h.findings {
         let why = if f.rule_id.is_empty() || f.key.is_empty() {
             "has no rule id or key"
-        } else if !crate::store::SEVERITIES.contains(&f.severity.as_str()) {
+        } else if !SEVERITIES.contains(&f.severity.as_str()) {
             "has no known severity"
         } else if !["fail", "warn"].contains(&f.status.as_str()) {
             "is neither fail nor warn"
@@ -125,13 +125,22 @@ pub fn agent_message(bytes: &[u8], stream_node: &str) -> Result<(), Status> {
         Some(agent_message::Msg::Events(b)) => {
             events(stream_node, &b.events)?;
             for e in &b.events {
-                let _ = crate::store::overflow_range(&e.body);
+                let _ = overflow_range(&e.body);
             }
             Ok(())
         }
         Some(_) => Ok(()),
         None => Err(Status::invalid_argument("an empty message")),
     }
+}
+
+/// Severities, lowest first.
+pub const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
+
+/// The dropped range a `spool_overflow` event's body names.
+pub fn overflow_range(body: &[u8]) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some((v.get("first_seq")?.as_u64()?, v.get("last_seq")?.as_u64()?))
 }
 
 #[cfg(test)]

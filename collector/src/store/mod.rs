@@ -296,8 +296,8 @@ pub struct Filter {
     pub until: Option<String>,
 }
 
-/// Severities, lowest first.
-pub const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
+/// Severities, lowest first (what the collector accepts: `admit`, below the store).
+pub use crate::admit::SEVERITIES;
 
 /// What a store backend does. Writes come from one writer (group commit); reads may come
 /// from another instance of the same backend on the same store.
@@ -443,10 +443,7 @@ pub fn all_findings(
 }
 
 /// The dropped range a `spool_overflow` event's body names.
-pub fn overflow_range(body: &[u8]) -> Option<(u64, u64)> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    Some((v.get("first_seq")?.as_u64()?, v.get("last_seq")?.as_u64()?))
-}
+pub use crate::admit::overflow_range;
 
 #[cfg(test)]
 mod tests;
