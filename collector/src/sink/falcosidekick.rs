@@ -43,17 +43,7 @@ const FIELD_MAX: usize = 256;
 pub fn event(s: &Stored) -> serde_json::Value {
     let e = &s.event;
     let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap_or_default();
-    let title = body["finding"]["title"].as_str().unwrap_or_default();
-    let mut output = format!("kube-lockdown: {} on {}", e.kind.replace('_', " "), e.node);
-    if !e.rule_id.is_empty() {
-        output.push_str(&format!(": {}", e.rule_id));
-        if !title.is_empty() {
-            output.push_str(&format!(" ({title})"));
-        }
-    }
-    if !e.path.is_empty() {
-        output.push_str(&format!(" in {}", e.path));
-    }
+    let output = format!("kube-lockdown: {}", super::summary(s));
     let short = |v: &str| v.chars().take(FIELD_MAX).collect::<String>();
     let mut fields = serde_json::Map::new();
     for (k, v) in [

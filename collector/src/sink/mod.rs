@@ -414,6 +414,24 @@ fn excepted(
         .any(|r| r.finding.path == s.event.path))
 }
 
+/// One line of what an event says, for receivers that show text: "finding raised on cp-1:
+/// rule (title) in path".
+pub fn summary(s: &Stored) -> String {
+    let e = &s.event;
+    let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap_or_default();
+    let mut text = format!("{} on {}", e.kind.replace('_', " "), e.node);
+    if !e.rule_id.is_empty() {
+        text.push_str(&format!(": {}", e.rule_id));
+        if let Some(title) = body["finding"]["title"].as_str() {
+            text.push_str(&format!(" ({title})"));
+        }
+    }
+    if !e.path.is_empty() {
+        text.push_str(&format!(" in {}", e.path));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

@@ -183,16 +183,7 @@ pub fn frame(s: &Stored, facility: u8) -> Vec<u8> {
         }
     }
     sd.push(']');
-    let mut text = format!("{} on {}", e.kind.replace('_', " "), e.node);
-    if !e.rule_id.is_empty() {
-        text.push_str(&format!(": {}", e.rule_id));
-    }
-    if let Some(title) = body["finding"]["title"].as_str() {
-        text.push_str(&format!(" ({title})"));
-    }
-    if !e.path.is_empty() {
-        text.push_str(&format!(" in {}", e.path));
-    }
+    let text = super::summary(s);
     let msg = format!(
         "<{}>1 {} {} kube-lockdown - {} {sd} \u{feff}{}",
         u32::from(facility) * 8 + u32::from(severity(&e.severity)),
