@@ -513,4 +513,30 @@ fn only_readers_look_and_only_admins_change_and_only_from_the_dashboards_pages()
         listed.contains(">admin<"),
         "the author is the admin's certificate: {listed}"
     );
+    // The admin removes it; a second removal finds nothing in force.
+    let id = listed
+        .split("<tr id=\"x")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the exception's row")
+        .to_string();
+    let remove = || {
+        let form = format!("csrf={csrf}");
+        let (cert, key) = cert("admin");
+        https(
+            dash,
+            &ca,
+            Some((&cert, &key)),
+            &format!(
+                "POST /exceptions/{id}/remove HTTP/1.1\r\nHost: localhost:{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+                dash.port(),
+                form.len()
+            ),
+        )
+        .0
+    };
+    assert_eq!(remove(), 303);
+    let (_, _, listed) = get("/exceptions", "", Some(cert("reader")));
+    assert!(listed.contains("data-state=\"removed\""), "{listed}");
+    assert_eq!(remove(), 404);
 }

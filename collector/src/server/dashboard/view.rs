@@ -131,7 +131,7 @@ pub struct CisRow {
     /// Nodes that fail.
     pub fail: Count,
     /// Of those, nodes whose failure is excepted.
-    pub excepted: u32,
+    pub excepted: Count,
     /// Nodes that are stale, missing or do not evaluate it.
     pub unknown: Count,
 }
@@ -335,7 +335,11 @@ fn cis_row(c: &CisCount, section: bool) -> CisRow {
             n: c.fail,
             href: href("/findings", &[("cis", &c.cis)]),
         },
-        excepted: c.excepted,
+        excepted: Count {
+            label: "excepted".into(),
+            n: c.excepted,
+            href: href("/findings", &[("cis", &c.cis), ("excepted", "yes")]),
+        },
         unknown: count("unknown", c.unknown, "unknown"),
     }
 }
