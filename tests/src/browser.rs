@@ -219,6 +219,25 @@ impl Browser {
         self.call("POST", &format!("element/{id}/click"), Some(json!({})));
     }
 
+    /// Presses and releases each key in turn, as a keyboard would (WebDriver key actions):
+    /// `"\u{E004}"` is Tab, `"\u{E007}"` Enter.
+    pub fn keys(&self, keys: &[&str]) {
+        let actions: Vec<Value> = keys
+            .iter()
+            .flat_map(|k| {
+                [
+                    json!({"type": "keyDown", "value": k}),
+                    json!({"type": "keyUp", "value": k}),
+                ]
+            })
+            .collect();
+        self.call(
+            "POST",
+            "actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
+    }
+
     /// The page's address now.
     pub fn url(&self) -> String {
         self.call("GET", "url", None)

@@ -185,6 +185,24 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     assert!(b.text("footer").contains("kube-lockdown"));
     assert_eq!(b.text(".who"), "alice (admin token)");
     b.screenshot(&shots().join("fleet.png"));
+    // By keyboard: the first Tab reaches the skip link, Enter takes focus past the
+    // navigation, and the next Tab lands on the first link of the content, outlined.
+    const TAB: &str = "\u{E004}";
+    const ENTER: &str = "\u{E007}";
+    b.keys(&[TAB]);
+    assert_eq!(
+        b.run("return document.activeElement.textContent;", json!([])),
+        "Skip to the content"
+    );
+    b.keys(&[ENTER, TAB]);
+    assert_eq!(
+        b.run(
+            "const e = document.activeElement;
+             return [e.tagName, e.closest('main') !== null, getComputedStyle(e).outlineStyle !== 'none'];",
+            json!([])
+        ),
+        json!(["A", true, true])
+    );
     // Every number links to the list behind it: the missing count lists cp-3.
     b.click("#fleet-row td[data-count=missing] a");
     b.wait_for(
