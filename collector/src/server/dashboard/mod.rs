@@ -151,9 +151,10 @@ pub(super) async fn serve(shared: Arc<Shared>, cfg: DashboardConfig) -> Result<(
     }
 }
 
-/// Resolves once the collector starts to stop.
+/// Resolves once the collector starts to stop (or its stop signal is gone, which means the
+/// same).
 async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|s| *s).await.is_ok();
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 /// The reader name a certificate is valid for, to show who is looking (a certificate of a
