@@ -164,6 +164,53 @@ fn stored(s: crate::store::Stored) -> StoredEvent {
     }
 }
 
+/// Every stored event that matches after `after`, in commit order, then each as it is
+/// committed (as `each` makes it), until the receiver goes away. It ends with an error
+/// when the store cannot be read or the collector stops; the reader resumes after the last
+/// cursor it got. `WatchEvents` and the dashboard's live tail.
+pub(super) fn tail<T: Send + 'static>(
+    shared: Arc<Shared>,
+    filter: Filter,
+    mut after: u64,
+    each: fn(crate::store::Stored) -> T,
+) -> mpsc::Receiver<Result<T, Status>> {
+    const PAGE: usize = 500;
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut committed = shared.committed.subscribe();
+        let mut stopping = shared.stopping.subscribe();
+        loop {
+            let f = filter.clone();
+            let page = match super::read(&shared, move |s| s.list(&f, after, PAGE)).await {
+                Ok(p) => p,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let full = page.len() == PAGE;
+            for e in page {
+                after = e.cursor;
+                if tx.send(Ok(each(e))).await.is_err() {
+                    return; // the reader went away
+                }
+            }
+            if !full {
+                tokio::select! {
+                    changed = committed.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    stopped = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                        let _ = stopped;
+                        let _ = tx.send(Err(Status::unavailable("the collector is stopping; resume from the last cursor"))).await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 #[tonic::async_trait]
 impl QueryService for Queries {
     type WatchEventsStream = ReceiverStream<Result<StoredEvent, Status>>;
@@ -212,41 +259,8 @@ impl QueryService for Queries {
         if after == 0 && !r.from_start {
             after = self.read(|s| s.max_cursor()).await?;
         }
-        let (tx, rx) = mpsc::channel(256);
-        let shared = Arc::clone(&self.0);
-        let mut committed = shared.committed.subscribe();
-        let mut stopping = shared.stopping.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let f = filter.clone();
-                let page = match super::read(&shared, move |s| s.list(&f, after, 500)).await {
-                    Ok(p) => p,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let full = page.len() == 500;
-                for e in page {
-                    after = e.cursor;
-                    if tx.send(Ok(stored(e))).await.is_err() {
-                        return; // the reader went away
-                    }
-                }
-                if !full {
-                    tokio::select! {
-                        changed = committed.changed() => if changed.is_err() { return },
-                        () = tx.closed() => return,
-                        stopped = async { stopping.wait_for(|s| *s).await.is_ok() } => {
-                            let _ = stopped;
-                            let _ = tx.send(Err(Status::unavailable("the collector is stopping; resume from the last cursor"))).await;
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let events = tail(Arc::clone(&self.0), filter, after, stored);
+        Ok(Response::new(ReceiverStream::new(events)))
     }
 
     async fn list_nodes(

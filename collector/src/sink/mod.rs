@@ -502,6 +502,20 @@ mod tests {
             standby: Duration::from_millis(10),
             lag_after: Duration::MAX,
         };
+        // The sink's run on its own store instance, and what stops it.
+        let start = |sink: Collect| {
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(run(
+                sink,
+                SinkFilter::default(),
+                Box::leak(Box::default()),
+                Box::new(Store::open(&db).unwrap()),
+                feed.subscribe(),
+                stopped,
+                pace,
+            ));
+            (stop, task)
+        };
         let got = Arc::new(Mutex::new(Vec::new()));
         let (tell, mut told) = mpsc::unbounded_channel();
         let sink = Collect {
@@ -509,17 +523,7 @@ mod tests {
             refuse_first: true,
             tell: tell.clone(),
         };
-        let (stop, stopped) = watch::channel(false);
-        let store = Box::new(Store::open(&db).unwrap());
-        let task = tokio::spawn(run(
-            sink,
-            SinkFilter::default(),
-            Box::leak(Box::default()),
-            store,
-            feed.subscribe(),
-            stopped,
-            pace,
-        ));
+        let (stop, task) = start(sink);
         until(&mut told, 3).await;
         // A commit wakes it (the idle re-read is an hour away).
         writer.insert("cp-1", 1, &[event(4)]).unwrap();
@@ -541,17 +545,7 @@ mod tests {
             refuse_first: false,
             tell,
         };
-        let (stop, stopped) = watch::channel(false);
-        let store = Box::new(Store::open(&db).unwrap());
-        let task = tokio::spawn(run(
-            sink,
-            SinkFilter::default(),
-            Box::leak(Box::default()),
-            store,
-            feed.subscribe(),
-            stopped,
-            pace,
-        ));
+        let (stop, task) = start(sink);
         until(&mut told, 1).await;
         stop.send_replace(true);
         task.await.unwrap();

@@ -29,7 +29,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use hmac::{KeyInit, Mac};
-use tokio::sync::mpsc;
 
 use super::{Shared, auth};
 use crate::config::DashboardConfig;
@@ -814,60 +813,34 @@ async fn stream(
         .get("last-event-id")
         .and_then(|h| h.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut after = match resume.or(params.after) {
+    let after = match resume.or(params.after) {
         Some(c) => c,
         None => match dash.read(|s| s.max_cursor()).await {
             Ok(c) => c,
             Err(r) => return r.into_response(),
         },
     };
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    let shared = Arc::clone(&dash.shared);
-    tokio::spawn(async move {
-        let mut committed = shared.committed.subscribe();
-        let mut stopping = shared.stopping.subscribe();
-        let _ = tx
-            .send(Ok(SseEvent::default()
-                .retry(Duration::from_secs(2))
-                .comment("tail")))
-            .await;
-        loop {
-            let f = filter.clone();
-            let page = match super::read(&shared, move |s| s.list(&f, after, 200)).await {
-                Ok(p) => p,
-                Err(status) => {
-                    // The browser tries again in a moment, from the last cursor it saw.
-                    let _ = tx
-                        .send(Ok(SseEvent::default().event("failure").data(format!(
-                            "The store cannot be read ({}); trying again…",
-                            status.message()
-                        ))))
-                        .await;
-                    return;
-                }
-            };
-            let full = page.len() == 200;
-            for e in page {
-                after = e.cursor;
-                let row = EventRow::of(&e);
-                let event = SseEvent::default()
-                    .event("event")
-                    .id(e.cursor.to_string())
-                    .data(row.json().to_string());
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-            if !full {
-                tokio::select! {
-                    changed = committed.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
-                    () = stopped(&mut stopping) => return,
-                }
-            }
-        }
+    use tokio_stream::StreamExt;
+    let row = |e: crate::store::Stored| {
+        SseEvent::default()
+            .event("event")
+            .id(e.cursor.to_string())
+            .data(EventRow::of(&e).json().to_string())
+    };
+    let tail = super::query::tail(Arc::clone(&dash.shared), filter, after, row);
+    let events = tokio_stream::wrappers::ReceiverStream::new(tail).map(|e| {
+        // When the tail ends, the browser tries again in a moment, from the last cursor
+        // it saw.
+        Ok::<_, Infallible>(e.unwrap_or_else(|status| {
+            SseEvent::default()
+                .event("failure")
+                .data(format!("{}; reconnecting…", status.message()))
+        }))
     });
-    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let retry = SseEvent::default()
+        .retry(Duration::from_secs(2))
+        .comment("tail");
+    Sse::new(tokio_stream::once(Ok(retry)).chain(events))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }

@@ -97,6 +97,29 @@ pub fn encode(v: &str) -> String {
     out
 }
 
+/// Page `page` (from 1; 0 is 1) of `rows`, [`PAGE_ROWS`] long, and the addresses of the
+/// pages before and after it ("" when there is none); `at(n)` is page n's address.
+fn paged<T>(rows: Vec<T>, page: usize, at: impl Fn(usize) -> String) -> (Vec<T>, String, String) {
+    let page = page.max(1);
+    let pages = rows.len().div_ceil(PAGE_ROWS).max(1);
+    let prev = if page > 1 {
+        at(page - 1)
+    } else {
+        String::new()
+    };
+    let next = if page < pages {
+        at(page + 1)
+    } else {
+        String::new()
+    };
+    let rows = rows
+        .into_iter()
+        .skip((page - 1) * PAGE_ROWS)
+        .take(PAGE_ROWS)
+        .collect();
+    (rows, prev, next)
+}
+
 /// A number and the list behind it.
 #[derive(Debug, Clone)]
 pub struct Count {
@@ -545,30 +568,13 @@ impl FindingsPage {
             }),
         ];
         let total = rows.len();
-        let page = params.page.max(1);
-        let pages = total.div_ceil(PAGE_ROWS).max(1);
-        let at = |n: usize| {
+        let (rows, prev, next) = paged(rows, params.page, |n| {
             let mut pairs: Vec<(&str, &str)> = params.pairs().to_vec();
             let n = n.to_string();
             pairs.push(("page", &n));
             href("/findings", &pairs)
-        };
-        let prev = if page > 1 {
-            at(page - 1)
-        } else {
-            String::new()
-        };
-        let next = if page < pages {
-            at(page + 1)
-        } else {
-            String::new()
-        };
-        let lines = rows
-            .into_iter()
-            .skip((page - 1) * PAGE_ROWS)
-            .take(PAGE_ROWS)
-            .map(FindingLine::of)
-            .collect();
+        });
+        let lines = rows.into_iter().map(FindingLine::of).collect();
         FindingsPage {
             frame,
             params,
@@ -754,9 +760,7 @@ impl NodesPage {
             ));
         }
         let total = keep.len();
-        let page = params.page.max(1);
-        let pages = total.div_ceil(PAGE_ROWS).max(1);
-        let at = |n: usize| {
+        let (keep, prev, next) = paged(keep, params.page, |n| {
             let n = n.to_string();
             href(
                 "/nodes",
@@ -769,11 +773,9 @@ impl NodesPage {
                     ("page", &n),
                 ],
             )
-        };
+        });
         let lines = keep
             .into_iter()
-            .skip((page - 1) * PAGE_ROWS)
-            .take(PAGE_ROWS)
             .map(|n| NodeLine {
                 href: format!("/nodes/{}", encode(&n.info.node)),
                 state: n.state.as_str(),
@@ -797,16 +799,8 @@ impl NodesPage {
             what: what.join(" "),
             total,
             lines,
-            prev: if page > 1 {
-                at(page - 1)
-            } else {
-                String::new()
-            },
-            next: if page < pages {
-                at(page + 1)
-            } else {
-                String::new()
-            },
+            prev,
+            next,
         }
     }
 }
