@@ -244,6 +244,26 @@ impl Node {
         self.manifests.join(name)
     }
 
+    /// Sets the scheduler's flag `name` (`--profiling`) to `value` in its manifest, in
+    /// place of every value it had, or removes it (`None`): a file change, and findings
+    /// raised or resolved.
+    pub fn scheduler_flag(&self, name: &str, value: Option<&str>) {
+        let path = self.manifest("kube-scheduler.yaml");
+        let text: String = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let arg = l.trim_start().trim_start_matches("- ");
+                arg != name && !arg.starts_with(&format!("{name}="))
+            })
+            .map(|l| match (l, value) {
+                ("    - kube-scheduler", Some(v)) => format!("{l}\n    - {name}={v}\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        fs::write(&path, text).unwrap();
+    }
+
     /// Starts `lockdown-agent run` and waits until it answers status (it answers only once
     /// the spool is open, the baseline compared and the watches armed).
     pub fn start(&self) -> Agent {

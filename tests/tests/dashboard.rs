@@ -106,22 +106,6 @@ fn sections_summary(s: &Value) -> Value {
     Value::Array(list)
 }
 
-/// Sets a flag of the scheduler (`--name=value`) in its manifest, in place of any it had.
-fn scheduler_flag(node: &Node, flag: &str) {
-    let path = node.manifest("kube-scheduler.yaml");
-    let name = flag.split('=').next().unwrap();
-    let text: String = fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim_start().starts_with(&format!("- {name}=")))
-        .map(|l| match l {
-            "    - kube-scheduler" => format!("{l}\n    - {flag}\n"),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    fs::write(&path, text).unwrap();
-}
-
 #[test]
 fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     let pki = Pki::new(&["cp-1", "cp-2"]);
@@ -268,7 +252,7 @@ fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         "return document.getElementById('tail-status').dataset.state === 'live'",
         "the live tail connected",
     );
-    scheduler_flag(&nodes[0], "--bind-address=0.0.0.0");
+    nodes[0].scheduler_flag("--bind-address", Some("0.0.0.0"));
     let raised = "return [...document.querySelectorAll('#tail li.new')].some(li =>
          li.textContent.includes('cp-1') && li.textContent.includes('finding_raised')
          && li.textContent.includes('kube-scheduler.yaml'));";
@@ -465,18 +449,25 @@ fn only_readers_look_and_only_admins_change_and_only_from_the_dashboards_pages()
         .and_then(|r| r.split('"').next())
         .expect("an admin's page has the form")
         .to_string();
-    let post = |client: Option<(PathBuf, PathBuf)>, auth: &str, extra: &str, form: &str| {
+    let post_to = |path: &str,
+                   client: Option<(PathBuf, PathBuf)>,
+                   auth: &str,
+                   extra: &str,
+                   form: &str| {
         https(
             dash,
             &ca,
             client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             &format!(
-                "POST /exceptions HTTP/1.1\r\nHost: localhost:{}\r\n{auth}{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+                "POST {path} HTTP/1.1\r\nHost: localhost:{}\r\n{auth}{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
                 dash.port(),
                 form.len()
             ),
         )
         .0
+    };
+    let post = |client, auth: &str, extra: &str, form: &str| {
+        post_to("/exceptions", client, auth, extra, form)
     };
     let form = |csrf: &str| {
         format!(
@@ -539,19 +530,8 @@ fn only_readers_look_and_only_admins_change_and_only_from_the_dashboards_pages()
         .expect("the exception's row")
         .to_string();
     let remove = || {
-        let form = format!("csrf={csrf}");
-        let (cert, key) = cert("admin");
-        https(
-            dash,
-            &ca,
-            Some((&cert, &key)),
-            &format!(
-                "POST /exceptions/{id}/remove HTTP/1.1\r\nHost: localhost:{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-                dash.port(),
-                form.len()
-            ),
-        )
-        .0
+        let path = format!("/exceptions/{id}/remove");
+        post_to(&path, Some(cert("admin")), "", "", &format!("csrf={csrf}"))
     };
     assert_eq!(remove(), 303);
     let (_, _, listed) = get("/exceptions", "", Some(cert("reader")));

@@ -89,22 +89,6 @@ fn wait_same(pki: &Pki, col: &Collector, node: &str, agent: &Agent) {
     }
 }
 
-/// Turns the scheduler's profiling off (resolving scheduler-profiling) or back to its
-/// default (raising it).
-fn profiling_off(node: &Node, off: bool) {
-    let path = node.manifest("kube-scheduler.yaml");
-    let text: String = fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.contains("--profiling"))
-        .map(|l| match (l, off) {
-            ("    - kube-scheduler", true) => format!("{l}\n    - --profiling=false\n"),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    fs::write(&path, text).unwrap();
-}
-
 fn node_state(pki: &Pki, col: &Collector, node: &str) -> String {
     let nodes = read(pki, col, &["nodes"]);
     nodes
@@ -151,7 +135,7 @@ fn the_collector_knows_what_is_open_on_every_node_now_and_sums_it_up() {
     // back.
     let profiling = |set: &BTreeMap<Key, usize>| set.keys().any(|k| k.1 == "scheduler-profiling");
     assert!(profiling(&agent_set(&agents[0])));
-    profiling_off(&nodes[0], true);
+    nodes[0].scheduler_flag("--profiling", true.then_some("false"));
     wait_same(&pki, &col, "cp-1", &agents[0]);
     assert!(!profiling(&collector_set(&pki, &col, "cp-1")));
     assert!(profiling(&collector_set(&pki, &col, "cp-2")));
@@ -220,7 +204,7 @@ fn the_collector_knows_what_is_open_on_every_node_now_and_sums_it_up() {
         (0.into(), 1.into(), 2.into())
     );
     // It comes back: connected, and reconciled from its hello.
-    profiling_off(&nodes[0], false);
+    nodes[0].scheduler_flag("--profiling", false.then_some("false"));
     let back = nodes[0].start();
     wait_state(&pki, &col, "cp-1", "connected");
     wait_same(&pki, &col, "cp-1", &back);
@@ -274,7 +258,7 @@ fn kills_and_restarts_at_random_never_leave_the_collector_differing_from_an_agen
             // agent finds it at its next start).
             0 | 1 => {
                 off[i] = !off[i];
-                profiling_off(&nodes[i], off[i]);
+                nodes[i].scheduler_flag("--profiling", off[i].then_some("false"));
             }
             2 => {
                 if let Some(a) = agents[i].take() {
@@ -294,7 +278,7 @@ fn kills_and_restarts_at_random_never_leave_the_collector_differing_from_an_agen
                 if dice.roll(2) == 0 {
                     let j = dice.roll(3) as usize;
                     off[j] = !off[j];
-                    profiling_off(&nodes[j], off[j]);
+                    nodes[j].scheduler_flag("--profiling", off[j].then_some("false"));
                 }
                 col.restart();
             }

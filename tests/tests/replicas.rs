@@ -20,24 +20,6 @@ fn names(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("cp-{i}")).collect()
 }
 
-/// One round of edits on every node: the scheduler's profiling flag turned off or back on,
-/// each a file change and a finding raised or resolved.
-fn edit_all(nodes: &[Node], round: usize) {
-    for node in nodes {
-        let path = node.manifest("kube-scheduler.yaml");
-        let text: String = fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.contains("--profiling"))
-            .map(|l| match (l, round.is_multiple_of(2)) {
-                ("    - kube-scheduler", true) => format!("{l}\n    - --profiling=false\n"),
-                _ => format!("{l}\n"),
-            })
-            .collect();
-        fs::write(&path, text).unwrap();
-    }
-}
-
 /// Waits until every agent has had everything it spooled acknowledged: at least what it had
 /// spooled when called, and at least `at_least` events.
 fn wait_all_acked(agents: &[Agent], at_least: u64, why: impl Fn() -> String) {
@@ -220,6 +202,13 @@ fn assert_followed_once(f: &Follower, url: &str, name: &str) {
             stored.difference(&unique).next()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Turns the scheduler's profiling off on even rounds and back to its default on odd ones.
+fn edit_all(nodes: &[Node], round: usize) {
+    for node in nodes {
+        node.scheduler_flag("--profiling", round.is_multiple_of(2).then_some("false"));
     }
 }
 

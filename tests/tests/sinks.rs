@@ -87,17 +87,7 @@ fn take<S: Read + Write>(mut conn: S, got: &Mutex<Vec<Delivery>>) {
 
 /// Toggles the scheduler's profiling flag: a file change and a finding raised or resolved.
 fn edit(node: &Node, round: usize) {
-    let path = node.manifest("kube-scheduler.yaml");
-    let text: String = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.contains("--profiling"))
-        .map(|l| match (l, round.is_multiple_of(2)) {
-            ("    - kube-scheduler", true) => format!("{l}\n    - --profiling=false\n"),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(&path, text).unwrap();
+    node.scheduler_flag("--profiling", round.is_multiple_of(2).then_some("false"));
 }
 
 #[test]
